@@ -1,0 +1,1 @@
+"""jaxseq: sequence-to-sequence audio models in JAX/Flax."""

@@ -1,0 +1,1 @@
+"""Audio: file loading, the Whisper-compatible log-mel frontend, SpecAugment, speech synthesis."""

@@ -1,0 +1,256 @@
+"""Typed, frozen configuration: YAML files plus `a.b=c` overrides.
+
+Parsing and type checking are OmegaConf structured configs; this module only declares the
+schema and turns OmegaConf's errors into messages that name the key and the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf import errors as oc_errors
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and a fix."""
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """Whisper-compatible log-mel settings (saved in every prepared dataset)."""
+
+    sample_rate: int = 16000
+    n_fft: int = 400
+    hop_length: int = 160
+    n_mels: int = 80
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Text policy: transcripts are normalized, then must only use `charset`."""
+
+    charset: str = "abcdefghijklmnopqrstuvwxyz' "
+    lowercase: bool = True
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Offline feature extraction (`jaxseq prepare`)."""
+
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    max_seconds: float = 30.0  # longer training audio is skipped (and listed)
+    max_bad_fraction: float = 0.05  # prepare fails if more of a split is bad
+    num_shards: int = 4  # ArrayRecord shards per split
+    num_workers: int = 0  # processes; 0 = all CPU cores
+    tfds_data_dir: str | None = None
+    tfds_audio_key: str = "audio"
+    tfds_text_key: str = "text"
+    tfds_sample_rate: int = 16000  # sample rate of float/int audio stored in TFDS
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The built-in espeak-ng corpus (`jaxseq synth`)."""
+
+    preset: str = "digits"
+    num_train: int = 4000
+    num_valid: int = 200
+    num_test: int = 400
+    seed: int = 0
+    sample_rate: int = 16000
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The grain input pipeline over a prepared dataset."""
+
+    dataset: str = "data/digits"  # folder written by `jaxseq prepare`
+    train_split: str = "train"
+    eval_split: str = "valid"
+    batch_size: int = 32  # global, over all processes
+    eval_batch_size: int = 32
+    buckets: tuple[int, ...] = (256, 512, 1024)  # padded frame lengths (one compile each)
+    max_label_length: int = 128  # labels are padded to this; longer training items are dropped
+    sort_pool_batches: int = 8  # sort this many batches' worth of items by length, then batch
+    shuffle_seed: int = 0
+    worker_count: int = 0  # grain worker processes (0 = in the main process)
+    worker_buffer_size: int = 2
+
+
+@dataclass(frozen=True)
+class SpecAugmentConfig:
+    """SpecAugment time and frequency masks, applied on device during training."""
+
+    enabled: bool = False
+    num_freq_masks: int = 2
+    max_freq_width: int = 10
+    num_time_masks: int = 2
+    max_time_width: int = 20
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Model hyperparameters; `family` selects the task (see jaxseq.tasks)."""
+
+    family: str = "ctc"
+    d_model: int = 144
+    num_heads: int = 4
+    num_layers: int = 4
+    mlp_dim: int = 576
+    dropout: float = 0.1
+    subsample_strides: tuple[int, ...] = (2, 2)  # conv stem; 10 ms hop x 4 = 40 ms frames
+    conv_kernel: int = 3
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup, cosine decay and global-norm clipping."""
+
+    learning_rate: float = 1e-3
+    warmup_steps: int = 200
+    end_learning_rate_ratio: float = 0.02
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.98
+    eps: float = 1e-8
+    clip_norm: float = 1.0
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh shape; -1 takes all devices left over by the other axes."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The train loop."""
+
+    num_steps: int = 2000
+    log_every: int = 50
+    eval_every: int = 500
+    checkpoint_every: int = 500
+    keep_last: int = 2  # most recent checkpoints kept
+    keep_best: int = 1  # best checkpoints by validation WER kept in addition
+    seed: int = 0
+    compute_dtype: str = "float32"  # or "bfloat16" (parameters stay float32)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Decoding and scoring."""
+
+    decoder: str = "greedy"  # or "prefix_beam"
+    beam_size: int = 8
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything one run needs; saved resolved in the workdir as config.yaml."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+
+_CHOICES = {
+    "model.family": ("ctc",),
+    "train.compute_dtype": ("float32", "bfloat16"),
+    "eval.decoder": ("greedy", "prefix_beam"),
+    "synth.preset": ("digits",),
+}
+
+
+def _valid_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(node):
+        key = f"{prefix}{f.name}"
+        keys.append(key)
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            keys.extend(_valid_keys(value, key + "."))
+    return keys
+
+
+def _explain(err: oc_errors.OmegaConfBaseException, where: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or "?"
+    valid = _valid_keys(Config())
+    msg = str(err).splitlines()[0]
+    if isinstance(err, (oc_errors.ConfigAttributeError, oc_errors.ConfigKeyError)):
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return ConfigError(f"{where}: unknown config key '{key}'{hint}")
+    return ConfigError(f"{where}: bad value for config key '{key}': {msg}")
+
+
+def _check_choices(cfg: Config) -> None:
+    for key, choices in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}' is {value!r}; choose one of {list(choices)}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Loads `path` (YAML) over the defaults, applies `a.b=c` overrides, returns a frozen Config.
+
+    Raises:
+      ConfigError: naming the file or override and the offending key (with the closest valid
+        key for a typo) when a key is unknown, a value has the wrong type, or a choice is invalid.
+    """
+    merged = OmegaConf.structured(Config)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        except oc_errors.OmegaConfBaseException as err:
+            raise _explain(err, str(path)) from None
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"override {override!r} is not of the form a.b=c")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([override]))
+        except oc_errors.OmegaConfBaseException as err:
+            raise _explain(err, f"override {override!r}") from None
+    cfg = OmegaConf.to_object(merged)
+    cfg = _freeze(cfg)
+    _check_choices(cfg)
+    return cfg
+
+
+def _freeze(node: Any) -> Any:
+    """Turns the lists OmegaConf hands back into tuples, recursively, so configs are hashable."""
+    if dataclasses.is_dataclass(node):
+        return dataclasses.replace(
+            node, **{f.name: _freeze(getattr(node, f.name)) for f in dataclasses.fields(node)}
+        )
+    if isinstance(node, list):
+        return tuple(_freeze(v) for v in node)
+    return node
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (what `save_config` writes)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Writes the fully resolved config to `path`."""
+    Path(path).write_text(to_yaml(cfg))

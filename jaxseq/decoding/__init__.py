@@ -1,0 +1,1 @@
+"""Decoders: turn model outputs into token sequences."""

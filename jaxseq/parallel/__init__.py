@@ -1,0 +1,1 @@
+"""Device mesh, logical axis rules and global batches."""

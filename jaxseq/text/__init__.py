@@ -1,0 +1,1 @@
+"""Text: normalization policy and tokenizers."""

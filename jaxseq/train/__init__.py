@@ -1,0 +1,1 @@
+"""Train state, optimizer, checkpoints and the one train loop."""
