@@ -1,0 +1,1 @@
+"""Data: sources, offline preparation into ArrayRecord, and the grain input pipeline."""
