@@ -1,0 +1,145 @@
+"""The `jaxseq` command: parses arguments and calls library functions; nothing else.
+
+Verbs: synth, prepare, train, evaluate, transcribe. Config overrides are trailing `a.b=c`
+arguments, e.g. `jaxseq train --config configs/ctc_demo.yaml --workdir runs/x train.num_steps=10`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from jaxseq.config import ConfigError, load_config
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML config (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.num_steps=100")
+
+
+def _cmd_synth(args: argparse.Namespace) -> None:
+    from jaxseq.data.synth import synthesize_corpus
+
+    cfg = load_config(args.config, args.overrides)
+    manifests = synthesize_corpus(args.out, cfg.synth, num_workers=args.workers)
+    for split, path in manifests.items():
+        print(f"{split}: {path}")
+
+
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    from jaxseq.data.prepare import prepare_corpus, prepare_split
+
+    cfg = load_config(args.config, args.overrides)
+    if args.source.startswith("synth:"):
+        summaries = prepare_corpus(args.source[len("synth:"):], args.out, cfg.prepare,
+                                   num_workers=args.workers)
+    else:
+        if not args.split:
+            raise SystemExit("prepare: --split is required for manifest: and tfds: sources")
+        summaries = {args.split: prepare_split(args.source, args.out, args.split, cfg.prepare,
+                                               evaluation=args.eval, num_workers=args.workers)}
+    for split, s in summaries.items():
+        print(f"{split}: {s['num_utterances']} utterances, {s['hours']:.2f} h, "
+              f"{s['num_skipped']} skipped (see {Path(args.out) / 'dataset.json'})")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from jaxseq.train.loop import train
+
+    summary = train(load_config(args.config, args.overrides), args.workdir)
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from jaxseq.evaluate import evaluate
+
+    m = evaluate(
+        args.workdir, split=args.split, dataset=args.dataset, manifest=args.manifest,
+        report=args.report, step=args.step, decoder=args.decoder, beam_size=args.beam_size,
+        overrides=tuple(args.overrides),
+    )
+    print(f"WER {m['wer']:.2%}  CER {m['cer']:.2%}  on {m['num_utterances']} utterances "
+          f"({m['num_skipped']} skipped) of {m['dataset']}:{m['split']}, step {m['step']}")
+
+
+def _cmd_transcribe(args: argparse.Namespace) -> None:
+    from jaxseq.evaluate import transcribe
+
+    texts = transcribe(args.workdir, args.audio, step=args.step, decoder=args.decoder,
+                       beam_size=args.beam_size)
+    for path, text in zip(args.audio, texts, strict=True):
+        print(f"{path}\t{text}")
+
+
+def _decoding_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--step", type=int, help="checkpoint step (default: best, else latest)")
+    p.add_argument("--decoder", choices=["greedy", "prefix_beam"])
+    p.add_argument("--beam-size", type=int)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxseq", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("synth", help="synthesize the built-in espeak-ng speech corpus")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
+    _add_config_args(p)
+    p.set_defaults(fn=_cmd_synth)
+
+    p = sub.add_parser("prepare", help="audio → log-mel ArrayRecord shards + dataset.json")
+    p.add_argument("--source", required=True,
+                   help="manifest:PATH.jsonl | tfds:NAME[/CONFIG]:SPLIT | synth:CORPUS_DIR")
+    p.add_argument("--out", type=Path, required=True, help="prepared dataset folder")
+    p.add_argument("--split", help="split name to write (not for synth:)")
+    p.add_argument("--eval", action="store_true", help="an evaluation split: no length filter")
+    p.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
+    _add_config_args(p)
+    p.set_defaults(fn=_cmd_prepare)
+
+    p = sub.add_parser("train", help="train (resumes from the workdir)")
+    p.add_argument("--workdir", type=Path, required=True)
+    _add_config_args(p)
+    p.set_defaults(fn=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="WER/CER of a workdir's checkpoint")
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--dataset", type=Path, help="prepared dataset (default: the training one)")
+    p.add_argument("--manifest", type=Path, help="evaluate a manifest of audio files instead")
+    p.add_argument("--report", type=Path, help="JSON report path (a .md is written beside it)")
+    _decoding_args(p)
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. mesh.data=1")
+    p.set_defaults(fn=_cmd_evaluate)
+
+    p = sub.add_parser("transcribe", help="print transcripts of audio files")
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("audio", nargs="+", type=Path)
+    _decoding_args(p)
+    p.set_defaults(fn=_cmd_transcribe)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("absl", "jax._src", "orbax", "grain"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        args.fn(args)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        if args.verbose:
+            raise
+        print(f"jaxseq {args.verb}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

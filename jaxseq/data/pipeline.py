@@ -1,0 +1,455 @@
+"""The grain input pipeline over a prepared dataset: length filter, bucketing, batching, resume.
+
+Training batches follow one GLOBAL plan per epoch, computed from the split index alone (no
+features are read to plan):
+
+  kept items ──seeded permutation (seed, epoch)──► drop the tail that does not fill a batch
+    ──► pools of `sort_pool_batches * batch_size` items, each sorted by length
+    ──► cut into global batches ──► seeded shuffle of the batch order
+    ──► each global batch padded to the bucket of its longest item
+
+Every process computes the same plan and reads rows `[p*b:(p+1)*b]` of each global batch, so at
+every step all processes share one padded shape (one global `jax.Array` per field) and read
+disjoint items. The plan is a grain `MapDataset` indexed by step, reading and collating a
+`.map`, optionally in worker processes (`mp_prefetch`). Since a step's batch depends on nothing
+but the step, `TrainIterator`'s state is `{"step": n}` and a restored iterator yields the same
+next batch, bit for bit, whatever the worker count.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grain
+import numpy as np
+
+from jaxseq.config import DataConfig
+from jaxseq.data.records import decode_record, index_name, read_index
+
+Batch = dict[str, np.ndarray]
+
+# Reasons a training item is dropped (the values of `dropped[i]["reason"]`).
+EMPTY_TEXT = "empty_text"
+TOO_MANY_FRAMES = "frames_over_max_bucket"
+LABEL_TOO_LONG = "label_over_max_label_length"
+
+_EVAL_LABEL_MULTIPLE = 32  # eval labels longer than max_label_length pad to a multiple of this
+
+
+def load_dataset_info(dataset_dir: str | Path, split: str | None = None) -> dict[str, Any]:
+    """Reads `dataset.json` of a prepared dataset folder.
+
+    Raises:
+      FileNotFoundError: naming the folder when it or its `dataset.json` is missing.
+      KeyError: when `split` is given and the dataset has no such split (lists the splits).
+    """
+    path = Path(dataset_dir) / "dataset.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{dataset_dir} is not a prepared dataset: {path} is missing "
+            "(run `jaxseq prepare` to write one)"
+        )
+    info = json.loads(path.read_text())
+    if split is not None and split not in info.get("splits", {}):
+        available = sorted(info.get("splits", {}))
+        raise KeyError(f"dataset {dataset_dir} has no split {split!r}; available: {available}")
+    return info
+
+
+def bucket_length(num_frames: int, buckets: tuple[int, ...]) -> int:
+    """The smallest bucket >= `num_frames`; beyond the largest, a multiple of the largest.
+
+    Training never goes beyond the largest bucket (such items are dropped); evaluation does.
+    """
+    for bucket in sorted(buckets):
+        if num_frames <= bucket:
+            return int(bucket)
+    largest = max(buckets)
+    return int(math.ceil(num_frames / largest) * largest)
+
+
+def length_filter(
+    index: dict[str, np.ndarray], cfg: DataConfig
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Splits a split index into kept record numbers and dropped items with their reasons.
+
+    Args:
+      index: from `read_index`: ids str [N], num_frames int32 [N], text_lengths int32 [N].
+      cfg: `buckets` (largest = most frames) and `max_label_length`.
+
+    Returns:
+      kept: int64 [K] record numbers (positions in shard order) of the items kept.
+      dropped: one `{"id", "reason", "num_frames", "text_length"}` per dropped item, in record
+        order; `reason` is the first of EMPTY_TEXT, TOO_MANY_FRAMES, LABEL_TOO_LONG that applies.
+    """
+    frames, text_lengths = index["num_frames"], index["text_lengths"]
+    reasons = np.full(len(frames), "", dtype=object)
+    # Later assignments win, so assign in reverse priority.
+    reasons[text_lengths > cfg.max_label_length] = LABEL_TOO_LONG
+    reasons[frames > max(cfg.buckets)] = TOO_MANY_FRAMES
+    reasons[text_lengths == 0] = EMPTY_TEXT
+    dropped = [
+        {
+            "id": str(index["ids"][i]),
+            "reason": str(reasons[i]),
+            "num_frames": int(frames[i]),
+            "text_length": int(text_lengths[i]),
+        }
+        for i in np.flatnonzero(reasons != "")
+    ]
+    return np.flatnonzero(reasons == "").astype(np.int64), dropped
+
+
+def epoch_batches(
+    lengths: np.ndarray, batch_size: int, sort_pool_batches: int, seed: int, epoch: int
+) -> np.ndarray:
+    """The global batch plan of one epoch: int64 [num_batches, batch_size] positions in `lengths`.
+
+    Seeded permutation → tail that does not fill a batch dropped → pools of
+    `sort_pool_batches * batch_size` sorted by length → batches → seeded batch order.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    num_batches = len(lengths) // batch_size
+    order = rng.permutation(len(lengths))[: num_batches * batch_size]
+    pool = max(1, sort_pool_batches) * batch_size
+    pools = [
+        p[np.argsort(lengths[p], kind="stable")]
+        for p in np.split(order, range(pool, len(order), pool))
+    ]
+    batches = np.concatenate(pools).reshape(num_batches, batch_size)
+    return batches[rng.permutation(num_batches)]
+
+
+class _TrainPlan(grain.MapDataset):
+    """Step → this process's slice of that step's global batch (infinite, random access).
+
+    Element: {"records": int64 [b] record numbers, "length": padded frames T (a bucket)}.
+    """
+
+    def __init__(
+        self,
+        kept: np.ndarray,
+        num_frames: np.ndarray,
+        cfg: DataConfig,
+        seed: int,
+        process_index: int,
+        per_process: int,
+    ):
+        super().__init__()
+        self._kept = kept  # int64 [K]
+        self._frames = num_frames[kept]  # int32 [K]
+        self._cfg = cfg
+        self._seed = seed
+        self._rows = slice(process_index * per_process, (process_index + 1) * per_process)
+        self.batches_per_epoch = len(kept) // cfg.batch_size
+        self._plans: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+    def __str__(self) -> str:
+        return f"_TrainPlan(kept={len(self._kept)}, batches_per_epoch={self.batches_per_epoch})"
+
+    def _plan(self, epoch: int) -> np.ndarray:
+        plan = self._plans.get(epoch)
+        if plan is None:
+            c = self._cfg
+            plan = epoch_batches(self._frames, c.batch_size, c.sort_pool_batches, self._seed, epoch)
+            self._plans = {epoch: plan, **{e: p for e, p in self._plans.items() if e == epoch - 1}}
+        return plan
+
+    def __getitem__(self, step):
+        if isinstance(step, slice):
+            return self.slice(step)
+        epoch, i = divmod(int(step), self.batches_per_epoch)
+        batch = self._plan(epoch)[i]  # [B] positions in kept
+        length = bucket_length(int(self._frames[batch].max()), self._cfg.buckets)
+        return {"records": self._kept[batch[self._rows]], "length": length}
+
+
+def _collate(
+    records: list[dict[str, Any]], rows: int, length: int, label_width: int, n_mels: int, vocab
+) -> Batch:
+    """Pads decoded records into one batch; rows beyond `len(records)` stay zero (fillers).
+
+    Returns: features float32 [rows, length, n_mels], feature_lengths int32 [rows],
+      labels int32 [rows, label_width], label_lengths int32 [rows].
+    """
+    features = np.zeros((rows, length, n_mels), np.float32)  # [b, T, n_mels]
+    feature_lengths = np.zeros((rows,), np.int32)
+    labels = np.zeros((rows, label_width), np.int32)  # [b, L]
+    label_lengths = np.zeros((rows,), np.int32)
+    for r, rec in enumerate(records):
+        feats, ids = rec["features"], vocab.encode(rec["text"])
+        if len(feats) > length or len(ids) > label_width:
+            raise ValueError(
+                f"record {rec['id']!r} has {len(feats)} frames and {len(ids)} label ids, but the "
+                f"split index planned at most {length} and {label_width}: the index is stale or "
+                "the vocabulary does not map one character to one id; re-run `jaxseq prepare`"
+            )
+        features[r, : len(feats)] = feats  # float16 → float32
+        feature_lengths[r] = len(feats)
+        labels[r, : len(ids)] = ids
+        label_lengths[r] = len(ids)
+    return {
+        "features": features,
+        "feature_lengths": feature_lengths,
+        "labels": labels,
+        "label_lengths": label_lengths,
+    }
+
+
+class _Split:
+    """A split's shards (one grain ArrayRecord source) and its index; picklable."""
+
+    def __init__(self, dataset_dir: str | Path, split: str):
+        info = load_dataset_info(dataset_dir, split)
+        folder = Path(dataset_dir)
+        paths = [str(folder / name) for name in info["splits"][split]["shards"]]
+        for path in [*paths, str(folder / index_name(split))]:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"dataset {dataset_dir}: file {path} is missing")
+        self.name = f"{dataset_dir}:{split}"
+        self.n_mels = int(info["frontend"]["n_mels"])
+        self.index = read_index(folder / index_name(split))
+        self.source = grain.sources.ArrayRecordDataSource(paths)
+        if len(self.source) != len(self.index["ids"]):
+            raise ValueError(
+                f"{self.name}: the shards hold {len(self.source)} records but the index lists "
+                f"{len(self.index['ids'])}; re-run `jaxseq prepare`"
+            )
+
+    def read(self, records: np.ndarray) -> list[dict[str, Any]]:
+        """Decoded records for record numbers `records` [n], checked against the index ids."""
+        out = [decode_record(self.source[int(k)]) for k in records]
+        for k, rec in zip(records, out, strict=True):
+            if rec["id"] != self.index["ids"][k]:
+                raise ValueError(
+                    f"{self.name}: record {k} has id {rec['id']!r} but the index says "
+                    f"{self.index['ids'][k]!r}; re-run `jaxseq prepare`"
+                )
+        return out
+
+
+class _ReadTrainBatch(grain.transforms.Map):
+    """Plan element → host batch (module level so grain worker processes can unpickle it)."""
+
+    def __init__(self, split: _Split, vocab, rows: int, max_label_length: int):
+        self._split, self._vocab = split, vocab
+        self._rows, self._max_label_length = rows, max_label_length
+
+    def map(self, element: dict[str, Any]) -> Batch:
+        records = self._split.read(element["records"])
+        return _collate(
+            records,
+            self._rows,
+            element["length"],
+            self._max_label_length,
+            self._split.n_mels,
+            self._vocab,
+        )
+
+
+def _per_process(global_size: int, process_index: int, process_count: int, what: str) -> int:
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+    if global_size % process_count:
+        raise ValueError(
+            f"data.{what}={global_size} is not divisible by the {process_count} processes"
+        )
+    return global_size // process_count
+
+
+def _mark_absl_flags_parsed() -> None:
+    """grain's worker processes read absl flags; outside an absl app they are unparsed."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_train_iterator(
+    dataset_dir: str | Path,
+    split: str,
+    cfg: DataConfig,
+    vocab,
+    *,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> TrainIterator:
+    """An infinite, checkpointable iterator of this process's training batches.
+
+    Args:
+      dataset_dir: a folder written by `jaxseq prepare`.
+      split: e.g. "train".
+      cfg: batch_size (global), buckets, max_label_length, sort_pool_batches, worker_count,
+        worker_buffer_size. (`cfg.shuffle_seed` is not read: pass the seed as `seed`.)
+      vocab: has `encode(text) -> int32 [n]`, one id per character (the length filter uses the
+        index's text lengths).
+      seed: shuffle seed; the epoch is folded in, so each epoch has a different order.
+      process_index, process_count: this process reads rows `[p*b:(p+1)*b]` of every global batch.
+
+    Returns:
+      A `TrainIterator`, a grain `DatasetIterator` (get_state/set_state, checkpointable with
+      `grain.checkpoint.CheckpointSave/Restore`) of dicts, b = cfg.batch_size // process_count,
+      T a bucket of cfg.buckets (the same for all processes at a step):
+        features float32 [b, T, n_mels] (zero padded), feature_lengths int32 [b],
+        labels int32 [b, cfg.max_label_length] (zero padded), label_lengths int32 [b].
+      It also holds `dropped` (every item the length filter dropped, with its reason),
+      `num_kept` and `batches_per_epoch`: see `TrainIterator`.
+    """
+    b = _per_process(cfg.batch_size, process_index, process_count, "batch_size")
+    data = _Split(dataset_dir, split)
+    kept, dropped = length_filter(data.index, cfg)
+    _log_dropped(data.name, len(kept), dropped)
+    if len(kept) < cfg.batch_size:
+        raise ValueError(
+            f"{data.name}: only {len(kept)} items pass the length filter, fewer than one global "
+            f"batch of {cfg.batch_size}; lower data.batch_size or check data.buckets"
+        )
+    plan = _TrainPlan(kept, data.index["num_frames"], cfg, seed, process_index, b)
+    read = _ReadTrainBatch(data, vocab, b, cfg.max_label_length)
+    return TrainIterator(plan, read, cfg, dropped)
+
+
+class TrainIterator(grain.DatasetIterator):
+    """The training batches from a step on; its state is just that step.
+
+    Each step's batch is a pure function of (index, cfg, seed, step), so `{"step": n}` is the
+    whole state: restoring it rebuilds the grain pipeline from step n (`plan[n:]` → read →
+    optional `mp_prefetch`), which also resumes exactly with a different `worker_count`, or a
+    different process count (the global plan is the same). The pipeline (and its worker
+    processes) is built lazily, at the first batch or `start_prefetch`.
+
+    Attributes:
+      dropped: every item the length filter dropped: {"id", "reason", "num_frames",
+        "text_length"} (see `length_filter`).
+      num_kept: items kept; batches_per_epoch: global batches per epoch (the tail is dropped).
+    """
+
+    def __init__(self, plan: _TrainPlan, read: _ReadTrainBatch, cfg: DataConfig, dropped):
+        super().__init__()
+        self._plan, self._read, self._cfg = plan, read, cfg
+        self.dropped: list[dict[str, Any]] = dropped
+        self.num_kept = len(plan._kept)
+        self.batches_per_epoch = plan.batches_per_epoch
+        self._step = 0
+        self._batches: grain.DatasetIterator | None = None
+
+    def _pipeline(self) -> grain.DatasetIterator:
+        if self._batches is None:
+            c = self._cfg
+            ds = (
+                self._plan[self._step :]
+                .map(self._read)
+                .to_iter_dataset(
+                    grain.ReadOptions(
+                        num_threads=2, prefetch_buffer_size=max(2, c.worker_buffer_size)
+                    )
+                )
+            )
+            if c.worker_count > 0:
+                _mark_absl_flags_parsed()
+                ds = ds.mp_prefetch(
+                    grain.MultiprocessingOptions(
+                        num_workers=c.worker_count, per_worker_buffer_size=c.worker_buffer_size
+                    )
+                )
+            self._batches = iter(ds)
+        return self._batches
+
+    def __next__(self) -> Batch:
+        self._assert_not_closed()
+        batch = next(self._pipeline())
+        self._step += 1
+        # Worker processes hand back grain's shared-memory arrays: copy them to plain ndarrays so
+        # the shared memory is released now (and not noisily at interpreter exit).
+        return {k: v if type(v) is np.ndarray else np.array(v) for k, v in batch.items()}
+
+    def get_state(self) -> dict[str, Any]:
+        return {"step": self._step}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if self._batches is not None:
+            self._batches.close()
+            self._batches = None
+        self._step = int(state["step"])
+
+    def start_prefetch(self) -> None:
+        self._pipeline().start_prefetch()
+
+    def close(self) -> None:
+        if self._batches is not None:
+            self._batches.close()
+            self._batches = None  # freed now, not at interpreter exit (grain's __del__ is noisy)
+        super().close()
+
+    def __str__(self) -> str:
+        return f"TrainIterator(step={self._step}, {self._plan})"
+
+
+def _log_dropped(name: str, num_kept: int, dropped: list[dict[str, Any]]) -> None:
+    logging.info("%s: %d items kept for training, %d dropped", name, num_kept, len(dropped))
+    for reason in (EMPTY_TEXT, TOO_MANY_FRAMES, LABEL_TOO_LONG):
+        ids = [d["id"] for d in dropped if d["reason"] == reason]
+        if ids:
+            logging.warning(
+                "%s: dropped %d training items (%s), e.g. %s", name, len(ids), reason, ids[:5]
+            )
+
+
+def num_eval_batches(
+    dataset_dir: str | Path, split: str, cfg: DataConfig, *, process_count: int = 1
+) -> int:
+    """How many batches `make_eval_batches` yields (the same on every process)."""
+    _per_process(cfg.eval_batch_size, 0, process_count, "eval_batch_size")
+    info = load_dataset_info(dataset_dir, split)
+    return math.ceil(int(info["splits"][split]["num_utterances"]) / cfg.eval_batch_size)
+
+
+def make_eval_batches(
+    dataset_dir: str | Path,
+    split: str,
+    cfg: DataConfig,
+    vocab,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[tuple[Batch, list[str], list[str]]]:
+    """Every item of a split once, in dataset order, as `(batch, ids, texts)` for this process.
+
+    Nothing is dropped. Global batches of cfg.eval_batch_size, process p holding rows
+    `[p*b:(p+1)*b]`; each global batch is padded to `bucket_length` of its longest item (beyond
+    the largest bucket: a multiple of it) and its labels to cfg.max_label_length, or, when an
+    item's label is longer, to the batch's longest label rounded up to a multiple of 32.
+
+    Yields:
+      batch: the training fields with b = cfg.eval_batch_size // process_count, plus
+        valid bool [b]; the final partial batch is filled with zero-length rows, valid False.
+      ids, texts: lists of b strings for this process's rows ("" for fillers).
+    """
+    b = _per_process(cfg.eval_batch_size, process_index, process_count, "eval_batch_size")
+    data = _Split(dataset_dir, split)
+    frames, text_lengths = data.index["num_frames"], data.index["text_lengths"]
+    num = len(frames)
+    for start in range(0, num, cfg.eval_batch_size):
+        stop = min(start + cfg.eval_batch_size, num)
+        length = bucket_length(int(frames[start:stop].max()), cfg.buckets)
+        longest_label = int(text_lengths[start:stop].max())
+        label_width = cfg.max_label_length
+        if longest_label > label_width:
+            label_width = math.ceil(longest_label / _EVAL_LABEL_MULTIPLE) * _EVAL_LABEL_MULTIPLE
+        mine = np.arange(start + process_index * b, min(start + (process_index + 1) * b, stop))
+        records = data.read(mine)
+        batch = _collate(records, b, length, label_width, data.n_mels, vocab)
+        batch["valid"] = np.arange(b) < len(records)
+        ids = [r["id"] for r in records] + [""] * (b - len(records))
+        texts = [r["text"] for r in records] + [""] * (b - len(records))
+        yield batch, ids, texts

@@ -1,0 +1,240 @@
+"""Offline evaluation and transcription from a workdir, on any mesh, from any checkpoint.
+
+A workdir holds everything needed: config.yaml, frontend.json (the dataset's frontend and
+text policy), the tokenizer and checkpoints/. Evaluation never drops an utterance silently:
+items `prepare` could not use are counted and listed in the report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from jaxseq.audio.frontend import log_mel_numpy
+from jaxseq.audio.io import load_audio
+from jaxseq.config import Config, FrontendConfig, PrepareConfig, TextConfig, load_config
+from jaxseq.data.pipeline import bucket_length, load_dataset_info, make_eval_batches
+from jaxseq.parallel.batch import to_global
+from jaxseq.parallel.mesh import data_parallel_size, make_mesh
+from jaxseq.parallel.sharding import replicated, sharding_context
+from jaxseq.scoring import error_counts, error_rates, utterance_alignment
+from jaxseq.tasks import load_task
+from jaxseq.tasks.base import Task
+from jaxseq.train.checkpoint import Checkpointer, CheckpointError
+from jaxseq.train.optimizer import make_optimizer
+from jaxseq.train.state import abstract_train_state
+
+WORST_IN_REPORT = 20
+
+
+def evaluate_split(
+    task: Task,
+    params: Any,
+    mesh: Mesh,
+    cfg: Config,
+    dataset_dir: str | Path,
+    split: str,
+    *,
+    decoder: str | None = None,
+    beam_size: int | None = None,
+) -> tuple[dict[str, float], list[dict[str, str]]]:
+    """Decodes and scores every utterance of a prepared split.
+
+    Returns:
+      (metrics: wer, cer, loss, num_utterances and edit counts; records: this process's
+      {"id", "ref", "hyp"} in dataset order).
+    """
+    decoder = decoder or cfg.eval.decoder
+    beam_size = beam_size or cfg.eval.beam_size
+    text = TextConfig(**load_dataset_info(dataset_dir)["text"])
+    predict = jax.jit(task.predict_fn, out_shardings=replicated(mesh))
+    loss_fn = jax.jit(
+        lambda p, b: task.loss_fn(p, b, jax.random.PRNGKey(0), train=False),
+        out_shardings=replicated(mesh),
+    )
+    p, b = jax.process_index(), None
+    records: list[dict[str, str]] = []
+    loss_sum = tokens = 0.0
+    batches = make_eval_batches(
+        dataset_dir, split, cfg.data, task.tokenizer,
+        process_index=p, process_count=jax.process_count(),
+    )
+    for host_batch, ids, refs in batches:
+        b = len(ids)
+        batch = to_global(host_batch, mesh)
+        with sharding_context(mesh):
+            outputs = jax.device_get(predict(params, batch))
+            loss, metrics = jax.device_get(loss_fn(params, batch))
+        loss_sum += float(loss) * float(metrics["tokens"])
+        tokens += float(metrics["tokens"])
+        mine = jax.tree.map(lambda x: np.asarray(x)[p * b : (p + 1) * b], outputs)
+        hyps = task.decode(mine, decoder, beam_size)
+        records += [
+            {"id": i, "ref": r, "hyp": h}
+            for i, r, h, ok in zip(ids, refs, hyps, host_batch["valid"], strict=True)
+            if ok
+        ]
+    counts = error_counts([r["ref"] for r in records], [r["hyp"] for r in records], text)
+    totals = np.array([*counts, len(records)], np.int64)
+    if jax.process_count() > 1:
+        totals = multihost_utils.process_allgather(totals).sum(axis=0)
+    metrics = error_rates(totals[:-1])
+    metrics.update(num_utterances=int(totals[-1]), loss=loss_sum / max(tokens, 1.0))
+    return metrics, records
+
+
+@dataclass
+class Trained:
+    """A trained model loaded from a workdir."""
+
+    cfg: Config
+    task: Task
+    mesh: Mesh
+    params: Any
+    step: int
+    frontend: FrontendConfig
+    text: TextConfig
+
+
+def load_trained(
+    workdir: str | Path, *, step: int | None = None, overrides: tuple[str, ...] = ()
+) -> Trained:
+    """Restores the params of `step` (default: best validation WER, else latest)."""
+    workdir = Path(workdir)
+    if not (workdir / "config.yaml").exists():
+        raise FileNotFoundError(f"{workdir} is not a jaxseq workdir (no config.yaml); train first")
+    cfg = load_config(workdir / "config.yaml", overrides)
+    saved = json.loads((workdir / "frontend.json").read_text())
+    frontend, text = FrontendConfig(**saved["frontend"]), TextConfig(**saved["text"])
+    task = load_task(cfg, workdir, frontend.n_mels)
+    mesh = make_mesh(cfg.mesh)
+    ckpt = Checkpointer(workdir / "checkpoints", cfg.train, read_only=True)
+    if step is None:
+        step = ckpt.best_step() or ckpt.latest_step()
+    if step is None:
+        raise CheckpointError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
+    tx = make_optimizer(cfg.optim, cfg.train.num_steps)
+    dp = data_parallel_size(mesh)
+    abstract, _ = abstract_train_state(task, tx, task.dummy_batch(dp, cfg.data.buckets[0]), mesh)
+    state = ckpt.restore(step, abstract)
+    ckpt.close()
+    return Trained(cfg, task, mesh, state.params, step, frontend, text)
+
+
+def _prepare_manifest(trained: Trained, manifest: Path, workdir: Path) -> Path:
+    """Computes features for a manifest with the workdir's frontend (cached in eval/)."""
+    from jaxseq.data.prepare import prepare_split
+
+    out = workdir / "eval" / f"manifest-{manifest.stem}"
+    cfg = PrepareConfig(frontend=trained.frontend, text=trained.text, max_bad_fraction=1.0)
+    prepare_split(f"manifest:{manifest}", out, "eval", cfg, evaluation=True)
+    return out
+
+
+def _write_reports(metrics: dict, records: list[dict], text: TextConfig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**metrics, "utterances": records}, indent=2))
+    scored = [(utterance_alignment(r["ref"], r["hyp"], text), r) for r in records]
+    scored.sort(key=lambda x: -x[0][0])
+    lines = [
+        f"# Evaluation: WER {metrics['wer']:.2%}, CER {metrics['cer']:.2%}",
+        "",
+        f"{metrics['num_utterances']} utterances scored, {metrics['num_skipped']} skipped "
+        f"(listed in {path.name}); decoder {metrics['decoder']}, step {metrics['step']}.",
+        "",
+        f"## Worst {min(WORST_IN_REPORT, len(scored))} utterances",
+        "",
+    ]
+    for (wer, alignment), r in scored[:WORST_IN_REPORT]:
+        lines += [f"### {r['id']} (WER {wer:.2%})", "", "```", alignment.strip(), "```", ""]
+    path.with_suffix(".md").write_text("\n".join(lines))
+
+
+def evaluate(
+    workdir: str | Path,
+    *,
+    split: str = "test",
+    dataset: str | Path | None = None,
+    manifest: str | Path | None = None,
+    report: str | Path | None = None,
+    step: int | None = None,
+    decoder: str | None = None,
+    beam_size: int | None = None,
+    overrides: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """WER/CER of a trained workdir on a prepared split or on a manifest of audio files.
+
+    Writes a JSON report (`report`, default WORKDIR/eval/<split>-step<N>.json) with top-level
+    wer, cer, num_utterances, num_skipped, skipped and the per-utterance results, plus a
+    markdown report next to it listing the worst utterances with their alignments.
+    """
+    workdir = Path(workdir)
+    trained = load_trained(workdir, step=step, overrides=overrides)
+    if manifest is not None:
+        dataset, split = _prepare_manifest(trained, Path(manifest), workdir), "eval"
+    dataset = dataset or trained.cfg.data.dataset
+    info = load_dataset_info(dataset, split)
+    if info["frontend"] != json.loads((workdir / "frontend.json").read_text())["frontend"]:
+        raise ValueError(
+            f"{dataset} was prepared with frontend {info['frontend']}, but the model in {workdir} "
+            "was trained on different features; prepare the data with the model's settings"
+        )
+    metrics, records = evaluate_split(
+        trained.task, trained.params, trained.mesh, trained.cfg, dataset, split,
+        decoder=decoder, beam_size=beam_size,
+    )
+    split_info = info["splits"][split]
+    metrics.update(
+        num_skipped=int(split_info.get("num_skipped", 0)),
+        skipped=split_info.get("skipped", []),
+        dataset=str(dataset),
+        split=split,
+        step=trained.step,
+        decoder=decoder or trained.cfg.eval.decoder,
+        beam_size=beam_size or trained.cfg.eval.beam_size,
+    )
+    if jax.process_index() == 0:
+        path = Path(report) if report else workdir / "eval" / f"{split}-step{trained.step}.json"
+        _write_reports(metrics, records, trained.text, path)
+        logging.info("wrote %s and %s", path, path.with_suffix(".md"))
+    return metrics
+
+
+def transcribe(
+    workdir: str | Path,
+    audio_paths: list[str | Path],
+    *,
+    step: int | None = None,
+    decoder: str | None = None,
+    beam_size: int | None = None,
+) -> list[str]:
+    """Transcripts of audio files (any format librosa reads; resampled to the model's rate)."""
+    trained = load_trained(workdir, step=step)
+    cfg, mesh = trained.cfg, trained.mesh
+    feats = [log_mel_numpy(load_audio(p, trained.frontend.sample_rate), trained.frontend)
+             for p in audio_paths]
+    dp = data_parallel_size(mesh)
+    rows = -(-len(feats) // dp) * dp  # a multiple of the data-parallel size
+    frames = bucket_length(max(len(f) for f in feats), cfg.data.buckets)
+    batch = {
+        "features": np.zeros((rows, frames, trained.frontend.n_mels), np.float32),
+        "feature_lengths": np.zeros((rows,), np.int32),
+    }
+    for i, f in enumerate(feats):
+        batch["features"][i, : len(f)] = f
+        batch["feature_lengths"][i] = len(f)
+    predict = jax.jit(trained.task.predict_fn, out_shardings=replicated(mesh))
+    with sharding_context(mesh):
+        outputs = jax.device_get(predict(trained.params, to_global(batch, mesh)))
+    hyps = trained.task.decode(
+        outputs, decoder or cfg.eval.decoder, beam_size or cfg.eval.beam_size
+    )
+    return hyps[: len(feats)]

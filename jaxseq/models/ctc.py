@@ -1,0 +1,48 @@
+"""CTC encoder-only ASR model: Transformer encoder + linear head over characters and blank."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxseq.config import ModelConfig
+from jaxseq.models.encoder import TransformerEncoder
+from jaxseq.models.layers import constrain, default_kernel_init, partitioned
+from jaxseq.parallel.sharding import BATCH, EMBED, LENGTH, VOCAB
+
+
+class CTCModel(nn.Module):
+    """Log-mel → per-frame logits over `vocab_size` classes (blank included)."""
+
+    cfg: ModelConfig
+    vocab_size: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, features: jax.Array, lengths: jax.Array, deterministic: bool = True
+    ) -> tuple[jax.Array, jax.Array]:
+        """features [batch, frames, n_mels], lengths [batch] →
+        (logits float32 [batch, enc_frames, vocab], enc_lengths [batch])."""
+        cfg = self.cfg
+        x, lengths = TransformerEncoder(
+            d_model=cfg.d_model,
+            num_heads=cfg.num_heads,
+            num_layers=cfg.num_layers,
+            mlp_dim=cfg.mlp_dim,
+            subsample_strides=tuple(cfg.subsample_strides),
+            conv_kernel=cfg.conv_kernel,
+            dropout_rate=cfg.dropout,
+            dtype=self.dtype,
+            name="encoder",
+        )(features, lengths, deterministic)
+        logits = nn.Dense(
+            self.vocab_size,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=partitioned(default_kernel_init, EMBED, VOCAB),
+            bias_init=partitioned(nn.initializers.zeros, VOCAB),
+            name="head",
+        )(x)  # [batch, enc_frames, vocab]
+        return constrain(logits.astype(jnp.float32), BATCH, LENGTH, VOCAB), lengths

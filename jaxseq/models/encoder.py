@@ -1,0 +1,104 @@
+"""Audio encoder: a conv1d subsampling stem and a pre-LN Transformer encoder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxseq.models.layers import (
+    EncoderLayer,
+    LayerNorm,
+    constrain,
+    padding_mask,
+    partitioned,
+    sinusoidal_positions,
+)
+from jaxseq.parallel.sharding import BATCH, CONV_WINDOW, EMBED, LENGTH, MEL
+
+Dtype = Any
+
+
+def subsampled_lengths(lengths: jax.Array, strides: tuple[int, ...]) -> jax.Array:
+    """Frame counts after the conv stem: each stride-s conv maps n valid frames to ceil(n/s)."""
+    for s in strides:
+        lengths = (lengths + s - 1) // s
+    return lengths
+
+
+class ConvSubsampler(nn.Module):
+    """Conv1d + GELU layers over time (mel bins as channels), one per stride.
+
+    With strides (2, 2) and a 10 ms hop the output frames are 40 ms apart. Padded frames are
+    zeroed after every layer so that outputs never depend on how much padding a batch has.
+    """
+
+    features: int
+    strides: tuple[int, ...]
+    kernel_size: int = 3
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """x: [batch, frames, n_mels] → ([batch, ceil(frames / prod(strides)), features], lengths)."""
+        pad = self.kernel_size // 2
+        for i, stride in enumerate(self.strides):
+            in_axis = MEL if i == 0 else EMBED
+            x = nn.Conv(
+                self.features,
+                kernel_size=(self.kernel_size,),
+                strides=(stride,),
+                padding=((pad, pad),),
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                kernel_init=partitioned(nn.initializers.lecun_normal(), CONV_WINDOW, in_axis, EMBED),
+                bias_init=partitioned(nn.initializers.zeros, EMBED),
+                name=f"conv{i}",
+            )(x)  # [batch, ceil(frames / stride), features]
+            x = nn.gelu(x, approximate=False)
+            lengths = subsampled_lengths(lengths, (stride,))
+            x = x * padding_mask(lengths, x.shape[1])[:, :, None].astype(x.dtype)
+        return constrain(x, BATCH, LENGTH, EMBED), lengths
+
+
+class TransformerEncoder(nn.Module):
+    """Conv stem → sinusoidal positions → pre-LN Transformer layers → final LayerNorm."""
+
+    d_model: int
+    num_heads: int
+    num_layers: int
+    mlp_dim: int
+    subsample_strides: tuple[int, ...]
+    conv_kernel: int = 3
+    dropout_rate: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, features: jax.Array, lengths: jax.Array, deterministic: bool
+    ) -> tuple[jax.Array, jax.Array]:
+        """Encodes log-mel features.
+
+        Args:
+          features: float [batch, frames, n_mels].
+          lengths: int [batch] valid frames.
+        Returns:
+          (encoded [batch, enc_frames, d_model], enc_lengths int [batch]).
+        """
+        x = features.astype(self.dtype)
+        x, lengths = ConvSubsampler(
+            self.d_model, self.subsample_strides, self.conv_kernel, self.dtype, name="stem"
+        )(x, lengths)
+        length = x.shape[1]
+        x = x + sinusoidal_positions(length, self.d_model)[None].astype(self.dtype)
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        valid = padding_mask(lengths, length)  # [batch, enc_frames]
+        mask = (valid[:, None, None, :] & valid[:, None, :, None])  # [batch, 1, q, kv]
+        for i in range(self.num_layers):
+            x = EncoderLayer(
+                self.num_heads, self.mlp_dim, self.dtype, self.dropout_rate, name=f"layer{i}"
+            )(x, mask, deterministic)
+        x = LayerNorm(dtype=self.dtype, name="final_norm")(x)
+        return x, lengths

@@ -1,0 +1,187 @@
+"""Transformer building blocks shared by every model family.
+
+Every parameter carries logical axis names (see jaxseq.parallel.sharding for the mesh rules);
+key activations carry logical sharding constraints. Parameters are float32; `dtype` is the
+compute dtype (float32 or bfloat16). Softmax and layer-norm statistics run in float32.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxseq.parallel.sharding import BATCH, EMBED, HEADS, KV, LENGTH, MLP
+
+Dtype = Any
+
+default_kernel_init = nn.initializers.xavier_uniform()
+
+
+def partitioned(init, *axes: str | None):
+    """`init` wrapped so the parameter it makes carries the logical `axes`."""
+    return nn.with_logical_partitioning(init, axes)
+
+
+def constrain(x: jax.Array, *axes: str | None) -> jax.Array:
+    """Logical sharding constraint on an activation (a no-op outside a mesh)."""
+    return nn.with_logical_constraint(x, axes)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last (embed) axis, statistics in float32."""
+
+    dtype: Dtype = jnp.float32
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.LayerNorm(
+            epsilon=self.epsilon,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            scale_init=partitioned(nn.initializers.ones, EMBED),
+            bias_init=partitioned(nn.initializers.zeros, EMBED),
+        )(x)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head dot-product attention.
+
+    Attributes:
+      num_heads: number of heads; the head size is features // num_heads.
+      dtype: compute dtype.
+      dropout_rate: dropout on the attention weights.
+    """
+
+    num_heads: int
+    dtype: Dtype = jnp.float32
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs_q: jax.Array,
+        inputs_kv: jax.Array,
+        mask: jax.Array | None,
+        deterministic: bool,
+    ) -> jax.Array:
+        """Attends from `inputs_q` [batch, q_len, embed] to `inputs_kv` [batch, kv_len, embed].
+
+        Args:
+          mask: bool [batch, 1 or heads, q_len, kv_len], True where attention is allowed.
+        Returns:
+          [batch, q_len, embed]
+        """
+        features = inputs_q.shape[-1]
+        if features % self.num_heads:
+            raise ValueError(f"embed size {features} is not divisible by {self.num_heads} heads")
+        head_dim = features // self.num_heads
+        dense = functools.partial(
+            nn.DenseGeneral,
+            features=(self.num_heads, head_dim),
+            axis=-1,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=partitioned(default_kernel_init, EMBED, HEADS, KV),
+            bias_init=partitioned(nn.initializers.zeros, HEADS, KV),
+        )
+        query = dense(name="query")(inputs_q)  # [batch, q_len, heads, head_dim]
+        key = dense(name="key")(inputs_kv)  # [batch, kv_len, heads, head_dim]
+        value = dense(name="value")(inputs_kv)  # [batch, kv_len, heads, head_dim]
+        query = constrain(query, BATCH, LENGTH, HEADS, KV)
+        key = constrain(key, BATCH, LENGTH, HEADS, KV)
+        value = constrain(value, BATCH, LENGTH, HEADS, KV)
+
+        query = query / np.sqrt(head_dim).astype(self.dtype)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)  # [batch, heads, q, kv]
+        if self.dropout_rate > 0.0:
+            weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)  # [batch, q_len, heads, head_dim]
+        out = nn.DenseGeneral(
+            features=features,
+            axis=(-2, -1),
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=partitioned(default_kernel_init, HEADS, KV, EMBED),
+            bias_init=partitioned(nn.initializers.zeros, EMBED),
+            name="out",
+        )(out)  # [batch, q_len, embed]
+        return constrain(out, BATCH, LENGTH, EMBED)
+
+
+class MlpBlock(nn.Module):
+    """Position-wise feed-forward block: Dense → GELU → dropout → Dense."""
+
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        features = x.shape[-1]
+        h = nn.Dense(
+            self.mlp_dim,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=partitioned(default_kernel_init, EMBED, MLP),
+            bias_init=partitioned(nn.initializers.zeros, MLP),
+            name="wi",
+        )(x)  # [batch, length, mlp]
+        h = constrain(nn.gelu(h, approximate=False), BATCH, LENGTH, MLP)
+        h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        out = nn.Dense(
+            features,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=partitioned(default_kernel_init, MLP, EMBED),
+            bias_init=partitioned(nn.initializers.zeros, EMBED),
+            name="wo",
+        )(h)  # [batch, length, embed]
+        return constrain(out, BATCH, LENGTH, EMBED)
+
+
+class EncoderLayer(nn.Module):
+    """Pre-LN Transformer encoder layer: x + SelfAttn(LN(x)), then x + MLP(LN(x))."""
+
+    num_heads: int
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
+        """x: [batch, length, embed]; mask: bool [batch, 1, length, length]."""
+        h = LayerNorm(dtype=self.dtype, name="attn_norm")(x)
+        h = MultiHeadAttention(
+            self.num_heads, dtype=self.dtype, dropout_rate=self.dropout_rate, name="attn"
+        )(h, h, mask, deterministic)
+        x = x + nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        h = LayerNorm(dtype=self.dtype, name="mlp_norm")(x)
+        h = MlpBlock(self.mlp_dim, dtype=self.dtype, dropout_rate=self.dropout_rate, name="mlp")(
+            h, deterministic
+        )
+        x = x + nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        return constrain(x, BATCH, LENGTH, EMBED)
+
+
+def sinusoidal_positions(length: int, features: int) -> np.ndarray:
+    """Whisper's sinusoidal position table, float32 [length, features] (sin half, cos half)."""
+    if features % 2:
+        raise ValueError(f"sinusoidal positions need an even size, got {features}")
+    log_timescale = np.log(10000.0) / (features // 2 - 1)
+    inv_timescales = np.exp(-log_timescale * np.arange(features // 2))
+    scaled = np.arange(length)[:, None] * inv_timescales[None, :]  # [length, features // 2]
+    return np.concatenate([np.sin(scaled), np.cos(scaled)], axis=1).astype(np.float32)
+
+
+def padding_mask(lengths: jax.Array, max_length: int) -> jax.Array:
+    """bool [batch, max_length]: True on the first `lengths[b]` positions."""
+    return jnp.arange(max_length)[None, :] < lengths[:, None]

@@ -1,0 +1,28 @@
+"""Model families behind one interface (jaxseq.tasks.base.Task)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jaxseq.config import Config
+from jaxseq.tasks.base import Task
+
+
+def build_task(cfg: Config, dataset_info: dict) -> Task:
+    """A fresh task for training on a prepared dataset (tokenizer from its text policy)."""
+    n_mels = int(dataset_info["frontend"]["n_mels"])
+    if cfg.model.family == "ctc":
+        from jaxseq.tasks.ctc import CTCTask
+        from jaxseq.text.vocab import CharVocab
+
+        return CTCTask(cfg, CharVocab.from_charset(dataset_info["text"]["charset"]), n_mels)
+    raise ValueError(f"unknown model.family {cfg.model.family!r}")
+
+
+def load_task(cfg: Config, workdir: str | Path, n_mels: int) -> Task:
+    """The task of a trained workdir (tokenizer read back from the workdir)."""
+    if cfg.model.family == "ctc":
+        from jaxseq.tasks.ctc import CTCTask
+
+        return CTCTask.from_workdir(cfg, Path(workdir), n_mels)
+    raise ValueError(f"unknown model.family {cfg.model.family!r}")

@@ -1,0 +1,54 @@
+"""The small interface the one train loop and the one evaluation path call.
+
+A task owns a model family's model, tokenizer, loss and decoding; the loop never branches
+on the family. (t5x's BaseModel: loss_fn / predict_batch / score_batch.)
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+class Task(abc.ABC):
+    """One model family: model, tokenizer, loss on a batch, prediction on a batch."""
+
+    model: nn.Module
+    tokenizer: Any  # has .encode(text) -> int ids; saved in the workdir
+
+    @abc.abstractmethod
+    def dummy_batch(self, batch_size: int, frames: int) -> dict[str, np.ndarray]:
+        """A host batch of the training layout, used for shapes at initialization."""
+
+    @abc.abstractmethod
+    def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+        """Model variables (with logical partitioning metadata) for `batch`'s shapes."""
+
+    @abc.abstractmethod
+    def loss_fn(
+        self, params: Any, batch: Batch, rng: jax.Array, train: bool
+    ) -> tuple[jax.Array, Metrics]:
+        """Scalar training loss and a dict of scalar metrics (sums and counts).
+
+        Rows with batch["valid"] == False (evaluation fillers) contribute nothing.
+        """
+
+    @abc.abstractmethod
+    def predict_fn(self, params: Any, batch: Batch) -> Any:
+        """Device-side prediction for a batch (jitted by the caller)."""
+
+    @abc.abstractmethod
+    def decode(self, outputs: Any, decoder: str, beam_size: int) -> list[str]:
+        """Host-side: turns `predict_fn` outputs (as NumPy) into one hypothesis per row."""
+
+    @abc.abstractmethod
+    def save_tokenizer(self, workdir: Path) -> None:
+        """Writes what `load` needs to rebuild the tokenizer into `workdir`."""

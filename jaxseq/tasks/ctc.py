@@ -1,0 +1,97 @@
+"""CTC encoder-only ASR: characters + blank, trained with jaxseq's vmapped CTC loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxseq.audio.specaugment import spec_augment
+from jaxseq.config import Config
+from jaxseq.decoding.ctc import ctc_batch_prefix_beam_search, ctc_collapse
+from jaxseq.losses.ctc import ctc_feasible, ctc_loss
+from jaxseq.models.ctc import CTCModel
+from jaxseq.tasks.base import Batch, Metrics, Task
+from jaxseq.text.vocab import CharVocab
+
+VOCAB_FILE = "vocab.json"
+
+
+class CTCTask(Task):
+    """Log-mel → characters with a Transformer encoder and a CTC head."""
+
+    def __init__(self, cfg: Config, vocab: CharVocab, n_mels: int):
+        self.cfg = cfg
+        self.tokenizer = vocab
+        self.n_mels = n_mels
+        dtype = jnp.bfloat16 if cfg.train.compute_dtype == "bfloat16" else jnp.float32
+        self.model = CTCModel(cfg.model, vocab.size, dtype=dtype)
+
+    @classmethod
+    def from_workdir(cls, cfg: Config, workdir: Path, n_mels: int) -> CTCTask:
+        return cls(cfg, CharVocab.load(Path(workdir) / VOCAB_FILE), n_mels)
+
+    def save_tokenizer(self, workdir: Path) -> None:
+        self.tokenizer.save(Path(workdir) / VOCAB_FILE)
+
+    def dummy_batch(self, batch_size: int, frames: int) -> dict[str, np.ndarray]:
+        return {
+            "features": np.zeros((batch_size, frames, self.n_mels), np.float32),
+            "feature_lengths": np.full((batch_size,), frames, np.int32),
+            "labels": np.zeros((batch_size, self.cfg.data.max_label_length), np.int32),
+            "label_lengths": np.ones((batch_size,), np.int32),
+        }
+
+    def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+        return self.model.init(
+            {"params": rng}, batch["features"], batch["feature_lengths"], deterministic=True
+        )
+
+    def loss_fn(
+        self, params: Any, batch: Batch, rng: jax.Array, train: bool
+    ) -> tuple[jax.Array, Metrics]:
+        features = batch["features"]  # [batch, frames, n_mels]
+        if train:
+            features = spec_augment(
+                jax.random.fold_in(rng, 1), features, batch["feature_lengths"],
+                self.cfg.spec_augment,
+            )
+        logits, lengths = self.model.apply(
+            {"params": params},
+            features,
+            batch["feature_lengths"],
+            deterministic=not train,
+            rngs={"dropout": jax.random.fold_in(rng, 2)},
+        )  # [batch, enc_frames, vocab], [batch]
+        per_utt = ctc_loss(
+            logits, lengths, batch["labels"], batch["label_lengths"], self.tokenizer.blank_id
+        )  # [batch]
+        weights = batch.get("valid", jnp.ones_like(per_utt, dtype=bool)).astype(jnp.float32)
+        tokens = jnp.sum(batch["label_lengths"] * weights)
+        loss = jnp.sum(per_utt * weights) / jnp.maximum(tokens, 1.0)
+        infeasible = ~ctc_feasible(lengths, batch["labels"], batch["label_lengths"])
+        metrics = {
+            "utterances": jnp.sum(weights),
+            "tokens": tokens,
+            "infeasible": jnp.sum(infeasible * weights),
+        }
+        return loss, metrics
+
+    def predict_fn(self, params: Any, batch: Batch) -> tuple[jax.Array, jax.Array]:
+        logits, lengths = self.model.apply(
+            {"params": params}, batch["features"], batch["feature_lengths"], deterministic=True
+        )
+        return jax.nn.log_softmax(logits, axis=-1), lengths  # [batch, enc_frames, vocab]
+
+    def decode(self, outputs: Any, decoder: str, beam_size: int) -> list[str]:
+        log_probs, lengths = (np.asarray(x) for x in outputs)
+        blank = self.tokenizer.blank_id
+        if decoder == "prefix_beam":
+            ids = ctc_batch_prefix_beam_search(log_probs, lengths, beam_size, blank)
+        else:
+            best = log_probs.argmax(-1)  # [batch, enc_frames]
+            ids = [ctc_collapse(best[b], int(lengths[b]), blank) for b in range(len(best))]
+        return [self.tokenizer.decode(seq) for seq in ids]

@@ -1,0 +1,176 @@
+"""The one train loop every model family uses.
+
+mesh → input → task + sharded state (fresh or restored) → jitted, donated train step →
+metrics at log steps → evaluation → asynchronous checkpoints (state + data iterator).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from tqdm import tqdm
+
+from jaxseq.config import Config, save_config, to_yaml
+from jaxseq.data.pipeline import load_dataset_info, make_train_iterator
+from jaxseq.evaluate import evaluate_split
+from jaxseq.parallel.batch import to_global
+from jaxseq.parallel.mesh import data_parallel_size, make_mesh
+from jaxseq.parallel.sharding import batch_sharding, replicated, sharding_context
+from jaxseq.tasks import build_task
+from jaxseq.tasks.base import Task
+from jaxseq.train.checkpoint import Checkpointer
+from jaxseq.train.optimizer import learning_rate_schedule, make_optimizer
+from jaxseq.train.state import TrainState, abstract_train_state, create_train_state
+from jaxseq.train.writers import MetricWriter
+
+FRONTEND_FILE = "frontend.json"
+
+
+def make_train_step(task: Task, tx: optax.GradientTransformation):
+    """The update: loss and gradients on one batch, then the optimizer step."""
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict[str, jax.Array]]:
+        rng = jax.random.fold_in(state.rng, state.step)
+
+        def loss_fn(params):
+            return task.loss_fn(params, batch, rng, train=True)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads), "steps": 1.0}
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metrics
+
+    return train_step
+
+
+def _write_workdir_files(cfg: Config, workdir: Path, task: Task, info: dict) -> None:
+    previous = workdir / "config.yaml"
+    if previous.exists() and previous.read_text() != to_yaml(cfg):
+        logging.warning("config differs from the one saved in %s; saving the new one", previous)
+    save_config(cfg, previous)
+    frontend = {"frontend": info["frontend"], "text": info["text"]}
+    (workdir / FRONTEND_FILE).write_text(json.dumps(frontend, indent=2))
+    task.save_tokenizer(workdir)
+
+
+def _summarize(acc: dict[str, Any], seconds: float) -> dict[str, float]:
+    """Turns summed per-step metrics into logged averages and rates."""
+    host = {k: float(v) for k, v in jax.device_get(acc).items()}
+    steps = max(host.pop("steps"), 1.0)
+    out = {"loss": host.pop("loss") / steps, "grad_norm": host.pop("grad_norm") / steps}
+    out["utterances_per_second"] = host["utterances"] / max(seconds, 1e-9)
+    out["infeasible"] = host["infeasible"]
+    return out
+
+
+def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
+    """Trains `cfg` in `workdir`, resuming from its latest checkpoint if there is one.
+
+    Returns a summary: final step, last logged train loss, last validation metrics, and the
+    padded shapes the train step was compiled for.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    info = load_dataset_info(cfg.data.dataset, cfg.data.train_split)
+    task = build_task(cfg, info)
+    if jax.process_index() == 0:
+        _write_workdir_files(cfg, workdir, task, info)
+
+    # Mesh and input.
+    mesh = make_mesh(cfg.mesh)
+    dp = data_parallel_size(mesh)
+    if cfg.data.batch_size % dp or cfg.data.eval_batch_size % dp:
+        raise ValueError(
+            f"data.batch_size ({cfg.data.batch_size}) and data.eval_batch_size "
+            f"({cfg.data.eval_batch_size}) must be multiples of the data-parallel size {dp}"
+        )
+    data_iter = make_train_iterator(
+        cfg.data.dataset, cfg.data.train_split, cfg.data, task.tokenizer,
+        seed=cfg.data.shuffle_seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    )
+    if jax.process_index() == 0 and data_iter.dropped:
+        with (workdir / "dropped.jsonl").open("w") as f:
+            f.writelines(json.dumps(d) + "\n" for d in data_iter.dropped)
+
+    # Model, optimizer and state: fresh, or restored with the iterator position.
+    tx = make_optimizer(cfg.optim, cfg.train.num_steps)
+    init_batch = task.dummy_batch(dp, cfg.data.buckets[0])
+    abstract, shardings = abstract_train_state(task, tx, init_batch, mesh)
+    ckpt = Checkpointer(workdir / "checkpoints", cfg.train)
+    start = ckpt.latest_step()
+    if start is not None:
+        state = ckpt.restore(start, abstract, data_iter)
+        logging.info("resumed from step %d", start)
+    else:
+        state = create_train_state(task, tx, init_batch, mesh, cfg.train.seed)
+        start = 0
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    logging.info("model: %s, %.2fM parameters, mesh %s", cfg.model.family, num_params / 1e6,
+                 dict(mesh.shape))
+
+    step_fn = jax.jit(
+        make_train_step(task, tx),
+        in_shardings=(shardings, batch_sharding(mesh)),
+        out_shardings=(shardings, replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    schedule = learning_rate_schedule(cfg.optim, cfg.train.num_steps)
+    writer = MetricWriter(workdir)
+    compiled_shapes: list[int] = []
+    summary: dict[str, Any] = {"start_step": start}
+    acc, tick = None, time.time()
+    bar = tqdm(
+        range(start, cfg.train.num_steps), initial=start, total=cfg.train.num_steps,
+        desc="train", disable=jax.process_index() != 0, dynamic_ncols=True,
+    )
+    for step in bar:
+        host_batch = next(data_iter)
+        frames = int(host_batch["features"].shape[1])
+        if frames not in compiled_shapes:
+            compiled_shapes.append(frames)
+            logging.info("compiling the train step for %d frames (%d of at most %d shapes)",
+                         frames, len(compiled_shapes), len(cfg.data.buckets))
+        with sharding_context(mesh):
+            state, metrics = step_fn(state, to_global(host_batch, mesh))
+        acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
+        done = step + 1
+
+        if done % cfg.train.log_every == 0 or done == cfg.train.num_steps:
+            scalars = _summarize(acc, time.time() - tick)
+            scalars["learning_rate"] = float(schedule(done))
+            writer.write(done, "train", scalars)
+            bar.set_postfix(loss=f"{scalars['loss']:.3f}",
+                            utt_s=f"{scalars['utterances_per_second']:.0f}")
+            summary["train_loss"] = scalars["loss"]
+            acc, tick = None, time.time()
+
+        eval_metrics = None
+        if cfg.data.eval_split and (done % cfg.train.eval_every == 0 or done == cfg.train.num_steps):
+            eval_metrics, _ = evaluate_split(
+                task, state.params, mesh, cfg, cfg.data.dataset, cfg.data.eval_split
+            )
+            writer.write(done, cfg.data.eval_split, eval_metrics)
+            bar.write(f"step {done}: {cfg.data.eval_split} WER {eval_metrics['wer']:.4f} "
+                      f"CER {eval_metrics['cer']:.4f} loss {eval_metrics['loss']:.4f}")
+            summary["eval"] = eval_metrics
+            tick = time.time()
+
+        if done % cfg.train.checkpoint_every == 0 or done == cfg.train.num_steps:
+            best = {"wer": eval_metrics["wer"]} if eval_metrics else None
+            ckpt.save(done, state, data_iter, {"step": done, "config": to_yaml(cfg)}, best)
+
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    summary.update(step=int(cfg.train.num_steps), compiled_shapes=compiled_shapes)
+    return summary

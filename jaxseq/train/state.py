@@ -1,0 +1,64 @@
+"""Train state, built already sharded over the mesh (eval_shape → shardings → jitted init)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from jax.sharding import Mesh
+
+from jaxseq.parallel.sharding import LOGICAL_RULES, sharding_context
+from jaxseq.tasks.base import Task
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a train step updates. `rng` is a raw uint32 [2] key (checkpointable)."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def _init_fn(task: Task, tx: optax.GradientTransformation, batch: dict, seed: int):
+    def init(rng: jax.Array) -> TrainState:
+        params_rng, state_rng = jax.random.split(rng)
+        params = task.init_variables(params_rng, batch)["params"]  # boxed with logical axes
+        return TrainState(
+            step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=state_rng
+        )
+
+    return init
+
+
+def abstract_train_state(
+    task: Task, tx: optax.GradientTransformation, batch: dict, mesh: Mesh
+) -> tuple[TrainState, TrainState]:
+    """(abstract state of ShapeDtypeStructs carrying shardings, the shardings themselves)."""
+    init = _init_fn(task, tx, batch, 0)
+    with sharding_context(mesh):
+        boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
+    specs = nn.get_partition_spec(boxed)
+    shardings = nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
+    unboxed = nn.meta.unbox(boxed)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), unboxed, shardings
+    )
+    return abstract, shardings
+
+
+def create_train_state(
+    task: Task, tx: optax.GradientTransformation, batch: dict, mesh: Mesh, seed: int
+) -> TrainState:
+    """A freshly initialized train state whose every leaf is created with its final sharding."""
+    _, shardings = abstract_train_state(task, tx, batch, mesh)
+    init = _init_fn(task, tx, batch, seed)
+    with sharding_context(mesh):
+        return jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings)(
+            jax.random.PRNGKey(seed)
+        )

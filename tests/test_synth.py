@@ -1,0 +1,197 @@
+"""espeak-ng synthesis and the built-in digits corpus."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pytest
+import soundfile as sf
+
+from jaxseq.audio import espeak
+from jaxseq.config import SynthConfig
+from jaxseq.data.synth import DIGIT_WORDS, VOICES, split_voices, synthesize_corpus
+
+SPLITS = ("train", "valid", "test")
+TINY = SynthConfig(num_train=12, num_valid=4, num_test=4, seed=0)
+
+
+def _median_f0(wave: np.ndarray, sr: int) -> float:
+    f0 = librosa.yin(wave, fmin=50, fmax=500, sr=sr, frame_length=1024)
+    voiced = librosa.feature.rms(y=wave, frame_length=1024)[0] > 0.02  # skip silence and noise
+    n = min(f0.size, voiced.size)
+    return float(np.median(f0[:n][voiced[:n]]))
+
+
+def test_synthesize_speaks_plausibly():
+    wave, sr = espeak.synthesize("one two three")
+    assert sr == 22050 and wave.dtype == np.float32 and wave.ndim == 1
+    assert 0.6 < wave.size / sr < 3.0
+    assert np.abs(wave).max() <= 1.0
+    assert np.sqrt(np.mean(wave**2)) > 0.01  # not silence
+    short, _ = espeak.synthesize("one")
+    long, _ = espeak.synthesize("one two three four five six seven", rate=175)
+    assert long.size > 3 * short.size
+
+
+def test_voices_differ_and_variants_set_pitch():
+    male, sr = espeak.synthesize("one two three", voice="en-us+m3")
+    female, _ = espeak.synthesize("one two three", voice="en-gb-scotland+f2")
+    assert male.size != female.size or not np.allclose(male, female)
+    assert _median_f0(female, sr) > 1.3 * _median_f0(male, sr)
+    low, _ = espeak.synthesize("one two three", voice="en-us+m3", pitch=10)
+    high, _ = espeak.synthesize("one two three", voice="en-us+m3", pitch=90)
+    assert _median_f0(high, sr) > 1.2 * _median_f0(low, sr)
+
+
+def test_rate_changes_duration():
+    slow, _ = espeak.synthesize("three oh five nine", rate=120)
+    fast, _ = espeak.synthesize("three oh five nine", rate=240)
+    assert slow.size > 1.5 * fast.size
+
+
+@pytest.mark.parametrize("voice", ["xx-yy", "en-us+nope", "mb-en1"])
+def test_unknown_voice_raises(voice):
+    with pytest.raises(ValueError, match="unknown espeak-ng"):
+        espeak.synthesize("one", voice=voice)
+
+
+_ISOLATED = """
+import hashlib, sys
+from jaxseq.audio import espeak
+requests = [("four two", "en-us+m3", 150, 40), ("nine", "en+klatt2", 200, 70)]
+if sys.argv[1] == "other-first":
+    espeak.synthesize_isolated([("one two three", "en-029+f1", 130, 30)], seed=1)
+waves, sr = espeak.synthesize_isolated(requests, seed=7)
+again, _ = espeak.synthesize_isolated(requests, seed=7)
+assert sr == 22050 and all((a == b).all() for a, b in zip(waves, again, strict=True))
+print(hashlib.sha256(b"".join(w.tobytes() for w in waves)).hexdigest(), [w.size for w in waves])
+espeak.synthesize("five six")
+try:
+    espeak.synthesize_isolated(requests)
+except RuntimeError:
+    print("refused after synthesize")
+"""
+
+
+def _run_isolated(mode: str) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", _ISOLATED, mode], capture_output=True, text=True, check=True
+    )
+    return out.stdout.splitlines()
+
+
+def test_synthesize_isolated_is_reproducible_across_processes():
+    first = _run_isolated("fresh")
+    second = _run_isolated("other-first")  # another history in the parent: same samples
+    assert first == second and len(first) == 2
+    assert first[1] == "refused after synthesize"
+    sizes = json.loads(first[0].split(" ", 1)[1])
+    assert sizes[0] > 0 and sizes[1] > 0
+
+
+def test_voice_inventory_and_splits():
+    assert len(VOICES) >= 60 and len(set(VOICES)) == len(VOICES)
+    bases, variants = set(espeak.list_voices()), set(espeak.list_variants())
+    for voice in VOICES:
+        base, _, variant = voice.partition("+")
+        assert base.startswith("en") and base in bases and variant in variants, voice
+    splits = split_voices(0)
+    sets = {s: set(v) for s, v in splits.items()}
+    assert set().union(*sets.values()) == set(VOICES)
+    assert sum(len(v) for v in sets.values()) == len(VOICES)  # disjoint
+    assert 0.6 < len(sets["train"]) / len(VOICES) < 0.8
+    assert len(sets["valid"]) >= 5 and len(sets["test"]) >= 10
+    assert split_voices(0) == splits and split_voices(1) != splits
+
+
+def _read_manifest(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _snapshot(out_dir: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(out_dir)): p.read_bytes()
+        for p in sorted(out_dir.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
+    out_dir = tmp_path_factory.mktemp("digits")
+    return out_dir, synthesize_corpus(out_dir, TINY, num_workers=2, progress=False)
+
+
+def test_corpus_layout_and_contents(corpus):
+    out_dir, manifests = corpus
+    assert set(manifests) == set(SPLITS)
+    voices = split_voices(TINY.seed)
+    counts = {"train": TINY.num_train, "valid": TINY.num_valid, "test": TINY.num_test}
+    words, seconds, speakers = [], [], {}
+    for split, manifest in manifests.items():
+        assert manifest == out_dir / split / "manifest.jsonl"
+        records = _read_manifest(manifest)
+        assert len(records) == counts[split]
+        assert len({r["id"] for r in records}) == len(records)
+        speakers[split] = {r["speaker"] for r in records}
+        assert speakers[split] <= set(voices[split])
+        for r in records:
+            assert set(r) == {"id", "audio", "text", "speaker"}
+            assert r["audio"] == f"wav/{r['id']}.wav"
+            tokens = r["text"].split(" ")
+            assert 1 <= len(tokens) <= 7 and set(tokens) <= set(DIGIT_WORDS)
+            info = sf.info(manifest.parent / r["audio"])
+            assert info.samplerate == 16000 and info.channels == 1 and info.subtype == "PCM_16"
+            wave, _ = sf.read(manifest.parent / r["audio"], dtype="float32")
+            pad = int(0.1 * 16000)
+            assert np.all(wave[:pad] == 0) and np.all(wave[-pad:] == 0)  # trimmed, then padded
+            assert np.sqrt(np.mean(wave[pad:-pad] ** 2)) > 0.01
+            words.append(len(tokens))
+            seconds.append(wave.size / 16000)
+    assert not speakers["train"] & speakers["test"] and not speakers["train"] & speakers["valid"]
+    # Real speech: duration tracks the number of spoken words (about 0.3 s per digit).
+    assert np.corrcoef(words, seconds)[0, 1] > 0.8
+    per_word = (np.array(seconds) - 0.2) / np.array(words)
+    assert 0.15 < np.median(per_word) < 0.8
+    settings = json.loads((out_dir / "corpus.json").read_text())
+    assert settings["splits"] == counts and settings["voices"] == voices
+
+
+def test_corpus_is_deterministic(corpus, tmp_path):
+    out_dir, _ = corpus
+    again = tmp_path / "again"
+    synthesize_corpus(again, TINY, num_workers=1, progress=False)  # other worker count too
+    assert _snapshot(again) == _snapshot(out_dir)
+    other = tmp_path / "other"
+    manifests = synthesize_corpus(
+        other, dataclasses.replace(TINY, seed=1, num_train=2, num_valid=1, num_test=1), 1, False
+    )
+    first = _read_manifest(out_dir / "train" / "manifest.jsonl")[:2]
+    assert _read_manifest(manifests["train"]) != first
+
+
+def test_corpus_rerun_skips_finished_splits(corpus):
+    out_dir, manifests = corpus
+    mtimes = {s: m.stat().st_mtime_ns for s, m in manifests.items()}
+    wav = out_dir / "valid" / "wav" / "valid-000000.wav"
+    before = wav.read_bytes()
+    assert synthesize_corpus(out_dir, TINY, num_workers=2, progress=False) == manifests
+    assert {s: m.stat().st_mtime_ns for s, m in manifests.items()} == mtimes
+    # More valid utterances: only valid is rewritten, and its first utterances are unchanged.
+    bigger = dataclasses.replace(TINY, num_valid=6)
+    synthesize_corpus(out_dir, bigger, num_workers=1, progress=False)
+    assert len(_read_manifest(manifests["valid"])) == 6
+    assert manifests["train"].stat().st_mtime_ns == mtimes["train"]
+    assert manifests["valid"].stat().st_mtime_ns != mtimes["valid"]
+    assert wav.read_bytes() == before
+
+
+def test_unknown_preset_raises(tmp_path):
+    with pytest.raises(ValueError, match="preset"):
+        synthesize_corpus(tmp_path, dataclasses.replace(TINY, preset="words"), progress=False)
