@@ -94,8 +94,10 @@ def main() -> None:
             "optax": jax.jit(jax.value_and_grad(optax_mean)),
         }
         ms = time_interleaved(fns, batch, args.runs)
-        mem = {name: temp_mib(jax.value_and_grad(f), batch) for name, f in
-               (("jaxseq", jaxseq_mean), ("optax", optax_mean))}
+        mem = {
+            name: temp_mib(jax.value_and_grad(f), batch)
+            for name, f in (("jaxseq", jaxseq_mean), ("optax", optax_mean))
+        }
         print(
             f"| {vocab} | {ms['jaxseq']:.1f} | {ms['optax']:.1f} | "
             f"{ms['optax'] / ms['jaxseq']:.2f}x | {mem['jaxseq']:.1f} | {mem['optax']:.1f} |",

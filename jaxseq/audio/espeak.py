@@ -112,20 +112,23 @@ def _engine() -> _Engine:
 
 
 def list_voices() -> list[str]:
-    """Names of the installed base voices, lower case (e.g. "en-us", "en-gb-scotland").
+    """Names of the installed base voices, lower case (e.g. "en", "en-us", "en-gb-scotland").
 
     Any of them may be combined with a variant from `list_variants()` as "en-us+m3".
     """
+    return sorted(_voice_names())
+
+
+@cache
+def _voice_names() -> frozenset[str]:
     with _LOCK:
-        lib = _engine().lib
-        voices = lib.espeak_ListVoices(None)
-        names = []
+        voices = _engine().lib.espeak_ListVoices(None)
+        names = set()
         i = 0
         while voices[i]:
-            identifier = voices[i].contents.identifier.decode()
-            names.append(identifier.rsplit("/", 1)[-1].lower())
+            names.add(voices[i].contents.identifier.decode().rsplit("/", 1)[-1].lower())
             i += 1
-    return sorted(set(names))
+    return frozenset(names)
 
 
 @cache
@@ -139,7 +142,7 @@ def list_variants() -> list[str]:
 @cache
 def _check_voice(voice: str) -> None:
     base, _, variant = voice.partition("+")
-    if base.lower() not in list_voices():
+    if base.lower() not in _voice_names():
         raise ValueError(f"unknown espeak-ng voice {base!r} in {voice!r}; see list_voices()")
     if variant and variant not in list_variants():
         raise ValueError(f"unknown espeak-ng variant {variant!r} in {voice!r}; see list_variants()")

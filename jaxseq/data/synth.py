@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import multiprocessing.pool
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -116,7 +117,13 @@ def _chunks(n: int) -> Iterator[list[int]]:
 
 
 def _write_split(
-    split_dir: Path, split: str, n: int, cfg: SynthConfig, voices: list[str], pool, progress: bool
+    split_dir: Path,
+    split: str,
+    n: int,
+    cfg: SynthConfig,
+    voices: list[str],
+    pool: multiprocessing.pool.Pool | None,
+    progress: bool,
 ) -> Path:
     from tqdm.auto import tqdm
 
@@ -124,7 +131,7 @@ def _write_split(
         shutil.rmtree(split_dir)
     (split_dir / "wav").mkdir(parents=True)
     jobs = [(str(split_dir), split, cfg.seed, cfg.sample_rate, voices, c) for c in _chunks(n)]
-    results = pool.imap(_render, jobs)
+    results = pool.imap(_render, jobs) if jobs else []
     manifest = split_dir / "manifest.jsonl"
     tmp = manifest.with_suffix(".jsonl.tmp")
     with tqdm(total=n, desc=f"synth {split}", disable=not progress) as bar, tmp.open("w") as f:
@@ -161,7 +168,8 @@ def synthesize_corpus(
     Args:
       out_dir: output folder (created if missing).
       cfg: preset, utterances per split, seed and output sample rate.
-      num_workers: worker processes (spawned); 0 = os.cpu_count().
+      num_workers: worker processes, started with `spawn` (so a script calling this needs an
+        `if __name__ == "__main__":` guard); 0 = os.cpu_count().
       progress: show a tqdm progress bar per split.
 
     Returns:
@@ -183,9 +191,10 @@ def synthesize_corpus(
         for s in SPLITS
         if done.get(s) != counts[s] or not (out_dir / s / "manifest.jsonl").exists()
     ]
-    num_workers = num_workers or os.cpu_count() or 1
+    num_chunks = max((len(list(_chunks(counts[s]))) for s in todo), default=0)
+    num_workers = min(num_workers or os.cpu_count() or 1, num_chunks)
     pool = None
-    if todo:  # always worker processes: they fork the engine, which needs a single thread
+    if num_workers:  # always worker processes: they fork the engine, which needs a single thread
         pool = multiprocessing.get_context("spawn").Pool(num_workers)
     try:
         manifests = {}

@@ -16,7 +16,7 @@ from jaxseq.models.layers import (
     partitioned,
     sinusoidal_positions,
 )
-from jaxseq.parallel.sharding import BATCH, CONV_WINDOW, EMBED, LENGTH, MEL
+from jaxseq.parallel.sharding import BATCH, CONV_IN, CONV_WINDOW, EMBED, LENGTH, MEL
 
 Dtype = Any
 
@@ -32,7 +32,7 @@ class ConvSubsampler(nn.Module):
     """Conv1d + GELU layers over time (mel bins as channels), one per stride.
 
     With strides (2, 2) and a 10 ms hop the output frames are 40 ms apart. Padded frames are
-    zeroed after every layer so that outputs never depend on how much padding a batch has.
+    zeroed before the first layer and after every layer so that outputs never depend on how much padding a batch has.
     """
 
     features: int
@@ -44,8 +44,9 @@ class ConvSubsampler(nn.Module):
     def __call__(self, x: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
         """x: [batch, frames, n_mels] → ([batch, ceil(frames / prod(strides)), features], lengths)."""
         pad = self.kernel_size // 2
+        x = x * padding_mask(lengths, x.shape[1])[:, :, None].astype(x.dtype)
         for i, stride in enumerate(self.strides):
-            in_axis = MEL if i == 0 else EMBED
+            in_axis = MEL if i == 0 else CONV_IN
             x = nn.Conv(
                 self.features,
                 kernel_size=(self.kernel_size,),

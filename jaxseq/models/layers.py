@@ -49,6 +49,58 @@ class LayerNorm(nn.Module):
         )(x)
 
 
+class SplitHeads(nn.Module):
+    """Projection [..., embed] → [..., heads, head_dim] with a kernel [embed, heads, head_dim].
+
+    (flax's DenseGeneral initializes its kernel flat and reshapes it, which breaks logical
+    constraints on the kernel; this creates it in its real shape.)
+    """
+
+    num_heads: int
+    head_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
+        kernel = self.param(
+            "kernel",
+            partitioned(init, EMBED, HEADS, KV),
+            (x.shape[-1], self.num_heads, self.head_dim),
+            jnp.float32,
+        )
+        bias = self.param(
+            "bias",
+            partitioned(nn.initializers.zeros, HEADS, KV),
+            (self.num_heads, self.head_dim),
+            jnp.float32,
+        )
+        y = jnp.einsum("...e,ehd->...hd", x.astype(self.dtype), kernel.astype(self.dtype))
+        return y + bias.astype(self.dtype)
+
+
+class MergeHeads(nn.Module):
+    """Projection [..., heads, head_dim] → [..., features] with a kernel [heads, head_dim, embed]."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
+        kernel = self.param(
+            "kernel",
+            partitioned(init, HEADS, KV, EMBED),
+            (x.shape[-2], x.shape[-1], self.features),
+            jnp.float32,
+        )
+        bias = self.param(
+            "bias", partitioned(nn.initializers.zeros, EMBED), (self.features,), jnp.float32
+        )
+        y = jnp.einsum("...hd,hde->...e", x.astype(self.dtype), kernel.astype(self.dtype))
+        return y + bias.astype(self.dtype)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head dot-product attention.
 
@@ -81,18 +133,10 @@ class MultiHeadAttention(nn.Module):
         if features % self.num_heads:
             raise ValueError(f"embed size {features} is not divisible by {self.num_heads} heads")
         head_dim = features // self.num_heads
-        dense = functools.partial(
-            nn.DenseGeneral,
-            features=(self.num_heads, head_dim),
-            axis=-1,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=partitioned(default_kernel_init, EMBED, HEADS, KV),
-            bias_init=partitioned(nn.initializers.zeros, HEADS, KV),
-        )
-        query = dense(name="query")(inputs_q)  # [batch, q_len, heads, head_dim]
-        key = dense(name="key")(inputs_kv)  # [batch, kv_len, heads, head_dim]
-        value = dense(name="value")(inputs_kv)  # [batch, kv_len, heads, head_dim]
+        split = functools.partial(SplitHeads, self.num_heads, head_dim, dtype=self.dtype)
+        query = split(name="query")(inputs_q)  # [batch, q_len, heads, head_dim]
+        key = split(name="key")(inputs_kv)  # [batch, kv_len, heads, head_dim]
+        value = split(name="value")(inputs_kv)  # [batch, kv_len, heads, head_dim]
         query = constrain(query, BATCH, LENGTH, HEADS, KV)
         key = constrain(key, BATCH, LENGTH, HEADS, KV)
         value = constrain(value, BATCH, LENGTH, HEADS, KV)
@@ -105,15 +149,7 @@ class MultiHeadAttention(nn.Module):
         if self.dropout_rate > 0.0:
             weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)  # [batch, q_len, heads, head_dim]
-        out = nn.DenseGeneral(
-            features=features,
-            axis=(-2, -1),
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=partitioned(default_kernel_init, HEADS, KV, EMBED),
-            bias_init=partitioned(nn.initializers.zeros, EMBED),
-            name="out",
-        )(out)  # [batch, q_len, embed]
+        out = MergeHeads(features, dtype=self.dtype, name="out")(out)  # [batch, q_len, embed]
         return constrain(out, BATCH, LENGTH, EMBED)
 
 

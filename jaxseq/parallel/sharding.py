@@ -24,6 +24,7 @@ KV = "kv"
 VOCAB = "vocab"
 MEL = "mel"
 CONV_WINDOW = "conv_window"
+CONV_IN = "conv_in"  # input channels of a conv after the first (never the same name as its output)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -37,6 +38,7 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (LENGTH, None),
     (MEL, None),
     (CONV_WINDOW, None),
+    (CONV_IN, None),
 )
 
 

@@ -11,7 +11,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh
 
-from jaxseq.parallel.sharding import LOGICAL_RULES, sharding_context
+from jaxseq.parallel.sharding import LOGICAL_RULES
 from jaxseq.tasks.base import Task
 
 
@@ -25,7 +25,7 @@ class TrainState:
     rng: jax.Array
 
 
-def _init_fn(task: Task, tx: optax.GradientTransformation, batch: dict, seed: int):
+def _init_fn(task: Task, tx: optax.GradientTransformation, batch: dict):
     def init(rng: jax.Array) -> TrainState:
         params_rng, state_rng = jax.random.split(rng)
         params = task.init_variables(params_rng, batch)["params"]  # boxed with logical axes
@@ -40,9 +40,10 @@ def abstract_train_state(
     task: Task, tx: optax.GradientTransformation, batch: dict, mesh: Mesh
 ) -> tuple[TrainState, TrainState]:
     """(abstract state of ShapeDtypeStructs carrying shardings, the shardings themselves)."""
-    init = _init_fn(task, tx, batch, 0)
-    with sharding_context(mesh):
-        boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
+    # Outside the mesh context on purpose: flax's DenseGeneral initializes its kernel flat and
+    # reshapes it, and a logical constraint on the flat kernel would not fit. Initialization
+    # needs no activation constraints; `out_shardings` places the parameters.
+    boxed = jax.eval_shape(_init_fn(task, tx, batch), jax.random.PRNGKey(0))
     specs = nn.get_partition_spec(boxed)
     shardings = nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
     unboxed = nn.meta.unbox(boxed)
@@ -57,8 +58,7 @@ def create_train_state(
 ) -> TrainState:
     """A freshly initialized train state whose every leaf is created with its final sharding."""
     _, shardings = abstract_train_state(task, tx, batch, mesh)
-    init = _init_fn(task, tx, batch, seed)
-    with sharding_context(mesh):
-        return jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings)(
-            jax.random.PRNGKey(seed)
-        )
+    init = _init_fn(task, tx, batch)
+    return jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings)(
+        jax.random.PRNGKey(seed)
+    )
