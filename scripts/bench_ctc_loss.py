@@ -3,7 +3,8 @@
 Usage: .venv/bin/python scripts/bench_ctc_loss.py [--batch 16 --frames 400 --labels 60]
 
 Prints a markdown table: wall time (median of --runs, runs of the two losses interleaved so
-that background load hits both alike) and XLA's temp-buffer size from ``memory_analysis()``.
+that background load hits both alike) and XLA's temp + output buffer sizes from
+``memory_analysis()`` (the "temp MiB" columns; output includes the [batch, frames, vocab] gradient).
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ def test_load_dataset_info_errors(dataset, tmp_path):
     folder, _ = dataset
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         load_dataset_info(tmp_path)
-    with pytest.raises(KeyError, match=r"no split 'valid'.*\['train'\]"):
+    with pytest.raises(ValueError, match=r"no split 'valid'.*\['train'\]"):
         load_dataset_info(folder, "valid")
     assert load_dataset_info(folder, "train")["frontend"]["n_mels"] == N_MELS
 

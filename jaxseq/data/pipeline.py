@@ -47,7 +47,7 @@ def load_dataset_info(dataset_dir: str | Path, split: str | None = None) -> dict
 
     Raises:
       FileNotFoundError: naming the folder when it or its `dataset.json` is missing.
-      KeyError: when `split` is given and the dataset has no such split (lists the splits).
+      ValueError: when `split` is given and the dataset has no such split (lists the splits).
     """
     path = Path(dataset_dir) / "dataset.json"
     if not path.is_file():
@@ -58,7 +58,7 @@ def load_dataset_info(dataset_dir: str | Path, split: str | None = None) -> dict
     info = json.loads(path.read_text())
     if split is not None and split not in info.get("splits", {}):
         available = sorted(info.get("splits", {}))
-        raise KeyError(f"dataset {dataset_dir} has no split {split!r}; available: {available}")
+        raise ValueError(f"dataset {dataset_dir} has no split {split!r}; available: {available}")
     return info
 
 
