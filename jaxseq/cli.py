@@ -34,16 +34,27 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.overrides)
     if args.source.startswith("synth:"):
-        summaries = prepare_corpus(args.source[len("synth:"):], args.out, cfg.prepare,
-                                   num_workers=args.workers)
+        summaries = prepare_corpus(
+            args.source[len("synth:") :], args.out, cfg.prepare, num_workers=args.workers
+        )
     else:
         if not args.split:
             raise SystemExit("prepare: --split is required for manifest: and tfds: sources")
-        summaries = {args.split: prepare_split(args.source, args.out, args.split, cfg.prepare,
-                                               evaluation=args.eval, num_workers=args.workers)}
+        summaries = {
+            args.split: prepare_split(
+                args.source,
+                args.out,
+                args.split,
+                cfg.prepare,
+                evaluation=args.eval,
+                num_workers=args.workers,
+            )
+        }
     for split, s in summaries.items():
-        print(f"{split}: {s['num_utterances']} utterances, {s['hours']:.2f} h, "
-              f"{s['num_skipped']} skipped (see {Path(args.out) / 'dataset.json'})")
+        print(
+            f"{split}: {s['num_utterances']} utterances, {s['hours']:.2f} h, "
+            f"{s['num_skipped']} skipped (see {Path(args.out) / 'dataset.json'})"
+        )
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -57,19 +68,28 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from jaxseq.evaluate import evaluate
 
     m = evaluate(
-        args.workdir, split=args.split, dataset=args.dataset, manifest=args.manifest,
-        report=args.report, step=args.step, decoder=args.decoder, beam_size=args.beam_size,
+        args.workdir,
+        split=args.split,
+        dataset=args.dataset,
+        manifest=args.manifest,
+        report=args.report,
+        step=args.step,
+        decoder=args.decoder,
+        beam_size=args.beam_size,
         overrides=tuple(args.overrides),
     )
-    print(f"WER {m['wer']:.2%}  CER {m['cer']:.2%}  on {m['num_utterances']} utterances "
-          f"({m['num_skipped']} skipped) of {m['dataset']}:{m['split']}, step {m['step']}")
+    print(
+        f"WER {m['wer']:.2%}  CER {m['cer']:.2%}  on {m['num_utterances']} utterances "
+        f"({m['num_skipped']} skipped) of {m['dataset']}:{m['split']}, step {m['step']}"
+    )
 
 
 def _cmd_transcribe(args: argparse.Namespace) -> None:
     from jaxseq.evaluate import transcribe
 
-    texts = transcribe(args.workdir, args.audio, step=args.step, decoder=args.decoder,
-                       beam_size=args.beam_size)
+    texts = transcribe(
+        args.workdir, args.audio, step=args.step, decoder=args.decoder, beam_size=args.beam_size
+    )
     for path, text in zip(args.audio, texts, strict=True):
         print(f"{path}\t{text}")
 
@@ -92,8 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_synth)
 
     p = sub.add_parser("prepare", help="audio → log-mel ArrayRecord shards + dataset.json")
-    p.add_argument("--source", required=True,
-                   help="manifest:PATH.jsonl | tfds:NAME[/CONFIG]:SPLIT | synth:CORPUS_DIR")
+    p.add_argument(
+        "--source",
+        required=True,
+        help="manifest:PATH.jsonl | tfds:NAME[/CONFIG]:SPLIT | synth:CORPUS_DIR",
+    )
     p.add_argument("--out", type=Path, required=True, help="prepared dataset folder")
     p.add_argument("--split", help="split name to write (not for synth:)")
     p.add_argument("--eval", action="store_true", help="an evaluation split: no length filter")

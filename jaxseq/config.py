@@ -206,7 +206,9 @@ def _check_choices(cfg: Config) -> None:
             raise ConfigError(f"config key '{key}' is {value!r}; choose one of {list(choices)}")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
     """Loads `path` (YAML) over the defaults, applies `a.b=c` overrides, returns a frozen Config.
 
     Raises:

@@ -64,8 +64,12 @@ def evaluate_split(
     records: list[dict[str, str]] = []
     loss_sum = tokens = 0.0
     batches = make_eval_batches(
-        dataset_dir, split, cfg.data, task.tokenizer,
-        process_index=p, process_count=jax.process_count(),
+        dataset_dir,
+        split,
+        cfg.data,
+        task.tokenizer,
+        process_index=p,
+        process_count=jax.process_count(),
     )
     for host_batch, ids, refs in batches:
         b = len(ids)
@@ -75,7 +79,8 @@ def evaluate_split(
             loss, metrics = jax.device_get(loss_fn(params, batch))
         loss_sum += float(loss) * float(metrics["tokens"])
         tokens += float(metrics["tokens"])
-        mine = jax.tree.map(lambda x: np.asarray(x)[p * b : (p + 1) * b], outputs)
+        rows = slice(p * b, (p + 1) * b)  # this process's rows of the replicated outputs
+        mine = jax.tree.map(lambda x, rows=rows: np.asarray(x)[rows], outputs)
         hyps = task.decode(mine, decoder, beam_size)
         records += [
             {"id": i, "ref": r, "hyp": h}
@@ -188,8 +193,14 @@ def evaluate(
             "was trained on different features; prepare the data with the model's settings"
         )
     metrics, records = evaluate_split(
-        trained.task, trained.params, trained.mesh, trained.cfg, dataset, split,
-        decoder=decoder, beam_size=beam_size,
+        trained.task,
+        trained.params,
+        trained.mesh,
+        trained.cfg,
+        dataset,
+        split,
+        decoder=decoder,
+        beam_size=beam_size,
     )
     split_info = info["splits"][split]
     metrics.update(
@@ -219,8 +230,10 @@ def transcribe(
     """Transcripts of audio files (any format librosa reads; resampled to the model's rate)."""
     trained = load_trained(workdir, step=step)
     cfg, mesh = trained.cfg, trained.mesh
-    feats = [log_mel_numpy(load_audio(p, trained.frontend.sample_rate), trained.frontend)
-             for p in audio_paths]
+    feats = [
+        log_mel_numpy(load_audio(p, trained.frontend.sample_rate), trained.frontend)
+        for p in audio_paths
+    ]
     dp = data_parallel_size(mesh)
     rows = -(-len(feats) // dp) * dp  # a multiple of the data-parallel size
     frames = bucket_length(max(len(f) for f in feats), cfg.data.buckets)

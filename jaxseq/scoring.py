@@ -14,8 +14,14 @@ from jaxseq.config import TextConfig
 from jaxseq.text.normalize import normalize_text
 
 COUNT_NAMES = (
-    "substitutions", "deletions", "insertions", "reference_words",
-    "char_substitutions", "char_deletions", "char_insertions", "reference_chars",
+    "substitutions",
+    "deletions",
+    "insertions",
+    "reference_words",
+    "char_substitutions",
+    "char_deletions",
+    "char_insertions",
+    "reference_chars",
 )
 
 
@@ -29,8 +35,14 @@ def error_counts(refs: list[str], hyps: list[str], text: TextConfig) -> np.ndarr
     c = jiwer.process_characters(refs, hyps)
     return np.array(
         [
-            w.substitutions, w.deletions, w.insertions, w.hits + w.substitutions + w.deletions,
-            c.substitutions, c.deletions, c.insertions, c.hits + c.substitutions + c.deletions,
+            w.substitutions,
+            w.deletions,
+            w.insertions,
+            w.hits + w.substitutions + w.deletions,
+            c.substitutions,
+            c.deletions,
+            c.insertions,
+            c.hits + c.substitutions + c.deletions,
         ],
         np.int64,
     )

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jiwer
 import numpy as np
 import pytest
 
@@ -23,7 +24,10 @@ def test_cli_train_evaluate_transcribe_resume(tiny_dataset, tmp_path, capsys):
     cli.main(["train", "--workdir", str(workdir), *common])
     for name in ("config.yaml", "frontend.json", "vocab.json", "metrics.jsonl"):
         assert (workdir / name).is_file(), name
-    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [5, 10]
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
+        5,
+        10,
+    ]
     train_lines = _metrics(workdir)
     assert [m["step"] for m in train_lines] == [5, 10]
     assert all(np.isfinite(m["loss"]) and m["loss"] > 0 for m in train_lines)
@@ -34,12 +38,29 @@ def test_cli_train_evaluate_transcribe_resume(tiny_dataset, tmp_path, capsys):
     assert [m["step"] for m in _metrics(workdir)] == [5, 10, 15]
 
     report = tmp_path / "report.json"
-    cli.main(["evaluate", "--workdir", str(workdir), "--split", "test",
-              "--report", str(report), "--decoder", "prefix_beam", "--beam-size", "4"])
+    cli.main(
+        [
+            "evaluate",
+            "--workdir",
+            str(workdir),
+            "--split",
+            "test",
+            "--report",
+            str(report),
+            "--decoder",
+            "prefix_beam",
+            "--beam-size",
+            "4",
+        ]
+    )
     out = json.loads(report.read_text())
     assert {"wer", "cer", "num_utterances", "num_skipped"} <= out.keys()
     assert out["num_utterances"] == 8 and out["step"] == 15
-    assert 0.0 <= out["cer"] and 0.0 <= out["wer"]
+    # The report's WER is the corpus WER of its own per-utterance hypotheses (jiwer, directly).
+    refs = [u["ref"] for u in out["utterances"]]
+    hyps = [u["hyp"] for u in out["utterances"]]
+    assert out["wer"] == pytest.approx(jiwer.wer(refs, hyps))
+    assert out["cer"] == pytest.approx(jiwer.cer(refs, hyps))
     assert report.with_suffix(".md").read_text().startswith("# Evaluation")
 
     wav = sorted((tiny_dataset.parent / "audio" / "test" / "wav").glob("*.wav"))[:2]
@@ -51,8 +72,9 @@ def test_cli_train_evaluate_transcribe_resume(tiny_dataset, tmp_path, capsys):
 
 def test_bad_config_key_names_the_closest(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        cli.main(["train", "--workdir", str(tmp_path), "--config", str(TINY_CONFIG),
-                  "train.num_step=3"])
+        cli.main(
+            ["train", "--workdir", str(tmp_path), "--config", str(TINY_CONFIG), "train.num_step=3"]
+        )
     assert "did you mean 'train.num_steps'" in capsys.readouterr().err
 
 
@@ -66,12 +88,26 @@ train(cfg, sys.argv[2])
 
 
 def _train_on_mesh(tiny_dataset, workdir, devices, mesh):
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-           "JAX_PLATFORMS": "cpu"}
-    overrides = [f"data.dataset={tiny_dataset}", "train.num_steps=4", "train.log_every=1",
-                 "train.eval_every=1000", "train.checkpoint_every=1000", *mesh]
-    subprocess.run([sys.executable, "-c", _MESH_RUN, str(TINY_CONFIG), str(workdir), *overrides],
-                   check=True, cwd=REPO, env=env, capture_output=True)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+    }
+    overrides = [
+        f"data.dataset={tiny_dataset}",
+        "train.num_steps=4",
+        "train.log_every=1",
+        "train.eval_every=1000",
+        "train.checkpoint_every=1000",
+        *mesh,
+    ]
+    subprocess.run(
+        [sys.executable, "-c", _MESH_RUN, str(TINY_CONFIG), str(workdir), *overrides],
+        check=True,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+    )
     return np.array([m["loss"] for m in _metrics(workdir)])
 
 
@@ -79,8 +115,9 @@ def test_same_losses_on_every_mesh(tiny_dataset, tmp_path):
     """1 device, data=8, and data=2 x fsdp=2 x tensor=2 train to the same losses (≤ 1e-5)."""
     one = _train_on_mesh(tiny_dataset, tmp_path / "one", 1, [])
     dp8 = _train_on_mesh(tiny_dataset, tmp_path / "dp8", 8, ["mesh.data=8"])
-    mixed = _train_on_mesh(tiny_dataset, tmp_path / "mixed", 8,
-                           ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"])
+    mixed = _train_on_mesh(
+        tiny_dataset, tmp_path / "mixed", 8, ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]
+    )
     assert len(one) == 4 and one[-1] < one[0]
     np.testing.assert_allclose(dp8, one, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(mixed, one, rtol=1e-5, atol=1e-5)

@@ -32,7 +32,8 @@ class ConvSubsampler(nn.Module):
     """Conv1d + GELU layers over time (mel bins as channels), one per stride.
 
     With strides (2, 2) and a 10 ms hop the output frames are 40 ms apart. Padded frames are
-    zeroed before the first layer and after every layer so that outputs never depend on how much padding a batch has.
+    zeroed before the first layer and after every layer, so that outputs never depend on how
+    much padding a batch has.
     """
 
     features: int
@@ -42,7 +43,7 @@ class ConvSubsampler(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """x: [batch, frames, n_mels] → ([batch, ceil(frames / prod(strides)), features], lengths)."""
+        """[batch, frames, n_mels] → ([batch, ceil(frames / prod(strides)), features], lengths)."""
         pad = self.kernel_size // 2
         x = x * padding_mask(lengths, x.shape[1])[:, :, None].astype(x.dtype)
         for i, stride in enumerate(self.strides):
@@ -54,7 +55,9 @@ class ConvSubsampler(nn.Module):
                 padding=((pad, pad),),
                 dtype=self.dtype,
                 param_dtype=jnp.float32,
-                kernel_init=partitioned(nn.initializers.lecun_normal(), CONV_WINDOW, in_axis, EMBED),
+                kernel_init=partitioned(
+                    nn.initializers.lecun_normal(), CONV_WINDOW, in_axis, EMBED
+                ),
                 bias_init=partitioned(nn.initializers.zeros, EMBED),
                 name=f"conv{i}",
             )(x)  # [batch, ceil(frames / stride), features]
@@ -96,7 +99,7 @@ class TransformerEncoder(nn.Module):
         x = x + sinusoidal_positions(length, self.d_model)[None].astype(self.dtype)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         valid = padding_mask(lengths, length)  # [batch, enc_frames]
-        mask = (valid[:, None, None, :] & valid[:, None, :, None])  # [batch, 1, q, kv]
+        mask = valid[:, None, None, :] & valid[:, None, :, None]  # [batch, 1, q, kv]
         for i in range(self.num_layers):
             x = EncoderLayer(
                 self.num_heads, self.mlp_dim, self.dtype, self.dropout_rate, name=f"layer{i}"

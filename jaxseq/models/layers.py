@@ -80,7 +80,7 @@ class SplitHeads(nn.Module):
 
 
 class MergeHeads(nn.Module):
-    """Projection [..., heads, head_dim] → [..., features] with a kernel [heads, head_dim, embed]."""
+    """Projection [..., heads, head_dim] → [..., embed] with a kernel [heads, head_dim, embed]."""
 
     features: int
     dtype: Dtype = jnp.float32

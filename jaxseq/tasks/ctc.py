@@ -56,7 +56,9 @@ class CTCTask(Task):
         features = batch["features"]  # [batch, frames, n_mels]
         if train:
             features = spec_augment(
-                jax.random.fold_in(rng, 1), features, batch["feature_lengths"],
+                jax.random.fold_in(rng, 1),
+                features,
+                batch["feature_lengths"],
                 self.cfg.spec_augment,
             )
         logits, lengths = self.model.apply(

@@ -37,14 +37,18 @@ class CharVocab:
         try:
             return np.array([index[c] for c in text], dtype=np.int32)
         except KeyError as err:
-            raise KeyError(f"character {err.args[0]!r} of {text!r} is not in the vocabulary") from None
+            raise KeyError(
+                f"character {err.args[0]!r} of {text!r} is not in the vocabulary"
+            ) from None
 
     def decode(self, ids) -> str:
         """Text for `ids`, skipping blanks (no CTC collapsing: see jaxseq.decoding.ctc)."""
         return "".join(self.chars[i - 1] for i in ids if i != self.blank_id)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"type": "char", "blank": BLANK, "chars": list(self.chars)}))
+        Path(path).write_text(
+            json.dumps({"type": "char", "blank": BLANK, "chars": list(self.chars)})
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> CharVocab:

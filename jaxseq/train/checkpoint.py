@@ -109,7 +109,9 @@ class Checkpointer:
                 "meta"
             ]
         except Exception as err:
-            raise CheckpointError(f"could not read metadata of {self.directory / str(step)}: {err}")
+            raise CheckpointError(
+                f"could not read metadata of {self.directory / str(step)}: {err}"
+            ) from err
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are durable."""

@@ -94,9 +94,13 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
             f"({cfg.data.eval_batch_size}) must be multiples of the data-parallel size {dp}"
         )
     data_iter = make_train_iterator(
-        cfg.data.dataset, cfg.data.train_split, cfg.data, task.tokenizer,
+        cfg.data.dataset,
+        cfg.data.train_split,
+        cfg.data,
+        task.tokenizer,
         seed=cfg.data.shuffle_seed,
-        process_index=jax.process_index(), process_count=jax.process_count(),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
     )
     if jax.process_index() == 0 and data_iter.dropped:
         with (workdir / "dropped.jsonl").open("w") as f:
@@ -115,8 +119,9 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
         state = create_train_state(task, tx, init_batch, mesh, cfg.train.seed)
         start = 0
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
-    logging.info("model: %s, %.2fM parameters, mesh %s", cfg.model.family, num_params / 1e6,
-                 dict(mesh.shape))
+    logging.info(
+        "model: %s, %.2fM parameters, mesh %s", cfg.model.family, num_params / 1e6, dict(mesh.shape)
+    )
 
     step_fn = jax.jit(
         make_train_step(task, tx),
@@ -130,16 +135,24 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
     summary: dict[str, Any] = {"start_step": start}
     acc, tick = None, time.time()
     bar = tqdm(
-        range(start, cfg.train.num_steps), initial=start, total=cfg.train.num_steps,
-        desc="train", disable=jax.process_index() != 0, dynamic_ncols=True,
+        range(start, cfg.train.num_steps),
+        initial=start,
+        total=cfg.train.num_steps,
+        desc="train",
+        disable=jax.process_index() != 0,
+        dynamic_ncols=True,
     )
     for step in bar:
         host_batch = next(data_iter)
         frames = int(host_batch["features"].shape[1])
         if frames not in compiled_shapes:
             compiled_shapes.append(frames)
-            logging.info("compiling the train step for %d frames (%d of at most %d shapes)",
-                         frames, len(compiled_shapes), len(cfg.data.buckets))
+            logging.info(
+                "compiling the train step for %d frames (%d of at most %d shapes)",
+                frames,
+                len(compiled_shapes),
+                len(cfg.data.buckets),
+            )
         with sharding_context(mesh):
             state, metrics = step_fn(state, to_global(host_batch, mesh))
         acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
@@ -149,19 +162,24 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
             scalars = _summarize(acc, time.time() - tick)
             scalars["learning_rate"] = float(schedule(done))
             writer.write(done, "train", scalars)
-            bar.set_postfix(loss=f"{scalars['loss']:.3f}",
-                            utt_s=f"{scalars['utterances_per_second']:.0f}")
+            bar.set_postfix(
+                loss=f"{scalars['loss']:.3f}", utt_s=f"{scalars['utterances_per_second']:.0f}"
+            )
             summary["train_loss"] = scalars["loss"]
             acc, tick = None, time.time()
 
         eval_metrics = None
-        if cfg.data.eval_split and (done % cfg.train.eval_every == 0 or done == cfg.train.num_steps):
+        if cfg.data.eval_split and (
+            done % cfg.train.eval_every == 0 or done == cfg.train.num_steps
+        ):
             eval_metrics, _ = evaluate_split(
                 task, state.params, mesh, cfg, cfg.data.dataset, cfg.data.eval_split
             )
             writer.write(done, cfg.data.eval_split, eval_metrics)
-            bar.write(f"step {done}: {cfg.data.eval_split} WER {eval_metrics['wer']:.4f} "
-                      f"CER {eval_metrics['cer']:.4f} loss {eval_metrics['loss']:.4f}")
+            bar.write(
+                f"step {done}: {cfg.data.eval_split} WER {eval_metrics['wer']:.4f} "
+                f"CER {eval_metrics['cer']:.4f} loss {eval_metrics['loss']:.4f}"
+            )
             summary["eval"] = eval_metrics
             tick = time.time()
 

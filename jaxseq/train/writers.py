@@ -23,7 +23,9 @@ class MetricWriter:
             return
         scalars = {k: float(v) for k, v in scalars.items()}
         with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, "split": split, "time": time.time(), **scalars}) + "\n")
+            f.write(
+                json.dumps({"step": step, "split": split, "time": time.time(), **scalars}) + "\n"
+            )
         for name, value in scalars.items():
             self._tb.add_scalar(f"{split}/{name}", value, step)
         self._tb.flush()
