@@ -63,6 +63,25 @@ def test_cli_train_evaluate_transcribe_resume(tiny_dataset, tmp_path, capsys):
     assert out["cer"] == pytest.approx(jiwer.cer(refs, hyps))
     assert report.with_suffix(".md").read_text().startswith("# Evaluation")
 
+    # Evaluation straight from a manifest of audio files, from an earlier checkpoint.
+    manifest = tiny_dataset.parent / "audio" / "test" / "manifest.jsonl"
+    by_manifest = tmp_path / "by_manifest.json"
+    cli.main(
+        [
+            "evaluate",
+            "--workdir",
+            str(workdir),
+            "--manifest",
+            str(manifest),
+            "--report",
+            str(by_manifest),
+            "--step",
+            "10",
+        ]
+    )
+    got = json.loads(by_manifest.read_text())
+    assert got["num_utterances"] == 8 and got["num_skipped"] == 0 and got["step"] == 10
+
     wav = sorted((tiny_dataset.parent / "audio" / "test" / "wav").glob("*.wav"))[:2]
     capsys.readouterr()
     cli.main(["transcribe", "--workdir", str(workdir), *map(str, wav)])

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from jaxseq.config import ModelConfig
 from jaxseq.models.encoder import TransformerEncoder
-from jaxseq.models.layers import constrain, default_kernel_init, partitioned
+from jaxseq.models.layers import constrain, dense
 from jaxseq.parallel.sharding import BATCH, EMBED, LENGTH, VOCAB
 
 
@@ -37,12 +37,5 @@ class CTCModel(nn.Module):
             dtype=self.dtype,
             name="encoder",
         )(features, lengths, deterministic)
-        logits = nn.Dense(
-            self.vocab_size,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=partitioned(default_kernel_init, EMBED, VOCAB),
-            bias_init=partitioned(nn.initializers.zeros, VOCAB),
-            name="head",
-        )(x)  # [batch, enc_frames, vocab]
+        logits = dense(self.vocab_size, (EMBED, VOCAB), self.dtype, "head")(x)  # [b, frames, vocab]
         return constrain(logits.astype(jnp.float32), BATCH, LENGTH, VOCAB), lengths

@@ -27,6 +27,18 @@ def partitioned(init, *axes: str | None):
     return nn.with_logical_partitioning(init, axes)
 
 
+def dense(features: int, axes: tuple[str, str], dtype: Dtype, name: str) -> nn.Dense:
+    """A float32-parameter nn.Dense whose kernel carries `axes` (in, out) and bias `axes[1]`."""
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=partitioned(default_kernel_init, *axes),
+        bias_init=partitioned(nn.initializers.zeros, axes[1]),
+        name=name,
+    )
+
+
 def constrain(x: jax.Array, *axes: str | None) -> jax.Array:
     """Logical sharding constraint on an activation (a no-op outside a mesh)."""
     return nn.with_logical_constraint(x, axes)
@@ -163,24 +175,10 @@ class MlpBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         features = x.shape[-1]
-        h = nn.Dense(
-            self.mlp_dim,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=partitioned(default_kernel_init, EMBED, MLP),
-            bias_init=partitioned(nn.initializers.zeros, MLP),
-            name="wi",
-        )(x)  # [batch, length, mlp]
+        h = dense(self.mlp_dim, (EMBED, MLP), self.dtype, "wi")(x)  # [batch, length, mlp]
         h = constrain(nn.gelu(h, approximate=False), BATCH, LENGTH, MLP)
         h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
-        out = nn.Dense(
-            features,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=partitioned(default_kernel_init, MLP, EMBED),
-            bias_init=partitioned(nn.initializers.zeros, EMBED),
-            name="wo",
-        )(h)  # [batch, length, embed]
+        out = dense(features, (MLP, EMBED), self.dtype, "wo")(h)  # [batch, length, embed]
         return constrain(out, BATCH, LENGTH, EMBED)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxseq.audio.specaugment import spec_augment
 from jaxseq.config import Config
-from jaxseq.decoding.ctc import ctc_batch_prefix_beam_search, ctc_collapse
+from jaxseq.decoding.ctc import ctc_batch_prefix_beam_search, ctc_greedy_decode
 from jaxseq.losses.ctc import ctc_feasible, ctc_loss
 from jaxseq.models.ctc import CTCModel
 from jaxseq.tasks.base import Batch, Metrics, Task
@@ -94,6 +94,5 @@ class CTCTask(Task):
         if decoder == "prefix_beam":
             ids = ctc_batch_prefix_beam_search(log_probs, lengths, beam_size, blank)
         else:
-            best = log_probs.argmax(-1)  # [batch, enc_frames]
-            ids = [ctc_collapse(best[b], int(lengths[b]), blank) for b in range(len(best))]
+            ids = ctc_greedy_decode(log_probs, lengths, blank)
         return [self.tokenizer.decode(seq) for seq in ids]
