@@ -12,7 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
-from jaxseq.config import ConfigError, load_config
+from jaxseq.config import load_config
+from jaxseq.errors import JaxseqError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         args.fn(args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (JaxseqError, FileNotFoundError, ValueError) as err:
         if args.verbose:
             raise
         print(f"jaxseq {args.verb}: error: {err}", file=sys.stderr)

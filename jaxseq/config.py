@@ -15,8 +15,10 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf import errors as oc_errors
 
+from jaxseq.errors import JaxseqError
 
-class ConfigError(ValueError):
+
+class ConfigError(JaxseqError, ValueError):
     """A config file or override is invalid; the message names the key and a fix."""
 
 

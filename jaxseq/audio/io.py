@@ -15,8 +15,10 @@ import librosa
 import numpy as np
 import soundfile as sf
 
+from jaxseq.errors import JaxseqError
 
-class AudioError(Exception):
+
+class AudioError(JaxseqError):
     """An audio file is missing, unreadable or empty; the message names the file and a fix."""
 
 

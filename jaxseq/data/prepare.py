@@ -43,6 +43,7 @@ from jaxseq.audio.io import AudioError, load_audio, to_mono_resampled
 from jaxseq.config import PrepareConfig
 from jaxseq.data.records import encode_record, index_name, shard_name, write_index
 from jaxseq.data.sources import ManifestSource, TfdsSource, parse_source
+from jaxseq.errors import JaxseqError
 from jaxseq.text.normalize import normalize_text, unknown_characters
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ _SIDECAR_VERSION = 1
 _NUM_EXAMPLES = 5  # skipped items quoted in a PrepareError
 
 
-class PrepareError(RuntimeError):
+class PrepareError(JaxseqError, RuntimeError):
     """Preparation cannot go on; the message names the file or config key and what to do."""
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from jaxseq.config import PrepareConfig
+from jaxseq.errors import JaxseqError
 
 SOURCE_FORMS = (
     "manifest:PATH.jsonl (a JSONL manifest; audio paths relative to its folder)",
@@ -35,7 +36,7 @@ SOURCE_FORMS = (
 )
 
 
-class SourceError(ValueError):
+class SourceError(JaxseqError, ValueError):
     """A source spec, manifest line or dataset is invalid; the message names it and a fix."""
 
 

@@ -15,11 +15,12 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxseq.config import TrainConfig
+from jaxseq.errors import JaxseqError
 
 BEST_METRIC = "wer"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(JaxseqError, RuntimeError):
     """A checkpoint is missing, corrupt, or does not match the model; the message says which."""
 
 
