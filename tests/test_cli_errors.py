@@ -1,4 +1,4 @@
-"""Bad input through the real command: exit code 2 and a message naming the culprit, no traceback."""
+"""Bad input through the real command: exit code 2, a message naming the culprit, no traceback."""
 
 import json
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxseq import cli
+from jaxseq.config import load_config
 from tests.conftest import REPO, TINY_CONFIG
 
 
@@ -22,6 +23,10 @@ def test_cli_train_evaluate_transcribe_resume(tiny_dataset, tmp_path, capsys):
     workdir = tmp_path / "run"
     common = ["--config", str(TINY_CONFIG), f"data.dataset={tiny_dataset}"]
     cli.main(["train", "--workdir", str(workdir), *common])
+    # The train step was compiled once per bucket used, never for any other padded length.
+    summary = json.loads(capsys.readouterr().out)
+    buckets = load_config(TINY_CONFIG).data.buckets
+    assert summary["compiled_shapes"] and set(summary["compiled_shapes"]) <= set(buckets)
     for name in ("config.yaml", "frontend.json", "vocab.json", "metrics.jsonl"):
         assert (workdir / name).is_file(), name
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
