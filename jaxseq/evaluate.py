@@ -7,6 +7,7 @@ items `prepare` could not use are counted and listed in the report.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -17,11 +18,17 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
+from tqdm import tqdm
 
 from jaxseq.audio.frontend import log_mel_numpy
 from jaxseq.audio.io import load_audio
 from jaxseq.config import Config, FrontendConfig, PrepareConfig, TextConfig, load_config
-from jaxseq.data.pipeline import bucket_length, load_dataset_info, make_eval_batches
+from jaxseq.data.pipeline import (
+    bucket_length,
+    load_dataset_info,
+    make_eval_batches,
+    num_eval_batches,
+)
 from jaxseq.parallel.batch import to_global
 from jaxseq.parallel.mesh import data_parallel_size, make_mesh
 from jaxseq.parallel.sharding import replicated, sharding_context
@@ -33,6 +40,18 @@ from jaxseq.train.optimizer import make_optimizer
 from jaxseq.train.state import abstract_train_state
 
 WORST_IN_REPORT = 20
+
+
+@functools.cache
+def _eval_step(task: Task, mesh: Mesh):
+    """One jitted function per (task, mesh), cached: a batch's predictions and its loss."""
+
+    def step(params, batch):
+        return task.predict_fn(params, batch), task.loss_fn(
+            params, batch, jax.random.PRNGKey(0), train=False
+        )
+
+    return jax.jit(step, out_shardings=replicated(mesh))
 
 
 def evaluate_split(
@@ -55,28 +74,25 @@ def evaluate_split(
     decoder = decoder or cfg.eval.decoder
     beam_size = beam_size or cfg.eval.beam_size
     text = TextConfig(**load_dataset_info(dataset_dir)["text"])
-    predict = jax.jit(task.predict_fn, out_shardings=replicated(mesh))
-    loss_fn = jax.jit(
-        lambda p, b: task.loss_fn(p, b, jax.random.PRNGKey(0), train=False),
-        out_shardings=replicated(mesh),
-    )
-    p, b = jax.process_index(), None
+    eval_step = _eval_step(task, mesh)
+    p, count = jax.process_index(), jax.process_count()
     records: list[dict[str, str]] = []
     loss_sum = tokens = 0.0
-    batches = make_eval_batches(
-        dataset_dir,
-        split,
-        cfg.data,
-        task.tokenizer,
-        process_index=p,
-        process_count=jax.process_count(),
+    batches = tqdm(
+        make_eval_batches(
+            dataset_dir, split, cfg.data, task.tokenizer, process_index=p, process_count=count
+        ),
+        total=num_eval_batches(dataset_dir, split, cfg.data, process_count=count),
+        desc=f"evaluate {split}",
+        disable=p != 0,
+        leave=False,
+        dynamic_ncols=True,
     )
     for host_batch, ids, refs in batches:
         b = len(ids)
         batch = to_global(host_batch, mesh)
         with sharding_context(mesh):
-            outputs = jax.device_get(predict(params, batch))
-            loss, metrics = jax.device_get(loss_fn(params, batch))
+            outputs, (loss, metrics) = jax.device_get(eval_step(params, batch))
         loss_sum += float(loss) * float(metrics["tokens"])
         tokens += float(metrics["tokens"])
         rows = slice(p * b, (p + 1) * b)  # this process's rows of the replicated outputs

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,8 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
             writer.write(done, cfg.data.eval_split, eval_metrics)
             bar.write(
                 f"step {done}: {cfg.data.eval_split} WER {eval_metrics['wer']:.4f} "
-                f"CER {eval_metrics['cer']:.4f} loss {eval_metrics['loss']:.4f}"
+                f"CER {eval_metrics['cer']:.4f} loss {eval_metrics['loss']:.4f}",
+                file=sys.stderr,  # stdout carries only the final summary
             )
             summary["eval"] = eval_metrics
             tick = time.time()
