@@ -16,7 +16,7 @@ from jaxseq.models.layers import (
     partitioned,
     sinusoidal_positions,
 )
-from jaxseq.parallel.sharding import BATCH, CONV_IN, CONV_WINDOW, EMBED, LENGTH, MEL
+from jaxseq.parallel.sharding import BATCH, CONV_IN, CONV_WINDOW, EMBED, LENGTH, MEL, POSITION
 
 Dtype = Any
 
@@ -26,6 +26,12 @@ def subsampled_lengths(lengths: jax.Array, strides: tuple[int, ...]) -> jax.Arra
     for s in strides:
         lengths = (lengths + s - 1) // s
     return lengths
+
+
+def sinusoidal_init(key: jax.Array, shape: tuple[int, int], dtype=jnp.float32) -> jax.Array:
+    """Initializer of a [length, features] position table: the sinusoids (`key` is unused)."""
+    del key
+    return jnp.asarray(sinusoidal_positions(*shape), dtype)
 
 
 class ConvSubsampler(nn.Module):
@@ -68,7 +74,12 @@ class ConvSubsampler(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
-    """Conv stem → sinusoidal positions → pre-LN Transformer layers → final LayerNorm."""
+    """Conv stem → sinusoidal positions → pre-LN Transformer layers → final LayerNorm.
+
+    `position_table=N` stores the position table as a parameter "pos_embedding" [N, d_model]
+    (initialized to the sinusoids), as Whisper checkpoints do; `key_bias=False` drops the key
+    projection's bias, as Whisper does.
+    """
 
     d_model: int
     num_heads: int
@@ -78,6 +89,8 @@ class TransformerEncoder(nn.Module):
     conv_kernel: int = 3
     dropout_rate: float = 0.0
     dtype: Dtype = jnp.float32
+    key_bias: bool = True
+    position_table: int | None = None
 
     @nn.compact
     def __call__(
@@ -96,13 +109,31 @@ class TransformerEncoder(nn.Module):
             self.d_model, self.subsample_strides, self.conv_kernel, self.dtype, name="stem"
         )(x, lengths)
         length = x.shape[1]
-        x = x + sinusoidal_positions(length, self.d_model)[None].astype(self.dtype)
+        if self.position_table is None:
+            positions = jnp.asarray(sinusoidal_positions(length, self.d_model))
+        else:
+            if length > self.position_table:
+                raise ValueError(
+                    f"{length} encoder frames exceed the {self.position_table}-row position table"
+                )
+            table = self.param(
+                "pos_embedding",
+                partitioned(sinusoidal_init, POSITION, EMBED),
+                (self.position_table, self.d_model),
+            )  # [position_table, d_model]
+            positions = table[:length]
+        x = x + positions[None].astype(self.dtype)  # [batch, enc_frames, d_model]
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         valid = padding_mask(lengths, length)  # [batch, enc_frames]
         mask = valid[:, None, None, :] & valid[:, None, :, None]  # [batch, 1, q, kv]
         for i in range(self.num_layers):
             x = EncoderLayer(
-                self.num_heads, self.mlp_dim, self.dtype, self.dropout_rate, name=f"layer{i}"
+                self.num_heads,
+                self.mlp_dim,
+                self.dtype,
+                self.dropout_rate,
+                key_bias=self.key_bias,
+                name=f"layer{i}",
             )(x, mask, deterministic)
         x = LayerNorm(dtype=self.dtype, name="final_norm")(x)
         return x, lengths

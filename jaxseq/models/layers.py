@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jaxseq.parallel.sharding import BATCH, EMBED, HEADS, KV, LENGTH, MLP
 
@@ -65,12 +66,14 @@ class SplitHeads(nn.Module):
     """Projection [..., embed] → [..., heads, head_dim] with a kernel [embed, heads, head_dim].
 
     (flax's DenseGeneral initializes its kernel flat and reshapes it, which breaks logical
-    constraints on the kernel; this creates it in its real shape.)
+    constraints on the kernel; this creates it in its real shape.) `use_bias=False` drops the
+    bias, as Whisper's key projection does.
     """
 
     num_heads: int
     head_dim: int
     dtype: Dtype = jnp.float32
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -81,13 +84,15 @@ class SplitHeads(nn.Module):
             (x.shape[-1], self.num_heads, self.head_dim),
             jnp.float32,
         )
+        y = jnp.einsum("...e,ehd->...hd", x.astype(self.dtype), kernel.astype(self.dtype))
+        if not self.use_bias:
+            return y
         bias = self.param(
             "bias",
             partitioned(nn.initializers.zeros, HEADS, KV),
             (self.num_heads, self.head_dim),
             jnp.float32,
         )
-        y = jnp.einsum("...e,ehd->...hd", x.astype(self.dtype), kernel.astype(self.dtype))
         return y + bias.astype(self.dtype)
 
 
@@ -114,17 +119,27 @@ class MergeHeads(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head dot-product attention.
+    """Multi-head dot-product attention, with an optional decoding cache.
 
     Attributes:
       num_heads: number of heads; the head size is features // num_heads.
       dtype: compute dtype.
       dropout_rate: dropout on the attention weights.
+      key_bias: whether the key projection has a bias (Whisper's has none).
+      cache: what `decode=True` keeps in the "cache" collection: "self" (causal self-attention:
+        keys and values of the steps so far, one new step per call) or "cross" (keys and values
+        of the encoder output, computed on the first call and reused after); None = no cache.
+
+    Decoding (t5x style): a first call with `decode=True` and the full-length input, with the
+    "cache" collection mutable and empty, creates the cache (zeros for "self", the encoder keys
+    and values for "cross") and otherwise attends as usual; later calls take one step each.
     """
 
     num_heads: int
     dtype: Dtype = jnp.float32
     dropout_rate: float = 0.0
+    key_bias: bool = True
+    cache: str | None = None
 
     @nn.compact
     def __call__(
@@ -133,22 +148,53 @@ class MultiHeadAttention(nn.Module):
         inputs_kv: jax.Array,
         mask: jax.Array | None,
         deterministic: bool,
+        decode: bool = False,
     ) -> jax.Array:
         """Attends from `inputs_q` [batch, q_len, embed] to `inputs_kv` [batch, kv_len, embed].
 
         Args:
-          mask: bool [batch, 1 or heads, q_len, kv_len], True where attention is allowed.
+          mask: bool [batch, 1 or heads, q_len, kv_len], True where attention is allowed. In a
+            cached "self" step it is replaced by "positions up to the current step".
+          decode: use the cache (see the class docstring); a "self" step needs q_len == 1.
         Returns:
           [batch, q_len, embed]
         """
+        if self.cache not in (None, "self", "cross"):
+            raise ValueError(f"cache must be None, 'self' or 'cross', got {self.cache!r}")
         features = inputs_q.shape[-1]
         if features % self.num_heads:
             raise ValueError(f"embed size {features} is not divisible by {self.num_heads} heads")
         head_dim = features // self.num_heads
         split = functools.partial(SplitHeads, self.num_heads, head_dim, dtype=self.dtype)
         query = split(name="query")(inputs_q)  # [batch, q_len, heads, head_dim]
-        key = split(name="key")(inputs_kv)  # [batch, kv_len, heads, head_dim]
-        value = split(name="value")(inputs_kv)  # [batch, kv_len, heads, head_dim]
+        key_proj = split(use_bias=self.key_bias, name="key")
+        value_proj = split(name="value")
+        use_cache = decode and self.cache is not None
+        if use_cache and self.cache == "cross" and self.has_variable("cache", "cross_key"):
+            key = self.get_variable("cache", "cross_key")  # [batch, kv_len, heads, head_dim]
+            value = self.get_variable("cache", "cross_value")
+        else:
+            key = key_proj(inputs_kv)  # [batch, kv_len, heads, head_dim]
+            value = value_proj(inputs_kv)  # [batch, kv_len, heads, head_dim]
+            if use_cache and self.cache == "cross":
+                self.put_variable("cache", "cross_key", key)
+                self.put_variable("cache", "cross_value", value)
+        if use_cache and self.cache == "self":
+            is_initialized = self.has_variable("cache", "cached_key")
+            cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+            cached_value = self.variable(
+                "cache", "cached_value", jnp.zeros, value.shape, value.dtype
+            )  # [batch, max_len, heads, head_dim]
+            cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+            if is_initialized:
+                if key.shape[1] != 1:
+                    raise ValueError(f"a cached decoding step takes 1 position, got {key.shape[1]}")
+                i = cache_index.value
+                key = lax.dynamic_update_slice(cached_key.value, key, (0, i, 0, 0))
+                value = lax.dynamic_update_slice(cached_value.value, value, (0, i, 0, 0))
+                cached_key.value, cached_value.value = key, value  # [batch, max_len, heads, hd]
+                cache_index.value = i + 1
+                mask = (jnp.arange(key.shape[1]) <= i)[None, None, None, :]  # [1, 1, 1, max_len]
         query = constrain(query, BATCH, LENGTH, HEADS, KV)
         key = constrain(key, BATCH, LENGTH, HEADS, KV)
         value = constrain(value, BATCH, LENGTH, HEADS, KV)
@@ -189,13 +235,18 @@ class EncoderLayer(nn.Module):
     mlp_dim: int
     dtype: Dtype = jnp.float32
     dropout_rate: float = 0.0
+    key_bias: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
         """x: [batch, length, embed]; mask: bool [batch, 1, length, length]."""
         h = LayerNorm(dtype=self.dtype, name="attn_norm")(x)
         h = MultiHeadAttention(
-            self.num_heads, dtype=self.dtype, dropout_rate=self.dropout_rate, name="attn"
+            self.num_heads,
+            dtype=self.dtype,
+            dropout_rate=self.dropout_rate,
+            key_bias=self.key_bias,
+            name="attn",
         )(h, h, mask, deterministic)
         x = x + nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
         h = LayerNorm(dtype=self.dtype, name="mlp_norm")(x)
@@ -203,6 +254,54 @@ class EncoderLayer(nn.Module):
             h, deterministic
         )
         x = x + nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        return constrain(x, BATCH, LENGTH, EMBED)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-LN Transformer decoder layer: causal self-attention, cross-attention, MLP.
+
+    x + SelfAttn(LN(x)), then x + CrossAttn(LN(x), encoded), then x + MLP(LN(x)). With
+    `decode=True` both attentions use the "cache" collection (see MultiHeadAttention).
+    """
+
+    num_heads: int
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+    dropout_rate: float = 0.0
+    key_bias: bool = True
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        encoded: jax.Array,
+        self_mask: jax.Array | None,
+        cross_mask: jax.Array | None,
+        deterministic: bool,
+        decode: bool = False,
+    ) -> jax.Array:
+        """x: [batch, length, embed]; encoded: [batch, enc_frames, embed];
+        self_mask: bool [batch, 1, length, length]; cross_mask: bool [batch, 1, 1, enc_frames].
+        Returns [batch, length, embed]."""
+        attn = functools.partial(
+            MultiHeadAttention,
+            self.num_heads,
+            dtype=self.dtype,
+            dropout_rate=self.dropout_rate,
+            key_bias=self.key_bias,
+        )
+        drop = nn.Dropout(self.dropout_rate)
+        h = LayerNorm(dtype=self.dtype, name="self_attn_norm")(x)
+        h = attn(cache="self", name="self_attn")(h, h, self_mask, deterministic, decode)
+        x = x + drop(h, deterministic=deterministic)
+        h = LayerNorm(dtype=self.dtype, name="cross_attn_norm")(x)
+        h = attn(cache="cross", name="cross_attn")(h, encoded, cross_mask, deterministic, decode)
+        x = x + drop(h, deterministic=deterministic)
+        h = LayerNorm(dtype=self.dtype, name="mlp_norm")(x)
+        h = MlpBlock(self.mlp_dim, dtype=self.dtype, dropout_rate=self.dropout_rate, name="mlp")(
+            h, deterministic
+        )
+        x = x + drop(h, deterministic=deterministic)
         return constrain(x, BATCH, LENGTH, EMBED)
 
 

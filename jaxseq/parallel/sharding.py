@@ -25,6 +25,7 @@ VOCAB = "vocab"
 MEL = "mel"
 CONV_WINDOW = "conv_window"
 CONV_IN = "conv_in"  # input channels of a conv after the first (never the same name as its output)
+POSITION = "position"  # rows of a position-embedding table
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -39,6 +40,7 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (MEL, None),
     (CONV_WINDOW, None),
     (CONV_IN, None),
+    (POSITION, None),
 )
 
 

@@ -1,0 +1,283 @@
+"""Whisper: the jaxseq audio encoder plus a Transformer decoder with a KV cache.
+
+The layout follows openai-whisper / transformers' WhisperForConditionalGeneration, so that
+`jaxseq.convert.hf_whisper` can load and export its checkpoints: a conv stem with strides (1, 2),
+a stored sinusoidal position table, pre-LN layers whose key projections have no bias, and a
+decoder with learned positions whose output projection is tied to its token embedding.
+
+Cached decoding (t5x style):
+
+    cache = init_cache(model, params, encoded, encoder_mask, max_length)
+    for t in range(n):
+        logits, cache = decode_step(model, params, cache, tokens[:, t : t + 1], encoded, mask)
+
+`init_cache` computes every layer's cross-attention keys and values once per utterance; each
+step writes one position into the self-attention caches. For `jaxseq.decoding.beam_search`,
+`search_cache` and `search_step_fn` give the same cache and step in its `step_fn(tokens, cache,
+position)` form (every cache leaf with a leading batch axis; positions come from the search).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from jaxseq.models.encoder import TransformerEncoder
+from jaxseq.models.layers import DecoderLayer, LayerNorm, constrain, padding_mask, partitioned
+from jaxseq.parallel.sharding import BATCH, EMBED, LENGTH, POSITION, VOCAB
+
+Dtype = Any
+
+
+@dataclass(frozen=True)
+class WhisperDims:
+    """Whisper's hyperparameters (the fields of a transformers WhisperConfig that matter)."""
+
+    n_mels: int = 80
+    d_model: int = 384
+    encoder_layers: int = 4
+    encoder_heads: int = 6
+    encoder_ffn_dim: int = 1536
+    decoder_layers: int = 4
+    decoder_heads: int = 6
+    decoder_ffn_dim: int = 1536
+    vocab_size: int = 51865
+    max_source_positions: int = 1500  # encoder frames; the input has twice as many mel frames
+    max_target_positions: int = 448
+    pad_token_id: int = 50257
+    bos_token_id: int = 50257
+    eos_token_id: int = 50257
+    decoder_start_token_id: int = 50258
+
+    @property
+    def num_frames(self) -> int:
+        """Mel frames per input: Whisper pads or trims every input to exactly this many."""
+        return 2 * self.max_source_positions
+
+
+class TransformerDecoder(nn.Module):
+    """Token embedding + learned positions → pre-LN decoder layers → LayerNorm → tied logits."""
+
+    dims: WhisperDims
+    dropout_rate: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens: jax.Array,
+        encoded: jax.Array,
+        encoder_mask: jax.Array,
+        deterministic: bool = True,
+        decode: bool = False,
+    ) -> jax.Array:
+        """Next-token logits.
+
+        Args:
+          tokens: int [batch, length] (length 1 for a cached step).
+          encoded: [batch, enc_frames, d_model] (ignored by a cached step, which reads the
+            cross-attention cache).
+          encoder_mask: bool [batch, enc_frames], True on valid encoder frames.
+          decode: use and update the "cache" collection (see the module docstring).
+        Returns:
+          float32 [batch, length, vocab].
+        """
+        d = self.dims
+        embed = nn.Embed(
+            d.vocab_size,
+            d.d_model,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            embedding_init=partitioned(nn.initializers.normal(0.02), VOCAB, EMBED),
+            name="embed",
+        )
+        table = self.param(
+            "pos_embedding",
+            partitioned(nn.initializers.normal(0.02), POSITION, EMBED),
+            (d.max_target_positions, d.d_model),
+        )  # [max_target_positions, d_model]
+        length = tokens.shape[1]
+        start = 0
+        if decode:
+            is_initialized = self.has_variable("cache", "position")
+            position = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
+            if is_initialized:
+                start = position.value
+                position.value = start + length
+        positions = jax.lax.dynamic_slice_in_dim(table, start, length)  # [length, d_model]
+        x = embed(tokens) + positions[None].astype(self.dtype)  # [batch, length, d_model]
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        x = constrain(x, BATCH, LENGTH, EMBED)
+        causal = jnp.tril(jnp.ones((length, length), bool))[None, None]  # [1, 1, length, length]
+        cross_mask = encoder_mask[:, None, None, :]  # [batch, 1, 1, enc_frames]
+        for i in range(d.decoder_layers):
+            x = DecoderLayer(
+                d.decoder_heads,
+                d.decoder_ffn_dim,
+                self.dtype,
+                self.dropout_rate,
+                key_bias=False,
+                name=f"layer{i}",
+            )(x, encoded, causal, cross_mask, deterministic, decode)
+        x = LayerNorm(dtype=self.dtype, name="final_norm")(x)
+        logits = embed.attend(x)  # [batch, length, vocab]
+        return constrain(logits.astype(jnp.float32), BATCH, LENGTH, VOCAB)
+
+
+class WhisperModel(nn.Module):
+    """Log-mel features + decoder tokens → next-token logits."""
+
+    dims: WhisperDims
+    dropout_rate: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        d = self.dims
+        self.encoder = TransformerEncoder(
+            d_model=d.d_model,
+            num_heads=d.encoder_heads,
+            num_layers=d.encoder_layers,
+            mlp_dim=d.encoder_ffn_dim,
+            subsample_strides=(1, 2),
+            dropout_rate=self.dropout_rate,
+            dtype=self.dtype,
+            key_bias=False,
+            position_table=d.max_source_positions,
+        )
+        self.decoder = TransformerDecoder(d, self.dropout_rate, self.dtype)
+
+    def encode(
+        self, features: jax.Array, lengths: jax.Array, deterministic: bool = True
+    ) -> tuple[jax.Array, jax.Array]:
+        """features float [batch, frames, n_mels], lengths int [batch] →
+        (encoded [batch, ceil(frames / 2), d_model], encoder_mask bool [batch, enc_frames]).
+
+        Frames past `lengths` are zeroed and masked; Whisper itself never masks (it pads every
+        input to `dims.num_frames`), so pass full lengths to reproduce its outputs.
+        """
+        encoded, enc_lengths = self.encoder(features, lengths, deterministic)
+        return encoded, padding_mask(enc_lengths, encoded.shape[1])
+
+    def decode(
+        self,
+        tokens: jax.Array,
+        encoded: jax.Array,
+        encoder_mask: jax.Array,
+        deterministic: bool = True,
+        use_cache: bool = False,
+    ) -> jax.Array:
+        """tokens int [batch, length] → logits float32 [batch, length, vocab].
+
+        `use_cache=True` reads and updates the mutable "cache" collection: see `init_cache` and
+        `decode_step`.
+        """
+        return self.decoder(tokens, encoded, encoder_mask, deterministic, use_cache)
+
+    def __call__(
+        self,
+        features: jax.Array,
+        feature_lengths: jax.Array,
+        tokens: jax.Array,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        """Teacher-forced logits float32 [batch, tokens, vocab] for tokens int [batch, tokens]."""
+        encoded, encoder_mask = self.encode(features, feature_lengths, deterministic)
+        return self.decode(tokens, encoded, encoder_mask, deterministic)
+
+
+def init_cache(
+    model: WhisperModel,
+    params: Any,
+    encoded: jax.Array,
+    encoder_mask: jax.Array,
+    max_length: int,
+) -> Any:
+    """A decoding cache for `max_length` steps over one batch of encoder outputs.
+
+    Self-attention caches start empty (zeros, index 0); cross-attention keys and values are
+    computed here, once.
+    """
+    tokens = jnp.zeros((encoded.shape[0], max_length), jnp.int32)  # only the shape matters
+    _, state = model.apply(
+        {"params": params},
+        tokens,
+        encoded,
+        encoder_mask,
+        use_cache=True,
+        method=WhisperModel.decode,
+        mutable=["cache"],
+    )
+    return state["cache"]
+
+
+def decode_step(
+    model: WhisperModel,
+    params: Any,
+    cache: Any,
+    tokens: jax.Array,
+    encoded: jax.Array | None,
+    encoder_mask: jax.Array,
+) -> tuple[jax.Array, Any]:
+    """One cached step: tokens int [batch, 1] → (logits float32 [batch, 1, vocab], new cache).
+
+    `encoded` is not read (the cache holds the cross-attention keys and values); it may be None.
+    """
+    logits, state = model.apply(
+        {"params": params, "cache": cache},
+        tokens,
+        encoded,
+        encoder_mask,
+        use_cache=True,
+        method=WhisperModel.decode,
+        mutable=["cache"],
+    )
+    return logits, state["cache"]
+
+
+_COUNTERS = ("cache_index", "position")  # the scalar step counters of a flax decoding cache
+
+
+def _strip_counters(cache: Any) -> Any:
+    flat = traverse_util.flatten_dict(cache)
+    return traverse_util.unflatten_dict({k: v for k, v in flat.items() if k[-1] not in _COUNTERS})
+
+
+def search_cache(
+    model: WhisperModel,
+    params: Any,
+    encoded: jax.Array,
+    encoder_mask: jax.Array,
+    max_length: int,
+) -> dict:
+    """`init_cache` for `jaxseq.decoding.beam_search`: every leaf has leading axis batch.
+
+    Returns:
+      {"kv": the cache without its scalar counters, "encoder_mask": bool [batch, enc_frames]}.
+    """
+    cache = init_cache(model, params, encoded, encoder_mask, max_length)
+    return {"kv": _strip_counters(cache), "encoder_mask": encoder_mask}
+
+
+def search_step_fn(model: WhisperModel, params: Any):
+    """The model as a beam-search `step_fn(tokens [n], cache, position []) -> (log_probs
+    float32 [n, vocab], cache)` over a `search_cache`; the counters are rebuilt from `position`."""
+
+    def step_fn(tokens: jax.Array, cache: dict, position: jax.Array) -> tuple[jax.Array, dict]:
+        position = jnp.asarray(position, jnp.int32)
+        flat = traverse_util.flatten_dict(cache["kv"])
+        for path in [k for k in flat if k[-1] == "cached_key"]:
+            flat[(*path[:-1], "cache_index")] = position
+        flat[("decoder", "position")] = position
+        full = traverse_util.unflatten_dict(flat)
+        logits, full = decode_step(
+            model, params, full, tokens[:, None], None, cache["encoder_mask"]
+        )  # [n, 1, vocab]
+        log_probs = jax.nn.log_softmax(logits[:, 0], axis=-1)  # [n, vocab]
+        return log_probs, {"kv": _strip_counters(full), "encoder_mask": cache["encoder_mask"]}
+
+    return step_fn

@@ -1,0 +1,165 @@
+"""A subword tokenizer (BPE or unigram) trained from scratch on training transcripts.
+
+Built on the HF `tokenizers` library: whitespace becomes the metaspace `▁` (as in
+SentencePiece), so `decode(encode(text)) == text` for normalized text (see
+`jaxseq.text.normalize`: single spaces, no leading or trailing space). Special tokens have fixed
+ids: `<pad>` = 0, `<s>` = 1 (start), `</s>` = 2 (end), `<unk>` = 3. A character never seen in
+training encodes to `<unk>`, which `decode` drops like every special token. The whole tokenizer
+is one JSON file (the `tokenizers` format), `tokenizer.json` in a workdir.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from jaxseq.errors import JaxseqError
+
+PAD, START, END, UNK = "<pad>", "<s>", "</s>", "<unk>"
+SPECIALS = (PAD, START, END, UNK)  # their ids are their positions here
+TOKENIZER_FILE = "tokenizer.json"
+MODELS = ("bpe", "unigram")
+
+
+class TextTokenizer(Protocol):
+    """What a sequence-to-sequence task needs from a tokenizer (BPE or pretrained Whisper)."""
+
+    @property
+    def size(self) -> int: ...  # number of ids, specials included
+
+    @property
+    def pad_id(self) -> int: ...
+
+    @property
+    def end_id(self) -> int: ...
+
+    @property
+    def special_ids(self) -> frozenset[int]: ...
+
+    def prompt_ids(self) -> list[int]: ...  # what the decoder starts from
+
+    def encode(self, text: str) -> np.ndarray: ...  # int32 [n], no special tokens
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str: ...
+
+
+def _tokenizer_file(path: str | Path) -> Path:
+    """`path` itself if it names a .json file, else `path/tokenizer.json` (a workdir)."""
+    path = Path(path)
+    return path if path.suffix == ".json" else path / TOKENIZER_FILE
+
+
+class BpeTokenizer:
+    """A trained subword tokenizer with fixed special ids; see the module docstring."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        for want, token in enumerate(SPECIALS):
+            got = tokenizer.token_to_id(token)
+            if got != want:
+                raise JaxseqError(f"tokenizer has {token!r} at id {got}, expected id {want}")
+        self._tok = tokenizer
+
+    @property
+    def size(self) -> int:
+        """Number of ids, the four specials included."""
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def pad_id(self) -> int:
+        return SPECIALS.index(PAD)
+
+    @property
+    def start_id(self) -> int:
+        return SPECIALS.index(START)
+
+    @property
+    def end_id(self) -> int:
+        return SPECIALS.index(END)
+
+    @property
+    def unk_id(self) -> int:
+        return SPECIALS.index(UNK)
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        return frozenset(range(len(SPECIALS)))
+
+    def prompt_ids(self) -> list[int]:
+        """The decoder's start sequence: `[start_id]`."""
+        return [self.start_id]
+
+    def encode(self, text: str) -> np.ndarray:
+        """int32 [n] ids of `text`, without start/end; unseen characters become `<unk>`."""
+        return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        """Text of `ids` [n], skipping every special id (pad, start, end, unk)."""
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def token(self, i: int) -> str:
+        """The piece of id `i` (whitespace shown as `▁`), for debugging."""
+        return self._tok.id_to_token(i)
+
+    def save(self, path: str | Path) -> Path:
+        """Writes the tokenizer to `path` (a .json file) or `path/tokenizer.json`; returns it."""
+        file = _tokenizer_file(path)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        self._tok.save(str(file), pretty=True)
+        return file
+
+    @classmethod
+    def load(cls, path: str | Path) -> BpeTokenizer:
+        """Reads what `save` wrote (a .json file, or a workdir holding tokenizer.json)."""
+        file = _tokenizer_file(path)
+        if not file.is_file():
+            raise JaxseqError(f"no tokenizer file {file}: train one first (train_bpe + save)")
+        return cls(Tokenizer.from_file(str(file)))
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, *, model: str = "bpe") -> BpeTokenizer:
+    """Trains a subword tokenizer of at most `vocab_size` ids on `texts` (normalized).
+
+    Args:
+      texts: training transcripts; for "bpe" the same texts in the same order give the same
+        tokenizer, byte for byte, in any process ("unigram" may break ties differently).
+      vocab_size: the most ids the tokenizer may have, specials and alphabet included; a small
+        corpus may give fewer (BPE stops when no pair is left to merge).
+      model: "bpe" (byte-pair merges) or "unigram" (SentencePiece-style unigram LM). The
+        unigram trainer seeds pieces from substrings repeated across *distinct* words, so on a
+        closed vocabulary (the 11 digit words) it learns little beyond characters: use "bpe".
+
+    Raises:
+      ValueError: unknown `model`, no text, or `vocab_size` below specials + alphabet.
+    """
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    texts = [t for t in texts if t]
+    if not texts:
+        raise ValueError("train_bpe needs at least one non-empty text")
+    alphabet = {c for t in texts for c in t.replace(" ", "▁")} | {"▁"}
+    if vocab_size < len(SPECIALS) + len(alphabet):
+        raise ValueError(
+            f"vocab_size {vocab_size} is below the {len(SPECIALS)} specials + "
+            f"{len(alphabet)} characters of the training texts"
+        )
+    if model == "bpe":
+        tok = Tokenizer(models.BPE(unk_token=UNK))
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False
+        )
+    else:
+        tok = Tokenizer(models.Unigram())
+        trainer = trainers.UnigramTrainer(
+            vocab_size=vocab_size,
+            special_tokens=list(SPECIALS),
+            unk_token=UNK,
+            show_progress=False,
+        )
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.train_from_iterator(texts, trainer=trainer)
+    return BpeTokenizer(tok)
