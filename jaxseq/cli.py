@@ -97,7 +97,11 @@ def _cmd_transcribe(args: argparse.Namespace) -> None:
 
 def _decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step", type=int, help="checkpoint step (default: best, else latest)")
-    p.add_argument("--decoder", choices=["greedy", "prefix_beam"])
+    p.add_argument(
+        "--decoder",
+        choices=["greedy", "prefix_beam", "beam"],
+        help="ctc: greedy | prefix_beam; seq2seq: greedy | beam",
+    )
     p.add_argument("--beam-size", type=int)
 
 
@@ -137,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", type=Path, help="evaluate a manifest of audio files instead")
     p.add_argument("--report", type=Path, help="JSON report path (a .md is written beside it)")
     _decoding_args(p)
+    p.add_argument("--length-penalty", type=float, help="seq2seq beam: score / length ** this")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. mesh.data=1")
     p.set_defaults(fn=_cmd_evaluate)
 

@@ -108,6 +108,11 @@ class ModelConfig:
     dropout: float = 0.1
     subsample_strides: tuple[int, ...] = (2, 2)  # conv stem; 10 ms hop x 4 = 40 ms frames
     conv_kernel: int = 3
+    # seq2seq only (Whisper-style: stem strides (1, 2), pre-LN encoder and decoder)
+    decoder_layers: int = 2
+    max_source_positions: int = 1500  # encoder frames (20 ms each): 30 s, as Whisper
+    bpe_vocab_size: int = 128  # BPE trained on the training transcripts
+    label_smoothing: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -151,8 +156,9 @@ class TrainConfig:
 class EvalConfig:
     """Decoding and scoring."""
 
-    decoder: str = "greedy"  # or "prefix_beam"
+    decoder: str = "greedy"  # ctc: greedy | prefix_beam; seq2seq: greedy | beam
     beam_size: int = 8
+    length_penalty: float = 1.0  # seq2seq beam search: score / length ** length_penalty
 
 
 @dataclass(frozen=True)
@@ -171,9 +177,9 @@ class Config:
 
 
 _CHOICES = {
-    "model.family": ("ctc",),
+    "model.family": ("ctc", "seq2seq"),
     "train.compute_dtype": ("float32", "bfloat16"),
-    "eval.decoder": ("greedy", "prefix_beam"),
+    "eval.decoder": ("greedy", "prefix_beam", "beam"),
     "synth.preset": ("digits",),
 }
 

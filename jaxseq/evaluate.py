@@ -43,13 +43,12 @@ WORST_IN_REPORT = 20
 
 
 @functools.cache
-def _eval_step(task: Task, mesh: Mesh):
-    """One jitted function per (task, mesh), cached: a batch's predictions and its loss."""
+def _eval_step(task: Task, mesh: Mesh, decoder: str, beam_size: int):
+    """One jitted function per (task, mesh, decoder), cached: a batch's predictions and loss."""
 
     def step(params, batch):
-        return task.predict_fn(params, batch), task.loss_fn(
-            params, batch, jax.random.PRNGKey(0), train=False
-        )
+        predictions = task.predict_fn(params, batch, decoder, beam_size)
+        return predictions, task.loss_fn(params, batch, jax.random.PRNGKey(0), train=False)
 
     return jax.jit(step, out_shardings=replicated(mesh))
 
@@ -74,7 +73,7 @@ def evaluate_split(
     decoder = decoder or cfg.eval.decoder
     beam_size = beam_size or cfg.eval.beam_size
     text = TextConfig(**load_dataset_info(dataset_dir)["text"])
-    eval_step = _eval_step(task, mesh)
+    eval_step = _eval_step(task, mesh, decoder, beam_size)
     p, count = jax.process_index(), jax.process_count()
     records: list[dict[str, str]] = []
     loss_sum = tokens = 0.0
@@ -260,10 +259,12 @@ def transcribe(
     for i, f in enumerate(feats):
         batch["features"][i, : len(f)] = f
         batch["feature_lengths"][i] = len(f)
-    predict = jax.jit(trained.task.predict_fn, out_shardings=replicated(mesh))
+    decoder, beam_size = decoder or cfg.eval.decoder, beam_size or cfg.eval.beam_size
+    predict = jax.jit(
+        functools.partial(trained.task.predict_fn, decoder=decoder, beam_size=beam_size),
+        out_shardings=replicated(mesh),
+    )
     with sharding_context(mesh):
         outputs = jax.device_get(predict(trained.params, to_global(batch, mesh)))
-    hyps = trained.task.decode(
-        outputs, decoder or cfg.eval.decoder, beam_size or cfg.eval.beam_size
-    )
+    hyps = trained.task.decode(outputs, decoder, beam_size)
     return hyps[: len(feats)]

@@ -16,14 +16,27 @@ EXPECTED_PARAMS = {
     "ctc_tiny": (0.01e6, 0.1e6),
     "ctc_demo": (1.0e6, 1.2e6),
     "ctc_base": (35e6, 45e6),
+    "seq2seq_tiny": (0.01e6, 0.1e6),
+    "seq2seq_digits": (1.5e6, 2.5e6),
 }
+
+
+def _task(cfg):
+    """The config's task, its tokenizer built from the config alone (no dataset needed)."""
+    if cfg.model.family == "seq2seq":
+        from jaxseq.tasks.seq2seq import Seq2SeqTask
+        from jaxseq.text.bpe import train_bpe
+
+        tokenizer = train_bpe(["one two three", "four five six seven"], cfg.model.bpe_vocab_size)
+        return Seq2SeqTask(cfg, tokenizer, n_mels=80)
+    info = {"frontend": {"n_mels": 80}, "text": {"charset": cfg.prepare.text.charset}}
+    return build_task(cfg, info)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_config_parses_and_builds(path, tmp_path):
     cfg = load_config(path)
-    info = {"frontend": {"n_mels": 80}, "text": {"charset": cfg.prepare.text.charset}}
-    task = build_task(cfg, info)
+    task = _task(cfg)
     mesh = make_mesh(cfg.mesh.__class__(data=1, fsdp=1, tensor=1))
     tx = make_optimizer(cfg.optim, cfg.train.num_steps)
     abstract, _ = abstract_train_state(task, tx, task.dummy_batch(1, cfg.data.buckets[0]), mesh)

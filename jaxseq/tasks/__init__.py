@@ -9,13 +9,17 @@ from jaxseq.tasks.base import Task
 
 
 def build_task(cfg: Config, dataset_info: dict) -> Task:
-    """A fresh task for training on a prepared dataset (tokenizer from its text policy)."""
-    n_mels = int(dataset_info["frontend"]["n_mels"])
+    """A fresh task for training on a prepared dataset (its tokenizer built from the data)."""
     if cfg.model.family == "ctc":
         from jaxseq.tasks.ctc import CTCTask
         from jaxseq.text.vocab import CharVocab
 
-        return CTCTask(cfg, CharVocab.from_charset(dataset_info["text"]["charset"]), n_mels)
+        vocab = CharVocab.from_charset(dataset_info["text"]["charset"])
+        return CTCTask(cfg, vocab, int(dataset_info["frontend"]["n_mels"]))
+    if cfg.model.family == "seq2seq":
+        from jaxseq.tasks.seq2seq import Seq2SeqTask
+
+        return Seq2SeqTask.from_dataset(cfg, dataset_info)
     raise ValueError(f"unknown model.family {cfg.model.family!r}")
 
 
@@ -25,4 +29,8 @@ def load_task(cfg: Config, workdir: str | Path, n_mels: int) -> Task:
         from jaxseq.tasks.ctc import CTCTask
 
         return CTCTask.from_workdir(cfg, Path(workdir), n_mels)
+    if cfg.model.family == "seq2seq":
+        from jaxseq.tasks.seq2seq import Seq2SeqTask
+
+        return Seq2SeqTask.from_workdir(cfg, Path(workdir), n_mels)
     raise ValueError(f"unknown model.family {cfg.model.family!r}")

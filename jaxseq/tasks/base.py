@@ -42,8 +42,9 @@ class Task(abc.ABC):
         """
 
     @abc.abstractmethod
-    def predict_fn(self, params: Any, batch: Batch) -> Any:
-        """Device-side prediction for a batch (jitted by the caller)."""
+    def predict_fn(self, params: Any, batch: Batch, decoder: str, beam_size: int) -> Any:
+        """Device-side prediction for a batch (jitted by the caller; decoder and beam size are
+        static: "greedy", "beam" or "prefix_beam", as the family supports)."""
 
     @abc.abstractmethod
     def decode(self, outputs: Any, decoder: str, beam_size: int) -> list[str]:

@@ -12,12 +12,14 @@ import numpy as np
 from jaxseq.audio.specaugment import spec_augment
 from jaxseq.config import Config
 from jaxseq.decoding.ctc import ctc_batch_prefix_beam_search, ctc_greedy_decode
+from jaxseq.errors import JaxseqError
 from jaxseq.losses.ctc import ctc_feasible, ctc_loss
 from jaxseq.models.ctc import CTCModel
 from jaxseq.tasks.base import Batch, Metrics, Task
 from jaxseq.text.vocab import CharVocab
 
 VOCAB_FILE = "vocab.json"
+DECODERS = ("greedy", "prefix_beam")
 
 
 class CTCTask(Task):
@@ -82,13 +84,19 @@ class CTCTask(Task):
         }
         return loss, metrics
 
-    def predict_fn(self, params: Any, batch: Batch) -> tuple[jax.Array, jax.Array]:
+    def predict_fn(
+        self, params: Any, batch: Batch, decoder: str, beam_size: int
+    ) -> tuple[jax.Array, jax.Array]:
+        """Log-probs [batch, enc_frames, vocab] and lengths; decoding happens on the host."""
+        del decoder, beam_size  # both CTC decoders run in `decode`
         logits, lengths = self.model.apply(
             {"params": params}, batch["features"], batch["feature_lengths"], deterministic=True
         )
         return jax.nn.log_softmax(logits, axis=-1), lengths  # [batch, enc_frames, vocab]
 
     def decode(self, outputs: Any, decoder: str, beam_size: int) -> list[str]:
+        if decoder not in DECODERS:
+            raise JaxseqError(f"eval.decoder={decoder!r}: CTC decodes with one of {DECODERS}")
         log_probs, lengths = (np.asarray(x) for x in outputs)
         blank = self.tokenizer.blank_id
         if decoder == "prefix_beam":

@@ -64,13 +64,13 @@ def _write_workdir_files(cfg: Config, workdir: Path, task: Task, info: dict) -> 
 
 
 def _summarize(acc: dict[str, Any], seconds: float) -> dict[str, float]:
-    """Turns summed per-step metrics into logged averages and rates."""
+    """Turns summed per-step metrics into logged values: loss and grad norm averaged over the
+    steps, utterances per second, and every task metric as its sum over the steps."""
     host = {k: float(v) for k, v in jax.device_get(acc).items()}
     steps = max(host.pop("steps"), 1.0)
     out = {"loss": host.pop("loss") / steps, "grad_norm": host.pop("grad_norm") / steps}
     out["utterances_per_second"] = host["utterances"] / max(seconds, 1e-9)
-    out["infeasible"] = host["infeasible"]
-    return out
+    return {**host, **out}
 
 
 def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
