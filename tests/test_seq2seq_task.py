@@ -69,3 +69,22 @@ def test_train_evaluate_transcribe(tiny_dataset, tmp_path, capsys):
     cli.main(["transcribe", "--workdir", str(workdir), *map(str, wav)])
     out = capsys.readouterr().out.strip().splitlines()
     assert [line.split("\t")[0] for line in out] == [str(w) for w in wav]
+
+
+def test_input_longer_than_the_context_is_a_clear_error(tiny_dataset, tmp_path, capsys):
+    """No silent truncation: a batch longer than the encoder's positions stops training."""
+    with pytest.raises(SystemExit):
+        cli.main(
+            [
+                "train",
+                "--workdir",
+                str(tmp_path),
+                "--config",
+                str(CONFIG),
+                f"data.dataset={tiny_dataset}",
+                "model.max_source_positions=32",
+            ]
+        )
+    err = capsys.readouterr().err
+    assert "model's context is 64" in err and "model.max_source_positions=32" in err
+    assert "data.buckets go up to 512 frames" in err

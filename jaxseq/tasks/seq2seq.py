@@ -81,6 +81,12 @@ class Seq2SeqTask(Task):
         )
         dtype = jnp.bfloat16 if cfg.train.compute_dtype == "bfloat16" else jnp.float32
         self.model = WhisperModel(self.dims, dropout_rate=m.dropout, dtype=dtype)
+        if max(cfg.data.buckets) > 2 * m.max_source_positions:
+            raise JaxseqError(
+                f"data.buckets go up to {max(cfg.data.buckets)} frames but the model's context "
+                f"is {2 * m.max_source_positions} (model.max_source_positions="
+                f"{m.max_source_positions} encoder frames); lower the buckets or raise the context"
+            )
 
     @classmethod
     def from_dataset(cls, cfg: Config, info: dict) -> Seq2SeqTask:

@@ -1,0 +1,180 @@
+"""jaxseq's beam and greedy search over a converted Whisper against transformers' own
+`WhisperForConditionalGeneration.generate`, token for token, on real (espeak-ng) log-mel input.
+
+transformers' Whisper `generate` is not the plain `GenerationMixin.generate`: it adds Whisper's
+logits processors and prompt tokens from the generation config. For a like-for-like search they
+are all switched off (see `_hf_generate`):
+  * `suppress_tokens=None`, `begin_suppress_tokens=None` (WhisperConfig defaults the latter to
+    [220, 50256]; these become SuppressTokens(AtBegin)LogitsProcessors);
+  * `forced_decoder_ids=None` and no `lang_to_id` / `task_to_id` / `no_timestamps_token_id` in the
+    generation config (a config built from a WhisperConfig has none), so the prompt is just
+    `decoder_start_token_id` and no language detection runs;
+  * `return_timestamps=False`, `no_speech_threshold=None`, `logprob_threshold=None`,
+    `temperature=None` (no timestamp processor, no no-speech detection, no temperature fallback).
+What remains is the generic `_beam_search` / `_greedy_search` with `length_penalty=1.0`,
+`early_stopping=False`, which `jaxseq.decoding.beam_search` reimplements.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from jaxseq.audio.espeak import synthesize
+from jaxseq.audio.frontend import log_mel_numpy
+from jaxseq.audio.io import to_mono_resampled
+from jaxseq.config import FrontendConfig
+from jaxseq.convert import load_hf_whisper
+from jaxseq.decoding.beam_search import LengthPenalty, beam_search, greedy_search
+from jaxseq.models.whisper import WhisperModel, search_cache, search_step_fn
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 100
+SOURCE_POSITIONS = 150  # 300 mel frames: 3 s
+TARGET_POSITIONS = 40
+MAX_NEW_TOKENS = 30
+EOS, START = 1, 2
+BEAMS = 4
+EOS_BOOST = 4.0  # how far the EOS embedding row is pushed along the final LayerNorm's bias
+UTTERANCES = [  # (digits, voice): different speakers and accents
+    ("one two three", "en-us"),
+    ("four five six seven", "en-gb-x-rp"),
+    ("eight nine zero", "en-gb-scotland"),
+    ("two two eight one", "en-029"),
+    ("nine", "en-us-nyc"),
+    ("three oh five six one", "en+f2"),
+    ("seven seven", "en-us+m3"),
+    ("zero one two three four", "en-gb-x-gbclan"),
+]
+
+
+def _hf_config():
+    return transformers.WhisperConfig(
+        vocab_size=VOCAB,
+        num_mel_bins=80,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_source_positions=SOURCE_POSITIONS,
+        max_target_positions=TARGET_POSITIONS,
+        pad_token_id=EOS,
+        bos_token_id=EOS,
+        eos_token_id=EOS,
+        decoder_start_token_id=START,
+        suppress_tokens=None,
+        begin_suppress_tokens=None,
+    )
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """(torch model, jaxseq WhisperModel, params): a small random Whisper, saved and converted.
+
+    Weights are redrawn N(0, 0.1) (LayerNorm scales N(1, 0.1)) for peaked, non-degenerate
+    distributions; the EOS embedding row (tied to the output) gets a push along the final
+    LayerNorm's bias, so that hypotheses end at different lengths rather than all at the limit.
+    """
+    torch.manual_seed(0)
+    model = transformers.WhisperForConditionalGeneration(_hf_config()).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(1.0 if "layer_norm.weight" in name else 0.0, 0.1)
+        bias = model.model.decoder.layer_norm.bias
+        model.model.decoder.embed_tokens.weight[EOS] += EOS_BOOST * bias / bias.norm()
+    folder = tmp_path_factory.mktemp("hf_whisper_generate")
+    model.save_pretrained(folder)
+    params, dims = load_hf_whisper(folder)
+    return model, WhisperModel(dims), jax.tree.map(jnp.asarray, params)
+
+
+@pytest.fixture(scope="module")
+def features():
+    """Real log-mel input [utterances, 300, 80], padded/trimmed to 3 s like Whisper does."""
+    cfg = FrontendConfig()
+    num_samples = 2 * SOURCE_POSITIONS * cfg.hop_length
+    mels = []
+    for text, voice in UTTERANCES:
+        audio, sr = synthesize(text, voice)
+        audio = to_mono_resampled(audio, sr, cfg.sample_rate)[:num_samples]
+        audio = np.pad(audio, (0, num_samples - len(audio)))
+        mels.append(log_mel_numpy(audio, cfg))  # [300, 80]
+    return np.stack(mels)
+
+
+def _hf_generate(model, features: np.ndarray, num_beams: int):
+    """transformers' Whisper generate with every Whisper-specific addition off (module doc)."""
+    with torch.inference_mode():
+        out = model.generate(
+            torch.from_numpy(np.ascontiguousarray(features.transpose(0, 2, 1))),
+            num_beams=num_beams,
+            max_new_tokens=MAX_NEW_TOKENS,
+            length_penalty=1.0,
+            early_stopping=False,
+            do_sample=False,
+            temperature=None,
+            return_timestamps=False,
+            forced_decoder_ids=None,
+            suppress_tokens=None,
+            begin_suppress_tokens=None,
+            no_speech_threshold=None,
+            logprob_threshold=None,
+            return_dict_in_generate=True,
+            output_scores=True,
+        )
+    return out
+
+
+def _jax_search(converted, features: np.ndarray, num_beams: int):
+    _, model, params = converted
+    lengths = jnp.full((features.shape[0],), features.shape[1])  # Whisper never masks frames
+    prompt = jnp.full((features.shape[0], 1), START, jnp.int32)
+
+    @jax.jit
+    def run(features, lengths, prompt):
+        encoded, mask = model.apply(
+            {"params": params}, features, lengths, method=WhisperModel.encode
+        )
+        cache = search_cache(model, params, encoded, mask, max_length=1 + MAX_NEW_TOKENS)
+        step = search_step_fn(model, params)
+        if num_beams == 1:
+            return greedy_search(step, cache, prompt, max_new_tokens=MAX_NEW_TOKENS, eos_id=EOS)
+        return beam_search(
+            step,
+            cache,
+            prompt,
+            beam_size=num_beams,
+            max_new_tokens=MAX_NEW_TOKENS,
+            eos_id=EOS,
+            length_penalty=LengthPenalty.transformers(1.0),
+            early_stopping=False,
+        )
+
+    return run(jnp.asarray(features), lengths, prompt)
+
+
+def _hf_rows(out) -> list[list[int]]:
+    """HF sequences → generated ids per utterance, up to and including the first EOS."""
+    rows = []
+    for seq in out.sequences.tolist():
+        seq = seq[1:] if seq and seq[0] == START else seq  # drop the prompt if returned
+        rows.append(seq[: seq.index(EOS) + 1] if EOS in seq else seq)
+    return rows
+
+
+def test_beam_search_matches_transformers(models, features):
+    hf = _hf_generate(models[0], features, BEAMS)
+    ours = _jax_search(models, features, BEAMS)
+    got = [s[:n].tolist() for s, n in zip(np.asarray(ours.sequences[:, 0]), ours.lengths[:, 0])]
+    print(got, _hf_rows(hf))
+    assert got == _hf_rows(hf)
