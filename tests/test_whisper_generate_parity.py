@@ -43,6 +43,7 @@ MAX_NEW_TOKENS = 30
 EOS, START = 1, 2
 BEAMS = 4
 EOS_BOOST = 4.0  # how far the EOS embedding row is pushed along the final LayerNorm's bias
+WEIGHT_STD = 0.1
 UTTERANCES = [  # (digits, voice): different speakers and accents
     ("one two three", "en-us"),
     ("four five six seven", "en-gb-x-rp"),
@@ -89,9 +90,11 @@ def models(tmp_path_factory):
     model = transformers.WhisperForConditionalGeneration(_hf_config()).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.normal_(1.0 if "layer_norm.weight" in name else 0.0, 0.1)
-        bias = model.model.decoder.layer_norm.bias
-        model.model.decoder.embed_tokens.weight[EOS] += EOS_BOOST * bias / bias.norm()
+            p.normal_(1.0 if "layer_norm.weight" in name else 0.0, WEIGHT_STD)
+        model.model.decoder.layer_norm.bias.zero_()
+        embed = model.model.decoder.embed_tokens.weight  # [vocab, d_model], tied to the output
+        embed *= WEIGHT_STD * 8.0 / embed.norm(dim=1, keepdim=True)  # rows of equal norm
+        embed[EOS] *= EOS_BOOST
     folder = tmp_path_factory.mktemp("hf_whisper_generate")
     model.save_pretrained(folder)
     params, dims = load_hf_whisper(folder)

@@ -283,6 +283,7 @@ def make_train_iterator(
     seed: int,
     process_index: int = 0,
     process_count: int = 1,
+    label_lengths: np.ndarray | None = None,
 ) -> TrainIterator:
     """An infinite, checkpointable iterator of this process's training batches.
 
@@ -295,6 +296,8 @@ def make_train_iterator(
         index's text lengths).
       seed: shuffle seed; the epoch is folded in, so each epoch has a different order.
       process_index, process_count: this process reads rows `[p*b:(p+1)*b]` of every global batch.
+      label_lengths: int [N] label ids per record, for the length filter; default: the index's
+        text lengths, exact for character vocabularies (subword tokenizers pass their counts).
 
     Returns:
       A `TrainIterator`, a grain `DatasetIterator` (get_state/set_state, checkpointable with
@@ -307,7 +310,10 @@ def make_train_iterator(
     """
     b = _per_process(cfg.batch_size, process_index, process_count, "batch_size")
     data = _Split(dataset_dir, split)
-    kept, dropped = length_filter(data.index, cfg)
+    index = data.index
+    if label_lengths is not None:
+        index = {**index, "text_lengths": np.asarray(label_lengths, np.int32)}
+    kept, dropped = length_filter(index, cfg)
     _log_dropped(data.name, len(kept), dropped)
     if len(kept) < cfg.batch_size:
         raise ValueError(

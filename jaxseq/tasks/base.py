@@ -24,6 +24,11 @@ class Task(abc.ABC):
     model: nn.Module
     tokenizer: Any  # has .encode(text) -> int ids; saved in the workdir
 
+    def label_lengths(self, dataset_dir: str | Path, info: dict, split: str) -> np.ndarray | None:
+        """Label ids per record of a split, for the length filter; None: the text lengths."""
+        del dataset_dir, info, split
+        return None
+
     @abc.abstractmethod
     def dummy_batch(self, batch_size: int, frames: int) -> dict[str, np.ndarray]:
         """A host batch of the training layout, used for shapes at initialization."""

@@ -102,6 +102,11 @@ class Seq2SeqTask(Task):
     def save_tokenizer(self, workdir: Path) -> None:
         self.tokenizer.save(Path(workdir) / TOKENIZER_FILE)
 
+    def label_lengths(self, dataset_dir: str | Path, info: dict, split: str) -> np.ndarray:
+        """BPE tokens per record: what `data.max_label_length` limits for this family."""
+        texts = split_texts(dataset_dir, info, split)
+        return np.array([len(self.tokenizer.encode(t)) for t in texts], np.int32)
+
     def dummy_batch(self, batch_size: int, frames: int) -> dict[str, np.ndarray]:
         return {
             "features": np.zeros((batch_size, frames, self.n_mels), np.float32),
@@ -137,8 +142,16 @@ class Seq2SeqTask(Task):
                 batch["feature_lengths"],
                 self.cfg.spec_augment,
             )
+        # Evaluation batches may pad labels wider than the decoder's positions; an utterance with
+        # more tokens than data.max_label_length is scored on its first tokens and counted.
+        width = self.cfg.data.max_label_length
+        valid = batch.get("valid", jnp.ones(features.shape[0], bool)).astype(jnp.float32)
+        truncated = jnp.sum((batch["label_lengths"] > width) * valid)
         inputs, targets, weights = teacher_forcing(
-            batch["labels"], batch["label_lengths"], self.tokenizer.start_id, self.tokenizer.end_id
+            batch["labels"][:, :width],
+            jnp.minimum(batch["label_lengths"], width),
+            self.tokenizer.start_id,
+            self.tokenizer.end_id,
         )  # [batch, L + 1] each
         logits = self.model.apply(
             {"params": params},
@@ -151,12 +164,12 @@ class Seq2SeqTask(Task):
         vocab = logits.shape[-1]
         soft = optax.smooth_labels(jax.nn.one_hot(targets, vocab), self.cfg.model.label_smoothing)
         per_token = optax.softmax_cross_entropy(logits, soft)  # [batch, L + 1]
-        valid = batch.get("valid", jnp.ones(targets.shape[0], bool)).astype(jnp.float32)
         weights = weights * valid[:, None]
         tokens = jnp.sum(weights)
         loss = jnp.sum(per_token * weights) / jnp.maximum(tokens, 1.0)
         correct = (jnp.argmax(logits, -1) == targets) * weights
-        return loss, {"utterances": jnp.sum(valid), "tokens": tokens, "correct": jnp.sum(correct)}
+        metrics = {"utterances": jnp.sum(valid), "tokens": tokens, "correct": jnp.sum(correct)}
+        return loss, {**metrics, "labels_truncated": truncated}
 
     def predict_fn(self, params: Any, batch: Batch, decoder: str, beam_size: int) -> Any:
         """Token ids [batch, max_new_tokens] and lengths (EOS included) of the best hypothesis."""

@@ -100,6 +100,7 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
         cfg.data,
         task.tokenizer,
         seed=cfg.data.shuffle_seed,
+        label_lengths=task.label_lengths(cfg.data.dataset, info, cfg.data.train_split),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
