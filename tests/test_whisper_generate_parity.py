@@ -42,8 +42,8 @@ TARGET_POSITIONS = 40
 MAX_NEW_TOKENS = 30
 EOS, START = 1, 2
 BEAMS = 4
-EOS_BOOST = 4.0  # how far the EOS embedding row is pushed along the final LayerNorm's bias
-WEIGHT_STD = 0.1
+WEIGHT_STD = 0.3  # peaked distributions: no near-ties for float32 rounding to flip
+EOS_SCALE = 2.5  # the EOS embedding row (tied to the output) is this much longer than the others
 UTTERANCES = [  # (digits, voice): different speakers and accents
     ("one two three", "en-us"),
     ("four five six seven", "en-gb-x-rp"),
@@ -82,9 +82,10 @@ def _hf_config():
 def models(tmp_path_factory):
     """(torch model, jaxseq WhisperModel, params): a small random Whisper, saved and converted.
 
-    Weights are redrawn N(0, 0.1) (LayerNorm scales N(1, 0.1)) for peaked, non-degenerate
-    distributions; the EOS embedding row (tied to the output) gets a push along the final
-    LayerNorm's bias, so that hypotheses end at different lengths rather than all at the limit.
+    Weights are redrawn N(0, 0.3) (LayerNorm scales N(1, 0.3)) for peaked, audio-dependent
+    distributions. The decoder's final LayerNorm bias is zeroed and every token embedding row
+    gets the same norm, so that no token wins by a constant offset; then the EOS row is made
+    `EOS_SCALE` times longer, so that hypotheses end at different lengths (not all at the limit).
     """
     torch.manual_seed(0)
     model = transformers.WhisperForConditionalGeneration(_hf_config()).eval()
@@ -92,9 +93,9 @@ def models(tmp_path_factory):
         for name, p in model.named_parameters():
             p.normal_(1.0 if "layer_norm.weight" in name else 0.0, WEIGHT_STD)
         model.model.decoder.layer_norm.bias.zero_()
-        embed = model.model.decoder.embed_tokens.weight  # [vocab, d_model], tied to the output
-        embed *= WEIGHT_STD * 8.0 / embed.norm(dim=1, keepdim=True)  # rows of equal norm
-        embed[EOS] *= EOS_BOOST
+        embed = model.model.decoder.embed_tokens.weight  # [vocab, d_model]
+        embed *= WEIGHT_STD * embed.shape[1] ** 0.5 / embed.norm(dim=1, keepdim=True)
+        embed[EOS] *= EOS_SCALE
     folder = tmp_path_factory.mktemp("hf_whisper_generate")
     model.save_pretrained(folder)
     params, dims = load_hf_whisper(folder)
@@ -166,18 +167,47 @@ def _jax_search(converted, features: np.ndarray, num_beams: int):
     return run(jnp.asarray(features), lengths, prompt)
 
 
-def _hf_rows(out) -> list[list[int]]:
-    """HF sequences → generated ids per utterance, up to and including the first EOS."""
+def _hf_rows(sequences: torch.Tensor) -> list[list[int]]:
+    """HF sequences [batch, prompt + generated] → generated ids per utterance, up to and
+    including the first EOS (transformers pads after it)."""
     rows = []
-    for seq in out.sequences.tolist():
-        seq = seq[1:] if seq and seq[0] == START else seq  # drop the prompt if returned
+    for seq in sequences.tolist():
+        assert seq[0] == START  # the prompt is the start token alone: nothing Whisper-specific
+        seq = seq[1:]
         rows.append(seq[: seq.index(EOS) + 1] if EOS in seq else seq)
     return rows
+
+
+def _jax_rows(sequences: jax.Array, lengths: jax.Array) -> list[list[int]]:
+    return [s[:n].tolist() for s, n in zip(np.asarray(sequences), np.asarray(lengths))]
 
 
 def test_beam_search_matches_transformers(models, features):
     hf = _hf_generate(models[0], features, BEAMS)
     ours = _jax_search(models, features, BEAMS)
-    got = [s[:n].tolist() for s, n in zip(np.asarray(ours.sequences[:, 0]), ours.lengths[:, 0])]
-    print(got, _hf_rows(hf))
-    assert got == _hf_rows(hf)
+    want, got = _hf_rows(hf.sequences), _jax_rows(ours.sequences[:, 0], ours.lengths[:, 0])
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert g == w, (i, UTTERANCES[i])
+    # Not a degenerate comparison: some hypotheses end early, some run to the limit, and the
+    # utterances do not all give the same text.
+    lengths = [len(w) for w in want]
+    assert min(lengths) < MAX_NEW_TOKENS // 2 and max(lengths) == MAX_NEW_TOKENS, lengths
+    assert len({tuple(w) for w in want}) >= 6
+    np.testing.assert_allclose(
+        np.asarray(ours.scores[:, 0]), hf.sequences_scores.numpy(), rtol=0, atol=1e-4
+    )
+
+
+def test_greedy_search_matches_transformers(models, features):
+    hf = _hf_generate(models[0], features, 1)
+    ours = _jax_search(models, features, 1)
+    want, got = _hf_rows(hf.sequences), _jax_rows(ours.sequences, ours.lengths)
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert g == w, (i, UTTERANCES[i])
+    assert min(len(w) for w in want) < MAX_NEW_TOKENS
+    # Scores: HF's per-step scores (logits; no processor is active) → summed log-probs.
+    log_probs = torch.log_softmax(torch.stack(hf.scores, 1), -1).numpy()  # [batch, steps, vocab]
+    want_scores = [
+        sum(log_probs[b, t, tok] for t, tok in enumerate(w)) for b, w in enumerate(want)
+    ]
+    np.testing.assert_allclose(np.asarray(ours.scores), want_scores, rtol=0, atol=1e-4)

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from jaxseq.config import Config
+
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
@@ -21,6 +23,8 @@ Metrics = dict[str, jax.Array]
 class Task(abc.ABC):
     """One model family: model, tokenizer, loss on a batch, prediction on a batch."""
 
+    cfg: Config
+    n_mels: int
     model: nn.Module
     tokenizer: Any  # has .encode(text) -> int ids; saved in the workdir
 
@@ -29,9 +33,14 @@ class Task(abc.ABC):
         del dataset_dir, info, split
         return None
 
-    @abc.abstractmethod
     def dummy_batch(self, batch_size: int, frames: int) -> dict[str, np.ndarray]:
         """A host batch of the training layout, used for shapes at initialization."""
+        return {
+            "features": np.zeros((batch_size, frames, self.n_mels), np.float32),
+            "feature_lengths": np.full((batch_size,), frames, np.int32),
+            "labels": np.zeros((batch_size, self.cfg.data.max_label_length), np.int32),
+            "label_lengths": np.ones((batch_size,), np.int32),
+        }
 
     @abc.abstractmethod
     def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:

@@ -39,14 +39,6 @@ class CTCTask(Task):
     def save_tokenizer(self, workdir: Path) -> None:
         self.tokenizer.save(Path(workdir) / VOCAB_FILE)
 
-    def dummy_batch(self, batch_size: int, frames: int) -> dict[str, np.ndarray]:
-        return {
-            "features": np.zeros((batch_size, frames, self.n_mels), np.float32),
-            "feature_lengths": np.full((batch_size,), frames, np.int32),
-            "labels": np.zeros((batch_size, self.cfg.data.max_label_length), np.int32),
-            "label_lengths": np.ones((batch_size,), np.int32),
-        }
-
     def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
         return self.model.init(
             {"params": rng}, batch["features"], batch["feature_lengths"], deterministic=True

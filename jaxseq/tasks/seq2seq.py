@@ -107,14 +107,6 @@ class Seq2SeqTask(Task):
         texts = split_texts(dataset_dir, info, split)
         return np.array([len(self.tokenizer.encode(t)) for t in texts], np.int32)
 
-    def dummy_batch(self, batch_size: int, frames: int) -> dict[str, np.ndarray]:
-        return {
-            "features": np.zeros((batch_size, frames, self.n_mels), np.float32),
-            "feature_lengths": np.full((batch_size,), frames, np.int32),
-            "labels": np.zeros((batch_size, self.cfg.data.max_label_length), np.int32),
-            "label_lengths": np.ones((batch_size,), np.int32),
-        }
-
     def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
         inputs, _, _ = teacher_forcing(
             batch["labels"], batch["label_lengths"], self.tokenizer.start_id, self.tokenizer.end_id
