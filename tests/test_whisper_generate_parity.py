@@ -4,8 +4,9 @@
 transformers' Whisper `generate` is not the plain `GenerationMixin.generate`: it adds Whisper's
 logits processors and prompt tokens from the generation config. For a like-for-like search they
 are all switched off (see `_hf_generate`):
-  * `suppress_tokens=None`, `begin_suppress_tokens=None` (WhisperConfig defaults the latter to
-    [220, 50256]; these become SuppressTokens(AtBegin)LogitsProcessors);
+  * `suppress_tokens=None`, `begin_suppress_tokens=None`, in the WhisperConfig (which defaults
+    the latter to (220, 50256)) and in the call; these would become
+    SuppressTokens(AtBegin)LogitsProcessors;
   * `forced_decoder_ids=None` and no `lang_to_id` / `task_to_id` / `no_timestamps_token_id` in the
     generation config (a config built from a WhisperConfig has none), so the prompt is just
     `decoder_start_token_id` and no language detection runs;
@@ -179,7 +180,7 @@ def _hf_rows(sequences: torch.Tensor) -> list[list[int]]:
 
 
 def _jax_rows(sequences: jax.Array, lengths: jax.Array) -> list[list[int]]:
-    return [s[:n].tolist() for s, n in zip(np.asarray(sequences), np.asarray(lengths))]
+    return [s[:n].tolist() for s, n in zip(np.asarray(sequences), np.asarray(lengths), strict=True)]
 
 
 def test_beam_search_matches_transformers(models, features):
@@ -207,7 +208,5 @@ def test_greedy_search_matches_transformers(models, features):
     assert min(len(w) for w in want) < MAX_NEW_TOKENS
     # Scores: HF's per-step scores (logits; no processor is active) → summed log-probs.
     log_probs = torch.log_softmax(torch.stack(hf.scores, 1), -1).numpy()  # [batch, steps, vocab]
-    want_scores = [
-        sum(log_probs[b, t, tok] for t, tok in enumerate(w)) for b, w in enumerate(want)
-    ]
+    want_scores = [sum(log_probs[b, t, tok] for t, tok in enumerate(w)) for b, w in enumerate(want)]
     np.testing.assert_allclose(np.asarray(ours.scores), want_scores, rtol=0, atol=1e-4)

@@ -1,0 +1,186 @@
+"""Benchmark: jaxseq beam search against transformers' PyTorch `generate`, on CPU.
+
+A random whisper-tiny-sized model (d_model 384, 4 + 4 layers, 6 heads, ffn 1536, vocab 51865,
+80 mels, 3000 input frames) is built in transformers, saved, and converted with
+`load_hf_whisper`; both sides then decode the same random log-mel batch (8 utterances, 4 beams,
+exactly 64 new tokens: EOS is suppressed in jaxseq and `min_new_tokens=64` in transformers).
+Timings are features → tokens (encoder included), median of a few runs after a warm-up (which
+also compiles the jaxseq search). Torch uses as many threads as the machine has cores, like XLA.
+Whisper-specific parts of transformers' generate are switched off as in
+tests/test_whisper_generate_parity.py, so both run plain beam search.
+
+    .venv/bin/python scripts/bench_beam_search.py [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from jaxseq.convert import load_hf_whisper  # noqa: E402
+from jaxseq.decoding.beam_search import LengthPenalty, beam_search  # noqa: E402
+from jaxseq.models.whisper import WhisperModel, search_cache, search_step_fn  # noqa: E402
+
+BATCH, BEAMS, NEW_TOKENS = 8, 4, 64
+EOS, START = 50257, 50258
+
+
+def build_model(seed: int = 0) -> transformers.WhisperForConditionalGeneration:
+    """A random whisper-tiny-sized model; weights redrawn wider than HF's init (std 0.02), so the
+    next-token distributions are peaked and float32 rounding does not decide between near-ties."""
+    config = transformers.WhisperConfig(
+        vocab_size=51865,
+        num_mel_bins=80,
+        d_model=384,
+        encoder_layers=4,
+        decoder_layers=4,
+        encoder_attention_heads=6,
+        decoder_attention_heads=6,
+        encoder_ffn_dim=1536,
+        decoder_ffn_dim=1536,
+        max_source_positions=1500,
+        max_target_positions=448,
+        pad_token_id=EOS,
+        bos_token_id=EOS,
+        eos_token_id=EOS,
+        decoder_start_token_id=START,
+        suppress_tokens=None,
+        begin_suppress_tokens=None,
+    )
+    torch.manual_seed(seed)
+    model = transformers.WhisperForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(1.0 if "layer_norm.weight" in name else 0.0, 0.1)
+    return model
+
+
+def hf_generate(model, features: torch.Tensor) -> torch.Tensor:
+    """transformers' generate, plain beam search: generated ids [batch, NEW_TOKENS]."""
+    with torch.inference_mode():
+        out = model.generate(
+            features,
+            num_beams=BEAMS,
+            max_new_tokens=NEW_TOKENS,
+            min_new_tokens=NEW_TOKENS,
+            length_penalty=1.0,
+            early_stopping=False,
+            do_sample=False,
+            temperature=None,
+            return_timestamps=False,
+            forced_decoder_ids=None,
+            suppress_tokens=None,
+            begin_suppress_tokens=None,
+            no_speech_threshold=None,
+            logprob_threshold=None,
+            return_dict_in_generate=True,  # the path that returns the prompt with the ids
+        )
+    assert (out.sequences[:, 0] == START).all(), out.sequences[:, :2]
+    return out.sequences[:, 1:]  # drop the start token
+
+
+def jax_search_fn(model: WhisperModel, params):
+    """jit: features [batch, frames, mels] → best hypothesis ids [batch, NEW_TOKENS]."""
+
+    @jax.jit
+    def run(params, features):
+        lengths = jnp.full((features.shape[0],), features.shape[1])
+        encoded, mask = model.apply(
+            {"params": params}, features, lengths, method=WhisperModel.encode
+        )
+        cache = search_cache(model, params, encoded, mask, max_length=1 + NEW_TOKENS)
+        prompt = jnp.full((features.shape[0], 1), START, jnp.int32)
+        out = beam_search(
+            search_step_fn(model, params),
+            cache,
+            prompt,
+            beam_size=BEAMS,
+            max_new_tokens=NEW_TOKENS,
+            eos_id=EOS,
+            length_penalty=LengthPenalty.transformers(1.0),
+            early_stopping=False,
+            suppress_ids=[EOS],
+        )
+        return out.sequences[:, 0]
+
+    return lambda features: run(params, features)
+
+
+def log(message: str) -> None:
+    """Progress on stderr (the table goes to stdout)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def median_ms(fn, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per side (median)")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    hf_model = build_model()
+    with tempfile.TemporaryDirectory() as folder:
+        hf_model.save_pretrained(folder)
+        params, dims = load_hf_whisper(folder)
+    params = jax.tree.map(jnp.asarray, params)
+    search = jax_search_fn(WhisperModel(dims), params)
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(0.0, 1.0, (BATCH, dims.num_frames, dims.n_mels)).astype(np.float32)
+    jax_features = jnp.asarray(features)
+    torch_features = torch.from_numpy(np.ascontiguousarray(features.transpose(0, 2, 1)))
+
+    start = time.perf_counter()
+    ours = np.asarray(jax.block_until_ready(search(jax_features)))  # compiles
+    compile_s = time.perf_counter() - start
+    log(f"jaxseq first call (compile + run): {compile_s:.1f} s")
+    start = time.perf_counter()
+    theirs = hf_generate(hf_model, torch_features).numpy()  # warm-up
+    log(f"transformers warm-up call: {time.perf_counter() - start:.1f} s")
+    jax_ms = median_ms(lambda: jax.block_until_ready(search(jax_features)), args.runs)
+    log(f"jaxseq: {jax_ms:.0f} ms")
+    hf_ms = median_ms(lambda: hf_generate(hf_model, torch_features), args.runs)
+    log(f"transformers: {hf_ms:.0f} ms")
+
+    same_rows = 0
+    if ours.shape == theirs.shape:
+        same_rows = int((ours == theirs).all(axis=1).sum())
+    else:
+        log(f"shapes differ: jaxseq {ours.shape}, transformers {theirs.shape}")
+    print(
+        f"whisper-tiny-sized random model, batch {BATCH}, {BEAMS} beams, {NEW_TOKENS} new "
+        f"tokens, CPU ({os.cpu_count()} cores; torch threads {torch.get_num_threads()}), "
+        f"median of {args.runs}; jaxseq first call (compile + run) {compile_s:.1f} s\n"
+    )
+    print("| decoder | ms / batch | speed vs transformers | tokens match |")
+    print("|---|---:|---:|---|")
+    print(f"| transformers generate (PyTorch) | {hf_ms:.0f} | 1.00x | (reference) |")
+    print(
+        f"| jaxseq beam_search (jit) | {jax_ms:.0f} | {hf_ms / jax_ms:.2f}x | "
+        f"{same_rows}/{BATCH} utterances |"
+    )
+
+
+if __name__ == "__main__":
+    main()
