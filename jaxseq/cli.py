@@ -81,7 +81,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     )
     print(
         f"WER {m['wer']:.2%}  CER {m['cer']:.2%}  on {m['num_utterances']} utterances "
-        f"({m['num_skipped']} skipped) of {m['dataset']}:{m['split']}, step {m['step']}"
+        f"({m['num_skipped']} skipped) of {m['dataset']}:{m['split']}, step {m['step']}, "
+        f"real-time factor {m['real_time_factor']:.4f}"
     )
 
 

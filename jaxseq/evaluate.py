@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,8 @@ def evaluate_split(
     """Decodes and scores every utterance of a prepared split.
 
     Returns:
-      (metrics: wer, cer, loss, num_utterances and edit counts; records: this process's
+      (metrics: wer, cer, loss, num_utterances, edit counts, audio_seconds, decode_seconds and
+      real_time_factor; records: this process's
       {"id", "ref", "hyp"} in dataset order).
     """
     decoder = decoder or cfg.eval.decoder
@@ -87,16 +89,26 @@ def evaluate_split(
         leave=False,
         dynamic_ncols=True,
     )
+    info = load_dataset_info(dataset_dir)
+    seconds_per_frame = info["frontend"]["hop_length"] / info["frontend"]["sample_rate"]
+    warm: set[tuple[int, ...]] = set()
+    audio_seconds = decode_seconds = 0.0
     for host_batch, ids, refs in batches:
         b = len(ids)
         batch = to_global(host_batch, mesh)
         with sharding_context(mesh):
+            if batch["features"].shape not in warm:  # compile outside the timed region
+                jax.block_until_ready(eval_step(params, batch))
+                warm.add(batch["features"].shape)
+            start = time.perf_counter()
             outputs, (loss, metrics) = jax.device_get(eval_step(params, batch))
-        loss_sum += float(loss) * float(metrics["tokens"])
-        tokens += float(metrics["tokens"])
         rows = slice(p * b, (p + 1) * b)  # this process's rows of the replicated outputs
         mine = jax.tree.map(lambda x, rows=rows: np.asarray(x)[rows], outputs)
         hyps = task.decode(mine, decoder, beam_size)
+        decode_seconds += time.perf_counter() - start
+        audio_seconds += float(np.sum(host_batch["feature_lengths"])) * seconds_per_frame
+        loss_sum += float(loss) * float(metrics["tokens"])
+        tokens += float(metrics["tokens"])
         records += [
             {"id": i, "ref": r, "hyp": h}
             for i, r, h, ok in zip(ids, refs, hyps, host_batch["valid"], strict=True)
@@ -107,7 +119,15 @@ def evaluate_split(
     if jax.process_count() > 1:
         totals = multihost_utils.process_allgather(totals).sum(axis=0)
     metrics = error_rates(totals[:-1])
-    metrics.update(num_utterances=int(totals[-1]), loss=loss_sum / max(tokens, 1.0))
+    metrics.update(
+        num_utterances=int(totals[-1]),
+        loss=loss_sum / max(tokens, 1.0),
+        audio_seconds=audio_seconds,
+        decode_seconds=decode_seconds,
+        # This process's decoding time (prediction + loss + host decoding, compilation
+        # excluded) per second of its audio; below 1 is faster than real time.
+        real_time_factor=decode_seconds / max(audio_seconds, 1e-9),
+    )
     return metrics, records
 
 
@@ -168,7 +188,9 @@ def _write_reports(metrics: dict, records: list[dict], text: TextConfig, path: P
         f"# Evaluation: WER {metrics['wer']:.2%}, CER {metrics['cer']:.2%}",
         "",
         f"{metrics['num_utterances']} utterances scored, {metrics['num_skipped']} skipped "
-        f"(listed in {path.name}); decoder {metrics['decoder']}, step {metrics['step']}.",
+        f"(listed in {path.name}); decoder {metrics['decoder']}, step {metrics['step']}; "
+        f"real-time factor {metrics['real_time_factor']:.4f} "
+        f"({metrics['decode_seconds']:.1f} s for {metrics['audio_seconds']:.1f} s of audio).",
         "",
         f"## Worst {min(WORST_IN_REPORT, len(scored))} utterances",
         "",

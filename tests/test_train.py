@@ -60,6 +60,11 @@ def test_cli_train_evaluate_transcribe_resume(tiny_dataset, tmp_path, capsys):
     )
     out = json.loads(report.read_text())
     assert {"wer", "cer", "num_utterances", "num_skipped"} <= out.keys()
+    # Real-time factor: decode time per second of the scored audio (index frames x hop).
+    index = np.load(tiny_dataset / "test.index.npz")
+    assert out["audio_seconds"] == pytest.approx(index["num_frames"].sum() * 160 / 16000)
+    assert out["real_time_factor"] == pytest.approx(out["decode_seconds"] / out["audio_seconds"])
+    assert 0 < out["real_time_factor"] < 10
     assert out["num_utterances"] == 8 and out["step"] == 15
     # The report's WER is the corpus WER of its own per-utterance hypotheses (jiwer, directly).
     refs = [u["ref"] for u in out["utterances"]]
