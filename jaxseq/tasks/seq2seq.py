@@ -61,6 +61,7 @@ class Seq2SeqTask(Task):
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.n_mels = n_mels
+        self._texts: dict[tuple[str, str], list[str]] = {}  # transcripts already read, by split
         m = cfg.model
         self.dims = WhisperDims(
             n_mels=n_mels,
@@ -92,8 +93,9 @@ class Seq2SeqTask(Task):
     def from_dataset(cls, cfg: Config, info: dict) -> Seq2SeqTask:
         """A task whose BPE vocabulary is trained on the training split's transcripts."""
         texts = split_texts(cfg.data.dataset, info, cfg.data.train_split)
-        tokenizer = train_bpe(texts, cfg.model.bpe_vocab_size)
-        return cls(cfg, tokenizer, int(info["frontend"]["n_mels"]))
+        task = cls(cfg, train_bpe(texts, cfg.model.bpe_vocab_size), int(info["frontend"]["n_mels"]))
+        task._texts[(str(cfg.data.dataset), cfg.data.train_split)] = texts  # for label_lengths
+        return task
 
     @classmethod
     def from_workdir(cls, cfg: Config, workdir: Path, n_mels: int) -> Seq2SeqTask:
@@ -104,7 +106,9 @@ class Seq2SeqTask(Task):
 
     def label_lengths(self, dataset_dir: str | Path, info: dict, split: str) -> np.ndarray:
         """BPE tokens per record: what `data.max_label_length` limits for this family."""
-        texts = split_texts(dataset_dir, info, split)
+        texts = self._texts.get((str(dataset_dir), split))
+        if texts is None:
+            texts = split_texts(dataset_dir, info, split)
         return np.array([len(self.tokenizer.encode(t)) for t in texts], np.int32)
 
     def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
