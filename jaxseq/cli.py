@@ -1,7 +1,8 @@
 """The `jaxseq` command: parses arguments and calls library functions; nothing else.
 
-Verbs: synth, prepare, train, evaluate, transcribe. Config overrides are trailing `a.b=c`
-arguments, e.g. `jaxseq train --config configs/ctc_demo.yaml --workdir runs/x train.num_steps=10`.
+Verbs: synth, prepare, train, evaluate, transcribe, convert, export. Config overrides are
+trailing `a.b=c` arguments, e.g.
+`jaxseq train --config configs/ctc_demo.yaml --workdir runs/x train.num_steps=10`.
 """
 
 from __future__ import annotations
@@ -96,6 +97,20 @@ def _cmd_transcribe(args: argparse.Namespace) -> None:
         print(f"{path}\t{text}")
 
 
+def _cmd_convert(args: argparse.Namespace) -> None:
+    from jaxseq.convert.workdir import convert_to_workdir
+
+    workdir = convert_to_workdir(args.hf, args.workdir, language=args.language, task=args.task)
+    print(f"converted {args.hf} into {workdir}")
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from jaxseq.convert.workdir import export_workdir
+
+    out = export_workdir(args.workdir, args.out, step=args.step)
+    print(f"exported {args.workdir} to {out}")
+
+
 def _decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step", type=int, help="checkpoint step (default: best, else latest)")
     p.add_argument(
@@ -151,6 +166,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("audio", nargs="+", type=Path)
     _decoding_args(p)
     p.set_defaults(fn=_cmd_transcribe)
+
+    p = sub.add_parser("convert", help="import a transformers Whisper folder into a workdir")
+    p.add_argument(
+        "--hf",
+        type=Path,
+        required=True,
+        help="folder with config.json, weights, "
+        "tokenizer.json (e.g. a downloaded openai/whisper-small)",
+    )
+    p.add_argument("--workdir", type=Path, required=True, help="new workdir to write")
+    p.add_argument("--language", default="en", help="prompt language (multilingual models)")
+    p.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
+    p.set_defaults(fn=_cmd_convert)
+
+    p = sub.add_parser("export", help="write a transformers Whisper folder from a workdir")
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="folder for from_pretrained")
+    p.add_argument("--step", type=int, help="checkpoint step (default: best, else latest)")
+    p.set_defaults(fn=_cmd_export)
     return parser
 
 

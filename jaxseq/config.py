@@ -17,6 +17,8 @@ from omegaconf import errors as oc_errors
 
 from jaxseq.errors import JaxseqError
 
+FRONTEND_FILE = "frontend.json"  # in a workdir: the features the model was trained on
+
 
 class ConfigError(JaxseqError, ValueError):
     """A config file or override is invalid; the message names the key and a fix."""
@@ -113,6 +115,12 @@ class ModelConfig:
     max_source_positions: int = 1500  # encoder frames (20 ms each): 30 s, as Whisper
     bpe_vocab_size: int = 128  # BPE trained on the training transcripts
     label_smoothing: float = 0.1
+    # whisper only (OpenAI's architecture, tokenizer and prompt; `jaxseq convert` writes these)
+    vocab_size: int = 51865  # embedding rows: 51865 multilingual, 51864 English-only, 51866 v3
+    max_target_positions: int = 448  # decoder positions: prompt + transcript + end token
+    tokenizer: str = ""  # folder with Whisper's tokenizer.json; "" = train.init_from
+    language: str = "en"  # prompt language of multilingual checkpoints
+    task: str = "transcribe"  # or "translate"
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,9 @@ class OptimConfig:
     b2: float = 0.98
     eps: float = 1e-8
     clip_norm: float = 1.0
+    # Regexes over "/"-joined parameter paths (e.g. "encoder/.*"); matching parameters are not
+    # trained: no update, no optimizer state, and no part in the gradient norm that is clipped.
+    freeze: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -150,6 +161,9 @@ class TrainConfig:
     keep_best: int = 1  # best checkpoints by validation WER kept in addition
     seed: int = 0
     compute_dtype: str = "float32"  # or "bfloat16" (parameters stay float32)
+    # A jaxseq workdir (e.g. written by `jaxseq convert`) whose weights start a fresh run and
+    # whose model section is the default for this one (keys set here still win).
+    init_from: str = ""
 
 
 @dataclass(frozen=True)
@@ -177,7 +191,8 @@ class Config:
 
 
 _CHOICES = {
-    "model.family": ("ctc", "seq2seq"),
+    "model.family": ("ctc", "seq2seq", "whisper"),
+    "model.task": ("transcribe", "translate"),
     "train.compute_dtype": ("float32", "bfloat16"),
     "eval.decoder": ("greedy", "prefix_beam", "beam"),
     "synth.preset": ("digits",),
@@ -219,11 +234,40 @@ def load_config(
 ) -> Config:
     """Loads `path` (YAML) over the defaults, applies `a.b=c` overrides, returns a frozen Config.
 
+    With `train.init_from` naming a workdir, that workdir's model section replaces the defaults
+    (as `from_pretrained` takes the architecture from the checkpoint); the file and overrides
+    still win for every model key they set.
+
     Raises:
       ConfigError: naming the file or override and the offending key (with the closest valid
         key for a typo) when a key is unknown, a value has the wrong type, or a choice is invalid.
     """
-    merged = OmegaConf.structured(Config)
+    merged = _merge(OmegaConf.structured(Config), path, overrides)
+    init_from = merged.train.init_from
+    if init_from and (Path(init_from) / "config.yaml").is_file():
+        inherited = OmegaConf.load(Path(init_from) / "config.yaml").get("model", {})
+        where = f"train.init_from={init_from}: {Path(init_from) / 'config.yaml'}"
+        base = _merge(OmegaConf.structured(Config), None, (), {"model": inherited}, where)
+        merged = _merge(base, path, overrides)
+    cfg = OmegaConf.to_object(merged)
+    cfg = _freeze(cfg)
+    _check_choices(cfg)
+    return cfg
+
+
+def _merge(
+    merged: Any,
+    path: str | Path | None,
+    overrides: list[str] | tuple[str, ...],
+    extra: dict | None = None,
+    extra_name: str = "",
+) -> Any:
+    """`merged` ← `extra` ← the YAML file ← the overrides, with errors naming their source."""
+    if extra is not None:
+        try:
+            merged = OmegaConf.merge(merged, extra)
+        except oc_errors.OmegaConfBaseException as err:
+            raise _explain(err, extra_name) from None
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -239,10 +283,7 @@ def load_config(
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([override]))
         except oc_errors.OmegaConfBaseException as err:
             raise _explain(err, f"override {override!r}") from None
-    cfg = OmegaConf.to_object(merged)
-    cfg = _freeze(cfg)
-    _check_choices(cfg)
-    return cfg
+    return merged
 
 
 def _freeze(node: Any) -> Any:

@@ -23,7 +23,14 @@ from tqdm import tqdm
 
 from jaxseq.audio.frontend import log_mel_numpy
 from jaxseq.audio.io import load_audio
-from jaxseq.config import Config, FrontendConfig, PrepareConfig, TextConfig, load_config
+from jaxseq.config import (
+    FRONTEND_FILE,
+    Config,
+    FrontendConfig,
+    PrepareConfig,
+    TextConfig,
+    load_config,
+)
 from jaxseq.data.pipeline import (
     bucket_length,
     load_dataset_info,
@@ -36,7 +43,7 @@ from jaxseq.parallel.sharding import replicated, sharding_context
 from jaxseq.scoring import error_counts, error_rates, utterance_alignment
 from jaxseq.tasks import load_task
 from jaxseq.tasks.base import Task
-from jaxseq.train.checkpoint import Checkpointer, CheckpointError
+from jaxseq.train.checkpoint import restore_workdir_params
 from jaxseq.train.optimizer import make_optimizer
 from jaxseq.train.state import abstract_train_state
 
@@ -152,21 +159,15 @@ def load_trained(
     if not (workdir / "config.yaml").exists():
         raise FileNotFoundError(f"{workdir} is not a jaxseq workdir (no config.yaml); train first")
     cfg = load_config(workdir / "config.yaml", overrides)
-    saved = json.loads((workdir / "frontend.json").read_text())
+    saved = json.loads((workdir / FRONTEND_FILE).read_text())
     frontend, text = FrontendConfig(**saved["frontend"]), TextConfig(**saved["text"])
     task = load_task(cfg, workdir, frontend.n_mels)
     mesh = make_mesh(cfg.mesh)
-    ckpt = Checkpointer(workdir / "checkpoints", cfg.train, read_only=True)
-    if step is None:
-        step = ckpt.best_step() or ckpt.latest_step()
-    if step is None:
-        raise CheckpointError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
     tx = make_optimizer(cfg.optim, cfg.train.num_steps)
     dp = data_parallel_size(mesh)
     abstract, _ = abstract_train_state(task, tx, task.dummy_batch(dp, cfg.data.buckets[0]), mesh)
-    state = ckpt.restore(step, abstract)
-    ckpt.close()
-    return Trained(cfg, task, mesh, state.params, step, frontend, text)
+    params, step = restore_workdir_params(workdir, abstract.params, step)
+    return Trained(cfg, task, mesh, params, step, frontend, text)
 
 
 def _prepare_manifest(trained: Trained, manifest: Path, workdir: Path) -> Path:
@@ -224,7 +225,7 @@ def evaluate(
         dataset, split = _prepare_manifest(trained, Path(manifest), workdir), "eval"
     dataset = dataset or trained.cfg.data.dataset
     info = load_dataset_info(dataset, split)
-    if info["frontend"] != json.loads((workdir / "frontend.json").read_text())["frontend"]:
+    if info["frontend"] != json.loads((workdir / FRONTEND_FILE).read_text())["frontend"]:
         raise ValueError(
             f"{dataset} was prepared with frontend {info['frontend']}, but the model in {workdir} "
             "was trained on different features; prepare the data with the model's settings"

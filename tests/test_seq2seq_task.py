@@ -14,10 +14,18 @@ CONFIG = REPO / "configs" / "seq2seq_tiny.yaml"
 
 def test_teacher_forcing_shifts_and_masks():
     labels = np.array([[7, 8, 9, 0], [5, 0, 0, 0], [0, 0, 0, 0]])
-    inputs, targets, weights = teacher_forcing(labels, np.array([3, 1, 0]), start_id=1, end_id=2)
+    inputs, targets, weights = teacher_forcing(labels, np.array([3, 1, 0]), prompt=[1], end_id=2)
     np.testing.assert_array_equal(inputs, [[1, 7, 8, 9, 2], [1, 5, 2, 0, 0], [1, 2, 0, 0, 0]])
     np.testing.assert_array_equal(targets, [[7, 8, 9, 2, 0], [5, 2, 0, 0, 0], [2, 0, 0, 0, 0]])
     np.testing.assert_array_equal(weights, [[1, 1, 1, 1, 0], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]])
+
+
+def test_teacher_forcing_with_a_prompt_weights_only_the_transcript():
+    labels = np.array([[7, 8, 0], [5, 0, 0]])
+    inputs, targets, weights = teacher_forcing(labels, np.array([2, 1]), prompt=[1, 3, 4], end_id=2)
+    np.testing.assert_array_equal(inputs, [[1, 3, 4, 7, 8, 2], [1, 3, 4, 5, 2, 0]])
+    np.testing.assert_array_equal(targets, [[3, 4, 7, 8, 2, 0], [3, 4, 5, 2, 0, 0]])
+    np.testing.assert_array_equal(weights, [[0, 0, 1, 1, 1, 0], [0, 0, 1, 1, 0, 0]])
 
 
 def test_train_evaluate_transcribe(tiny_dataset, tmp_path, capsys):

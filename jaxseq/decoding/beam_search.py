@@ -114,12 +114,16 @@ def _prefill(step_fn: StepFn, cache: Any, prompt: jax.Array) -> Any:
     return cache
 
 
-def _log_probs(step_fn: StepFn, tokens, cache, position, suppress_ids):
-    """One model step with suppressed ids at -inf: -> (float32 [n, vocab], cache)."""
+def _log_probs(step_fn: StepFn, tokens, cache, position, first, suppress_ids, begin_suppress_ids):
+    """One model step with suppressed ids at -inf (`begin_suppress_ids` too where the traced
+    bool `first` holds): -> (float32 [n, vocab], cache)."""
     log_probs, cache = step_fn(tokens, cache, position)
     log_probs = log_probs.astype(jnp.float32)
-    if suppress_ids is not None and len(suppress_ids):
+    if suppress_ids:
         log_probs = log_probs.at[:, jnp.asarray(suppress_ids, jnp.int32)].set(-jnp.inf)
+    if begin_suppress_ids:
+        begin = log_probs.at[:, jnp.asarray(begin_suppress_ids, jnp.int32)].set(-jnp.inf)
+        log_probs = jnp.where(first, begin, log_probs)
     return log_probs, cache
 
 
@@ -131,7 +135,8 @@ def greedy_search(
     max_new_tokens: int,
     eos_id: int,
     pad_id: int | None = None,
-    suppress_ids: Sequence[int] | None = None,
+    suppress_ids: Sequence[int] = (),
+    begin_suppress_ids: Sequence[int] = (),
 ) -> GreedySearchOutput:
     """The argmax path; a hypothesis stops at its first EOS (kept) and is padded after it.
 
@@ -142,6 +147,8 @@ def greedy_search(
       max_new_tokens: number of scan steps (static).
       eos_id: end-of-sequence id. pad_id: filler after EOS (default ``eos_id``).
       suppress_ids: ids whose log-prob is -inf at every step.
+      begin_suppress_ids: ids whose log-prob is -inf at the first step (transformers'
+        ``SuppressTokensAtBeginLogitsProcessor``, e.g. Whisper's blank and end-of-text).
     Returns:
       GreedySearchOutput (sequences [batch, max_new_tokens], scores [batch], lengths [batch]).
     """
@@ -152,7 +159,10 @@ def greedy_search(
 
     def body(carry, position):
         tokens, cache, done, score = carry  # [batch], pytree, bool [batch], float32 [batch]
-        log_probs, cache = _log_probs(step_fn, tokens, cache, position, suppress_ids)
+        first = position == prompt_len - 1
+        log_probs, cache = _log_probs(
+            step_fn, tokens, cache, position, first, suppress_ids, begin_suppress_ids
+        )
         best = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)  # [batch]
         best_lp = jnp.take_along_axis(log_probs, best[:, None], axis=-1)[:, 0]
         out = jnp.where(done, pad_id, best)
@@ -178,7 +188,8 @@ def beam_search(
     length_penalty: LengthPenalty | float = 1.0,
     early_stopping: EarlyStopping = False,
     pad_id: int | None = None,
-    suppress_ids: Sequence[int] | None = None,
+    suppress_ids: Sequence[int] = (),
+    begin_suppress_ids: Sequence[int] = (),
 ) -> BeamSearchOutput:
     """Beam search with transformers' semantics (module docstring); jit-able as a whole.
 
@@ -186,8 +197,9 @@ def beam_search(
       step_fn: the model step, called with leading axis ``batch * beam_size``.
       init_cache: pytree, leading axis ``batch`` on every leaf (repeated per beam here).
       prompt: int32 [batch, prompt_len >= 1], shared by all beams of an item.
-      beam_size, max_new_tokens, eos_id, length_penalty, early_stopping, pad_id, suppress_ids:
-        static Python values. A float ``length_penalty`` is ``LengthPenalty.transformers(alpha)``.
+      beam_size, max_new_tokens, eos_id, length_penalty, early_stopping, pad_id, suppress_ids,
+        begin_suppress_ids: static Python values, as in ``greedy_search``. A float
+        ``length_penalty`` is ``LengthPenalty.transformers(alpha)``.
     Returns:
       BeamSearchOutput (sequences [batch, beam_size, max_new_tokens], scores and lengths
       [batch, beam_size]), best first.
@@ -222,7 +234,9 @@ def beam_search(
         # tokens [batch*k]; live_seqs, fin_seqs int32 [batch, k, steps]; live_scores (raw sums),
         # fin_scores (penalized) float32 [batch, k]; fin_lens int32 [batch, k];
         # fin_mask bool [batch, k] (slot holds a hypothesis); open_ bool [batch] (may add more)
-        log_probs, cache = _log_probs(step_fn, tokens, cache, prompt_len - 1 + t, suppress_ids)
+        log_probs, cache = _log_probs(
+            step_fn, tokens, cache, prompt_len - 1 + t, t == 0, suppress_ids, begin_suppress_ids
+        )
         vocab = log_probs.shape[-1]
         cand = live_scores[:, :, None] + log_probs.reshape(batch, k, vocab)
         top_scores, top_idx = jax.lax.top_k(cand.reshape(batch, k * vocab), 2 * k)  # [batch, 2k]

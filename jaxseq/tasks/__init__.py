@@ -20,6 +20,10 @@ def build_task(cfg: Config, dataset_info: dict) -> Task:
         from jaxseq.tasks.seq2seq import Seq2SeqTask
 
         return Seq2SeqTask.from_dataset(cfg, dataset_info)
+    if cfg.model.family == "whisper":
+        from jaxseq.tasks.whisper import WhisperTask
+
+        return WhisperTask.from_config(cfg, dataset_info)
     raise ValueError(f"unknown model.family {cfg.model.family!r}")
 
 
@@ -33,4 +37,8 @@ def load_task(cfg: Config, workdir: str | Path, n_mels: int) -> Task:
         from jaxseq.tasks.seq2seq import Seq2SeqTask
 
         return Seq2SeqTask.from_workdir(cfg, Path(workdir), n_mels)
+    if cfg.model.family == "whisper":
+        from jaxseq.tasks.whisper import WhisperTask
+
+        return WhisperTask.from_workdir(cfg, Path(workdir), n_mels)
     raise ValueError(f"unknown model.family {cfg.model.family!r}")

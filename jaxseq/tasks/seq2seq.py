@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,38 +33,51 @@ def split_texts(dataset_dir: str | Path, info: dict, split: str) -> list[str]:
 
 
 def teacher_forcing(
-    labels: jax.Array, label_lengths: jax.Array, start_id: int, end_id: int
+    labels: jax.Array, label_lengths: jax.Array, prompt: Sequence[int], end_id: int
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Decoder inputs, targets and target weights from padded labels.
 
     Args:
       labels: int [batch, L] token ids, padded after `label_lengths`.
       label_lengths: int [batch].
+      prompt: the P >= 1 tokens every decoder input starts with (a start token, or Whisper's
+        `<|startoftranscript|><|en|><|transcribe|><|notimestamps|>`); they are given, not
+        predicted, so they carry no weight.
     Returns:
-      inputs int32 [batch, L + 1] = start, y_1 .. y_n, pad...; targets int32 [batch, L + 1] =
-      y_1 .. y_n, end, pad...; weights float32 [batch, L + 1], 1 on the n + 1 real targets.
+      inputs int32 [batch, P + L] = prompt, y_1 .. y_n, end, pad...; targets int32 [batch, P + L]
+      = prompt[1:], y_1 .. y_n, end, pad...; weights float32 [batch, P + L], 1 on the n + 1
+      targets y_1 .. y_n, end.
     """
     batch, width = labels.shape
     labels = jnp.pad(labels, ((0, 0), (0, 1)))  # room for the end token: [batch, L + 1]
     position = jnp.arange(width + 1)[None, :]
-    targets = jnp.where(position == label_lengths[:, None], end_id, labels)
-    weights = (position <= label_lengths[:, None]).astype(jnp.float32)
-    targets = jnp.where(weights > 0, targets, 0).astype(jnp.int32)
-    start = jnp.full((batch, 1), start_id, jnp.int32)
-    inputs = jnp.concatenate([start, targets[:, :-1]], axis=1)  # [batch, L + 1]
+    after = jnp.where(position == label_lengths[:, None], end_id, labels)
+    real = position <= label_lengths[:, None]  # [batch, L + 1]
+    after = jnp.where(real, after, 0).astype(jnp.int32)
+    given = jnp.broadcast_to(jnp.asarray(prompt, jnp.int32), (batch, len(prompt)))  # [batch, P]
+    inputs = jnp.concatenate([given, after[:, :-1]], axis=1)  # [batch, P + L]
+    targets = jnp.concatenate([given[:, 1:], after], axis=1)  # [batch, P + L]
+    weights = jnp.concatenate(
+        [jnp.zeros((batch, len(prompt) - 1), jnp.float32), real.astype(jnp.float32)], axis=1
+    )
     return inputs, targets, weights
 
 
 class Seq2SeqTask(Task):
-    """Conv stem + Transformer encoder, causal decoder with cross-attention, tied output layer."""
+    """Conv stem + Transformer encoder, causal decoder with cross-attention, tied output layer.
 
-    def __init__(self, cfg: Config, tokenizer: BpeTokenizer, n_mels: int):
+    Trained from scratch with a BPE vocabulary; `jaxseq.tasks.whisper.WhisperTask` is the same
+    model with OpenAI's tokenizer, prompt and 30-second inputs. The hooks that differ are
+    `prompt`, `suppress_ids`, `begin_suppress_ids`, `_source` and `_text`.
+    """
+
+    def __init__(self, cfg: Config, tokenizer: Any, n_mels: int, dims: WhisperDims | None = None):
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.n_mels = n_mels
         self._texts: dict[tuple[str, str], list[str]] = {}  # transcripts already read, by split
         m = cfg.model
-        self.dims = WhisperDims(
+        self.dims = dims or WhisperDims(
             n_mels=n_mels,
             d_model=m.d_model,
             encoder_layers=m.num_layers,
@@ -82,12 +96,41 @@ class Seq2SeqTask(Task):
         )
         dtype = jnp.bfloat16 if cfg.train.compute_dtype == "bfloat16" else jnp.float32
         self.model = WhisperModel(self.dims, dropout_rate=m.dropout, dtype=dtype)
-        if max(cfg.data.buckets) > 2 * m.max_source_positions:
+        if max(cfg.data.buckets) > self.dims.num_frames:
             raise JaxseqError(
                 f"data.buckets go up to {max(cfg.data.buckets)} frames but the model's context "
-                f"is {2 * m.max_source_positions} (model.max_source_positions="
+                f"is {self.dims.num_frames} (model.max_source_positions="
                 f"{m.max_source_positions} encoder frames); lower the buckets or raise the context"
             )
+        if cfg.data.max_label_length + len(self.prompt) > self.dims.max_target_positions:
+            raise JaxseqError(
+                f"data.max_label_length={cfg.data.max_label_length} tokens plus the "
+                f"{len(self.prompt)}-token prompt exceed the decoder's "
+                f"{self.dims.max_target_positions} positions; lower data.max_label_length"
+            )
+
+    @property
+    def prompt(self) -> tuple[int, ...]:
+        """The tokens every decoder input starts with."""
+        return (self.tokenizer.start_id,)
+
+    @property
+    def suppress_ids(self) -> tuple[int, ...]:
+        """Ids never generated."""
+        return ()
+
+    @property
+    def begin_suppress_ids(self) -> tuple[int, ...]:
+        """Ids not generated first."""
+        return ()
+
+    def _source(self, features: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The encoder's input from a batch's features [batch, frames, n_mels] and lengths."""
+        return features, lengths
+
+    def _text(self, ids: np.ndarray) -> str:
+        """A hypothesis' text from its generated ids (end token excluded)."""
+        return self.tokenizer.decode(ids)
 
     @classmethod
     def from_dataset(cls, cfg: Config, info: dict) -> Seq2SeqTask:
@@ -105,7 +148,7 @@ class Seq2SeqTask(Task):
         self.tokenizer.save(Path(workdir) / TOKENIZER_FILE)
 
     def label_lengths(self, dataset_dir: str | Path, info: dict, split: str) -> np.ndarray:
-        """BPE tokens per record: what `data.max_label_length` limits for this family."""
+        """Tokens per record: what `data.max_label_length` limits for this family."""
         texts = self._texts.get((str(dataset_dir), split))
         if texts is None:
             texts = split_texts(dataset_dir, info, split)
@@ -113,12 +156,13 @@ class Seq2SeqTask(Task):
 
     def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
         inputs, _, _ = teacher_forcing(
-            batch["labels"], batch["label_lengths"], self.tokenizer.start_id, self.tokenizer.end_id
+            batch["labels"], batch["label_lengths"], self.prompt, self.tokenizer.end_id
         )
-        return self.model.init({"params": rng}, batch["features"], batch["feature_lengths"], inputs)
+        features, lengths = self._source(batch["features"], batch["feature_lengths"])
+        return self.model.init({"params": rng}, features, lengths, inputs)
 
     def _check_source_length(self, frames: int) -> None:
-        limit = 2 * self.dims.max_source_positions
+        limit = self.dims.num_frames
         if frames > limit:
             raise JaxseqError(
                 f"a batch has {frames} feature frames but the model's context is {limit} "
@@ -138,6 +182,7 @@ class Seq2SeqTask(Task):
                 batch["feature_lengths"],
                 self.cfg.spec_augment,
             )
+        features, lengths = self._source(features, batch["feature_lengths"])
         # Evaluation batches may pad labels wider than the decoder's positions; an utterance with
         # more tokens than data.max_label_length is scored on its first tokens and counted.
         width = self.cfg.data.max_label_length
@@ -146,20 +191,20 @@ class Seq2SeqTask(Task):
         inputs, targets, weights = teacher_forcing(
             batch["labels"][:, :width],
             jnp.minimum(batch["label_lengths"], width),
-            self.tokenizer.start_id,
+            self.prompt,
             self.tokenizer.end_id,
-        )  # [batch, L + 1] each
+        )  # [batch, P + L] each
         logits = self.model.apply(
             {"params": params},
             features,
-            batch["feature_lengths"],
+            lengths,
             inputs,
             deterministic=not train,
             rngs={"dropout": jax.random.fold_in(rng, 2)},
-        )  # [batch, L + 1, vocab]
+        )  # [batch, P + L, vocab]
         vocab = logits.shape[-1]
         soft = optax.smooth_labels(jax.nn.one_hot(targets, vocab), self.cfg.model.label_smoothing)
-        per_token = optax.softmax_cross_entropy(logits, soft)  # [batch, L + 1]
+        per_token = optax.softmax_cross_entropy(logits, soft)  # [batch, P + L]
         weights = weights * valid[:, None]
         tokens = jnp.sum(weights)
         loss = jnp.sum(per_token * weights) / jnp.maximum(tokens, 1.0)
@@ -172,31 +217,41 @@ class Seq2SeqTask(Task):
         if decoder not in DECODERS:
             raise JaxseqError(f"eval.decoder={decoder!r}: seq2seq decodes with one of {DECODERS}")
         self._check_source_length(batch["features"].shape[1])
+        features, lengths = self._source(batch["features"], batch["feature_lengths"])
         encoded, mask = self.model.apply(
-            {"params": params},
-            batch["features"],
-            batch["feature_lengths"],
-            method=WhisperModel.encode,
+            {"params": params}, features, lengths, method=WhisperModel.encode
         )  # [batch, enc_frames, d_model], [batch, enc_frames]
-        max_new = self.dims.max_target_positions - 1
+        # No transcript was trained longer than data.max_label_length tokens (+ the end token).
+        max_new = min(
+            self.dims.max_target_positions - len(self.prompt), self.cfg.data.max_label_length + 1
+        )
         cache = search_cache(self.model, params, encoded, mask, self.dims.max_target_positions)
         step_fn = search_step_fn(self.model, params)
-        prompt = jnp.full((encoded.shape[0], 1), self.tokenizer.start_id, jnp.int32)
-        end = self.tokenizer.end_id
+        prompt = jnp.broadcast_to(
+            jnp.asarray(self.prompt, jnp.int32), (encoded.shape[0], len(self.prompt))
+        )
+        options = dict(
+            max_new_tokens=max_new,
+            eos_id=self.tokenizer.end_id,
+            suppress_ids=self.suppress_ids,
+            begin_suppress_ids=self.begin_suppress_ids,
+        )
         if decoder == "greedy":
-            out = greedy_search(step_fn, cache, prompt, max_new_tokens=max_new, eos_id=end)
+            out = greedy_search(step_fn, cache, prompt, **options)
             return out.sequences, out.lengths
         out = beam_search(
             step_fn,
             cache,
             prompt,
             beam_size=beam_size,
-            max_new_tokens=max_new,
-            eos_id=end,
             length_penalty=self.cfg.eval.length_penalty,
+            **options,
         )
         return out.sequences[:, 0], out.lengths[:, 0]  # the best of each item
 
     def decode(self, outputs: Any, decoder: str, beam_size: int) -> list[str]:
         sequences, lengths = (np.asarray(x) for x in outputs)
-        return [self.tokenizer.decode(seq[:n]) for seq, n in zip(sequences, lengths, strict=True)]
+        end = self.tokenizer.end_id
+        return [
+            self._text(seq[:n][seq[:n] != end]) for seq, n in zip(sequences, lengths, strict=True)
+        ]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -71,7 +72,7 @@ class Checkpointer:
 
         `metrics`, when given, must hold "wer": it ranks the checkpoint for keep-best.
         """
-        items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+        items = {"state": ocp.args.PyTreeSave(state), "meta": ocp.args.JsonSave(meta)}
         if data_iter is not None:
             items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
         self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
@@ -84,9 +85,24 @@ class Checkpointer:
         Raises:
           CheckpointError naming the step folder when it is missing, corrupt or mismatched.
         """
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        items = {"state": _pytree_restore(abstract_state)}
         if data_iter is not None:
             items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+        return self._restore(step, items, abstract_state)["state"]
+
+    def restore_params(self, step: int, abstract_params: Any) -> Any:
+        """Only the parameters of `step` (no optimizer state is read), in the shardings of
+        `abstract_params`; works on full train states and on `save_params` checkpoints."""
+        abstract = {"params": abstract_params}
+        items = {"state": _pytree_restore(abstract, partial=True)}
+        return self._restore(step, items, abstract)["state"]["params"]
+
+    def save_params(self, step: int, params: Any, meta: dict) -> None:
+        """Saves parameters alone (e.g. imported weights), readable by `restore_params`."""
+        items = {"state": ocp.args.PyTreeSave({"params": params}), "meta": ocp.args.JsonSave(meta)}
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def _restore(self, step: int, items: dict, abstract: Any) -> dict:
         path = self.directory / str(step)
         if step not in self.all_steps():
             raise CheckpointError(
@@ -100,8 +116,19 @@ class Checkpointer:
                 "The checkpoint is corrupt or was written by a different model config; "
                 "restore another step (--step) or start a new workdir."
             ) from err
+        for (key, want), got in zip(
+            jax.tree_util.tree_leaves_with_path(abstract),
+            jax.tree.leaves(restored["state"]),
+            strict=True,
+        ):
+            if tuple(want.shape) != tuple(got.shape):
+                raise CheckpointError(
+                    f"checkpoint {path} holds {jax.tree_util.keystr(key)} with shape {got.shape}, "
+                    f"but the model config gives {want.shape}: it was written by a different "
+                    "model config; use that config, or start a new workdir"
+                )
         logging.info("restored checkpoint %s", path)
-        return restored["state"]
+        return restored
 
     def restore_meta(self, step: int) -> dict:
         """The JSON metadata saved with `step`."""
@@ -120,3 +147,38 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _pytree_restore(abstract: Any, partial: bool = False) -> ocp.args.PyTreeRestore:
+    """Restore arguments placing every array with the sharding of its ShapeDtypeStruct."""
+    return ocp.args.PyTreeRestore(
+        item=abstract,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+        partial_restore=partial,
+    )
+
+
+def restore_workdir_params(
+    workdir: str | Path, abstract_params: Any, step: int | None = None
+) -> tuple[Any, int]:
+    """(params, step) of a workdir's checkpoint `step`: by default the best by validation WER,
+    else the latest. Only parameters are read.
+
+    Raises:
+      CheckpointError naming the workdir when it has no checkpoint (or not `step`).
+    """
+    directory = Path(workdir) / "checkpoints"
+    if not directory.is_dir():
+        raise CheckpointError(
+            f"{workdir} has no checkpoints/ folder: train there first, or import weights with "
+            "`jaxseq convert`"
+        )
+    ckpt = Checkpointer(directory, TrainConfig(), read_only=True)
+    try:
+        if step is None:
+            step = ckpt.best_step() or ckpt.latest_step()
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {directory}; train first")
+        return ckpt.restore_params(step, abstract_params), step
+    finally:
+        ckpt.close()

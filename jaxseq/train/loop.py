@@ -18,20 +18,19 @@ import jax.numpy as jnp
 import optax
 from tqdm import tqdm
 
-from jaxseq.config import Config, save_config, to_yaml
+from jaxseq.config import FRONTEND_FILE, Config, save_config, to_yaml
 from jaxseq.data.pipeline import load_dataset_info, make_train_iterator
+from jaxseq.errors import JaxseqError
 from jaxseq.evaluate import evaluate_split
 from jaxseq.parallel.batch import to_global
 from jaxseq.parallel.mesh import data_parallel_size, make_mesh
 from jaxseq.parallel.sharding import batch_sharding, replicated, sharding_context
 from jaxseq.tasks import build_task
 from jaxseq.tasks.base import Task
-from jaxseq.train.checkpoint import Checkpointer
+from jaxseq.train.checkpoint import Checkpointer, restore_workdir_params
 from jaxseq.train.optimizer import learning_rate_schedule, make_optimizer
 from jaxseq.train.state import TrainState, abstract_train_state, create_train_state
 from jaxseq.train.writers import MetricWriter
-
-FRONTEND_FILE = "frontend.json"
 
 
 def make_train_step(task: Task, tx: optax.GradientTransformation):
@@ -61,6 +60,27 @@ def _write_workdir_files(cfg: Config, workdir: Path, task: Task, info: dict) -> 
     frontend = {"frontend": info["frontend"], "text": info["text"]}
     (workdir / FRONTEND_FILE).write_text(json.dumps(frontend, indent=2))
     task.save_tokenizer(workdir)
+
+
+def _pretrained_params(cfg: Config, info: dict, abstract_params: Any) -> Any:
+    """The weights of `train.init_from` (best, else latest checkpoint) for a fresh run."""
+    source = Path(cfg.train.init_from)
+    frontend_file = source / FRONTEND_FILE
+    if not frontend_file.is_file():
+        raise JaxseqError(
+            f"train.init_from={source} is not a jaxseq workdir (no {FRONTEND_FILE}); point it at "
+            "a workdir written by `jaxseq convert` or `jaxseq train`"
+        )
+    pretrained = json.loads(frontend_file.read_text())["frontend"]
+    if pretrained != info["frontend"]:
+        raise JaxseqError(
+            f"{cfg.data.dataset} was prepared with frontend {info['frontend']}, but the weights "
+            f"in train.init_from={source} expect {pretrained}; prepare the data with "
+            "prepare.frontend set to those values"
+        )
+    params, step = restore_workdir_params(source, abstract_params)
+    logging.info("initialized from %s, step %d", source, step)
+    return params
 
 
 def _summarize(acc: dict[str, Any], seconds: float) -> dict[str, float]:
@@ -118,7 +138,8 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
         state = ckpt.restore(start, abstract, data_iter)
         logging.info("resumed from step %d", start)
     else:
-        state = create_train_state(task, tx, init_batch, mesh, cfg.train.seed)
+        params = _pretrained_params(cfg, info, abstract.params) if cfg.train.init_from else None
+        state = create_train_state(task, tx, init_batch, mesh, cfg.train.seed, params)
         start = 0
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info(

@@ -1,11 +1,13 @@
-"""optax AdamW with linear warmup, cosine decay and global-norm clipping."""
+"""optax AdamW with linear warmup, cosine decay and global-norm clipping; optional frozen params."""
 
 from __future__ import annotations
+
+import re
 
 import jax
 import optax
 
-from jaxseq.config import OptimConfig
+from jaxseq.config import ConfigError, OptimConfig
 
 
 def learning_rate_schedule(cfg: OptimConfig, num_steps: int) -> optax.Schedule:
@@ -24,9 +26,43 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def param_path(path: tuple) -> str:
+    """ "encoder/layer0/attn/query/kernel" for a `tree_map_with_path` key path (dict keys only,
+    so boxed and unboxed parameters have the same path)."""
+    return "/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def frozen_labels(patterns: tuple[str, ...]):
+    """`param_labels` for optax.multi_transform: "frozen" where a pattern fully matches a
+    parameter's path, else "train".
+
+    Raises:
+      ConfigError naming a pattern of `optim.freeze` that matches no parameter.
+    """
+    compiled = [re.compile(p) for p in patterns]
+
+    def labels(params):
+        paths = jax.tree_util.tree_leaves_with_path(params)
+        names = [param_path(path) for path, _ in paths]
+        for pattern in compiled:
+            if not any(pattern.fullmatch(n) for n in names):
+                raise ConfigError(
+                    f"optim.freeze pattern {pattern.pattern!r} matches no parameter; paths look "
+                    f"like {names[0]!r} (the pattern must match a whole path)"
+                )
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: (
+                "frozen" if any(p.fullmatch(param_path(path)) for p in compiled) else "train"
+            ),
+            params,
+        )
+
+    return labels
+
+
 def make_optimizer(cfg: OptimConfig, num_steps: int) -> optax.GradientTransformation:
-    """The optimizer every family trains with."""
-    return optax.chain(
+    """The optimizer every family trains with (parameters matching `cfg.freeze` stay fixed)."""
+    tx = optax.chain(
         optax.clip_by_global_norm(cfg.clip_norm),
         optax.adamw(
             learning_rate_schedule(cfg, num_steps),
@@ -36,4 +72,9 @@ def make_optimizer(cfg: OptimConfig, num_steps: int) -> optax.GradientTransforma
             weight_decay=cfg.weight_decay,
             mask=_decay_mask,
         ),
+    )
+    if not cfg.freeze:
+        return tx
+    return optax.multi_transform(
+        {"train": tx, "frozen": optax.set_to_zero()}, frozen_labels(cfg.freeze)
     )

@@ -54,11 +54,27 @@ def abstract_train_state(
 
 
 def create_train_state(
-    task: Task, tx: optax.GradientTransformation, batch: dict, mesh: Mesh, seed: int
+    task: Task,
+    tx: optax.GradientTransformation,
+    batch: dict,
+    mesh: Mesh,
+    seed: int,
+    params: Any | None = None,
 ) -> TrainState:
-    """A freshly initialized train state whose every leaf is created with its final sharding."""
+    """A fresh train state at step 0 whose every leaf is created with its final sharding.
+
+    `params` (unboxed, e.g. restored pretrained weights) replace the random initialization;
+    the optimizer state is always fresh.
+    """
     _, shardings = abstract_train_state(task, tx, batch, mesh)
     init = _init_fn(task, tx, batch)
-    return jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings)(
-        jax.random.PRNGKey(seed)
-    )
+    if params is None:
+        return jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings)(
+            jax.random.PRNGKey(seed)
+        )
+
+    def from_params(rng: jax.Array, params: Any) -> TrainState:
+        state_rng = jax.random.split(rng)[1]  # the same state rng as a random initialization
+        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), state_rng)
+
+    return jax.jit(from_params, out_shardings=shardings)(jax.random.PRNGKey(seed), params)
