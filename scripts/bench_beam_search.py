@@ -6,8 +6,8 @@ A random whisper-tiny-sized model (d_model 384, 4 + 4 layers, 6 heads, ffn 1536,
 exactly 64 new tokens: EOS is suppressed in jaxseq and `min_new_tokens=64` in transformers).
 Timings are features → tokens (encoder included), median of a few runs after a warm-up (which
 also compiles the jaxseq search). Torch uses as many threads as the machine has cores, like XLA.
-Whisper-specific parts of transformers' generate are switched off as in
-tests/test_whisper_generate_parity.py, so both run plain beam search.
+Whisper-specific parts of transformers' generate are switched off
+(`jaxseq.convert.hf_generate`), so both run plain beam search.
 
     .venv/bin/python scripts/bench_beam_search.py [--runs 3]
 """
@@ -31,6 +31,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from jaxseq.convert import load_hf_whisper  # noqa: E402
+from jaxseq.convert.hf_generate import plain_config_kwargs, plain_generate_kwargs  # noqa: E402
 from jaxseq.decoding.beam_search import LengthPenalty, beam_search  # noqa: E402
 from jaxseq.models.whisper import WhisperModel, search_cache, search_step_fn  # noqa: E402
 
@@ -57,8 +58,7 @@ def build_model(seed: int = 0) -> transformers.WhisperForConditionalGeneration:
         bos_token_id=EOS,
         eos_token_id=EOS,
         decoder_start_token_id=START,
-        suppress_tokens=None,
-        begin_suppress_tokens=None,
+        **plain_config_kwargs(),
     )
     torch.manual_seed(seed)
     model = transformers.WhisperForConditionalGeneration(config).eval()
@@ -71,22 +71,9 @@ def build_model(seed: int = 0) -> transformers.WhisperForConditionalGeneration:
 def hf_generate(model, features: torch.Tensor) -> torch.Tensor:
     """transformers' generate, plain beam search: generated ids [batch, NEW_TOKENS]."""
     with torch.inference_mode():
+        # a ModelOutput, whose sequences keep the prompt (the start token) before the ids
         out = model.generate(
-            features,
-            num_beams=BEAMS,
-            max_new_tokens=NEW_TOKENS,
-            min_new_tokens=NEW_TOKENS,
-            length_penalty=1.0,
-            early_stopping=False,
-            do_sample=False,
-            temperature=None,
-            return_timestamps=False,
-            forced_decoder_ids=None,
-            suppress_tokens=None,
-            begin_suppress_tokens=None,
-            no_speech_threshold=None,
-            logprob_threshold=None,
-            return_dict_in_generate=True,  # the path that returns the prompt with the ids
+            features, **plain_generate_kwargs(BEAMS, NEW_TOKENS, min_new_tokens=NEW_TOKENS)
         )
     assert (out.sequences[:, 0] == START).all(), out.sequences[:, :2]
     return out.sequences[:, 1:]  # drop the start token

@@ -18,11 +18,34 @@ EXPECTED_PARAMS = {
     "ctc_base": (35e6, 45e6),
     "seq2seq_tiny": (0.01e6, 0.1e6),
     "seq2seq_digits": (1.5e6, 2.5e6),
+    # OpenAI's published sizes; test_whisper_sizes_match_transformers checks them exactly.
+    "whisper_tiny": (37e6, 39e6),
+    "whisper_base": (72e6, 74e6),
+    "whisper_small": (241e6, 245e6),
+    "whisper_medium": (763e6, 770e6),
+    "whisper_large_v3": (1540e6, 1551e6),
+    # The model section comes from train.init_from (tests/test_whisper_finetune.py runs it);
+    # on its own it has the default dimensions with Whisper's vocabulary.
+    "whisper_finetune": (9e6, 10e6),
+}
+# openai/whisper-* config.json: d_model, heads, layers, ffn, vocab, mel bins.
+OPENAI_DIMS = {
+    "whisper_tiny": (384, 6, 4, 1536, 51865, 80),
+    "whisper_base": (512, 8, 6, 2048, 51865, 80),
+    "whisper_small": (768, 12, 12, 3072, 51865, 80),
+    "whisper_medium": (1024, 16, 24, 4096, 51865, 80),
+    "whisper_large_v3": (1280, 20, 32, 5120, 51866, 128),
 }
 
 
-def _task(cfg):
+def _task(cfg, whisper_folder):
     """The config's task, its tokenizer built from the config alone (no dataset needed)."""
+    if cfg.model.family == "whisper":
+        from jaxseq.tasks.whisper import WhisperTask
+        from jaxseq.text.whisper_tokenizer import WhisperTokenizer
+
+        tokenizer = WhisperTokenizer.from_folder(whisper_folder)
+        return WhisperTask(cfg, tokenizer, cfg.prepare.frontend.n_mels, whisper_folder)
     if cfg.model.family == "seq2seq":
         from jaxseq.tasks.seq2seq import Seq2SeqTask
         from jaxseq.text.bpe import train_bpe
@@ -34,18 +57,49 @@ def _task(cfg):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
-def test_config_parses_and_builds(path, tmp_path):
+def test_config_parses_and_builds(path, tmp_path, whisper_folder):
     cfg = load_config(path)
-    task = _task(cfg)
-    mesh = make_mesh(cfg.mesh.__class__(data=1, fsdp=1, tensor=1))
-    tx = make_optimizer(cfg.optim, cfg.train.num_steps)
-    abstract, _ = abstract_train_state(task, tx, task.dummy_batch(1, cfg.data.buckets[0]), mesh)
-    num_params = sum(x.size for x in jax.tree.leaves(abstract.params))
+    num_params = _num_params(cfg, whisper_folder)
     low, high = EXPECTED_PARAMS[path.stem]
     assert low <= num_params <= high, num_params
     # The saved, resolved config loads back to the same object.
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def _num_params(cfg, whisper_folder) -> int:
+    task = _task(cfg, whisper_folder)
+    mesh = make_mesh(cfg.mesh.__class__(data=1, fsdp=1, tensor=1))
+    tx = make_optimizer(cfg.optim, cfg.train.num_steps)
+    abstract, _ = abstract_train_state(task, tx, task.dummy_batch(1, cfg.data.buckets[0]), mesh)
+    return sum(x.size for x in jax.tree.leaves(abstract.params))
+
+
+@pytest.mark.parametrize("name", sorted(OPENAI_DIMS))
+def test_whisper_sizes_match_transformers(name, whisper_folder):
+    """Each size config has exactly the parameters of transformers' Whisper with OpenAI's
+    dimensions for that size (built on the meta device: no memory, no download)."""
+    import torch
+    import transformers
+
+    d, heads, layers, ffn, vocab, mels = OPENAI_DIMS[name]
+    config = transformers.WhisperConfig(
+        d_model=d,
+        encoder_attention_heads=heads,
+        decoder_attention_heads=heads,
+        encoder_layers=layers,
+        decoder_layers=layers,
+        encoder_ffn_dim=ffn,
+        decoder_ffn_dim=ffn,
+        vocab_size=vocab,
+        num_mel_bins=mels,
+    )
+    with torch.device("meta"):
+        model = transformers.WhisperForConditionalGeneration(config)
+    expected = sum(p.numel() for p in model.parameters())  # proj_out is tied: counted once
+    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    assert cfg.prepare.frontend.n_mels == mels
+    assert _num_params(cfg, whisper_folder) == expected
 
 
 def test_overrides_are_typed():

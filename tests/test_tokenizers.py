@@ -9,14 +9,11 @@ import json
 import random
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import whisper.tokenizer
-from tokenizers import processors
-from transformers.convert_slow_tokenizer import TikTokenConverter
 from whisper.decoding import DecodingOptions, DecodingTask
 
 from jaxseq.errors import JaxseqError
@@ -128,35 +125,6 @@ SENTENCES = [
     "don't, I'll, we're - 'quoted'",
     "",
 ]
-
-
-@pytest.fixture(scope="session")
-def reference():
-    return whisper.tokenizer.get_tokenizer(multilingual=True, language="en", task="transcribe")
-
-
-@pytest.fixture(scope="session")
-def whisper_folder(tmp_path_factory, reference) -> Path:
-    """A checkpoint folder with the real multilingual tokenizer.json, derived offline."""
-    encoding = reference.encoding
-    ranks = Path(whisper.tokenizer.__file__).parent / "assets" / "multilingual.tiktoken"
-    tok = TikTokenConverter(
-        vocab_file=str(ranks),
-        pattern=encoding._pat_str,
-        extra_special_tokens=encoding._special_tokens,
-    ).converted()
-    # HF's Whisper files wrap encodings in <|startoftranscript|><|notimestamps|> ... <|endoftext|>:
-    # encode must not add them.
-    tok.post_processor = processors.TemplateProcessing(
-        single="<|startoftranscript|> <|notimestamps|> $A <|endoftext|>",
-        special_tokens=[
-            (t, tok.token_to_id(t))
-            for t in ["<|startoftranscript|>", "<|notimestamps|>", "<|endoftext|>"]
-        ],
-    )
-    folder = tmp_path_factory.mktemp("whisper")
-    tok.save(str(folder / "tokenizer.json"))
-    return folder
 
 
 @pytest.fixture(scope="session")

@@ -1,19 +1,9 @@
 """jaxseq's beam and greedy search over a converted Whisper against transformers' own
 `WhisperForConditionalGeneration.generate`, token for token, on real (espeak-ng) log-mel input.
 
-transformers' Whisper `generate` is not the plain `GenerationMixin.generate`: it adds Whisper's
-logits processors and prompt tokens from the generation config. For a like-for-like search they
-are all switched off (see `_hf_generate`):
-  * `suppress_tokens=None`, `begin_suppress_tokens=None`, in the WhisperConfig (which defaults
-    the latter to (220, 50256)) and in the call; these would become
-    SuppressTokens(AtBegin)LogitsProcessors;
-  * `forced_decoder_ids=None` and no `lang_to_id` / `task_to_id` / `no_timestamps_token_id` in the
-    generation config (a config built from a WhisperConfig has none), so the prompt is just
-    `decoder_start_token_id` and no language detection runs;
-  * `return_timestamps=False`, `no_speech_threshold=None`, `logprob_threshold=None`,
-    `temperature=None` (no timestamp processor, no no-speech detection, no temperature fallback).
-What remains is the generic `_beam_search` / `_greedy_search` with `length_penalty=1.0`,
-`early_stopping=False`, which `jaxseq.decoding.beam_search` reimplements.
+transformers' Whisper `generate` adds Whisper-specific logits processors and prompt tokens; they
+are all switched off (`jaxseq.convert.hf_generate`, whose docstring says why each one), leaving
+the plain beam / greedy search that `jaxseq.decoding.beam_search` reimplements.
 """
 
 from __future__ import annotations
@@ -31,6 +21,7 @@ from jaxseq.audio.frontend import log_mel_numpy
 from jaxseq.audio.io import to_mono_resampled
 from jaxseq.config import FrontendConfig
 from jaxseq.convert import load_hf_whisper
+from jaxseq.convert.hf_generate import plain_config_kwargs, plain_generate_kwargs
 from jaxseq.decoding.beam_search import LengthPenalty, beam_search, greedy_search
 from jaxseq.models.whisper import WhisperModel, search_cache, search_step_fn
 
@@ -74,8 +65,7 @@ def _hf_config():
         bos_token_id=EOS,
         eos_token_id=EOS,
         decoder_start_token_id=START,
-        suppress_tokens=None,
-        begin_suppress_tokens=None,
+        **plain_config_kwargs(),
     )
 
 
@@ -118,26 +108,13 @@ def features():
 
 
 def _hf_generate(model, features: np.ndarray, num_beams: int):
-    """transformers' Whisper generate with every Whisper-specific addition off (module doc)."""
+    """transformers' Whisper generate with every Whisper-specific addition off
+    (`jaxseq.convert.hf_generate`)."""
     with torch.inference_mode():
-        out = model.generate(
+        return model.generate(
             torch.from_numpy(np.ascontiguousarray(features.transpose(0, 2, 1))),
-            num_beams=num_beams,
-            max_new_tokens=MAX_NEW_TOKENS,
-            length_penalty=1.0,
-            early_stopping=False,
-            do_sample=False,
-            temperature=None,
-            return_timestamps=False,
-            forced_decoder_ids=None,
-            suppress_tokens=None,
-            begin_suppress_tokens=None,
-            no_speech_threshold=None,
-            logprob_threshold=None,
-            return_dict_in_generate=True,
-            output_scores=True,
+            **plain_generate_kwargs(num_beams, MAX_NEW_TOKENS, output_scores=True),
         )
-    return out
 
 
 def _jax_search(converted, features: np.ndarray, num_beams: int):

@@ -47,6 +47,10 @@ def abstract_train_state(
     specs = nn.get_partition_spec(boxed)
     shardings = nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
     unboxed = nn.meta.unbox(boxed)
+    # optax.masked (frozen parameters) keeps MaskedNode placeholders, which hold no array but
+    # got a spec above: keep the placeholder in both trees.
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+    shardings = jax.tree.map(lambda x, s: x if masked(x) else s, unboxed, shardings, is_leaf=masked)
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), unboxed, shardings
     )
