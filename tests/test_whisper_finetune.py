@@ -1,0 +1,300 @@
+"""Pretrained Whisper through jaxseq, against transformers: `jaxseq convert` → loss and
+decoding (Whisper's prompt, token suppression, 30-second padding) → `jaxseq train` with
+`train.init_from` (the fine-tune path) → `jaxseq evaluate` → `jaxseq export`.
+
+The checkpoint is a small random `WhisperForConditionalGeneration` with Whisper's real
+multilingual vocabulary (51,865 tokens, tokenizer.json from the `whisper_folder` fixture) and a
+generation config carrying the Whisper fields transformers' `generate` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from jaxseq import cli
+from jaxseq.audio.espeak import synthesize
+from jaxseq.audio.frontend import log_mel_numpy
+from jaxseq.audio.io import to_mono_resampled
+from jaxseq.config import FrontendConfig, load_config
+from jaxseq.data.pipeline import make_eval_batches
+from jaxseq.evaluate import load_trained
+from jaxseq.tasks.whisper import pad_like_whisper
+from jaxseq.text.whisper_tokenizer import WhisperTokenizer
+from tests.conftest import REPO
+
+FINETUNE = REPO / "configs" / "whisper_finetune.yaml"
+SOURCE_POSITIONS = 300  # 600 mel frames: 6 s inputs (the tiny corpus' longest is shorter)
+TARGET_POSITIONS = 24
+EOT, SOT, EN, TRANSCRIBE, NO_TIMESTAMPS = 50257, 50258, 50259, 50359, 50363
+EOT_BOOST = 9.0
+TASK_IDS = {"translate": 50358, "transcribe": TRANSCRIBE}
+ALWAYS_SUPPRESSED = [SOT, 50358, 50359, 50360, 50361, 50362]  # tasks, lm, prev, nospeech
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory, whisper_folder):
+    """(folder, torch model): a random Whisper with Whisper's tokenizer and generation config.
+
+    Weights are redrawn N(0, 0.2) for peaked next-token distributions (no float32 near-ties);
+    the decoder's final LayerNorm bias raises the end-of-text logit by `EOT_BOOST`, so that
+    hypotheses end at different lengths.
+    """
+    torch.manual_seed(0)
+    config = transformers.WhisperConfig(
+        vocab_size=51865,
+        num_mel_bins=80,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_source_positions=SOURCE_POSITIONS,
+        max_target_positions=TARGET_POSITIONS,
+        pad_token_id=EOT,
+        bos_token_id=EOT,
+        eos_token_id=EOT,
+        decoder_start_token_id=SOT,
+    )
+    model = transformers.WhisperForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(1.0 if "layer_norm.weight" in name else 0.0, 0.2)
+        eot = model.model.decoder.embed_tokens.weight[EOT]  # tied to the output layer
+        model.model.decoder.layer_norm.bias += EOT_BOOST * eot / eot.dot(eot)
+    tokenizer = WhisperTokenizer.from_folder(whisper_folder)
+    model.generation_config = transformers.GenerationConfig(
+        decoder_start_token_id=SOT,
+        eos_token_id=EOT,
+        pad_token_id=EOT,
+        bos_token_id=EOT,
+        max_length=TARGET_POSITIONS,
+        suppress_tokens=sorted([*tokenizer.non_speech_ids(), *ALWAYS_SUPPRESSED]),
+        begin_suppress_tokens=[220, EOT],
+        is_multilingual=True,
+        lang_to_id={"<|en|>": EN, "<|de|>": 50261},
+        task_to_id=TASK_IDS,
+        no_timestamps_token_id=NO_TIMESTAMPS,
+    )
+    folder = tmp_path_factory.mktemp("hf_whisper_pretrained")
+    model.save_pretrained(folder)
+    shutil.copy(whisper_folder / "tokenizer.json", folder / "tokenizer.json")
+    return folder, model
+
+
+@pytest.fixture(scope="module")
+def converted(hf_dir, tmp_path_factory):
+    """A workdir written by `jaxseq convert`."""
+    workdir = tmp_path_factory.mktemp("converted") / "whisper"
+    cli.main(["convert", "--hf", str(hf_dir[0]), "--workdir", str(workdir)])
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def batch(converted, tiny_dataset):
+    """Four test utterances of the tiny corpus, as the evaluation pipeline batches them."""
+    trained = load_trained(converted)
+    data = load_config(None, ["data.eval_batch_size=4", "data.buckets=[600]"]).data
+    host, _, texts = next(make_eval_batches(tiny_dataset, "test", data, trained.task.tokenizer))
+    return host, texts
+
+
+def _hf_features(host: dict) -> torch.Tensor:
+    padded, _ = pad_like_whisper(
+        jnp.asarray(host["features"]), jnp.asarray(host["feature_lengths"]), 2 * SOURCE_POSITIONS
+    )
+    return torch.from_numpy(np.asarray(padded).transpose(0, 2, 1).copy())  # [batch, mels, frames]
+
+
+def test_convert_writes_a_workdir(converted, hf_dir):
+    cfg = load_config(converted / "config.yaml")
+    m = cfg.model
+    assert (m.family, m.d_model, m.num_heads, m.num_layers, m.decoder_layers, m.mlp_dim) == (
+        "whisper",
+        64,
+        4,
+        2,
+        2,
+        128,
+    )
+    assert (m.vocab_size, m.max_source_positions, m.max_target_positions) == (51865, 300, 24)
+    assert cfg.optim.freeze == ("encoder/pos_embedding",)
+    assert json.loads((converted / "frontend.json").read_text())["frontend"]["n_mels"] == 80
+    for name in ("tokenizer.json", "generation_config.json"):
+        assert (converted / "tokenizer" / name).read_bytes() == (hf_dir[0] / name).read_bytes()
+    with pytest.raises(SystemExit):  # never over an existing checkpoint
+        cli.main(["convert", "--hf", str(hf_dir[0]), "--workdir", str(converted)])
+
+
+def test_pad_like_whisper_equals_log_mel_of_padded_audio():
+    """Padding features equals computing them on audio zero-padded to the full window, away
+    from the two STFT frames at the utterance's end (whose windows see the padding)."""
+    cfg = FrontendConfig()
+    audio, sr = synthesize("three four", "en-us")
+    audio = to_mono_resampled(audio, sr, cfg.sample_rate)
+    mel = log_mel_numpy(audio, cfg)  # [frames, 80]
+    frames, total = len(mel), 2 * SOURCE_POSITIONS
+    expected = log_mel_numpy(np.pad(audio, (0, total * cfg.hop_length - len(audio))), cfg)
+    padded, lengths = pad_like_whisper(jnp.asarray(mel[None]), jnp.asarray([frames]), total)
+    padded = np.asarray(padded[0])
+    assert padded.shape == expected.shape == (total, 80) and int(lengths[0]) == total
+    away = np.r_[0 : frames - 2, frames + 2 : total]
+    np.testing.assert_allclose(padded[away], expected[away], atol=2e-5)
+
+
+def test_loss_matches_transformers(converted, hf_dir, batch):
+    """The task's teacher-forced loss (prompt given, transcript + end-of-text predicted) equals
+    transformers' loss with the prompt's labels set to -100."""
+    host, texts = batch
+    trained = load_trained(converted)
+    loss, metrics = trained.task.loss_fn(
+        trained.params, jax.tree.map(jnp.asarray, host), jax.random.PRNGKey(0), train=False
+    )
+    tokenizer, features = trained.task.tokenizer, _hf_features(host)
+    prompt = [SOT, EN, TRANSCRIBE, NO_TIMESTAMPS]
+    total = count = 0.0
+    for i, text in enumerate(texts):
+        ids = tokenizer.encode(text).tolist()
+        labels = [-100] * (len(prompt) - 1) + ids + [EOT]
+        with torch.no_grad():
+            out = hf_dir[1](
+                input_features=features[i : i + 1],
+                decoder_input_ids=torch.tensor([prompt + ids]),
+                labels=torch.tensor([labels]),
+            )
+        total += float(out.loss) * (len(ids) + 1)
+        count += len(ids) + 1
+    assert float(metrics["tokens"]) == count
+    np.testing.assert_allclose(float(loss), total / count, rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_decoding_matches_transformers_generate(converted, hf_dir, batch, num_beams):
+    """jaxseq's search over the converted workdir gives transformers' Whisper `generate` ids:
+    the same prompt, suppress_tokens, begin_suppress_tokens, beams and length penalty."""
+    host, _ = batch
+    trained = load_trained(converted)
+    decoder = "beam" if num_beams > 1 else "greedy"
+    sequences, lengths = jax.device_get(
+        jax.jit(trained.task.predict_fn, static_argnums=(2, 3))(
+            trained.params, jax.tree.map(jnp.asarray, host), decoder, num_beams
+        )
+    )
+    max_new = TARGET_POSITIONS - 4
+    assert sequences.shape == (4, max_new)
+    with torch.inference_mode():
+        out = hf_dir[1].generate(
+            input_features=_hf_features(host),
+            num_beams=num_beams,
+            max_new_tokens=max_new,
+            language="en",
+            task="transcribe",
+            return_timestamps=False,
+            length_penalty=1.0,
+            early_stopping=False,
+            do_sample=False,
+            temperature=None,
+            return_dict_in_generate=True,
+        )
+    theirs = out.sequences.numpy()
+    assert (theirs[:, :4] == [SOT, EN, TRANSCRIBE, NO_TIMESTAMPS]).all()
+    theirs = theirs[:, 4:]
+    suppressed = set(trained.task.suppress_ids)
+    for ours, n, ref in zip(sequences, lengths, theirs, strict=True):
+        np.testing.assert_array_equal(ours[:n], ref[:n])
+        assert (ref[n:] == EOT).all()  # transformers pads after its end
+        assert not suppressed & set(ours[:n].tolist())
+        assert ours[0] not in (220, EOT)  # begin_suppress_tokens
+    assert min(lengths) < max_new, "some hypothesis should end before the limit"
+
+
+def test_finetune_evaluate_export(converted, tiny_dataset, tmp_path, capsys):
+    """The documented fine-tune path: configs/whisper_finetune.yaml with train.init_from."""
+    workdir = tmp_path / "ft"
+    cli.main(
+        [
+            "train",
+            "--config",
+            str(FINETUNE),
+            "--workdir",
+            str(workdir),
+            f"train.init_from={converted}",
+            f"data.dataset={tiny_dataset}",
+            "data.batch_size=4",
+            "data.eval_batch_size=4",
+            "data.buckets=[600]",
+            "data.max_label_length=16",
+            "train.num_steps=6",
+            "train.log_every=1",
+            "train.eval_every=6",
+            "train.checkpoint_every=6",
+            "optim.learning_rate=3e-3",
+            "optim.warmup_steps=1",
+            "eval.beam_size=2",
+        ]
+    )
+    capsys.readouterr()
+    # The model section came from the converted workdir, the tokenizer folder too.
+    assert (
+        load_config(workdir / "config.yaml").model == load_config(converted / "config.yaml").model
+    )
+    assert (workdir / "tokenizer" / "tokenizer.json").is_file()
+    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["loss"] for m in lines if m["split"] == "train"]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    before, after = load_trained(converted).params, load_trained(workdir).params
+    np.testing.assert_array_equal(
+        before["encoder"]["pos_embedding"], after["encoder"]["pos_embedding"]
+    )  # frozen
+    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), before, after)
+    assert moved["decoder"]["embed"]["embedding"] > 0
+    assert moved["encoder"]["layer0"]["attn"]["query"]["kernel"] > 0
+
+    cli.main(["evaluate", "--workdir", str(workdir), "--split", "test"])
+    assert "WER" in capsys.readouterr().out
+
+    out = tmp_path / "hf"
+    cli.main(["export", "--workdir", str(workdir), "--out", str(out)])
+    for name in ("tokenizer.json", "generation_config.json", "config.json", "model.safetensors"):
+        assert (out / name).is_file()
+    reloaded = transformers.WhisperForConditionalGeneration.from_pretrained(out).eval()
+    trained = load_trained(workdir)
+    state = reloaded.state_dict()
+    np.testing.assert_array_equal(
+        state["model.decoder.embed_tokens.weight"].numpy(),
+        np.asarray(after["decoder"]["embed"]["embedding"]),
+    )
+    assert trained.step == 6
+
+
+def test_init_from_and_tokenizer_errors(converted, tiny_dataset, tmp_path, capsys):
+    base = [f"data.dataset={tiny_dataset}", "data.buckets=[600]", "data.max_label_length=16"]
+    cases = [
+        (["train.init_from=''", "model.tokenizer=''"], "set train.init_from"),
+        ([f"train.init_from={tmp_path / 'nowhere'}"], "has no tokenizer.json"),
+        ([f"train.init_from={converted}", "optim.freeze=[encoder/pos_embeding]"], "matches no"),
+    ]
+    for i, (overrides, message) in enumerate(cases):
+        with pytest.raises(SystemExit) as exit_info:
+            workdir = str(tmp_path / f"w{i}")
+            cli.main(["train", "--config", str(FINETUNE), "--workdir", workdir, *base, *overrides])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_convert_errors_name_the_problem(hf_dir, tmp_path, capsys):
+    folder = tmp_path / "no_tokenizer"
+    shutil.copytree(hf_dir[0], folder)
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(SystemExit):
+        cli.main(["convert", "--hf", str(folder), "--workdir", str(tmp_path / "w")])
+    assert f"{folder} has no tokenizer.json" in capsys.readouterr().err
