@@ -115,6 +115,9 @@ class ModelConfig:
     max_source_positions: int = 1500  # encoder frames (20 ms each): 30 s, as Whisper
     bpe_vocab_size: int = 128  # BPE trained on the training transcripts
     label_smoothing: float = 0.1
+    # Joint CTC/attention (seq2seq): loss = (1 - ctc_weight) * cross-entropy + ctc_weight * CTC
+    # of a linear head on the encoder over the same tokens (blank = the pad id); 0 = no head.
+    ctc_weight: float = 0.0
     # whisper only (OpenAI's architecture, tokenizer and prompt; `jaxseq convert` writes these)
     vocab_size: int = 51865  # embedding rows: 51865 multilingual, 51864 English-only, 51866 v3
     max_target_positions: int = 448  # decoder positions: prompt + transcript + end token

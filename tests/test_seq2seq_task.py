@@ -96,3 +96,72 @@ def test_input_longer_than_the_context_is_a_clear_error(tiny_dataset, tmp_path, 
     err = capsys.readouterr().err
     assert "model's context is 64" in err and "model.max_source_positions=32" in err
     assert "data.buckets go up to 512 frames" in err
+
+
+def test_joint_ctc_attention_loss_matches_optax(tiny_dataset):
+    """(1 - λ) · cross-entropy + λ · CTC, the CTC part against optax.ctc_loss."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from jaxseq.config import load_config
+    from jaxseq.data.pipeline import load_dataset_info, make_eval_batches
+    from jaxseq.models.whisper import WhisperModel
+    from jaxseq.tasks import build_task
+
+    overrides = [f"data.dataset={tiny_dataset}", "model.ctc_weight=0.3", "model.label_smoothing=0"]
+    cfg = load_config(CONFIG, overrides)
+    task = build_task(cfg, load_dataset_info(tiny_dataset, "train"))
+    host, _, _ = next(make_eval_batches(tiny_dataset, "valid", cfg.data, task.tokenizer))
+    batch = jax.tree.map(jnp.asarray, host)
+    shapes = jax.tree.map(jnp.asarray, task.dummy_batch(2, 128))
+    params = nn.meta.unbox(task.init_variables(jax.random.PRNGKey(0), shapes)["params"])
+    assert params["ctc_head"]["kernel"].shape == (cfg.model.d_model, task.tokenizer.size)
+    loss, metrics = task.loss_fn(params, batch, jax.random.PRNGKey(1), train=False)
+
+    valid = host["valid"].astype(np.float32)
+    width = cfg.data.max_label_length
+    labels, lengths = host["labels"][:, :width], np.minimum(host["label_lengths"], width)
+    inputs, targets, weights = teacher_forcing(labels, lengths, task.prompt, task.tokenizer.end_id)
+    logits, ctc_logits, enc_lengths = task.model.apply(
+        {"params": params},
+        batch["features"],
+        batch["feature_lengths"],
+        inputs,
+        method=WhisperModel.joint,
+    )
+    weights = np.asarray(weights) * valid[:, None]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    ce = float(jnp.sum(ce * weights) / weights.sum())
+    frames = ctc_logits.shape[1]
+    logit_pad = (np.arange(frames)[None] >= np.asarray(enc_lengths)[:, None]).astype(np.float32)
+    label_pad = (np.arange(width)[None] >= lengths[:, None]).astype(np.float32)
+    per_utt = optax.ctc_loss(ctc_logits, logit_pad, labels, label_pad, blank_id=0)
+    ctc = float(jnp.sum(per_utt * valid) / np.sum(lengths * valid))
+    np.testing.assert_allclose(float(loss), 0.7 * ce + 0.3 * ctc, rtol=1e-5)
+    np.testing.assert_allclose(
+        float(metrics["ctc_nll"]), float(jnp.sum(per_utt * valid)), rtol=1e-5
+    )
+
+
+def test_joint_ctc_attention_trains_through_the_cli(tiny_dataset, tmp_path, capsys):
+    workdir = tmp_path / "joint"
+    cli.main(
+        [
+            "train",
+            "--config",
+            str(CONFIG),
+            "--workdir",
+            str(workdir),
+            f"data.dataset={tiny_dataset}",
+            "model.ctc_weight=0.3",
+            "train.num_steps=4",
+            "train.log_every=2",
+            "train.eval_every=4",
+        ]
+    )
+    capsys.readouterr()
+    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train = [m for m in lines if m["split"] == "train"]
+    assert all(m["ctc_nll"] > 0 for m in train) and train[-1]["loss"] < train[0]["loss"]

@@ -28,8 +28,9 @@ def partitioned(init, *axes: str | None):
     return nn.with_logical_partitioning(init, axes)
 
 
-def dense(features: int, axes: tuple[str, str], dtype: Dtype, name: str) -> nn.Dense:
-    """A float32-parameter nn.Dense whose kernel carries `axes` (in, out) and bias `axes[1]`."""
+def dense(features: int, axes: tuple[str, str], dtype: Dtype, name: str | None) -> nn.Dense:
+    """A float32-parameter nn.Dense whose kernel carries `axes` (in, out) and bias `axes[1]`
+    (`name` None inside `setup`, where the attribute names it)."""
     return nn.Dense(
         features,
         dtype=dtype,

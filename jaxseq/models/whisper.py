@@ -28,7 +28,14 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from jaxseq.models.encoder import TransformerEncoder
-from jaxseq.models.layers import DecoderLayer, LayerNorm, constrain, padding_mask, partitioned
+from jaxseq.models.layers import (
+    DecoderLayer,
+    LayerNorm,
+    constrain,
+    dense,
+    padding_mask,
+    partitioned,
+)
 from jaxseq.parallel.sharding import BATCH, EMBED, LENGTH, POSITION, VOCAB
 
 Dtype = Any
@@ -130,11 +137,16 @@ class TransformerDecoder(nn.Module):
 
 
 class WhisperModel(nn.Module):
-    """Log-mel features + decoder tokens → next-token logits."""
+    """Log-mel features + decoder tokens → next-token logits.
+
+    `ctc_vocab > 0` adds a linear CTC head over the encoder output (joint CTC/attention
+    training, `joint`); Whisper checkpoints have none.
+    """
 
     dims: WhisperDims
     dropout_rate: float = 0.0
     dtype: Dtype = jnp.float32
+    ctc_vocab: int = 0
 
     def setup(self):
         d = self.dims
@@ -150,6 +162,8 @@ class WhisperModel(nn.Module):
             position_table=d.max_source_positions,
         )
         self.decoder = TransformerDecoder(d, self.dropout_rate, self.dtype)
+        if self.ctc_vocab:
+            self.ctc_head = dense(self.ctc_vocab, (EMBED, VOCAB), self.dtype, None)
 
     def encode(
         self, features: jax.Array, lengths: jax.Array, deterministic: bool = True
@@ -188,6 +202,27 @@ class WhisperModel(nn.Module):
         """Teacher-forced logits float32 [batch, tokens, vocab] for tokens int [batch, tokens]."""
         encoded, encoder_mask = self.encode(features, feature_lengths, deterministic)
         return self.decode(tokens, encoded, encoder_mask, deterministic)
+
+    def joint(
+        self,
+        features: jax.Array,
+        feature_lengths: jax.Array,
+        tokens: jax.Array,
+        deterministic: bool = True,
+    ) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+        """One forward pass for joint CTC/attention training.
+
+        Returns:
+          decoder logits float32 [batch, tokens, vocab]; CTC logits float32
+          [batch, enc_frames, ctc_vocab] (None without a CTC head); encoder lengths int [batch].
+        """
+        encoded, encoder_mask = self.encode(features, feature_lengths, deterministic)
+        logits = self.decode(tokens, encoded, encoder_mask, deterministic)
+        ctc_logits = None
+        if self.ctc_vocab:
+            ctc_logits = self.ctc_head(encoded).astype(jnp.float32)  # [batch, enc_frames, vocab]
+            ctc_logits = constrain(ctc_logits, BATCH, LENGTH, VOCAB)
+        return logits, ctc_logits, jnp.sum(encoder_mask, axis=-1)
 
 
 def init_cache(

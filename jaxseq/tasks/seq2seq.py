@@ -17,6 +17,7 @@ from jaxseq.config import Config
 from jaxseq.data.records import decode_record
 from jaxseq.decoding.beam_search import beam_search, greedy_search
 from jaxseq.errors import JaxseqError
+from jaxseq.losses.ctc import ctc_loss
 from jaxseq.models.whisper import WhisperDims, WhisperModel, search_cache, search_step_fn
 from jaxseq.tasks.base import Batch, Metrics, Task
 from jaxseq.text.bpe import BpeTokenizer, train_bpe
@@ -95,7 +96,10 @@ class Seq2SeqTask(Task):
             decoder_start_token_id=tokenizer.start_id,
         )
         dtype = jnp.bfloat16 if cfg.train.compute_dtype == "bfloat16" else jnp.float32
-        self.model = WhisperModel(self.dims, dropout_rate=m.dropout, dtype=dtype)
+        if not 0.0 <= m.ctc_weight <= 1.0:
+            raise JaxseqError(f"model.ctc_weight={m.ctc_weight} must lie in [0, 1]")
+        ctc_vocab = self.dims.vocab_size if m.ctc_weight > 0 else 0
+        self.model = WhisperModel(self.dims, m.dropout, dtype, ctc_vocab)
         if max(cfg.data.buckets) > self.dims.num_frames:
             raise JaxseqError(
                 f"data.buckets go up to {max(cfg.data.buckets)} frames but the model's context "
@@ -159,7 +163,9 @@ class Seq2SeqTask(Task):
             batch["labels"], batch["label_lengths"], self.prompt, self.tokenizer.end_id
         )
         features, lengths = self._source(batch["features"], batch["feature_lengths"])
-        return self.model.init({"params": rng}, features, lengths, inputs)
+        return self.model.init(
+            {"params": rng}, features, lengths, inputs, method=WhisperModel.joint
+        )
 
     def _check_source_length(self, frames: int) -> None:
         limit = self.dims.num_frames
@@ -194,14 +200,15 @@ class Seq2SeqTask(Task):
             self.prompt,
             self.tokenizer.end_id,
         )  # [batch, P + L] each
-        logits = self.model.apply(
+        logits, ctc_logits, enc_lengths = self.model.apply(
             {"params": params},
             features,
             lengths,
             inputs,
             deterministic=not train,
             rngs={"dropout": jax.random.fold_in(rng, 2)},
-        )  # [batch, P + L, vocab]
+            method=WhisperModel.joint,
+        )  # [batch, P + L, vocab], [batch, enc_frames, vocab] or None, [batch]
         vocab = logits.shape[-1]
         soft = optax.smooth_labels(jax.nn.one_hot(targets, vocab), self.cfg.model.label_smoothing)
         per_token = optax.softmax_cross_entropy(logits, soft)  # [batch, P + L]
@@ -210,6 +217,20 @@ class Seq2SeqTask(Task):
         loss = jnp.sum(per_token * weights) / jnp.maximum(tokens, 1.0)
         correct = (jnp.argmax(logits, -1) == targets) * weights
         metrics = {"utterances": jnp.sum(valid), "tokens": tokens, "correct": jnp.sum(correct)}
+        if ctc_logits is not None:  # joint CTC/attention, per-token as the CTC family
+            label_lengths = jnp.minimum(batch["label_lengths"], width)
+            per_utt = ctc_loss(
+                ctc_logits,
+                enc_lengths,
+                batch["labels"][:, :width],
+                label_lengths,
+                blank_id=self.tokenizer.pad_id,
+            )  # [batch]
+            ctc_tokens = jnp.maximum(jnp.sum(label_lengths * valid), 1.0)
+            ctc = jnp.sum(per_utt * valid) / ctc_tokens
+            weight = self.cfg.model.ctc_weight
+            loss = (1.0 - weight) * loss + weight * ctc
+            metrics["ctc_nll"] = jnp.sum(per_utt * valid)
         return loss, {**metrics, "labels_truncated": truncated}
 
     def predict_fn(self, params: Any, batch: Batch, decoder: str, beam_size: int) -> Any:

@@ -76,6 +76,11 @@ class WhisperTask(Seq2SeqTask):
 
     def __init__(self, cfg: Config, tokenizer: WhisperTokenizer, n_mels: int, source: Path):
         m = cfg.model
+        if m.ctc_weight:
+            raise JaxseqError(
+                "model.ctc_weight is for models trained from scratch (model.family=seq2seq); "
+                "Whisper checkpoints have no CTC head"
+            )
         if tokenizer.size > m.vocab_size:
             raise JaxseqError(
                 f"the tokenizer in {source} has {tokenizer.size} tokens but model.vocab_size is "
