@@ -33,7 +33,7 @@ import transformers  # noqa: E402
 from jaxseq.convert import load_hf_whisper  # noqa: E402
 from jaxseq.convert.hf_generate import plain_config_kwargs, plain_generate_kwargs  # noqa: E402
 from jaxseq.decoding.beam_search import LengthPenalty, beam_search  # noqa: E402
-from jaxseq.models.whisper import WhisperModel, search_cache, search_step_fn  # noqa: E402
+from jaxseq.models.whisper import WhisperModel, search_setup  # noqa: E402
 
 BATCH, BEAMS, NEW_TOKENS = 8, 4, 64
 EOS, START = 50257, 50258
@@ -88,10 +88,10 @@ def jax_search_fn(model: WhisperModel, params):
         encoded, mask = model.apply(
             {"params": params}, features, lengths, method=WhisperModel.encode
         )
-        cache = search_cache(model, params, encoded, mask, max_length=1 + NEW_TOKENS)
+        cache, step_fn = search_setup(model, params, encoded, mask, max_length=1 + NEW_TOKENS)
         prompt = jnp.full((features.shape[0], 1), START, jnp.int32)
         out = beam_search(
-            search_step_fn(model, params),
+            step_fn,
             cache,
             prompt,
             beam_size=BEAMS,

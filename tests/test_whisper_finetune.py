@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import soundfile
 import torch
 import transformers
 
@@ -29,6 +30,7 @@ from jaxseq.evaluate import load_trained
 from jaxseq.tasks.whisper import pad_like_whisper
 from jaxseq.text.whisper_tokenizer import WhisperTokenizer
 from tests.conftest import REPO
+from tests.hf_whisper import random_whisper
 
 FINETUNE = REPO / "configs" / "whisper_finetune.yaml"
 SOURCE_POSITIONS = 300  # 600 mel frames: 6 s inputs (the tiny corpus' longest is shorter)
@@ -47,17 +49,9 @@ def hf_dir(tmp_path_factory, whisper_folder):
     the decoder's final LayerNorm bias raises the end-of-text logit by `EOT_BOOST`, so that
     hypotheses end at different lengths.
     """
-    torch.manual_seed(0)
-    config = transformers.WhisperConfig(
+    model = random_whisper(
+        0.2,
         vocab_size=51865,
-        num_mel_bins=80,
-        d_model=64,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=128,
-        decoder_ffn_dim=128,
         max_source_positions=SOURCE_POSITIONS,
         max_target_positions=TARGET_POSITIONS,
         pad_token_id=EOT,
@@ -65,10 +59,7 @@ def hf_dir(tmp_path_factory, whisper_folder):
         eos_token_id=EOT,
         decoder_start_token_id=SOT,
     )
-    model = transformers.WhisperForConditionalGeneration(config).eval()
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(1.0 if "layer_norm.weight" in name else 0.0, 0.2)
         eot = model.model.decoder.embed_tokens.weight[EOT]  # tied to the output layer
         model.model.decoder.layer_norm.bias += EOT_BOOST * eot / eot.dot(eot)
     tokenizer = WhisperTokenizer.from_folder(whisper_folder)
@@ -261,6 +252,18 @@ def test_finetune_evaluate_export(converted, tiny_dataset, tmp_path, capsys):
 
     cli.main(["evaluate", "--workdir", str(workdir), "--split", "test"])
     assert "WER" in capsys.readouterr().out
+
+    wav = sorted((tiny_dataset.parent / "audio" / "test" / "wav").glob("*.wav"))[:2]
+    cli.main(["transcribe", "--workdir", str(workdir), *map(str, wav)])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in out] == [str(w) for w in wav]
+    # Longer than the model's 6 s context: an error, never a silent truncation.
+    audio, sr = soundfile.read(wav[0])
+    long = tmp_path / "long.wav"
+    soundfile.write(long, np.tile(audio, int(7 * sr / len(audio)) + 1), sr)
+    with pytest.raises(SystemExit):
+        cli.main(["transcribe", "--workdir", str(workdir), str(long)])
+    assert "model's context is 600" in capsys.readouterr().err
 
     out = tmp_path / "hf"
     cli.main(["export", "--workdir", str(workdir), "--out", str(out)])

@@ -23,10 +23,10 @@ from jaxseq.config import FrontendConfig
 from jaxseq.convert import load_hf_whisper
 from jaxseq.convert.hf_generate import plain_config_kwargs, plain_generate_kwargs
 from jaxseq.decoding.beam_search import LengthPenalty, beam_search, greedy_search
-from jaxseq.models.whisper import WhisperModel, search_cache, search_step_fn
+from jaxseq.models.whisper import WhisperModel, search_setup
+from tests.hf_whisper import random_whisper
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-transformers = pytest.importorskip("transformers")
 
 VOCAB = 100
 SOURCE_POSITIONS = 150  # 300 mel frames: 3 s
@@ -48,27 +48,6 @@ UTTERANCES = [  # (digits, voice): different speakers and accents
 ]
 
 
-def _hf_config():
-    return transformers.WhisperConfig(
-        vocab_size=VOCAB,
-        num_mel_bins=80,
-        d_model=64,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=128,
-        decoder_ffn_dim=128,
-        max_source_positions=SOURCE_POSITIONS,
-        max_target_positions=TARGET_POSITIONS,
-        pad_token_id=EOS,
-        bos_token_id=EOS,
-        eos_token_id=EOS,
-        decoder_start_token_id=START,
-        **plain_config_kwargs(),
-    )
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """(torch model, jaxseq WhisperModel, params): a small random Whisper, saved and converted.
@@ -78,11 +57,18 @@ def models(tmp_path_factory):
     gets the same norm, so that no token wins by a constant offset; then the EOS row is made
     `EOS_SCALE` times longer, so that hypotheses end at different lengths (not all at the limit).
     """
-    torch.manual_seed(0)
-    model = transformers.WhisperForConditionalGeneration(_hf_config()).eval()
+    model = random_whisper(
+        WEIGHT_STD,
+        vocab_size=VOCAB,
+        max_source_positions=SOURCE_POSITIONS,
+        max_target_positions=TARGET_POSITIONS,
+        pad_token_id=EOS,
+        bos_token_id=EOS,
+        eos_token_id=EOS,
+        decoder_start_token_id=START,
+        **plain_config_kwargs(),
+    )
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(1.0 if "layer_norm.weight" in name else 0.0, WEIGHT_STD)
         model.model.decoder.layer_norm.bias.zero_()
         embed = model.model.decoder.embed_tokens.weight  # [vocab, d_model]
         embed *= WEIGHT_STD * embed.shape[1] ** 0.5 / embed.norm(dim=1, keepdim=True)
@@ -127,8 +113,7 @@ def _jax_search(converted, features: np.ndarray, num_beams: int):
         encoded, mask = model.apply(
             {"params": params}, features, lengths, method=WhisperModel.encode
         )
-        cache = search_cache(model, params, encoded, mask, max_length=1 + MAX_NEW_TOKENS)
-        step = search_step_fn(model, params)
+        cache, step = search_setup(model, params, encoded, mask, max_length=1 + MAX_NEW_TOKENS)
         if num_beams == 1:
             return greedy_search(step, cache, prompt, max_new_tokens=MAX_NEW_TOKENS, eos_id=EOS)
         return beam_search(

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import transformers
 from safetensors.numpy import load_file, save_file
 
 from jaxseq.audio.espeak import synthesize
@@ -28,14 +29,13 @@ from jaxseq.models.whisper import (
     WhisperModel,
     decode_step,
     init_cache,
-    search_cache,
-    search_step_fn,
+    search_setup,
 )
 from jaxseq.parallel import sharding
 from jaxseq.parallel.sharding import LOGICAL_RULES
+from tests.hf_whisper import random_whisper
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-transformers = pytest.importorskip("transformers")
 
 VOCAB = 100
 SOURCE_POSITIONS = 150  # 300 mel frames: 3 s
@@ -47,26 +47,6 @@ AXIS_NAMES = {
 }
 
 
-def _hf_config():
-    return transformers.WhisperConfig(
-        vocab_size=VOCAB,
-        num_mel_bins=80,
-        d_model=64,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=128,
-        decoder_ffn_dim=128,
-        max_source_positions=SOURCE_POSITIONS,
-        max_target_positions=TARGET_POSITIONS,
-        pad_token_id=1,
-        bos_token_id=1,
-        eos_token_id=1,
-        decoder_start_token_id=2,
-    )
-
-
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory):
     """(folder, torch model): a small random Whisper saved with `save_pretrained`.
@@ -74,11 +54,16 @@ def hf_folder(tmp_path_factory):
     Every weight is redrawn, N(0, 0.1) (LayerNorm scales N(1, 0.1)), so that a zero bias or a
     unit scale copied to the wrong place cannot go unnoticed.
     """
-    torch.manual_seed(0)
-    model = transformers.WhisperForConditionalGeneration(_hf_config()).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(1.0 if "layer_norm.weight" in name else 0.0, 0.1)
+    model = random_whisper(
+        0.1,
+        vocab_size=VOCAB,
+        max_source_positions=SOURCE_POSITIONS,
+        max_target_positions=TARGET_POSITIONS,
+        pad_token_id=1,
+        bos_token_id=1,
+        eos_token_id=1,
+        decoder_start_token_id=2,
+    )
     folder = tmp_path_factory.mktemp("hf_whisper")
     model.save_pretrained(folder)
     return folder, model
@@ -191,11 +176,9 @@ def test_greedy_search_follows_teacher_forced_argmax(converted, features):
     encoded, mask = model.apply({"params": params}, feats, lengths, method=WhisperModel.encode)
     prompt = jnp.array([[2, 7], [2, 9]], jnp.int32)  # two tokens: one prefill step
     steps = 8
-    cache = search_cache(model, params, encoded, mask, max_length=prompt.shape[1] + steps)
+    cache, step_fn = search_setup(model, params, encoded, mask, prompt.shape[1] + steps)
     out = jax.jit(
-        lambda c, p: greedy_search(
-            search_step_fn(model, params), c, p, max_new_tokens=steps, eos_id=0, suppress_ids=[0]
-        )
+        lambda c, p: greedy_search(step_fn, c, p, max_new_tokens=steps, eos_id=0, suppress_ids=[0])
     )(cache, prompt)
     assert out.sequences.shape == (2, steps) and out.lengths.tolist() == [steps, steps]
     full = np.concatenate([np.asarray(prompt), np.asarray(out.sequences)], axis=1)  # [2, 10]

@@ -196,6 +196,11 @@ class MultiHeadAttention(nn.Module):
                 cached_key.value, cached_value.value = key, value  # [batch, max_len, heads, hd]
                 cache_index.value = i + 1
                 mask = (jnp.arange(key.shape[1]) <= i)[None, None, None, :]  # [1, 1, 1, max_len]
+        # Cached cross-attention keys of `items` utterances may serve `batch` = items * group
+        # queries (beam search: an item's beams): the group's queries attend as one sequence.
+        batch, q_len = query.shape[:2]
+        items = key.shape[0]
+        query = query.reshape(items, batch // items * q_len, *query.shape[2:])
         query = constrain(query, BATCH, LENGTH, HEADS, KV)
         key = constrain(key, BATCH, LENGTH, HEADS, KV)
         value = constrain(value, BATCH, LENGTH, HEADS, KV)
@@ -204,10 +209,11 @@ class MultiHeadAttention(nn.Module):
         logits = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)  # [batch, heads, q, kv]
+        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)  # [items, heads, q, kv]
         if self.dropout_rate > 0.0:
             weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)  # [batch, q_len, heads, head_dim]
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)  # [items, group * q, heads, hd]
+        out = out.reshape(batch, q_len, *out.shape[2:])  # [batch, q_len, heads, head_dim]
         out = MergeHeads(features, dtype=self.dtype, name="out")(out)  # [batch, q_len, embed]
         return constrain(out, BATCH, LENGTH, EMBED)
 

@@ -13,12 +13,12 @@ Cached decoding (t5x style):
 
 `init_cache` computes every layer's cross-attention keys and values once per utterance; each
 step writes one position into the self-attention caches. For `jaxseq.decoding.beam_search`,
-`search_cache` and `search_step_fn` give the same cache and step in its `step_fn(tokens, cache,
-position)` form (every cache leaf with a leading batch axis; positions come from the search).
+`search_setup` gives the cache and step in its `step_fn(tokens, cache, position)` form.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -274,45 +274,44 @@ def decode_step(
     return logits, state["cache"]
 
 
-_COUNTERS = ("cache_index", "position")  # the scalar step counters of a flax decoding cache
+_SELF = ("cached_key", "cached_value")  # per hypothesis: repeated and reordered by beam search
+_CROSS = ("cross_key", "cross_value")  # per utterance: shared by every beam of an item
 
 
-def _strip_counters(cache: Any) -> Any:
+def _select(cache: Any, names: tuple[str, ...]) -> Any:
     flat = traverse_util.flatten_dict(cache)
-    return traverse_util.unflatten_dict({k: v for k, v in flat.items() if k[-1] not in _COUNTERS})
+    return traverse_util.unflatten_dict({k: v for k, v in flat.items() if k[-1] in names})
 
 
-def search_cache(
+def search_setup(
     model: WhisperModel,
     params: Any,
     encoded: jax.Array,
     encoder_mask: jax.Array,
     max_length: int,
-) -> dict:
-    """`init_cache` for `jaxseq.decoding.beam_search`: every leaf has leading axis batch.
+) -> tuple[dict, Callable]:
+    """The model in `jaxseq.decoding.beam_search`'s form: `(init_cache, step_fn)`.
 
-    Returns:
-      {"kv": the cache without its scalar counters, "encoder_mask": bool [batch, enc_frames]}.
+    `init_cache` holds only the self-attention caches (leading axis batch; the search repeats
+    and reorders them per beam). The cross-attention keys and values and the encoder mask stay
+    per utterance inside `step_fn`: the beams of an item share them, so they are never copied
+    per beam or gathered per step (the cross-attention groups an item's beams as queries).
+    `step_fn(tokens [n], cache, position []) -> (log_probs float32 [n, vocab], cache)` rebuilds
+    the scalar counters from `position`.
     """
     cache = init_cache(model, params, encoded, encoder_mask, max_length)
-    return {"kv": _strip_counters(cache), "encoder_mask": encoder_mask}
-
-
-def search_step_fn(model: WhisperModel, params: Any):
-    """The model as a beam-search `step_fn(tokens [n], cache, position []) -> (log_probs
-    float32 [n, vocab], cache)` over a `search_cache`; the counters are rebuilt from `position`."""
+    cross = _select(cache, _CROSS)  # leaves [batch, enc_frames, heads, head_dim]
 
     def step_fn(tokens: jax.Array, cache: dict, position: jax.Array) -> tuple[jax.Array, dict]:
         position = jnp.asarray(position, jnp.int32)
-        flat = traverse_util.flatten_dict(cache["kv"])
+        flat = {**traverse_util.flatten_dict(cache), **traverse_util.flatten_dict(cross)}
         for path in [k for k in flat if k[-1] == "cached_key"]:
             flat[(*path[:-1], "cache_index")] = position
         flat[("decoder", "position")] = position
-        full = traverse_util.unflatten_dict(flat)
         logits, full = decode_step(
-            model, params, full, tokens[:, None], None, cache["encoder_mask"]
+            model, params, traverse_util.unflatten_dict(flat), tokens[:, None], None, encoder_mask
         )  # [n, 1, vocab]
         log_probs = jax.nn.log_softmax(logits[:, 0], axis=-1)  # [n, vocab]
-        return log_probs, {"kv": _strip_counters(full), "encoder_mask": cache["encoder_mask"]}
+        return log_probs, _select(full, _SELF)
 
-    return step_fn
+    return _select(cache, _SELF), step_fn

@@ -13,12 +13,12 @@ import numpy as np
 import optax
 
 from jaxseq.audio.specaugment import spec_augment
-from jaxseq.config import Config
+from jaxseq.config import Config, ModelConfig
 from jaxseq.data.records import decode_record
 from jaxseq.decoding.beam_search import beam_search, greedy_search
 from jaxseq.errors import JaxseqError
 from jaxseq.losses.ctc import ctc_loss
-from jaxseq.models.whisper import WhisperDims, WhisperModel, search_cache, search_step_fn
+from jaxseq.models.whisper import WhisperDims, WhisperModel, search_setup
 from jaxseq.tasks.base import Batch, Metrics, Task
 from jaxseq.text.bpe import BpeTokenizer, train_bpe
 
@@ -64,6 +64,37 @@ def teacher_forcing(
     return inputs, targets, weights
 
 
+def model_dims(
+    m: ModelConfig,
+    n_mels: int,
+    *,
+    vocab_size: int,
+    max_target_positions: int,
+    pad_id: int,
+    start_id: int,
+    end_id: int,
+) -> WhisperDims:
+    """The model's dimensions from the config (one head count and MLP width for encoder and
+    decoder) and the tokenizer's special ids."""
+    return WhisperDims(
+        n_mels=n_mels,
+        d_model=m.d_model,
+        encoder_layers=m.num_layers,
+        encoder_heads=m.num_heads,
+        encoder_ffn_dim=m.mlp_dim,
+        decoder_layers=m.decoder_layers,
+        decoder_heads=m.num_heads,
+        decoder_ffn_dim=m.mlp_dim,
+        vocab_size=vocab_size,
+        max_source_positions=m.max_source_positions,
+        max_target_positions=max_target_positions,
+        pad_token_id=pad_id,
+        bos_token_id=start_id,
+        eos_token_id=end_id,
+        decoder_start_token_id=start_id,
+    )
+
+
 class Seq2SeqTask(Task):
     """Conv stem + Transformer encoder, causal decoder with cross-attention, tied output layer.
 
@@ -78,22 +109,14 @@ class Seq2SeqTask(Task):
         self.n_mels = n_mels
         self._texts: dict[tuple[str, str], list[str]] = {}  # transcripts already read, by split
         m = cfg.model
-        self.dims = dims or WhisperDims(
-            n_mels=n_mels,
-            d_model=m.d_model,
-            encoder_layers=m.num_layers,
-            encoder_heads=m.num_heads,
-            encoder_ffn_dim=m.mlp_dim,
-            decoder_layers=m.decoder_layers,
-            decoder_heads=m.num_heads,
-            decoder_ffn_dim=m.mlp_dim,
+        self.dims = dims or model_dims(
+            m,
+            n_mels,
             vocab_size=tokenizer.size,
-            max_source_positions=m.max_source_positions,
             max_target_positions=cfg.data.max_label_length + 1,
-            pad_token_id=tokenizer.pad_id,
-            bos_token_id=tokenizer.start_id,
-            eos_token_id=tokenizer.end_id,
-            decoder_start_token_id=tokenizer.start_id,
+            pad_id=tokenizer.pad_id,
+            start_id=tokenizer.start_id,
+            end_id=tokenizer.end_id,
         )
         dtype = jnp.bfloat16 if cfg.train.compute_dtype == "bfloat16" else jnp.float32
         if not 0.0 <= m.ctc_weight <= 1.0:
@@ -246,8 +269,9 @@ class Seq2SeqTask(Task):
         max_new = min(
             self.dims.max_target_positions - len(self.prompt), self.cfg.data.max_label_length + 1
         )
-        cache = search_cache(self.model, params, encoded, mask, self.dims.max_target_positions)
-        step_fn = search_step_fn(self.model, params)
+        cache, step_fn = search_setup(
+            self.model, params, encoded, mask, self.dims.max_target_positions
+        )
         prompt = jnp.broadcast_to(
             jnp.asarray(self.prompt, jnp.int32), (encoded.shape[0], len(self.prompt))
         )

@@ -15,6 +15,7 @@ What differs from the from-scratch `seq2seq` family, as openai-whisper and trans
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -24,8 +25,7 @@ import numpy as np
 
 from jaxseq.config import Config
 from jaxseq.errors import JaxseqError
-from jaxseq.models.whisper import WhisperDims
-from jaxseq.tasks.seq2seq import Seq2SeqTask
+from jaxseq.tasks.seq2seq import Seq2SeqTask, model_dims
 from jaxseq.text.whisper_tokenizer import WhisperTokenizer
 
 TOKENIZER_DIR = "tokenizer"  # in a workdir: the checkpoint's tokenizer and generation files
@@ -87,23 +87,17 @@ class WhisperTask(Seq2SeqTask):
                 f"{m.vocab_size}; use the tokenizer of the checkpoint"
             )
         self.tokenizer_source = Path(source)
-        dims = WhisperDims(
-            n_mels=n_mels,
-            d_model=m.d_model,
-            encoder_layers=m.num_layers,
-            encoder_heads=m.num_heads,
-            encoder_ffn_dim=m.mlp_dim,
-            decoder_layers=m.decoder_layers,
-            decoder_heads=m.num_heads,
-            decoder_ffn_dim=m.mlp_dim,
+        # Whisper's bos is end-of-text (the id its config names), its decoder start <|sot|>.
+        dims = model_dims(
+            m,
+            n_mels,
             vocab_size=m.vocab_size,
-            max_source_positions=m.max_source_positions,
             max_target_positions=m.max_target_positions,
-            pad_token_id=tokenizer.eot_id,
-            bos_token_id=tokenizer.eot_id,
-            eos_token_id=tokenizer.eot_id,
-            decoder_start_token_id=tokenizer.sot_id,
+            pad_id=tokenizer.eot_id,
+            start_id=tokenizer.sot_id,
+            end_id=tokenizer.eot_id,
         )
+        dims = dataclasses.replace(dims, bos_token_id=tokenizer.eot_id)
         self._prompt = tuple(
             tokenizer.prompt_ids(m.language, m.task)
             if m.vocab_size >= MULTILINGUAL_VOCAB
