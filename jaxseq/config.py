@@ -145,8 +145,14 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class MeshConfig:
-    """Device mesh shape; -1 takes all devices left over by the other axes."""
+    """Device mesh: a preset, or ("custom") the shape below; -1 takes the devices left over.
 
+    Presets over all devices: "data" (parameters replicated, batch split), "fsdp" (parameters
+    and optimizer state sharded over their embed axis, batch split), "fsdp_tensor" (FSDP over
+    devices / mesh.tensor, plus attention heads and MLP units split mesh.tensor ways).
+    """
+
+    preset: str = "custom"
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
@@ -196,6 +202,7 @@ class Config:
 _CHOICES = {
     "model.family": ("ctc", "seq2seq", "whisper"),
     "model.task": ("transcribe", "translate"),
+    "mesh.preset": ("custom", "data", "fsdp", "fsdp_tensor"),
     "train.compute_dtype": ("float32", "bfloat16"),
     "eval.decoder": ("greedy", "prefix_beam", "beam"),
     "synth.preset": ("digits",),

@@ -12,9 +12,25 @@ from jaxseq.config import ConfigError, MeshConfig
 from jaxseq.parallel.sharding import MESH_AXES
 
 
+def _preset_shape(cfg: MeshConfig) -> list[int]:
+    """(data, fsdp, tensor) of `cfg.preset`, -1 for "all the remaining devices"."""
+    if cfg.preset == "data":
+        return [-1, 1, 1]
+    if cfg.preset == "fsdp":
+        return [1, -1, 1]
+    if cfg.preset == "fsdp_tensor":
+        if cfg.tensor < 2:
+            raise ConfigError(
+                f"mesh.preset=fsdp_tensor splits heads and MLP units mesh.tensor ways, but "
+                f"mesh.tensor is {cfg.tensor}; set mesh.tensor=2 (or more), or use preset fsdp"
+            )
+        return [1, -1, cfg.tensor]
+    return [cfg.data, cfg.fsdp, cfg.tensor]
+
+
 def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
-    """Resolves -1 entries of (data, fsdp, tensor) so that the product is `num_devices`."""
-    shape = [cfg.data, cfg.fsdp, cfg.tensor]
+    """The preset's (data, fsdp, tensor), -1 entries resolved so the product is `num_devices`."""
+    shape = _preset_shape(cfg)
     unknown = [i for i, s in enumerate(shape) if s == -1]
     if len(unknown) > 1:
         raise ConfigError("at most one of mesh.data / mesh.fsdp / mesh.tensor may be -1")
