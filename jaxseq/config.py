@@ -170,6 +170,10 @@ class TrainConfig:
     keep_best: int = 1  # best checkpoints by validation WER kept in addition
     seed: int = 0
     compute_dtype: str = "float32"  # or "bfloat16" (parameters stay float32)
+    # A step whose loss or gradients are not finite leaves parameters and optimizer state
+    # unchanged (counted as "skipped"); this many in a row stop training with an error.
+    max_nonfinite_steps: int = 20
+    compilation_cache_dir: str = ""  # persistent XLA compilation cache (shared by restarts)
     # A jaxseq workdir (e.g. written by `jaxseq convert`) whose weights start a fresh run and
     # whose model section is the default for this one (keys set here still win).
     init_from: str = ""

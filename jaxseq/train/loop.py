@@ -29,27 +29,59 @@ from jaxseq.tasks import build_task
 from jaxseq.tasks.base import Task
 from jaxseq.train.checkpoint import Checkpointer, restore_workdir_params
 from jaxseq.train.optimizer import learning_rate_schedule, make_optimizer
+from jaxseq.train.preemption import PreemptionWatch
 from jaxseq.train.state import TrainState, abstract_train_state, create_train_state
 from jaxseq.train.writers import MetricWriter
 
 
 def make_train_step(task: Task, tx: optax.GradientTransformation):
-    """The update: loss and gradients on one batch, then the optimizer step."""
+    """The update: loss and gradients on one batch, then the optimizer step.
 
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict[str, jax.Array]]:
+    A batch whose loss or gradients are not finite changes nothing but the step counter: the
+    parameters and optimizer state stay as they were, its metrics are zero, and "skipped" is 1.
+    `streak` (int32 []) counts such steps in a row.
+    """
+
+    def train_step(
+        state: TrainState, batch: dict, streak: jax.Array
+    ) -> tuple[TrainState, dict[str, jax.Array], jax.Array]:
         rng = jax.random.fold_in(state.rng, state.step)
 
         def loss_fn(params):
             return task.loss_fn(params, batch, rng, train=True)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        finite = jnp.isfinite(loss) & jax.tree.reduce(
+            jnp.logical_and, jax.tree.map(lambda g: jnp.all(jnp.isfinite(g)), grads)
+        )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        new_state = state.replace(
+            step=state.step + 1,
+            params=jax.tree.map(keep, params, state.params),
+            opt_state=jax.tree.map(keep, opt_state, state.opt_state),
+        )
         metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads), "steps": 1.0}
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-        return new_state, metrics
+        metrics = jax.tree.map(lambda m: jnp.where(finite, m, 0.0), metrics)
+        metrics["skipped"] = 1.0 - finite.astype(jnp.float32)
+        return new_state, metrics, jnp.where(finite, 0, streak + 1)
 
     return train_step
+
+
+def _nonfinite_error(step: int, streak: int, limit: int) -> JaxseqError:
+    return JaxseqError(
+        f"step {step}: {streak} steps in a row had a non-finite loss or gradients "
+        f"(train.max_nonfinite_steps={limit}); the parameters are those of the last good "
+        "step. Lower optim.learning_rate, use train.compute_dtype=float32, or check the data"
+    )
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jax.tree.reduce(
+        jnp.logical_and, jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), tree), jnp.array(True)
+    )
 
 
 def _write_workdir_files(cfg: Config, workdir: Path, task: Task, info: dict) -> None:
@@ -87,7 +119,7 @@ def _summarize(acc: dict[str, Any], seconds: float) -> dict[str, float]:
     """Turns summed per-step metrics into logged values: loss and grad norm averaged over the
     steps, utterances per second, and every task metric as its sum over the steps."""
     host = {k: float(v) for k, v in jax.device_get(acc).items()}
-    steps = max(host.pop("steps"), 1.0)
+    steps = max(host.pop("steps"), 1.0)  # the steps that updated (not skipped)
     out = {"loss": host.pop("loss") / steps, "grad_norm": host.pop("grad_norm") / steps}
     out["utterances_per_second"] = host["utterances"] / max(seconds, 1e-9)
     return {**host, **out}
@@ -101,6 +133,9 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    if cfg.train.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", cfg.train.compilation_cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     info = load_dataset_info(cfg.data.dataset, cfg.data.train_split)
     task = build_task(cfg, info)
     if jax.process_index() == 0:
@@ -148,10 +183,13 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
 
     step_fn = jax.jit(
         make_train_step(task, tx),
-        in_shardings=(shardings, batch_sharding(mesh)),
-        out_shardings=(shardings, replicated(mesh)),
+        in_shardings=(shardings, batch_sharding(mesh), replicated(mesh)),
+        out_shardings=(shardings, replicated(mesh), replicated(mesh)),
         donate_argnums=(0,),
     )
+    streak = jax.device_put(jnp.zeros((), jnp.int32), replicated(mesh))
+    check_finite = jax.jit(_all_finite, out_shardings=replicated(mesh))
+    preemption = PreemptionWatch()
     schedule = learning_rate_schedule(cfg.optim, cfg.train.num_steps)
     writer = MetricWriter(workdir)
     compiled_shapes: list[int] = []
@@ -165,54 +203,69 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
         disable=jax.process_index() != 0,
         dynamic_ncols=True,
     )
-    for step in bar:
-        host_batch = next(data_iter)
-        frames = int(host_batch["features"].shape[1])
-        if frames not in compiled_shapes:
-            compiled_shapes.append(frames)
-            logging.info(
-                "compiling the train step for %d frames (%d of at most %d shapes)",
-                frames,
-                len(compiled_shapes),
-                len(cfg.data.buckets),
-            )
-        with sharding_context(mesh):
-            state, metrics = step_fn(state, to_global(host_batch, mesh))
-        acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
-        done = step + 1
+    try:
+        for step in bar:
+            host_batch = next(data_iter)
+            frames = int(host_batch["features"].shape[1])
+            if frames not in compiled_shapes:
+                compiled_shapes.append(frames)
+                logging.info(
+                    "compiling the train step for %d frames (%d of at most %d shapes)",
+                    frames,
+                    len(compiled_shapes),
+                    len(cfg.data.buckets),
+                )
+            with sharding_context(mesh):
+                state, metrics, streak = step_fn(state, to_global(host_batch, mesh), streak)
+            acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
+            done = step + 1
 
-        if done % cfg.train.log_every == 0 or done == cfg.train.num_steps:
-            scalars = _summarize(acc, time.time() - tick)
-            scalars["learning_rate"] = float(schedule(done))
-            writer.write(done, "train", scalars)
-            bar.set_postfix(
-                loss=f"{scalars['loss']:.3f}", utt_s=f"{scalars['utterances_per_second']:.0f}"
-            )
-            summary["train_loss"] = scalars["loss"]
-            acc, tick = None, time.time()
+            if done % cfg.train.log_every == 0 or done == cfg.train.num_steps:
+                scalars = _summarize(acc, time.time() - tick)
+                scalars["learning_rate"] = float(schedule(done))
+                writer.write(done, "train", scalars)
+                bar.set_postfix(
+                    loss=f"{scalars['loss']:.3f}", utt_s=f"{scalars['utterances_per_second']:.0f}"
+                )
+                summary["train_loss"] = scalars["loss"]
+                acc, tick = None, time.time()
+                if int(streak) >= cfg.train.max_nonfinite_steps:
+                    raise _nonfinite_error(done, int(streak), cfg.train.max_nonfinite_steps)
 
-        eval_metrics = None
-        if cfg.data.eval_split and (
-            done % cfg.train.eval_every == 0 or done == cfg.train.num_steps
-        ):
-            eval_metrics, _ = evaluate_split(
-                task, state.params, mesh, cfg, cfg.data.dataset, cfg.data.eval_split
-            )
-            writer.write(done, cfg.data.eval_split, eval_metrics)
-            bar.write(
-                f"step {done}: {cfg.data.eval_split} WER {eval_metrics['wer']:.4f} "
-                f"CER {eval_metrics['cer']:.4f} loss {eval_metrics['loss']:.4f}",
-                file=sys.stderr,  # stdout carries only the final summary
-            )
-            summary["eval"] = eval_metrics
-            tick = time.time()
+            eval_metrics = None
+            if cfg.data.eval_split and (
+                done % cfg.train.eval_every == 0 or done == cfg.train.num_steps
+            ):
+                eval_metrics, _ = evaluate_split(
+                    task, state.params, mesh, cfg, cfg.data.dataset, cfg.data.eval_split
+                )
+                writer.write(done, cfg.data.eval_split, eval_metrics)
+                bar.write(
+                    f"step {done}: {cfg.data.eval_split} WER {eval_metrics['wer']:.4f} "
+                    f"CER {eval_metrics['cer']:.4f} loss {eval_metrics['loss']:.4f}",
+                    file=sys.stderr,  # stdout carries only the final summary
+                )
+                summary["eval"] = eval_metrics
+                tick = time.time()
 
-        if done % cfg.train.checkpoint_every == 0 or done == cfg.train.num_steps:
-            best = {"wer": eval_metrics["wer"]} if eval_metrics else None
-            ckpt.save(done, state, data_iter, {"step": done, "config": to_yaml(cfg)}, best)
-
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
-    summary.update(step=int(cfg.train.num_steps), compiled_shapes=compiled_shapes)
+            preempted = preemption.should_stop(done)
+            if preempted or done % cfg.train.checkpoint_every == 0 or done == cfg.train.num_steps:
+                if not bool(check_finite(state)):  # never write non-finite values
+                    raise JaxseqError(f"step {done}: the train state holds non-finite values")
+                best = {"wer": eval_metrics["wer"]} if eval_metrics else None
+                ckpt.save(done, state, data_iter, {"step": done, "config": to_yaml(cfg)}, best)
+            if preempted:
+                logging.warning("preempted: saved step %d; rerun the same command to resume", done)
+                summary["preempted_at"] = done
+                break
+    finally:  # pending saves become durable even when a step raises
+        ckpt.wait()
+        ckpt.close()
+        writer.close()
+        preemption.close()
+    summary.update(
+        step=int(state.step),
+        compiled_shapes=compiled_shapes,
+        compiled_variants=step_fn._cache_size(),  # one per padded length used
+    )
     return summary

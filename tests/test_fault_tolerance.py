@@ -1,0 +1,169 @@
+"""The train loop under faults: non-finite steps, preemption (SIGTERM) with a bit-exact resume,
+the compilation cache and the number of compiled train-step variants."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxseq.config import load_config
+from jaxseq.data.pipeline import load_dataset_info
+from jaxseq.errors import JaxseqError
+from jaxseq.parallel.mesh import make_mesh
+from jaxseq.tasks import build_task
+from jaxseq.tasks.ctc import CTCTask
+from jaxseq.train.checkpoint import Checkpointer
+from jaxseq.train.loop import make_train_step, train
+from jaxseq.train.optimizer import make_optimizer
+from jaxseq.train.state import abstract_train_state, create_train_state
+from tests.conftest import REPO, TINY_CONFIG
+
+
+def _setup(tiny_dataset, overrides=()):
+    cfg = load_config(TINY_CONFIG, [f"data.dataset={tiny_dataset}", "mesh.data=1", *overrides])
+    task = build_task(cfg, load_dataset_info(tiny_dataset, "train"))
+    return cfg, task, make_optimizer(cfg.optim, cfg.train.num_steps), make_mesh(cfg.mesh)
+
+
+def test_a_nonfinite_step_changes_nothing(tiny_dataset):
+    cfg, task, tx, mesh = _setup(tiny_dataset)
+    batch = task.dummy_batch(4, 128)
+    batch["features"] = np.random.default_rng(0).normal(size=batch["features"].shape)
+    batch["labels"][:, :3], batch["label_lengths"][:] = 5, 3
+    state = create_train_state(task, tx, batch, mesh, seed=0)
+    step = jax.jit(make_train_step(task, tx))
+    streak = jnp.zeros((), jnp.int32)
+    state, metrics, streak = step(state, batch, streak)
+    assert float(metrics["skipped"]) == 0 and int(streak) == 0
+    before = jax.device_get(state)
+    poisoned = {**batch, "features": batch["features"].copy()}
+    poisoned["features"][1, 7, 3] = np.nan
+    state, metrics, streak = step(state, poisoned, streak)
+    after = jax.device_get(state)
+    assert float(metrics["skipped"]) == 1 and int(streak) == 1 and int(after.step) == 2
+    assert float(metrics["loss"]) == 0 and float(metrics["steps"]) == 0  # not averaged in
+    old = jax.tree.leaves((before.params, before.opt_state))
+    for a, b in zip(old, jax.tree.leaves((after.params, after.opt_state)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    state, metrics, streak = step(state, batch, streak)
+    assert float(metrics["skipped"]) == 0 and int(streak) == 0
+
+
+def test_consecutive_nonfinite_steps_stop_training(tiny_dataset, tmp_path, monkeypatch):
+    original = CTCTask.loss_fn
+
+    def nan_loss(self, params, batch, rng, train):
+        loss, metrics = original(self, params, batch, rng, train)
+        return loss * jnp.nan, metrics
+
+    monkeypatch.setattr(CTCTask, "loss_fn", nan_loss)
+    cfg = load_config(
+        TINY_CONFIG,
+        [f"data.dataset={tiny_dataset}", "train.max_nonfinite_steps=3", "train.log_every=1"],
+    )
+    with pytest.raises(JaxseqError, match="step 3: 3 steps in a row had a non-finite loss"):
+        train(cfg, tmp_path)
+    assert not list((tmp_path / "checkpoints").glob("[0-9]*"))  # nothing non-finite was saved
+
+
+STEPS = 120
+
+
+def _train_cmd(tiny_dataset, workdir, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "jaxseq.cli",
+        "train",
+        "--config",
+        str(TINY_CONFIG),
+        "--workdir",
+        str(workdir),
+        f"data.dataset={tiny_dataset}",
+        f"train.num_steps={STEPS}",
+        "train.log_every=1",
+        "train.checkpoint_every=1000",
+        "data.eval_split=''",
+        *extra,
+    ]
+
+
+def _env():
+    return {**os.environ, "JAX_PLATFORMS": "cpu"}
+
+
+def _losses(workdir):
+    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {m["step"]: m["loss"] for m in lines if m["split"] == "train"}
+
+
+def _restore(workdir, tiny_dataset, step):
+    cfg, task, tx, mesh = _setup(tiny_dataset, [f"train.num_steps={STEPS}"])
+    abstract, _ = abstract_train_state(task, tx, task.dummy_batch(1, cfg.data.buckets[0]), mesh)
+    ckpt = Checkpointer(workdir / "checkpoints", cfg.train, read_only=True)
+    state = jax.device_get(ckpt.restore(step, abstract))
+    ckpt.close()
+    return state
+
+
+def test_sigterm_saves_and_the_restart_is_bit_exact(tiny_dataset, tmp_path):
+    """N steps straight == k steps, SIGTERM (save, exit 0), new process, N - k steps: every
+    per-step loss and every array of the final state (parameters, optimizer state, RNG, step)
+    is bitwise equal."""
+    straight, preempted = tmp_path / "straight", tmp_path / "preempted"
+    cache = tmp_path / "xla_cache"
+    run = subprocess.run(
+        _train_cmd(tiny_dataset, straight, f"train.compilation_cache_dir={cache}"),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads(run.stdout)
+    assert summary["compiled_variants"] == len(summary["compiled_shapes"]) >= 1
+    assert any(cache.iterdir())  # the persistent compilation cache was written
+
+    proc = subprocess.Popen(
+        _train_cmd(tiny_dataset, preempted),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (preempted / "metrics.jsonl").exists() and len(_losses(preempted)) >= 5:
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.02)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    stopped = json.loads(out)["preempted_at"]
+    assert 5 <= stopped < STEPS
+    run = subprocess.run(
+        _train_cmd(tiny_dataset, preempted),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout)["start_step"] == stopped
+
+    assert _losses(preempted) == _losses(straight)  # every step, exactly
+    a, b = _restore(straight, tiny_dataset, STEPS), _restore(preempted, tiny_dataset, STEPS)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
