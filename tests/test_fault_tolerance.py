@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -167,3 +168,66 @@ def test_sigterm_saves_and_the_restart_is_bit_exact(tiny_dataset, tmp_path):
     a, b = _restore(straight, tiny_dataset, STEPS), _restore(preempted, tiny_dataset, STEPS)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def _quick(tiny_dataset, *extra):
+    return load_config(
+        TINY_CONFIG,
+        [f"data.dataset={tiny_dataset}", "data.eval_split=''", "train.log_every=1", *extra],
+    )
+
+
+@pytest.mark.parametrize("damage", ["deleted shard", "missing metadata"])
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(tiny_dataset, tmp_path, damage):
+    cfg = _quick(tiny_dataset, "train.num_steps=4", "train.checkpoint_every=2")
+    train(cfg, tmp_path)
+    state_dir = tmp_path / "checkpoints" / "4" / "state"
+    if damage == "deleted shard":
+        victims = [p for p in state_dir.rglob("*") if p.is_file() and "ocdbt" in str(p)]
+        victims = [p for p in victims if p.parent.name == "d"] or victims
+    else:
+        victims = [state_dir / "_METADATA"]
+    assert victims and all(p.exists() for p in victims)
+    for p in victims:
+        p.unlink()
+    summary = train(_quick(tiny_dataset, "train.num_steps=6", "train.checkpoint_every=2"), tmp_path)
+    assert summary["start_step"] == 2 and summary["step"] == 6
+    assert (tmp_path / "checkpoints" / "corrupt-4").is_dir()
+
+
+def test_kill9_during_saves_resumes_from_the_last_complete_checkpoint(tiny_dataset, tmp_path):
+    """Killed while saving every step: the restart ignores and removes the unfinished save."""
+    cmd = _train_cmd(tiny_dataset, tmp_path, "train.checkpoint_every=1", "train.keep_last=3")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (tmp_path / "metrics.jsonl").exists() and len(_losses(tmp_path)) >= 8:
+            proc.kill()  # SIGKILL: no handler, no cleanup
+            break
+        time.sleep(0.01)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    ckpts = tmp_path / "checkpoints"
+    complete = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+    # An unfinished save is named "<step>.orbax-checkpoint-tmp" until its atomic rename. If the
+    # kill did not catch one in flight, leave one behind as it would have.
+    unfinished = ckpts / f"{complete[-1] + 1}.orbax-checkpoint-tmp"
+    if not unfinished.exists():
+        shutil.copytree(ckpts / str(complete[-1]), unfinished)
+    run = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout)["start_step"] == complete[-1]
+    leftovers = [p.name for p in ckpts.iterdir() if "tmp" in p.name]
+    assert not leftovers
+
+
+def test_a_failed_save_is_an_error(tiny_dataset, tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    def full_disk(self, step, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+    cfg = _quick(tiny_dataset, "train.num_steps=2", "train.checkpoint_every=1")
+    with pytest.raises(JaxseqError, match=r"saving checkpoint 1 to .*checkpoints failed.*space"):
+        train(cfg, tmp_path)

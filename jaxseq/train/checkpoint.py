@@ -47,8 +47,15 @@ class Checkpointer:
             enable_async_checkpointing=not read_only,
             read_only=read_only,
             create=not read_only,
+            cleanup_tmp_directories=not read_only,  # saves a crash left unfinished
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        try:
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
+        except Exception as err:
+            raise CheckpointError(
+                f"cannot open the checkpoint directory {self.directory}: "
+                f"{type(err).__name__}: {err}"
+            ) from err
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -75,7 +82,7 @@ class Checkpointer:
         items = {"state": ocp.args.PyTreeSave(state), "meta": ocp.args.JsonSave(meta)}
         if data_iter is not None:
             items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
-        self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+        self._save(step, items, metrics)
 
     def restore(
         self, step: int, abstract_state: Any, data_iter: grain.DatasetIterator | None = None
@@ -90,6 +97,38 @@ class Checkpointer:
             items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
         return self._restore(step, items, abstract_state)["state"]
 
+    def restore_latest(
+        self, abstract_state: Any, data_iter: grain.DatasetIterator | None = None
+    ) -> tuple[Any, int]:
+        """(state, step) of the newest checkpoint that restores.
+
+        A newer checkpoint that fails (a deleted shard, missing metadata) is renamed
+        `corrupt-<step>` beside the others, with a warning, and the next older one is tried.
+
+        Raises:
+          CheckpointError: of the newest checkpoint, when none restores (e.g. all were written
+            by another model config; the message names the mismatching parameters).
+        """
+        first_error = None
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                state = self.restore(step, abstract_state, data_iter)
+            except CheckpointError as err:
+                first_error = first_error or err
+                continue
+            if first_error is not None:
+                self._set_aside_newer_than(step, first_error)
+            return state, step
+        raise first_error or CheckpointError(f"no checkpoint in {self.directory}")
+
+    def _set_aside_newer_than(self, good: int, error: CheckpointError) -> None:
+        for step in [s for s in self.all_steps() if s > good]:
+            target = self.directory / f"corrupt-{step}"
+            (self.directory / str(step)).rename(target)
+            logging.warning("checkpoint %d is unreadable (%s); moved to %s", step, error, target)
+        self.manager.reload()
+        logging.warning("resuming from step %d, the newest checkpoint that restores", good)
+
     def restore_params(self, step: int, abstract_params: Any) -> Any:
         """Only the parameters of `step` (no optimizer state is read), in the shardings of
         `abstract_params`; works on full train states and on `save_params` checkpoints."""
@@ -100,7 +139,13 @@ class Checkpointer:
     def save_params(self, step: int, params: Any, meta: dict) -> None:
         """Saves parameters alone (e.g. imported weights), readable by `restore_params`."""
         items = {"state": ocp.args.PyTreeSave({"params": params}), "meta": ocp.args.JsonSave(meta)}
-        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        self._save(step, items, None)
+
+    def _save(self, step: int, items: dict, metrics: dict | None) -> None:
+        try:
+            self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+        except Exception as err:  # also a failure of the previous asynchronous save
+            raise _save_error(self.directory, step, err) from err
 
     def _restore(self, step: int, items: dict, abstract: Any) -> dict:
         path = self.directory / str(step)
@@ -142,11 +187,23 @@ class Checkpointer:
             ) from err
 
     def wait(self) -> None:
-        """Blocks until pending asynchronous saves are durable."""
-        self.manager.wait_until_finished()
+        """Blocks until pending asynchronous saves are durable; raises CheckpointError if one
+        failed."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as err:
+            raise _save_error(self.directory, None, err) from err
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _save_error(directory: Path, step: int | None, err: Exception) -> CheckpointError:
+    which = f"checkpoint {step}" if step is not None else "an asynchronous checkpoint save"
+    return CheckpointError(
+        f"saving {which} to {directory} failed: {type(err).__name__}: {err}. Check that the "
+        "directory is writable and has free space; the last complete checkpoint is kept."
+    )
 
 
 def _pytree_restore(abstract: Any, partial: bool = False) -> ocp.args.PyTreeRestore:

@@ -170,7 +170,7 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
     ckpt = Checkpointer(workdir / "checkpoints", cfg.train)
     start = ckpt.latest_step()
     if start is not None:
-        state = ckpt.restore(start, abstract, data_iter)
+        state, start = ckpt.restore_latest(abstract, data_iter)
         logging.info("resumed from step %d", start)
     else:
         params = _pretrained_params(cfg, info, abstract.params) if cfg.train.init_from else None
