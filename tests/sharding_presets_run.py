@@ -1,9 +1,10 @@
 """Run by tests/test_sharding_presets.py in a process with 8 CPU devices:
-`python -m tests.sharding_presets_run DATASET OUT.json`.
+`python -m tests.sharding_presets_run DATASET OUT.json CHECKPOINT_DIR`.
 
 For the CTC and seq2seq tiny configs and each mesh preset, it records the loss and gradients of
 one batch (compared with one device), the PartitionSpecs of a few parameter groups, and the
-bytes of parameters + optimizer state that device 0 holds.
+bytes of parameters + optimizer state that device 0 holds; then a checkpoint saved under
+fsdp=8 is restored under fsdp=4 x tensor=2 and on one device.
 (The PartitionSpecs name the same logical → mesh axes under every preset; what a preset
 changes is the mesh shape, so the test checks the resulting splits per dimension.)
 """
@@ -24,8 +25,9 @@ from jaxseq.parallel.batch import to_global
 from jaxseq.parallel.mesh import make_mesh
 from jaxseq.parallel.sharding import MESH_AXES, batch_sharding, sharding_context
 from jaxseq.tasks import build_task
+from jaxseq.train.checkpoint import Checkpointer
 from jaxseq.train.optimizer import make_optimizer
-from jaxseq.train.state import create_train_state
+from jaxseq.train.state import abstract_train_state, create_train_state
 from tests.conftest import REPO
 
 PRESETS = {
@@ -108,9 +110,41 @@ def run(config_name: str, dataset: str) -> dict:
     return out
 
 
+def resharded_restore(dataset: str, directory: str) -> dict[str, bool]:
+    """Saves the CTC demo model's train state under fsdp=8 and restores it under
+    fsdp=4 x tensor=2 and on one device: are all arrays bitwise equal?"""
+    cfg = load_config(REPO / "configs" / "ctc_demo.yaml", [f"data.dataset={dataset}"])
+    task = build_task(cfg, load_dataset_info(dataset, "train"))
+    tx = make_optimizer(cfg.optim, cfg.train.num_steps)
+    host = task.dummy_batch(8, cfg.data.buckets[0])
+    saved = create_train_state(task, tx, host, make_mesh(PRESETS["fsdp"]), cfg.train.seed)
+    ckpt = Checkpointer(directory, cfg.train)
+    ckpt.save(1, saved, None, {"step": 1})
+    ckpt.wait()
+    expected = jax.tree.leaves(jax.device_get(saved))
+    meshes = {
+        "fsdp_tensor": make_mesh(PRESETS["fsdp_tensor"]),
+        "one_device": Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1), MESH_AXES),
+    }
+    out = {}
+    for name, mesh in meshes.items():
+        abstract, _ = abstract_train_state(task, tx, host, mesh)
+        restored = ckpt.restore(1, abstract)
+        same_sharding = all(
+            r.sharding == a.sharding
+            for r, a in zip(jax.tree.leaves(restored), jax.tree.leaves(abstract), strict=True)
+        )
+        got = jax.tree.leaves(jax.device_get(restored))
+        equal = all(np.array_equal(a, b) for a, b in zip(expected, got, strict=True))
+        out[name] = bool(equal and same_sharding)
+    ckpt.close()
+    return out
+
+
 if __name__ == "__main__":
     assert jax.device_count() == 8, jax.devices()
-    dataset, path = sys.argv[1], sys.argv[2]
+    dataset, path, ckpt_dir = sys.argv[1], sys.argv[2], sys.argv[3]
     results = {name: run(name, dataset) for name in ("ctc_demo", "seq2seq_tiny")}
+    results["resharded_restore"] = resharded_restore(dataset, ckpt_dir)
     with open(path, "w") as f:
         json.dump(results, f, indent=2, default=lambda o: dataclasses.asdict(o))

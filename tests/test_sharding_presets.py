@@ -1,5 +1,6 @@
 """Mesh presets (data, fsdp, fsdp_tensor) on 8 CPU devices, for the CTC and seq2seq models:
-the same loss and gradients as one device, the splits each preset promises, and FSDP's memory.
+the same loss and gradients as one device, the splits each preset promises, FSDP's memory, and
+restoring a checkpoint under another mesh.
 
 The work runs in one subprocess (`tests/sharding_presets_run.py`) started with 8 host devices.
 """
@@ -42,14 +43,22 @@ EXPECTED_SPLITS = {
 
 @pytest.fixture(scope="module")
 def results(tiny_dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("presets") / "results.json"
+    folder = tmp_path_factory.mktemp("presets")
+    out = folder / "results.json"
     env = {
         **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
         "JAX_PLATFORMS": "cpu",
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.sharding_presets_run", str(tiny_dataset), str(out)],
+        [
+            sys.executable,
+            "-m",
+            "tests.sharding_presets_run",
+            str(tiny_dataset),
+            str(out),
+            str(folder / "checkpoints"),
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -77,6 +86,12 @@ def test_fsdp_holds_an_eighth_per_device(results):
     ratio = r["fsdp"]["device0_bytes"] / r["fsdp"]["total_bytes"]
     print(f"FSDP on 8 devices: device 0 holds {ratio:.4f} of parameters + optimizer state")
     assert 0.125 <= ratio < 0.135
+
+
+def test_restore_reshards_bitwise(results):
+    """Saved under fsdp=8; restored under fsdp=4 x tensor=2 and on one device, with the target
+    shardings and bitwise-equal values."""
+    assert results["resharded_restore"] == {"fsdp_tensor": True, "one_device": True}
 
 
 def test_preset_shapes_and_errors():
