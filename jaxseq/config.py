@@ -116,7 +116,8 @@ class ModelConfig:
     bpe_vocab_size: int = 128  # BPE trained on the training transcripts
     label_smoothing: float = 0.1
     # Joint CTC/attention (seq2seq): loss = (1 - ctc_weight) * cross-entropy + ctc_weight * CTC
-    # of a linear head on the encoder over the same tokens (blank = the pad id); 0 = no head.
+    # of a linear head on the encoder over the same tokens (blank = the pad id), both summed
+    # over the batch and divided by its target tokens (end tokens included); 0 = no head.
     ctc_weight: float = 0.0
     # whisper only (OpenAI's architecture, tokenizer and prompt; `jaxseq convert` writes these)
     vocab_size: int = 51865  # embedding rows: 51865 multilingual, 51864 English-only, 51866 v3
@@ -170,6 +171,7 @@ class TrainConfig:
     keep_best: int = 1  # best checkpoints by validation WER kept in addition
     seed: int = 0
     compute_dtype: str = "float32"  # or "bfloat16" (parameters stay float32)
+    microbatches: int = 1  # gradient accumulation: the batch runs as this many microbatches
     # A step whose loss or gradients are not finite leaves parameters and optimizer state
     # unchanged (counted as "skipped"); this many in a row stop training with an error.
     max_nonfinite_steps: int = 20

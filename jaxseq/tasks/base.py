@@ -52,7 +52,9 @@ class Task(abc.ABC):
     ) -> tuple[jax.Array, Metrics]:
         """Scalar training loss and a dict of scalar metrics (sums and counts).
 
-        Rows with batch["valid"] == False (evaluation fillers) contribute nothing.
+        The loss is a sum over the batch divided by `metrics["tokens"]`, so that microbatches
+        combine exactly (gradient accumulation weights each by its token count). Rows with
+        batch["valid"] == False (evaluation fillers) contribute nothing.
         """
 
     @abc.abstractmethod

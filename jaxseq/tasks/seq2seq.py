@@ -240,7 +240,7 @@ class Seq2SeqTask(Task):
         loss = jnp.sum(per_token * weights) / jnp.maximum(tokens, 1.0)
         correct = (jnp.argmax(logits, -1) == targets) * weights
         metrics = {"utterances": jnp.sum(valid), "tokens": tokens, "correct": jnp.sum(correct)}
-        if ctc_logits is not None:  # joint CTC/attention, per-token as the CTC family
+        if ctc_logits is not None:  # joint CTC/attention
             label_lengths = jnp.minimum(batch["label_lengths"], width)
             per_utt = ctc_loss(
                 ctc_logits,
@@ -249,8 +249,7 @@ class Seq2SeqTask(Task):
                 label_lengths,
                 blank_id=self.tokenizer.pad_id,
             )  # [batch]
-            ctc_tokens = jnp.maximum(jnp.sum(label_lengths * valid), 1.0)
-            ctc = jnp.sum(per_utt * valid) / ctc_tokens
+            ctc = jnp.sum(per_utt * valid) / jnp.maximum(tokens, 1.0)  # one normalizer
             weight = self.cfg.model.ctc_weight
             loss = (1.0 - weight) * loss + weight * ctc
             metrics["ctc_nll"] = jnp.sum(per_utt * valid)

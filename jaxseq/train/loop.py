@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from tqdm import tqdm
 
-from jaxseq.config import FRONTEND_FILE, Config, save_config, to_yaml
+from jaxseq.config import FRONTEND_FILE, Config, ConfigError, save_config, to_yaml
 from jaxseq.data.pipeline import load_dataset_info, make_train_iterator
 from jaxseq.errors import JaxseqError
 from jaxseq.evaluate import evaluate_split
@@ -34,23 +34,61 @@ from jaxseq.train.state import TrainState, abstract_train_state, create_train_st
 from jaxseq.train.writers import MetricWriter
 
 
-def make_train_step(task: Task, tx: optax.GradientTransformation):
+def make_train_step(task: Task, tx: optax.GradientTransformation, microbatches: int = 1):
     """The update: loss and gradients on one batch, then the optimizer step.
+
+    With `microbatches` > 1 the batch is split into that many interleaved microbatches whose
+    gradients are accumulated in a `lax.scan` (memory of one microbatch), each weighted by its
+    `metrics["tokens"]`: the task's loss is a sum over the batch divided by that count, so the
+    result is the large-batch step's (dropout and SpecAugment draw per microbatch).
 
     A batch whose loss or gradients are not finite changes nothing but the step counter: the
     parameters and optimizer state stay as they were, its metrics are zero, and "skipped" is 1.
     `streak` (int32 []) counts such steps in a row.
     """
 
+    def loss_and_grads(params, batch, rng):
+        def loss_fn(params):
+            return task.loss_fn(params, batch, rng, train=True)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss, metrics, grads
+
+    def accumulated(params, batch, rng):
+        split = jax.tree.map(  # [m, batch / m, ...]: microbatch i holds rows i, i + m, ...
+            lambda x: x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:]).swapaxes(
+                0, 1
+            ),
+            batch,
+        )
+
+        def body(carry, xs):
+            micro, i = xs
+            loss, metrics, grads = loss_and_grads(params, micro, jax.random.fold_in(rng, i))
+            weight = metrics["tokens"]
+            acc_grads, acc_loss, acc_metrics = carry
+            acc_grads = jax.tree.map(lambda a, g: a + weight * g, acc_grads, grads)
+            acc_metrics = jax.tree.map(jnp.add, acc_metrics, metrics)
+            return (acc_grads, acc_loss + weight * loss, acc_metrics), None
+
+        first = jax.tree.map(lambda x: x[0], split)
+        _, metrics_shape, _ = jax.eval_shape(loss_and_grads, params, first, rng)
+        zeros = (
+            jax.tree.map(jnp.zeros_like, params),
+            jnp.zeros((), jnp.float32),
+            jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics_shape),
+        )
+        steps = (split, jnp.arange(microbatches))
+        (grads, loss, metrics), _ = jax.lax.scan(body, zeros, steps)
+        total = jnp.maximum(metrics["tokens"], 1.0)
+        return loss / total, metrics, jax.tree.map(lambda g: g / total, grads)
+
     def train_step(
         state: TrainState, batch: dict, streak: jax.Array
     ) -> tuple[TrainState, dict[str, jax.Array], jax.Array]:
         rng = jax.random.fold_in(state.rng, state.step)
-
-        def loss_fn(params):
-            return task.loss_fn(params, batch, rng, train=True)
-
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        compute = loss_and_grads if microbatches == 1 else accumulated
+        loss, metrics, grads = compute(state.params, batch, rng)
         finite = jnp.isfinite(loss) & jax.tree.reduce(
             jnp.logical_and, jax.tree.map(lambda g: jnp.all(jnp.isfinite(g)), grads)
         )
@@ -144,6 +182,11 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
     # Mesh and input.
     mesh = make_mesh(cfg.mesh)
     dp = data_parallel_size(mesh)
+    if cfg.data.batch_size % (dp * cfg.train.microbatches):
+        raise ConfigError(
+            f"data.batch_size ({cfg.data.batch_size}) must be a multiple of the data-parallel "
+            f"size {dp} times train.microbatches ({cfg.train.microbatches})"
+        )
     if cfg.data.batch_size % dp or cfg.data.eval_batch_size % dp:
         raise ValueError(
             f"data.batch_size ({cfg.data.batch_size}) and data.eval_batch_size "
@@ -182,7 +225,7 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
     )
 
     step_fn = jax.jit(
-        make_train_step(task, tx),
+        make_train_step(task, tx, cfg.train.microbatches),
         in_shardings=(shardings, batch_sharding(mesh), replicated(mesh)),
         out_shardings=(shardings, replicated(mesh), replicated(mesh)),
         donate_argnums=(0,),

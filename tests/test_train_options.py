@@ -1,0 +1,92 @@
+"""Train-step options with equal numerics: gradient accumulation over microbatches equals the
+large-batch step; bf16 compute keeps float32 parameters and optimizer state."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxseq.config import ConfigError, load_config
+from jaxseq.data.pipeline import load_dataset_info
+from jaxseq.parallel.mesh import make_mesh
+from jaxseq.tasks import build_task
+from jaxseq.train.loop import make_train_step, train
+from jaxseq.train.optimizer import make_optimizer
+from jaxseq.train.state import create_train_state
+from tests.conftest import REPO
+
+
+def _setup(tiny_dataset, config, *overrides):
+    cfg = load_config(
+        REPO / "configs" / config, [f"data.dataset={tiny_dataset}", "mesh.data=1", *overrides]
+    )
+    task = build_task(cfg, load_dataset_info(tiny_dataset, "train"))
+    return cfg, task, make_optimizer(cfg.optim, cfg.train.num_steps), make_mesh(cfg.mesh)
+
+
+def _batch(task, rows=8, frames=128):
+    rng = np.random.default_rng(0)
+    batch = task.dummy_batch(rows, frames)
+    batch["features"] = rng.normal(size=batch["features"].shape).astype(np.float32)
+    batch["feature_lengths"] = rng.integers(frames // 2, frames + 1, rows).astype(np.int32)
+    lengths = rng.integers(1, 8, rows).astype(np.int32)  # uneven: the weighting matters
+    labels = rng.integers(4, task.tokenizer.size, batch["labels"].shape).astype(np.int32)
+    labels[np.arange(labels.shape[1])[None] >= lengths[:, None]] = 0
+    batch["labels"], batch["label_lengths"] = labels, lengths
+    return batch
+
+
+@pytest.mark.parametrize(
+    "config, overrides",
+    [("ctc_tiny.yaml", ()), ("seq2seq_tiny.yaml", ("model.ctc_weight=0.3",))],
+)
+def test_microbatches_equal_the_large_batch_step(tiny_dataset, config, overrides):
+    cfg, task, tx, mesh = _setup(tiny_dataset, config, *overrides)
+    batch = _batch(task)
+    results = {}
+    for m in (1, 2, 4):
+        state = create_train_state(task, tx, batch, mesh, seed=0)
+        step = jax.jit(make_train_step(task, tx, microbatches=m))
+        new, metrics, _ = step(state, batch, jnp.zeros((), jnp.int32))
+        results[m] = jax.device_get((new.params, new.opt_state, metrics))
+    for m in (2, 4):
+        params, opt_state, metrics = results[m]
+        np.testing.assert_allclose(metrics["loss"], results[1][2]["loss"], rtol=1e-6)
+        np.testing.assert_allclose(metrics["grad_norm"], results[1][2]["grad_norm"], rtol=1e-5)
+        assert metrics["tokens"] == results[1][2]["tokens"]
+        for a, b in zip(
+            jax.tree.leaves((params, opt_state)), jax.tree.leaves(results[1][:2]), strict=True
+        ):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_microbatches_through_the_loop(tiny_dataset, tmp_path):
+    cfg = load_config(
+        REPO / "configs" / "ctc_tiny.yaml",
+        [f"data.dataset={tiny_dataset}", "train.num_steps=2", "train.microbatches=2"],
+    )
+    assert train(cfg, tmp_path)["step"] == 2
+    bad = load_config(
+        REPO / "configs" / "ctc_tiny.yaml", [f"data.dataset={tiny_dataset}", "train.microbatches=3"]
+    )
+    with pytest.raises(ConfigError, match="multiple of the data-parallel size 1 times"):
+        train(bad, tmp_path / "bad")
+
+
+def test_bf16_compute_keeps_float32_state(tiny_dataset):
+    """Mixed precision: activations in bfloat16, parameters and optimizer state float32, and a
+    loss within bfloat16 rounding of the float32 one."""
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg, task, tx, mesh = _setup(tiny_dataset, "ctc_tiny.yaml", f"train.compute_dtype={dtype}")
+        batch = _batch(task)
+        state = create_train_state(task, tx, batch, mesh, seed=0)
+        new, metrics, _ = jax.jit(make_train_step(task, tx))(state, batch, jnp.zeros((), jnp.int32))
+        leaves = jax.tree.leaves((new.params, new.opt_state))
+        assert {x.dtype for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)} == {
+            jnp.dtype("float32")
+        }
+        losses[dtype] = float(metrics["loss"])
+    np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=2e-2)
