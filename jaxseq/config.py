@@ -110,6 +110,9 @@ class ModelConfig:
     dropout: float = 0.1
     subsample_strides: tuple[int, ...] = (2, 2)  # conv stem; 10 ms hop x 4 = 40 ms frames
     conv_kernel: int = 3
+    # Rematerialization of each Transformer layer in the backward pass: "none", "full" (keep
+    # only layer inputs) or "dots" (keep matmul outputs); same numerics, less activation memory.
+    remat: str = "none"
     # seq2seq only (Whisper-style: stem strides (1, 2), pre-LN encoder and decoder)
     decoder_layers: int = 2
     max_source_positions: int = 1500  # encoder frames (20 ms each): 30 s, as Whisper
@@ -209,6 +212,7 @@ _CHOICES = {
     "model.family": ("ctc", "seq2seq", "whisper"),
     "model.task": ("transcribe", "translate"),
     "mesh.preset": ("custom", "data", "fsdp", "fsdp_tensor"),
+    "model.remat": ("none", "full", "dots"),
     "train.compute_dtype": ("float32", "bfloat16"),
     "eval.decoder": ("greedy", "prefix_beam", "beam"),
     "synth.preset": ("digits",),

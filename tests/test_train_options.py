@@ -1,5 +1,6 @@
 """Train-step options with equal numerics: gradient accumulation over microbatches equals the
-large-batch step; bf16 compute keeps float32 parameters and optimizer state."""
+large-batch step; rematerialization policies change nothing; bf16 compute keeps float32
+parameters and optimizer state."""
 
 from __future__ import annotations
 
@@ -90,3 +91,21 @@ def test_bf16_compute_keeps_float32_state(tiny_dataset):
         }
         losses[dtype] = float(metrics["loss"])
     np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=2e-2)
+
+
+@pytest.mark.parametrize("config", ["ctc_tiny.yaml", "seq2seq_tiny.yaml"])
+def test_remat_policies_do_not_change_the_numerics(tiny_dataset, config):
+    results = {}
+    for remat in ("none", "full", "dots"):
+        cfg, task, tx, mesh = _setup(tiny_dataset, config, f"model.remat={remat}")
+        batch = _batch(task)
+        state = create_train_state(task, tx, batch, mesh, seed=0)
+
+        def loss(params, task=task, batch=batch):
+            return task.loss_fn(params, batch, jax.random.PRNGKey(0), train=True)[0]
+
+        results[remat] = jax.device_get(jax.jit(jax.value_and_grad(loss))(state.params))
+    reference = jax.tree.leaves(results["none"])
+    for remat in ("full", "dots"):
+        for a, b in zip(jax.tree.leaves(results[remat]), reference, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -35,6 +35,7 @@ class CTCModel(nn.Module):
             conv_kernel=cfg.conv_kernel,
             dropout_rate=cfg.dropout,
             dtype=self.dtype,
+            remat=cfg.remat,
             name="encoder",
         )(features, lengths, deterministic)
         logits = dense(self.vocab_size, (EMBED, VOCAB), self.dtype, "head")(x)  # [b, frames, vocab]

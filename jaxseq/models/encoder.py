@@ -14,6 +14,7 @@ from jaxseq.models.layers import (
     constrain,
     padding_mask,
     partitioned,
+    remat_layer,
     sinusoidal_positions,
 )
 from jaxseq.parallel.sharding import BATCH, CONV_IN, CONV_WINDOW, EMBED, LENGTH, MEL, POSITION
@@ -91,6 +92,7 @@ class TransformerEncoder(nn.Module):
     dtype: Dtype = jnp.float32
     key_bias: bool = True
     position_table: int | None = None
+    remat: str = "none"  # a layers.REMAT_POLICIES key
 
     @nn.compact
     def __call__(
@@ -126,8 +128,9 @@ class TransformerEncoder(nn.Module):
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         valid = padding_mask(lengths, length)  # [batch, enc_frames]
         mask = valid[:, None, None, :] & valid[:, None, :, None]  # [batch, 1, q, kv]
+        layer_cls = remat_layer(EncoderLayer, self.remat, static_argnums=(3,))  # deterministic
         for i in range(self.num_layers):
-            x = EncoderLayer(
+            x = layer_cls(
                 self.num_heads,
                 self.mlp_dim,
                 self.dtype,

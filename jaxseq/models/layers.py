@@ -41,6 +41,22 @@ def dense(features: int, axes: tuple[str, str], dtype: Dtype, name: str | None) 
     )
 
 
+REMAT_POLICIES = {  # model.remat: what the backward pass keeps from each layer's forward pass
+    "none": None,  # everything (no rematerialization)
+    "full": jax.checkpoint_policies.nothing_saveable,  # only the layer inputs
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # matmul outputs
+}
+
+
+def remat_layer(layer_cls: type[nn.Module], remat: str, static_argnums: tuple[int, ...]):
+    """`layer_cls` recomputed in the backward pass under policy `remat` (a REMAT_POLICIES
+    key); "none" returns it unchanged. `static_argnums` count `self` as 0. Parameter names and
+    values are the same either way."""
+    if remat == "none":
+        return layer_cls
+    return nn.remat(layer_cls, policy=REMAT_POLICIES[remat], static_argnums=static_argnums)
+
+
 def constrain(x: jax.Array, *axes: str | None) -> jax.Array:
     """Logical sharding constraint on an activation (a no-op outside a mesh)."""
     return nn.with_logical_constraint(x, axes)

@@ -35,6 +35,7 @@ from jaxseq.models.layers import (
     dense,
     padding_mask,
     partitioned,
+    remat_layer,
 )
 from jaxseq.parallel.sharding import BATCH, EMBED, LENGTH, POSITION, VOCAB
 
@@ -73,6 +74,7 @@ class TransformerDecoder(nn.Module):
     dims: WhisperDims
     dropout_rate: float = 0.0
     dtype: Dtype = jnp.float32
+    remat: str = "none"  # a layers.REMAT_POLICIES key (training only; cached decoding never)
 
     @nn.compact
     def __call__(
@@ -122,8 +124,10 @@ class TransformerDecoder(nn.Module):
         x = constrain(x, BATCH, LENGTH, EMBED)
         causal = jnp.tril(jnp.ones((length, length), bool))[None, None]  # [1, 1, length, length]
         cross_mask = encoder_mask[:, None, None, :]  # [batch, 1, 1, enc_frames]
+        # deterministic and decode are static
+        layer_cls = remat_layer(DecoderLayer, "none" if decode else self.remat, (5, 6))
         for i in range(d.decoder_layers):
-            x = DecoderLayer(
+            x = layer_cls(
                 d.decoder_heads,
                 d.decoder_ffn_dim,
                 self.dtype,
@@ -147,6 +151,7 @@ class WhisperModel(nn.Module):
     dropout_rate: float = 0.0
     dtype: Dtype = jnp.float32
     ctc_vocab: int = 0
+    remat: str = "none"  # a layers.REMAT_POLICIES key
 
     def setup(self):
         d = self.dims
@@ -160,8 +165,9 @@ class WhisperModel(nn.Module):
             dtype=self.dtype,
             key_bias=False,
             position_table=d.max_source_positions,
+            remat=self.remat,
         )
-        self.decoder = TransformerDecoder(d, self.dropout_rate, self.dtype)
+        self.decoder = TransformerDecoder(d, self.dropout_rate, self.dtype, self.remat)
         if self.ctc_vocab:
             self.ctc_head = dense(self.ctc_vocab, (EMBED, VOCAB), self.dtype, None)
 
