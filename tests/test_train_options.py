@@ -1,5 +1,6 @@
 """Train-step options with equal numerics: gradient accumulation over microbatches equals the
-large-batch step; rematerialization policies change nothing; bf16 compute keeps float32
+large-batch step; rematerialization and scanned encoder layers change nothing; bf16 compute
+keeps float32
 parameters and optimizer state."""
 
 from __future__ import annotations
@@ -109,3 +110,37 @@ def test_remat_policies_do_not_change_the_numerics(tiny_dataset, config):
     for remat in ("full", "dots"):
         for a, b in zip(jax.tree.leaves(results[remat]), reference, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def _stack_layers(params: dict, num_layers: int) -> dict:
+    """Loop layout (encoder/layer{i}/...) → scan layout (encoder/layers/layer/..., stacked)."""
+    encoder = dict(params["encoder"])
+    layers = [encoder.pop(f"layer{i}") for i in range(num_layers)]
+    encoder["layers"] = {"layer": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+    return {**params, "encoder": encoder}
+
+
+@pytest.mark.parametrize("config", ["ctc_tiny.yaml", "seq2seq_tiny.yaml"])
+def test_scanned_layers_equal_the_loop(tiny_dataset, config):
+    """model.scan_layers: the same loss and gradients as the layer loop, given the same weights
+    stacked (dropout off in the tiny configs)."""
+    overrides = ("model.num_layers=3",)
+    results = {}
+    for scan in (False, True):
+        cfg, task, tx, mesh = _setup(tiny_dataset, config, *overrides, f"model.scan_layers={scan}")
+        batch = _batch(task)
+        if not scan:
+            params = create_train_state(task, tx, batch, mesh, seed=0).params
+        weights = _stack_layers(params, 3) if scan else params
+
+        def loss(p, task=task, batch=batch):
+            return task.loss_fn(p, batch, jax.random.PRNGKey(0), train=True)[0]
+
+        value, grads = jax.jit(jax.value_and_grad(loss))(weights)
+        shapes = create_train_state(task, tx, batch, mesh, seed=0).params
+        assert jax.tree.structure(shapes) == jax.tree.structure(weights)
+        results[scan] = (float(value), grads)
+    np.testing.assert_allclose(results[True][0], results[False][0], rtol=1e-6)
+    expected = _stack_layers(results[False][1], 3)
+    for a, b in zip(jax.tree.leaves(results[True][1]), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -123,6 +123,11 @@ def export_workdir(workdir: str | Path, out: str | Path, *, step: int | None = N
     from jaxseq.evaluate import load_trained
 
     trained = load_trained(workdir, step=step)
+    if trained.cfg.model.scan_layers:
+        raise ConversionError(
+            f"{workdir} was trained with model.scan_layers=true (stacked encoder layers); "
+            "transformers' Whisper has one parameter set per layer"
+        )
     if trained.cfg.model.family not in ("seq2seq", "whisper"):
         raise ConversionError(
             f"{workdir} holds a model.family={trained.cfg.model.family} model; only seq2seq and "

@@ -36,6 +36,7 @@ class CTCModel(nn.Module):
             dropout_rate=cfg.dropout,
             dtype=self.dtype,
             remat=cfg.remat,
+            scan_layers=cfg.scan_layers,
             name="encoder",
         )(features, lengths, deterministic)
         logits = dense(self.vocab_size, (EMBED, VOCAB), self.dtype, "head")(x)  # [b, frames, vocab]

@@ -17,7 +17,16 @@ from jaxseq.models.layers import (
     remat_layer,
     sinusoidal_positions,
 )
-from jaxseq.parallel.sharding import BATCH, CONV_IN, CONV_WINDOW, EMBED, LENGTH, MEL, POSITION
+from jaxseq.parallel.sharding import (
+    BATCH,
+    CONV_IN,
+    CONV_WINDOW,
+    EMBED,
+    LAYERS,
+    LENGTH,
+    MEL,
+    POSITION,
+)
 
 Dtype = Any
 
@@ -74,6 +83,25 @@ class ConvSubsampler(nn.Module):
         return constrain(x, BATCH, LENGTH, EMBED), lengths
 
 
+class _ScanStep(nn.Module):
+    """One EncoderLayer in `nn.scan`'s `(carry, *broadcast) -> (carry, None)` form."""
+
+    num_heads: int
+    mlp_dim: int
+    dtype: Dtype
+    dropout_rate: float
+    key_bias: bool
+    remat: str
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool):
+        layer_cls = remat_layer(EncoderLayer, self.remat, static_argnums=(3,))
+        layer = layer_cls(
+            self.num_heads, self.mlp_dim, self.dtype, self.dropout_rate, self.key_bias, name="layer"
+        )
+        return layer(x, mask, deterministic), None
+
+
 class TransformerEncoder(nn.Module):
     """Conv stem → sinusoidal positions → pre-LN Transformer layers → final LayerNorm.
 
@@ -93,6 +121,9 @@ class TransformerEncoder(nn.Module):
     key_bias: bool = True
     position_table: int | None = None
     remat: str = "none"  # a layers.REMAT_POLICIES key
+    # One `nn.scan` over the layers (parameters stacked under "layers", leading axis LAYERS):
+    # one layer is compiled instead of num_layers; the numerics are the loop's.
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(
@@ -128,6 +159,25 @@ class TransformerEncoder(nn.Module):
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         valid = padding_mask(lengths, length)  # [batch, enc_frames]
         mask = valid[:, None, None, :] & valid[:, None, :, None]  # [batch, 1, q, kv]
+        if self.scan_layers:
+            stack = nn.scan(
+                _ScanStep,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast, nn.broadcast),
+                length=self.num_layers,
+                metadata_params={nn.PARTITION_NAME: LAYERS},
+            )
+            x, _ = stack(
+                self.num_heads,
+                self.mlp_dim,
+                self.dtype,
+                self.dropout_rate,
+                self.key_bias,
+                self.remat,
+                name="layers",
+            )(x, mask, deterministic)  # [batch, enc_frames, d_model]
+            return LayerNorm(dtype=self.dtype, name="final_norm")(x), lengths
         layer_cls = remat_layer(EncoderLayer, self.remat, static_argnums=(3,))  # deterministic
         for i in range(self.num_layers):
             x = layer_cls(

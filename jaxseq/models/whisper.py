@@ -152,6 +152,7 @@ class WhisperModel(nn.Module):
     dtype: Dtype = jnp.float32
     ctc_vocab: int = 0
     remat: str = "none"  # a layers.REMAT_POLICIES key
+    scan_layers: bool = False  # encoder layers as one nn.scan (not HF-convertible)
 
     def setup(self):
         d = self.dims
@@ -166,6 +167,7 @@ class WhisperModel(nn.Module):
             key_bias=False,
             position_table=d.max_source_positions,
             remat=self.remat,
+            scan_layers=self.scan_layers,
         )
         self.decoder = TransformerDecoder(d, self.dropout_rate, self.dtype, self.remat)
         if self.ctc_vocab:

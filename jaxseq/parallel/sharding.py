@@ -26,6 +26,7 @@ MEL = "mel"
 CONV_WINDOW = "conv_window"
 CONV_IN = "conv_in"  # input channels of a conv after the first (never the same name as its output)
 POSITION = "position"  # rows of a position-embedding table
+LAYERS = "layers"  # the stacked layer axis of scanned layers (model.scan_layers)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -41,6 +42,7 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (CONV_WINDOW, None),
     (CONV_IN, None),
     (POSITION, None),
+    (LAYERS, None),
 )
 
 

@@ -76,10 +76,11 @@ class WhisperTask(Seq2SeqTask):
 
     def __init__(self, cfg: Config, tokenizer: WhisperTokenizer, n_mels: int, source: Path):
         m = cfg.model
-        if m.ctc_weight:
+        if m.ctc_weight or m.scan_layers:
             raise JaxseqError(
-                "model.ctc_weight is for models trained from scratch (model.family=seq2seq); "
-                "Whisper checkpoints have no CTC head"
+                "model.ctc_weight and model.scan_layers are for models trained from scratch "
+                "(model.family=seq2seq); Whisper checkpoints have no CTC head and one "
+                "parameter set per layer"
             )
         if tokenizer.size > m.vocab_size:
             raise JaxseqError(
