@@ -1,7 +1,6 @@
 """Train-step options with equal numerics: gradient accumulation over microbatches equals the
 large-batch step; rematerialization and scanned encoder layers change nothing; bf16 compute
-keeps float32
-parameters and optimizer state."""
+keeps float32 parameters and optimizer state."""
 
 from __future__ import annotations
 
