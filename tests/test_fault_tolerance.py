@@ -102,6 +102,13 @@ def _env():
     return {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
+def _run(cmd) -> dict:
+    """Runs a `jaxseq train` command to completion; its JSON summary."""
+    run = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(run.stdout)
+
+
 def _losses(workdir):
     lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     return {m["step"]: m["loss"] for m in lines if m["split"] == "train"}
@@ -122,16 +129,7 @@ def test_sigterm_saves_and_the_restart_is_bit_exact(tiny_dataset, tmp_path):
     is bitwise equal."""
     straight, preempted = tmp_path / "straight", tmp_path / "preempted"
     cache = tmp_path / "xla_cache"
-    run = subprocess.run(
-        _train_cmd(tiny_dataset, straight, f"train.compilation_cache_dir={cache}"),
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    summary = json.loads(run.stdout)
+    summary = _run(_train_cmd(tiny_dataset, straight, f"train.compilation_cache_dir={cache}"))
     assert summary["compiled_variants"] == len(summary["compiled_shapes"]) >= 1
     assert any(cache.iterdir())  # the persistent compilation cache was written
 
@@ -153,16 +151,7 @@ def test_sigterm_saves_and_the_restart_is_bit_exact(tiny_dataset, tmp_path):
     assert proc.returncode == 0, err[-2000:]
     stopped = json.loads(out)["preempted_at"]
     assert 5 <= stopped < STEPS
-    run = subprocess.run(
-        _train_cmd(tiny_dataset, preempted),
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert json.loads(run.stdout)["start_step"] == stopped
+    assert _run(_train_cmd(tiny_dataset, preempted))["start_step"] == stopped
 
     assert _losses(preempted) == _losses(straight)  # every step, exactly
     a, b = _restore(straight, tiny_dataset, STEPS), _restore(preempted, tiny_dataset, STEPS)
@@ -214,9 +203,7 @@ def test_kill9_during_saves_resumes_from_the_last_complete_checkpoint(tiny_datas
     unfinished = ckpts / f"{complete[-1] + 1}.orbax-checkpoint-tmp"
     if not unfinished.exists():
         shutil.copytree(ckpts / str(complete[-1]), unfinished)
-    run = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert json.loads(run.stdout)["start_step"] == complete[-1]
+    assert _run(cmd)["start_step"] == complete[-1]
     leftovers = [p.name for p in ckpts.iterdir() if "tmp" in p.name]
     assert not leftovers
 
