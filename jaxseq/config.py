@@ -244,6 +244,19 @@ def _explain(err: oc_errors.OmegaConfBaseException, where: str) -> ConfigError:
     return ConfigError(f"{where}: bad value for config key '{key}': {msg}")
 
 
+LOCAL_PATH_KEYS = ("data.dataset", "train.init_from", "model.tokenizer")
+
+
+def check_local_path(value: str | Path, what: str) -> None:
+    """Raises ConfigError when `value` is a remote URL (gs://, s3://, ...): jaxseq reads and
+    writes workdirs and datasets through the local filesystem."""
+    if "://" in str(value):
+        raise ConfigError(
+            f"{what} is {str(value)!r}: remote URLs are not supported; mount the bucket "
+            "(e.g. gcsfuse, the GKE Cloud Storage FUSE driver) and pass the mounted path"
+        )
+
+
 def _check_choices(cfg: Config) -> None:
     for key, choices in _CHOICES.items():
         section, name = key.split(".")
@@ -275,6 +288,9 @@ def load_config(
     cfg = OmegaConf.to_object(merged)
     cfg = _freeze(cfg)
     _check_choices(cfg)
+    for key in LOCAL_PATH_KEYS:
+        section, name = key.split(".")
+        check_local_path(getattr(getattr(cfg, section), name), f"config key '{key}'")
     return cfg
 
 

@@ -117,6 +117,7 @@ def test_overrides_are_typed():
         ("train.compute_dtype=fp8", "'train.compute_dtype' is 'fp8'; choose one of"),
         ("eval.decoder=viterbi", "'eval.decoder' is 'viterbi'"),
         ("model.d_model", "not of the form a.b=c"),
+        ("data.dataset=gs://bucket/digits", "'data.dataset' is 'gs://bucket/digits': remote URLs"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):

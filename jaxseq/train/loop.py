@@ -18,7 +18,14 @@ import jax.numpy as jnp
 import optax
 from tqdm import tqdm
 
-from jaxseq.config import FRONTEND_FILE, Config, ConfigError, save_config, to_yaml
+from jaxseq.config import (
+    FRONTEND_FILE,
+    Config,
+    ConfigError,
+    check_local_path,
+    save_config,
+    to_yaml,
+)
 from jaxseq.data.pipeline import load_dataset_info, make_train_iterator
 from jaxseq.errors import JaxseqError
 from jaxseq.evaluate import evaluate_split
@@ -169,6 +176,7 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
     Returns a summary: final step, last logged train loss, last validation metrics, and the
     padded shapes the train step was compiled for.
     """
+    check_local_path(workdir, "the workdir")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if cfg.train.compilation_cache_dir:
