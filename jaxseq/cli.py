@@ -59,7 +59,40 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
         )
 
 
+def _add_distributed_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "multi-process",
+        "one process per host, each running the same command; not needed on a Cloud TPU VM "
+        "or under SLURM (detected), nor for a single process",
+    )
+    g.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="address of process 0 (default: $JAX_COORDINATOR_ADDRESS)",
+    )
+    g.add_argument(
+        "--num-processes",
+        type=int,
+        metavar="N",
+        help="how many processes (default: $JAX_NUM_PROCESSES)",
+    )
+    g.add_argument(
+        "--process-id",
+        type=int,
+        metavar="I",
+        help="this process, 0..N-1 (default: $JAX_PROCESS_ID)",
+    )
+
+
+def _init_distributed(args: argparse.Namespace) -> None:
+    """Joins the other processes, if any; before anything touches a JAX backend."""
+    from jaxseq.parallel.distributed import initialize
+
+    initialize(args.coordinator, args.num_processes, args.process_id)
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
+    _init_distributed(args)
     from jaxseq.train.loop import train
 
     summary = train(load_config(args.config, args.overrides), args.workdir)
@@ -67,6 +100,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
+    _init_distributed(args)
     from jaxseq.evaluate import evaluate
 
     m = evaluate(
@@ -148,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train (resumes from the workdir)")
     p.add_argument("--workdir", type=Path, required=True)
     _add_config_args(p)
+    _add_distributed_args(p)
     p.set_defaults(fn=_cmd_train)
 
     p = sub.add_parser("evaluate", help="WER/CER of a workdir's checkpoint")
@@ -159,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     _decoding_args(p)
     p.add_argument("--length-penalty", type=float, help="seq2seq beam: score / length ** this")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. mesh.data=1")
+    _add_distributed_args(p)
     p.set_defaults(fn=_cmd_evaluate)
 
     p = sub.add_parser("transcribe", help="print transcripts of audio files")

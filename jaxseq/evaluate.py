@@ -76,8 +76,8 @@ def evaluate_split(
 
     Returns:
       (metrics: wer, cer, loss, num_utterances, edit counts, audio_seconds, decode_seconds and
-      real_time_factor; records: this process's
-      {"id", "ref", "hyp"} in dataset order).
+      real_time_factor; records: {"id", "ref", "hyp"} of every utterance, from all processes,
+      in dataset order).
     """
     decoder = decoder or cfg.eval.decoder
     beam_size = beam_size or cfg.eval.beam_size
@@ -100,6 +100,7 @@ def evaluate_split(
     seconds_per_frame = info["frontend"]["hop_length"] / info["frontend"]["sample_rate"]
     warm: set[tuple[int, ...]] = set()
     audio_seconds = decode_seconds = 0.0
+    rows_per_batch: list[int] = []  # this process's records from each batch
     for host_batch, ids, refs in batches:
         b = len(ids)
         batch = to_global(host_batch, mesh)
@@ -121,10 +122,12 @@ def evaluate_split(
             for i, r, h, ok in zip(ids, refs, hyps, host_batch["valid"], strict=True)
             if ok
         ]
+        rows_per_batch.append(sum(bool(ok) for ok in host_batch["valid"]))
     counts = error_counts([r["ref"] for r in records], [r["hyp"] for r in records], text)
     totals = np.array([*counts, len(records)], np.int64)
     if jax.process_count() > 1:
         totals = multihost_utils.process_allgather(totals).sum(axis=0)
+        records = _all_records(records, rows_per_batch)
     metrics = error_rates(totals[:-1])
     metrics.update(
         num_utterances=int(totals[-1]),
@@ -136,6 +139,24 @@ def evaluate_split(
         real_time_factor=decode_seconds / max(audio_seconds, 1e-9),
     )
     return metrics, records
+
+
+def _all_records(records: list[dict[str, str]], rows_per_batch: list[int]) -> list[dict]:
+    """Every process's records in dataset order (process p holds the p-th slice of each global
+    batch, `rows_per_batch[i]` records of batch i). A collective: call on every process."""
+    mine = np.frombuffer(json.dumps([records, rows_per_batch]).encode(), np.uint8)
+    sizes = multihost_utils.process_allgather(np.array([mine.size], np.int64))[:, 0]
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: mine.size] = mine
+    everyone = multihost_utils.process_allgather(padded)  # uint8 [processes, max size]
+    per_batch: list[list[dict]] = []  # batch i: process 0's records, then process 1's, ...
+    for data, size in zip(everyone, sizes, strict=True):
+        recs, rows = json.loads(data[:size].tobytes())
+        per_batch += [[] for _ in range(len(rows) - len(per_batch))]
+        starts = np.cumsum([0, *rows])
+        for i, n in enumerate(rows):
+            per_batch[i] += recs[starts[i] : starts[i] + n]
+    return [r for batch in per_batch for r in batch]
 
 
 @dataclass

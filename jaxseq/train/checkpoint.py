@@ -1,6 +1,6 @@
 """Checkpoints: orbax CheckpointManager holding train state + grain iterator state + metadata.
 
-Layout: WORKDIR/checkpoints/<step>/{state, data_iter, meta}. Kept: the last `keep_last`
+Layout: WORKDIR/checkpoints/<step>/{state, iterator, meta}. Kept: the last `keep_last`
 steps plus the `keep_best` steps with the lowest validation WER.
 """
 
@@ -19,6 +19,7 @@ from jaxseq.config import TrainConfig
 from jaxseq.errors import JaxseqError
 
 BEST_METRIC = "wer"
+ITERATOR = "iterator"  # the data iterator's state, one JSON file
 
 
 class CheckpointError(JaxseqError, RuntimeError):
@@ -81,7 +82,10 @@ class Checkpointer:
         """
         items = {"state": ocp.args.PyTreeSave(state), "meta": ocp.args.JsonSave(meta)}
         if data_iter is not None:
-            items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+            # One JSON file (written by process 0), not grain's file per process: the iterator's
+            # state ({"step": n}) is the same on every process, and a checkpoint then restores
+            # with any process count.
+            items[ITERATOR] = ocp.args.JsonSave(data_iter.get_state())
         self._save(step, items, metrics)
 
     def restore(
@@ -93,9 +97,15 @@ class Checkpointer:
           CheckpointError naming the step folder when it is missing, corrupt or mismatched.
         """
         items = {"state": _pytree_restore(abstract_state)}
-        if data_iter is not None:
+        legacy = (self.directory / str(step) / "data_iter").is_dir()  # grain's per-process files
+        if data_iter is not None and legacy:
             items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
-        return self._restore(step, items, abstract_state)["state"]
+        elif data_iter is not None:
+            items[ITERATOR] = ocp.args.JsonRestore()
+        restored = self._restore(step, items, abstract_state)
+        if data_iter is not None and not legacy:
+            data_iter.set_state(restored[ITERATOR])
+        return restored["state"]
 
     def restore_latest(
         self, abstract_state: Any, data_iter: grain.DatasetIterator | None = None

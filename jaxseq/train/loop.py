@@ -291,11 +291,12 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
                     task, state.params, mesh, cfg, cfg.data.dataset, cfg.data.eval_split
                 )
                 writer.write(done, cfg.data.eval_split, eval_metrics)
-                bar.write(
-                    f"step {done}: {cfg.data.eval_split} WER {eval_metrics['wer']:.4f} "
-                    f"CER {eval_metrics['cer']:.4f} loss {eval_metrics['loss']:.4f}",
-                    file=sys.stderr,  # stdout carries only the final summary
-                )
+                if jax.process_index() == 0:
+                    bar.write(
+                        f"step {done}: {cfg.data.eval_split} WER {eval_metrics['wer']:.4f} "
+                        f"CER {eval_metrics['cer']:.4f} loss {eval_metrics['loss']:.4f}",
+                        file=sys.stderr,  # stdout carries only the final summary
+                    )
                 summary["eval"] = eval_metrics
                 tick = time.time()
 

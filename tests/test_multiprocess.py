@@ -1,0 +1,295 @@
+"""Multi-process training: `jax.distributed` set-up, and 2 processes x 4 CPU devices training,
+saving and resuming exactly like 1 process x 8 devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxseq import cli
+from jaxseq.errors import JaxseqError
+from jaxseq.parallel import distributed
+from tests.conftest import REPO, TINY_CONFIG
+from tests.test_train import _metrics
+
+_DIST_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+@pytest.fixture
+def no_cluster(monkeypatch):
+    """A plain machine: no distributed variables, no cluster; records initialize() calls."""
+    for name in _DIST_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(distributed, "detect_cluster", lambda: None)
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"process_id": 1}, r"--coordinator, --num-processes missing"),
+        ({"num_processes": 2, "coordinator": "localhost:1234"}, r"--process-id missing"),
+        ({"coordinator": "localhost"}, r"'localhost' is not HOST:PORT"),
+        ({"coordinator": "h:1", "num_processes": 2, "process_id": 2}, r"2 is not below .* 2"),
+        ({"num_processes": 0}, r"at least 1"),
+    ],
+)
+def test_inconsistent_settings_are_errors(no_cluster, kwargs, message):
+    with pytest.raises(JaxseqError, match=message):
+        distributed.initialize(**kwargs)
+    assert no_cluster == []
+
+
+def test_settings_from_flags_and_environment(no_cluster, monkeypatch):
+    distributed.initialize()  # nothing given, no cluster: single process
+    distributed.initialize(num_processes=1)  # explicitly one process
+    assert no_cluster == []
+    distributed.initialize("10.0.0.1:1234", 4, 3)
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.2:99")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    monkeypatch.setenv("JAX_PROCESS_ID", "1")
+    distributed.initialize()
+    distributed.initialize(process_id=0)  # a flag wins over its variable
+    assert no_cluster == [
+        {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 3},
+        {"coordinator_address": "10.0.0.2:99", "num_processes": 2, "process_id": 1},
+        {"coordinator_address": "10.0.0.2:99", "num_processes": 2, "process_id": 0},
+    ]
+    monkeypatch.setenv("JAX_PROCESS_ID", "one")
+    with pytest.raises(JaxseqError, match="JAX_PROCESS_ID='one' is not an integer"):
+        distributed.initialize()
+
+
+def test_a_detected_cluster_initializes_itself(no_cluster, monkeypatch):
+    class FakeCluster:
+        processes = 4
+
+        @classmethod
+        def get_process_count(cls):
+            return cls.processes
+
+    monkeypatch.setattr(distributed, "detect_cluster", lambda: FakeCluster)
+    distributed.initialize()  # jax reads everything from the cluster
+    FakeCluster.processes = 1
+    distributed.initialize()  # a one-process cluster job stays single-process
+    assert no_cluster == [{"coordinator_address": None, "num_processes": None, "process_id": None}]
+
+
+def test_no_cluster_is_detected_here():
+    """This test machine is neither a Cloud TPU VM nor a SLURM job: detection says so quietly."""
+    if any(v in os.environ for v in ("SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri", "TPU_WORKER_ID")):
+        pytest.skip("running inside a cluster job")
+    assert distributed.detect_cluster() is None
+
+
+def test_cli_reports_inconsistent_flags(no_cluster, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(
+            ["train", "--workdir", str(tmp_path), "--config", str(TINY_CONFIG), "--process-id", "1"]
+        )
+    err = capsys.readouterr().err
+    assert "jaxseq train: error: multi-process set-up is incomplete" in err
+    assert "--num-processes" in err
+
+
+# --- 2 processes x 4 devices == 1 process x 8 devices -------------------------------------------
+
+TIMEOUT = 900  # seconds per launch; compiling on a busy 2-core machine is slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    return env
+
+
+def _common(tiny_dataset, num_steps, *extra) -> list[str]:
+    # Warmup of 2 steps and a constant rate after it (end ratio 1): the schedule is the same
+    # whatever train.num_steps, so 4 steps + a resume to 6 must equal 6 straight steps.
+    return [
+        "--config",
+        str(TINY_CONFIG),
+        f"data.dataset={tiny_dataset}",
+        "mesh.data=8",
+        f"train.num_steps={num_steps}",
+        "train.log_every=1",
+        "train.checkpoint_every=2",
+        "optim.warmup_steps=2",
+        "optim.end_learning_rate_ratio=1.0",
+        *extra,
+    ]
+
+
+def _launch(
+    verb: str, args: list[str], num_processes: int, logs: Path, *, check: bool = True
+) -> list[dict]:
+    """Runs `jaxseq VERB ARGS` as `num_processes` processes (4 CPU devices each; one process:
+    8 devices and no multi-process flags), with stdout and stderr in LOGS-p<i>.out/.err.
+
+    Returns each process's {"returncode", "stdout", "stderr"}. A process that fails (with
+    `check`) or a timeout kills all of them and fails the test with every stderr tail.
+    """
+    port = _free_port()
+    procs, files = [], []
+    for i in range(num_processes):
+        flags = []
+        if num_processes > 1:
+            flags = ["--coordinator", f"127.0.0.1:{port}", "--num-processes"]
+            flags += [str(num_processes), "--process-id", str(i)]
+        out, err = (logs.parent / f"{logs.name}-p{i}{ext}" for ext in (".out", ".err"))
+        files.append((out, err))
+        with out.open("w") as stdout, err.open("w") as stderr:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "jaxseq.cli", verb, *flags, *args],
+                    cwd=REPO,
+                    env=_env(8 // num_processes),
+                    stdout=stdout,
+                    stderr=stderr,
+                )
+            )
+    deadline = time.time() + TIMEOUT
+    try:  # until all exit, one fails (the others would wait for it), or the time is up
+        while any(p.poll() is None for p in procs) and time.time() < deadline:
+            if any(p.returncode not in (None, 0) for p in procs):
+                break
+            time.sleep(0.5)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for p in procs:
+            p.wait(timeout=60)
+    results = [
+        {"returncode": p.returncode, "stdout": out.read_text(), "stderr": err.read_text()}
+        for p, (out, err) in zip(procs, files, strict=True)
+    ]
+    timed_out = time.time() >= deadline
+    if timed_out or (check and any(r["returncode"] != 0 for r in results)):
+        tails = "\n".join(
+            f"--- process {i} (exit {r['returncode']}) stderr tail:\n{r['stderr'][-3000:]}"
+            for i, r in enumerate(results)
+        )
+        what = f"timed out after {TIMEOUT} s" if timed_out else "a process failed"
+        pytest.fail(f"jaxseq {verb} ({logs.name}): {what}\n{tails}")
+    return results
+
+
+def _train(workdir: Path, args: list[str], num_processes: int, tag: str) -> list[dict]:
+    """`_launch` of `jaxseq train --workdir WORKDIR ARGS`, each result with its "summary"."""
+    logs = workdir.parent / f"{workdir.name}-{tag}"
+    results = _launch("train", ["--workdir", str(workdir), *args], num_processes, logs)
+    return [{**r, "summary": _summary(r["stdout"])} for r in results]
+
+
+def _summary(stdout: str) -> dict:
+    """The JSON summary `jaxseq train` prints last (gloo prints "[Gloo] Rank ..." lines to
+    stdout from C++ before it)."""
+    start = stdout.rindex("\n{\n") + 1 if not stdout.startswith("{") else 0
+    return json.loads(stdout[start:])
+
+
+def test_two_processes_train_save_and_resume_like_one(tiny_dataset, tmp_path):
+    """2 processes x 4 devices: 4 steps (saves at 2 and 4), then both restart to step 6 and
+    evaluate; the 6 losses and the validation result equal 1 process x 8 devices training 6
+    steps straight (≤ 1e-5)."""
+    timings = {}
+    multi = tmp_path / "multi"
+    t = time.time()
+    first = _train(multi, _common(tiny_dataset, 4, "data.eval_split=''"), 2, "first")
+    timings["2 processes, steps 1-4"] = time.time() - t
+    assert [r["summary"]["start_step"] for r in first] == [0, 0]
+    assert [r["summary"]["step"] for r in first] == [4, 4]
+    # Only process 0 writes logs: one line per step, one TensorBoard file.
+    assert [m["step"] for m in _metrics(multi)] == [1, 2, 3, 4]
+    assert len(list((multi / "tensorboard").glob("events.*"))) == 1
+    # Both processes took part in the saves: each wrote its part of every checkpoint.
+    steps = sorted(int(p.name) for p in (multi / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [2, 4]
+    for step in steps:
+        written = [p.name for p in (multi / "checkpoints" / str(step)).rglob("*")]
+        for i in range(2):
+            assert any(f"process_{i}" in name for name in written), (step, i, written)
+
+    t = time.time()
+    second = _train(multi, _common(tiny_dataset, 6), 2, "resume")
+    timings["2 processes, resume, steps 5-6 + eval"] = time.time() - t
+    assert [r["summary"]["start_step"] for r in second] == [4, 4]
+    assert [r["summary"]["step"] for r in second] == [6, 6]
+    assert all("resumed from step 4" in r["stderr"] for r in second)
+
+    single = tmp_path / "single"
+    t = time.time()
+    (one,) = _train(single, _common(tiny_dataset, 6), 1, "straight")
+    timings["1 process, steps 1-6 + eval"] = time.time() - t
+    assert one["summary"]["start_step"] == 0
+
+    got, want = _metrics(multi), _metrics(single)
+    assert [m["step"] for m in got] == [m["step"] for m in want] == [1, 2, 3, 4, 5, 6]
+    losses = np.array([[m["loss"] for m in got], [m["loss"] for m in want]])
+    rates = np.array([[m["learning_rate"] for m in got], [m["learning_rate"] for m in want]])
+    print(f"\nlosses, 2 processes x 4 devices (4 steps, then resumed): {losses[0].tolist()}")
+    print(f"losses, 1 process x 8 devices (6 steps straight):       {losses[1].tolist()}")
+    print(f"max |difference| {np.abs(losses[0] - losses[1]).max():.3g}; timings (s): {timings}")
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(rates[0], rates[1])
+    assert losses[1, -1] < losses[1, 0]
+
+    # Evaluation at the end: each process decoded its half; the counts were summed.
+    (got_eval,), (want_eval,) = _metrics(multi, "valid"), _metrics(single, "valid")
+    assert got_eval["step"] == want_eval["step"] == 6
+    assert got_eval["num_utterances"] == want_eval["num_utterances"] == 8
+    assert got_eval["wer"] == want_eval["wer"] and got_eval["cer"] == want_eval["cer"]
+    assert got_eval["loss"] == pytest.approx(want_eval["loss"], rel=1e-5, abs=1e-5)
+    assert second[0]["summary"]["eval"]["wer"] == second[1]["summary"]["eval"]["wer"]
+
+
+# --- Gaps outside this module's reach, each with the change that closes it --------------------
+
+
+@pytest.fixture(scope="module")
+def two_process_workdir(tiny_dataset, tmp_path_factory) -> Path:
+    """A workdir trained 1 step by 2 processes x 4 devices (checkpoint 1)."""
+    workdir = tmp_path_factory.mktemp("two") / "run"
+    _train(workdir, _common(tiny_dataset, 1, "data.eval_split=''"), 2, "setup")
+    return workdir
+
+
+def test_a_two_process_evaluation_reports_every_utterance(two_process_workdir, tmp_path):
+    report = tmp_path / "report.json"
+    args = ["--workdir", str(two_process_workdir), "--split", "test", "--report", str(report)]
+    results = _launch("evaluate", args, 2, tmp_path / "evaluate")
+    assert all("on 8 utterances" in r["stdout"] for r in results)  # counts summed: correct
+    out = json.loads(report.read_text())
+    assert out["num_utterances"] == 8
+    ids = [u["id"] for u in out["utterances"]]
+    assert ids == sorted(ids) and len(ids) == 8  # every process's utterances
+
+
+def test_a_two_process_checkpoint_resumes_in_one_process(
+    two_process_workdir, tiny_dataset, tmp_path
+):
+    workdir = tmp_path / "run"
+    shutil.copytree(two_process_workdir, workdir)
+    args = ["--workdir", str(workdir), *_common(tiny_dataset, 2, "data.eval_split=''")]
+    (one,) = _launch("train", args, 1, tmp_path / "resume", check=False)
+    assert one["returncode"] == 0, one["stderr"][-1500:]  # fails: process_0-of-1.json missing
+    assert _summary(one["stdout"])["start_step"] == 1
