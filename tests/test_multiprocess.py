@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -138,15 +139,10 @@ def _common(tiny_dataset, num_steps, *extra) -> list[str]:
     ]
 
 
-def _launch(
-    verb: str, args: list[str], num_processes: int, logs: Path, *, check: bool = True
-) -> list[dict]:
-    """Runs `jaxseq VERB ARGS` as `num_processes` processes (4 CPU devices each; one process:
+def _start(verb: str, args: list[str], num_processes: int, logs: Path):
+    """Starts `jaxseq VERB ARGS` as `num_processes` processes (4 CPU devices each; one process:
     8 devices and no multi-process flags), with stdout and stderr in LOGS-p<i>.out/.err.
-
-    Returns each process's {"returncode", "stdout", "stderr"}. A process that fails (with
-    `check`) or a timeout kills all of them and fails the test with every stderr tail.
-    """
+    Returns (processes, [(out, err) files])."""
     port = _free_port()
     procs, files = [], []
     for i in range(num_processes):
@@ -166,6 +162,13 @@ def _launch(
                     stderr=stderr,
                 )
             )
+    return procs, files
+
+
+def _wait(verb: str, procs, files, logs: Path, *, check: bool = True) -> list[dict]:
+    """Waits for `_start`'s processes. Returns each one's {"returncode", "stdout", "stderr"}.
+    A process that fails (with `check`) or a timeout kills all of them and fails the test
+    with every stderr tail."""
     deadline = time.time() + TIMEOUT
     try:  # until all exit, one fails (the others would wait for it), or the time is up
         while any(p.poll() is None for p in procs) and time.time() < deadline:
@@ -191,6 +194,14 @@ def _launch(
         what = f"timed out after {TIMEOUT} s" if timed_out else "a process failed"
         pytest.fail(f"jaxseq {verb} ({logs.name}): {what}\n{tails}")
     return results
+
+
+def _launch(
+    verb: str, args: list[str], num_processes: int, logs: Path, *, check: bool = True
+) -> list[dict]:
+    """`_start` then `_wait`."""
+    procs, files = _start(verb, args, num_processes, logs)
+    return _wait(verb, procs, files, logs, check=check)
 
 
 def _train(workdir: Path, args: list[str], num_processes: int, tag: str) -> list[dict]:
@@ -293,3 +304,25 @@ def test_a_two_process_checkpoint_resumes_in_one_process(
     (one,) = _launch("train", args, 1, tmp_path / "resume", check=False)
     assert one["returncode"] == 0, one["stderr"][-1500:]  # fails: process_0-of-1.json missing
     assert _summary(one["stdout"])["start_step"] == 1
+
+
+def test_sigterm_saves_every_process_at_one_step(tiny_dataset, tmp_path):
+    """Preemption of a multi-process run: SIGTERM reaches one process only (process 1); jax's
+    preemption sync point makes both save the same step and exit 0; both resume there."""
+    workdir = tmp_path / "run"
+    args = ["--workdir", str(workdir), *_common(tiny_dataset, 400, "data.eval_split=''")]
+    args += ["train.checkpoint_every=1000"]
+    logs = tmp_path / "preempted"
+    procs, files = _start("train", args, 2, logs)
+    deadline = time.time() + TIMEOUT
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        if (workdir / "metrics.jsonl").exists() and len(_metrics(workdir)) >= 3:
+            procs[1].send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    results = _wait("train", procs, files, logs)
+    stops = [_summary(r["stdout"])["preempted_at"] for r in results]
+    assert stops[0] == stops[1] and 3 <= stops[0] < 400
+    assert (workdir / "checkpoints" / str(stops[0])).is_dir()
+    resumed = _train(workdir, args[2:] + ["train.num_steps=" + str(stops[0] + 2)], 2, "resume")
+    assert [r["summary"]["start_step"] for r in resumed] == [stops[0]] * 2
