@@ -113,8 +113,8 @@ class ModelConfig:
     # Rematerialization of each Transformer layer in the backward pass: "none", "full" (keep
     # only layer inputs) or "dots" (keep matmul outputs); same numerics, less activation memory.
     remat: str = "none"
-    # Encoder layers as one nn.scan (compiles one layer, not num_layers; parameters stacked
-    # under encoder/layers). Decoders stay a loop. Not for HF Whisper conversion.
+    # Encoder and decoder layers each as one nn.scan (compiles one layer, not num_layers;
+    # parameters stacked under encoder/layers and decoder/layers). Not for HF conversion.
     scan_layers: bool = False
     # seq2seq only (Whisper-style: stem strides (1, 2), pre-LN encoder and decoder)
     decoder_layers: int = 2

@@ -112,18 +112,24 @@ def test_remat_policies_do_not_change_the_numerics(tiny_dataset, config):
 
 
 def _stack_layers(params: dict, num_layers: int) -> dict:
-    """Loop layout (encoder/layer{i}/...) → scan layout (encoder/layers/layer/..., stacked)."""
-    encoder = dict(params["encoder"])
-    layers = [encoder.pop(f"layer{i}") for i in range(num_layers)]
-    encoder["layers"] = {"layer": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
-    return {**params, "encoder": encoder}
+    """Loop layout ({encoder,decoder}/layer{i}/...) → scan layout (.../layers/layer/...,
+    stacked on a leading axis)."""
+    out = dict(params)
+    for part in ("encoder", "decoder"):
+        if part not in params:
+            continue
+        module = dict(params[part])
+        layers = [module.pop(f"layer{i}") for i in range(num_layers)]
+        module["layers"] = {"layer": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+        out[part] = module
+    return out
 
 
 @pytest.mark.parametrize("config", ["ctc_tiny.yaml", "seq2seq_tiny.yaml"])
 def test_scanned_layers_equal_the_loop(tiny_dataset, config):
-    """model.scan_layers: the same loss and gradients as the layer loop, given the same weights
-    stacked (dropout off in the tiny configs)."""
-    overrides = ("model.num_layers=3",)
+    """model.scan_layers: the same loss, gradients and (seq2seq) greedy and beam-search tokens
+    as the layer loop, given the same weights stacked (dropout off in the tiny configs)."""
+    overrides = ("model.num_layers=3", "model.decoder_layers=3")
     results = {}
     for scan in (False, True):
         cfg, task, tx, mesh = _setup(tiny_dataset, config, *overrides, f"model.scan_layers={scan}")
@@ -138,8 +144,15 @@ def test_scanned_layers_equal_the_loop(tiny_dataset, config):
         value, grads = jax.jit(jax.value_and_grad(loss))(weights)
         shapes = create_train_state(task, tx, batch, mesh, seed=0).params
         assert jax.tree.structure(shapes) == jax.tree.structure(weights)
-        results[scan] = (float(value), grads)
+        decoded = {}
+        if config.startswith("seq2seq"):
+            predict = jax.jit(task.predict_fn, static_argnums=(2, 3))
+            decoded = {d: jax.device_get(predict(weights, batch, d, 3)) for d in ("greedy", "beam")}
+        results[scan] = (float(value), grads, decoded)
     np.testing.assert_allclose(results[True][0], results[False][0], rtol=1e-6)
     expected = _stack_layers(results[False][1], 3)
     for a, b in zip(jax.tree.leaves(results[True][1]), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    for decoder, (tokens, lengths) in results[False][2].items():
+        np.testing.assert_array_equal(results[True][2][decoder][0], tokens)
+        np.testing.assert_array_equal(results[True][2][decoder][1], lengths)

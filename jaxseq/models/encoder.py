@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -15,6 +16,7 @@ from jaxseq.models.layers import (
     padding_mask,
     partitioned,
     remat_layer,
+    scanned_layers,
     sinusoidal_positions,
 )
 from jaxseq.parallel.sharding import (
@@ -22,7 +24,6 @@ from jaxseq.parallel.sharding import (
     CONV_IN,
     CONV_WINDOW,
     EMBED,
-    LAYERS,
     LENGTH,
     MEL,
     POSITION,
@@ -83,25 +84,6 @@ class ConvSubsampler(nn.Module):
         return constrain(x, BATCH, LENGTH, EMBED), lengths
 
 
-class _ScanStep(nn.Module):
-    """One EncoderLayer in `nn.scan`'s `(carry, *broadcast) -> (carry, None)` form."""
-
-    num_heads: int
-    mlp_dim: int
-    dtype: Dtype
-    dropout_rate: float
-    key_bias: bool
-    remat: str
-
-    @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool):
-        layer_cls = remat_layer(EncoderLayer, self.remat, static_argnums=(3,))
-        layer = layer_cls(
-            self.num_heads, self.mlp_dim, self.dtype, self.dropout_rate, self.key_bias, name="layer"
-        )
-        return layer(x, mask, deterministic), None
-
-
 class TransformerEncoder(nn.Module):
     """Conv stem → sinusoidal positions → pre-LN Transformer layers → final LayerNorm.
 
@@ -159,34 +141,20 @@ class TransformerEncoder(nn.Module):
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         valid = padding_mask(lengths, length)  # [batch, enc_frames]
         mask = valid[:, None, None, :] & valid[:, None, :, None]  # [batch, 1, q, kv]
-        if self.scan_layers:
-            stack = nn.scan(
-                _ScanStep,
-                variable_axes={"params": 0},
-                split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast, nn.broadcast),
-                length=self.num_layers,
-                metadata_params={nn.PARTITION_NAME: LAYERS},
-            )
-            x, _ = stack(
-                self.num_heads,
-                self.mlp_dim,
-                self.dtype,
-                self.dropout_rate,
-                self.key_bias,
-                self.remat,
-                name="layers",
-            )(x, mask, deterministic)  # [batch, enc_frames, d_model]
-            return LayerNorm(dtype=self.dtype, name="final_norm")(x), lengths
         layer_cls = remat_layer(EncoderLayer, self.remat, static_argnums=(3,))  # deterministic
-        for i in range(self.num_layers):
-            x = layer_cls(
-                self.num_heads,
-                self.mlp_dim,
-                self.dtype,
-                self.dropout_rate,
-                key_bias=self.key_bias,
-                name=f"layer{i}",
-            )(x, mask, deterministic)
+        make_layer = functools.partial(
+            layer_cls,
+            self.num_heads,
+            self.mlp_dim,
+            self.dtype,
+            self.dropout_rate,
+            key_bias=self.key_bias,
+        )
+        if self.scan_layers:
+            stack = scanned_layers(make_layer, self.num_layers, 2, name="layers")
+            x, _ = stack(x, mask, deterministic)  # [batch, enc_frames, d_model]
+        else:
+            for i in range(self.num_layers):
+                x = make_layer(name=f"layer{i}")(x, mask, deterministic)
         x = LayerNorm(dtype=self.dtype, name="final_norm")(x)
         return x, lengths

@@ -8,6 +8,7 @@ compute dtype (float32 or bfloat16). Softmax and layer-norm statistics run in fl
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxseq.parallel.sharding import BATCH, EMBED, HEADS, KV, LENGTH, MLP
+from jaxseq.parallel.sharding import BATCH, EMBED, HEADS, KV, LAYERS, LENGTH, MLP
 
 Dtype = Any
 
@@ -55,6 +56,36 @@ def remat_layer(layer_cls: type[nn.Module], remat: str, static_argnums: tuple[in
     if remat == "none":
         return layer_cls
     return nn.remat(layer_cls, policy=REMAT_POLICIES[remat], static_argnums=static_argnums)
+
+
+class _ScanStep(nn.Module):
+    """`make_layer(name=...)` in `nn.scan`'s `(carry, *broadcast) -> (carry, None)` form."""
+
+    make_layer: Callable[..., nn.Module]
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *args):
+        return self.make_layer(name="layer")(x, *args), None
+
+
+def scanned_layers(
+    make_layer: Callable[..., nn.Module], num_layers: int, num_args: int, name: str
+) -> nn.Module:
+    """`num_layers` layers as one `nn.scan`: parameters (and decoding caches) stacked on a
+    leading LAYERS axis under `name/layer`; one layer is traced and compiled.
+
+    `make_layer(name=...)` builds one layer, called as `layer(x, *args)` with `num_args`
+    arguments shared by every layer.
+    """
+    stack = nn.scan(
+        _ScanStep,
+        variable_axes={"params": 0, "cache": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast,) * num_args,
+        length=num_layers,
+        metadata_params={nn.PARTITION_NAME: LAYERS},
+    )
+    return stack(make_layer, name=name)
 
 
 def constrain(x: jax.Array, *axes: str | None) -> jax.Array:

@@ -18,6 +18,7 @@ step writes one position into the self-attention caches. For `jaxseq.decoding.be
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ from jaxseq.models.layers import (
     padding_mask,
     partitioned,
     remat_layer,
+    scanned_layers,
 )
 from jaxseq.parallel.sharding import BATCH, EMBED, LENGTH, POSITION, VOCAB
 
@@ -75,6 +77,7 @@ class TransformerDecoder(nn.Module):
     dropout_rate: float = 0.0
     dtype: Dtype = jnp.float32
     remat: str = "none"  # a layers.REMAT_POLICIES key (training only; cached decoding never)
+    scan_layers: bool = False  # the layers as one nn.scan (parameters and caches stacked)
 
     @nn.compact
     def __call__(
@@ -126,15 +129,15 @@ class TransformerDecoder(nn.Module):
         cross_mask = encoder_mask[:, None, None, :]  # [batch, 1, 1, enc_frames]
         # deterministic and decode are static
         layer_cls = remat_layer(DecoderLayer, "none" if decode else self.remat, (5, 6))
-        for i in range(d.decoder_layers):
-            x = layer_cls(
-                d.decoder_heads,
-                d.decoder_ffn_dim,
-                self.dtype,
-                self.dropout_rate,
-                key_bias=False,
-                name=f"layer{i}",
-            )(x, encoded, causal, cross_mask, deterministic, decode)
+        make_layer = functools.partial(
+            layer_cls, d.decoder_heads, d.decoder_ffn_dim, self.dtype, self.dropout_rate, False
+        )
+        args = (encoded, causal, cross_mask, deterministic, decode)
+        if self.scan_layers:  # caches stacked too: [layers, batch, ...]
+            x, _ = scanned_layers(make_layer, d.decoder_layers, len(args), "layers")(x, *args)
+        else:
+            for i in range(d.decoder_layers):
+                x = make_layer(name=f"layer{i}")(x, *args)
         x = LayerNorm(dtype=self.dtype, name="final_norm")(x)
         logits = embed.attend(x)  # [batch, length, vocab]
         return constrain(logits.astype(jnp.float32), BATCH, LENGTH, VOCAB)
@@ -152,7 +155,7 @@ class WhisperModel(nn.Module):
     dtype: Dtype = jnp.float32
     ctc_vocab: int = 0
     remat: str = "none"  # a layers.REMAT_POLICIES key
-    scan_layers: bool = False  # encoder layers as one nn.scan (not HF-convertible)
+    scan_layers: bool = False  # encoder and decoder layers as nn.scans (not HF-convertible)
 
     def setup(self):
         d = self.dims
@@ -169,7 +172,9 @@ class WhisperModel(nn.Module):
             remat=self.remat,
             scan_layers=self.scan_layers,
         )
-        self.decoder = TransformerDecoder(d, self.dropout_rate, self.dtype, self.remat)
+        self.decoder = TransformerDecoder(
+            d, self.dropout_rate, self.dtype, self.remat, self.scan_layers
+        )
         if self.ctc_vocab:
             self.ctc_head = dense(self.ctc_vocab, (EMBED, VOCAB), self.dtype, None)
 
@@ -309,17 +314,24 @@ def search_setup(
     """
     cache = init_cache(model, params, encoded, encoder_mask, max_length)
     cross = _select(cache, _CROSS)  # leaves [batch, enc_frames, heads, head_dim]
+    # Scanned layers stack the caches [layers, batch, ...]; the search wants batch first.
+    layers = model.dims.decoder_layers if model.scan_layers else None
+    swap = (lambda x: jnp.swapaxes(x, 0, 1)) if layers else (lambda x: x)
 
     def step_fn(tokens: jax.Array, cache: dict, position: jax.Array) -> tuple[jax.Array, dict]:
         position = jnp.asarray(position, jnp.int32)
-        flat = {**traverse_util.flatten_dict(cache), **traverse_util.flatten_dict(cross)}
+        flat = {
+            **traverse_util.flatten_dict(jax.tree.map(swap, cache)),
+            **traverse_util.flatten_dict(cross),
+        }
+        index = position if layers is None else jnp.full((layers,), position)
         for path in [k for k in flat if k[-1] == "cached_key"]:
-            flat[(*path[:-1], "cache_index")] = position
+            flat[(*path[:-1], "cache_index")] = index
         flat[("decoder", "position")] = position
         logits, full = decode_step(
             model, params, traverse_util.unflatten_dict(flat), tokens[:, None], None, encoder_mask
         )  # [n, 1, vocab]
         log_probs = jax.nn.log_softmax(logits[:, 0], axis=-1)  # [n, vocab]
-        return log_probs, _select(full, _SELF)
+        return log_probs, jax.tree.map(swap, _select(full, _SELF))
 
-    return _select(cache, _SELF), step_fn
+    return jax.tree.map(swap, _select(cache, _SELF)), step_fn
