@@ -7,4 +7,4 @@ source scripts/env.sh
 ensure_env dev
 
 ruff check jaxseq tests scripts
-python -m pytest -q -n 2 --durations=15 "$@"
+python -m pytest -q -n 2 --dist loadfile --durations=15 "$@"  # a file per worker: module fixtures run once
