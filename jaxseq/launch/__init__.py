@@ -23,21 +23,11 @@ How the processes find each other (`jax.distributed`): on Cloud TPU VMs and GKE 
 detects the slice by itself; the SLURM script sets JAX_COORDINATOR_ADDRESS (the first host of
 the allocation), JAX_NUM_PROCESSES and, per task, JAX_PROCESS_ID and JAX_LOCAL_DEVICE_IDS.
 
-Modules: `common` (the train command, gs:// paths and mounts, the local-path checks), `tpu_vm`,
-`gke` and `slurm` (one recipe each), `cli` (the command line; `__main__` runs it).
+Modules: `train_command` (the train command, gs:// paths and mounts, the local-path checks),
+`tpu_vm`, `gke` and `slurm` (one recipe each), `cli` (the command line; `__main__` runs it).
 """
 
 from jaxseq.launch.cli import main
-from jaxseq.launch.common import (
-    GCSFUSE_OPTIONS,
-    LOCAL_PATH_KEYS,
-    MOUNT_ROOT,
-    REPO,
-    GcsPath,
-    LaunchError,
-    TrainCommand,
-    mounted_workdir,
-)
 from jaxseq.launch.gke import Gke, gke_commands, gke_jobset, gke_volumes, render_gke
 from jaxseq.launch.slurm import Slurm, slurm_script
 from jaxseq.launch.tpu_vm import (
@@ -50,6 +40,16 @@ from jaxseq.launch.tpu_vm import (
     render_tpu_vm,
     tpu_hosts,
     tpu_vm_steps,
+)
+from jaxseq.launch.train_command import (
+    GCSFUSE_OPTIONS,
+    LOCAL_PATH_KEYS,
+    MOUNT_ROOT,
+    REPO,
+    GcsPath,
+    LaunchError,
+    TrainCommand,
+    mounted_workdir,
 )
 
 __all__ = [

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 from jaxseq import launch
-from jaxseq.launch.common import MOUNT_ROOT, REPO, LaunchError, TrainCommand
 from jaxseq.launch.gke import Gke, gke_commands, render_gke
 from jaxseq.launch.slurm import Slurm, slurm_script
 from jaxseq.launch.tpu_vm import TPU_STEPS, TpuVm, render_tpu_vm, tpu_vm_steps
+from jaxseq.launch.train_command import MOUNT_ROOT, REPO, LaunchError, TrainCommand
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from jaxseq.launch.common import (
+from jaxseq.launch.train_command import (
     GCSFUSE_OPTIONS,
     GcsPath,
     LaunchError,

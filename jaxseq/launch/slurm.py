@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from jaxseq.launch.common import REPO, TrainCommand
+from jaxseq.launch.train_command import REPO, TrainCommand
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from jaxseq.launch.common import (
+from jaxseq.launch.train_command import (
     GCSFUSE_OPTIONS,
     MOUNT_ROOT,
     REPO,

@@ -1,4 +1,4 @@
-"""What every recipe shares: the `jaxseq train` command, gs:// paths and their mounts, the
+"""The `jaxseq train` command every recipe runs, the gs:// paths it mounts for it, and the
 checks that keep URLs off jaxseq's command line."""
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from jaxseq.config import LOCAL_PATH_KEYS  # config keys opened as local paths
+
 REPO = Path(__file__).resolve().parents[2]
 # Where every TPU worker and GKE pod mounts a bucket: gs://BUCKET/PATH is MOUNT_ROOT/BUCKET/PATH.
 MOUNT_ROOT = "/mnt/gcs"
@@ -16,8 +18,6 @@ MOUNT_ROOT = "/mnt/gcs"
 # temporary directory; gcsfuse renames a directory object by object, and refuses one of more
 # than rename-dir-limit objects (by default 0: every directory rename fails).
 GCSFUSE_OPTIONS = ("implicit-dirs", "rename-dir-limit=200000")
-# Config keys jaxseq opens as local paths (as jaxseq.config.LOCAL_PATH_KEYS): no URL there.
-LOCAL_PATH_KEYS = ("data.dataset", "train.init_from", "model.tokenizer")
 _BUCKET = re.compile(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?")  # what a bucket name may hold
 
 
