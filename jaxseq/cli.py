@@ -1,7 +1,7 @@
 """The `jaxseq` command: parses arguments and calls library functions; nothing else.
 
-Verbs: synth, prepare, train, evaluate, transcribe, convert, export. Config overrides are
-trailing `a.b=c` arguments, e.g.
+Verbs: synth, prepare, train, evaluate, transcribe, synthesize, convert, export. Config
+overrides are trailing `a.b=c` arguments, e.g.
 `jaxseq train --config configs/ctc_demo.yaml --workdir runs/x train.num_steps=10`.
 """
 
@@ -112,12 +112,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         step=args.step,
         decoder=args.decoder,
         beam_size=args.beam_size,
-        overrides=tuple(args.overrides),
+        overrides=tuple(args.overrides)
+        + (() if args.length_penalty is None else (f"eval.length_penalty={args.length_penalty}",)),
     )
     print(
-        f"WER {m['wer']:.2%}  CER {m['cer']:.2%}  on {m['num_utterances']} utterances "
-        f"({m['num_skipped']} skipped) of {m['dataset']}:{m['split']}, step {m['step']}, "
-        f"real-time factor {m['real_time_factor']:.4f}"
+        f"{m['headline']}  on {m['num_utterances']} utterances ({m['num_skipped']} skipped) "
+        f"of {m['dataset']}:{m['split']}, step {m['step']}"
     )
 
 
@@ -129,6 +129,23 @@ def _cmd_transcribe(args: argparse.Namespace) -> None:
     )
     for path, text in zip(args.audio, texts, strict=True):
         print(f"{path}\t{text}")
+
+
+def _cmd_synthesize(args: argparse.Namespace) -> None:
+    from jaxseq.synthesize import synthesize
+
+    results = synthesize(
+        args.workdir,
+        args.texts,
+        args.out,
+        step=args.step,
+        seed=args.seed,
+        vocoder=args.vocoder,
+        overrides=tuple(args.set or ()),
+    )
+    for r in results:
+        flag = "" if r["stopped"] else "  (never predicted stop: cut at tts.max_frames)"
+        print(f"{r['path']}\t{r['seconds']:.2f} s\t{r['text']}{flag}")
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
@@ -150,7 +167,7 @@ def _decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--decoder",
         choices=["greedy", "prefix_beam", "beam"],
-        help="ctc: greedy | prefix_beam; seq2seq: greedy | beam",
+        help="ctc: greedy | prefix_beam; seq2seq: greedy | beam; tts: the recognizer's",
     )
     p.add_argument("--beam-size", type=int)
 
@@ -185,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_distributed_args(p)
     p.set_defaults(fn=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="WER/CER of a workdir's checkpoint")
+    p = sub.add_parser(
+        "evaluate", help="score a workdir's checkpoint (WER/CER; TTS: distortion, intelligibility)"
+    )
     p.add_argument("--workdir", type=Path, required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--dataset", type=Path, help="prepared dataset (default: the training one)")
@@ -202,6 +221,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("audio", nargs="+", type=Path)
     _decoding_args(p)
     p.set_defaults(fn=_cmd_transcribe)
+
+    p = sub.add_parser("synthesize", help="speech from text with a TTS workdir")
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("texts", nargs="+", help="one or more texts (quote each)")
+    p.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        required=True,
+        help="a .wav file for one text, else a folder (000.wav, 001.wav, ...)",
+    )
+    p.add_argument("--step", type=int, help="checkpoint step (default: best, else latest)")
+    p.add_argument("--seed", type=int, default=0, help="pre-net dropout seed")
+    p.add_argument("--vocoder", help="griffin_lim | griffin_lim:N_ITER | package.module:factory")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="config override, e.g. tts.max_frames=800",
+    )
+    p.set_defaults(fn=_cmd_synthesize)
 
     p = sub.add_parser("convert", help="import a transformers Whisper folder into a workdir")
     p.add_argument(

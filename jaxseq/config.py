@@ -134,6 +134,31 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class TTSConfig:
+    """Text-to-speech (model.family=tts): the model's TTS parts, its losses, generation, and
+    the vocoder and recognizer its evaluation uses. Sizes come from the model section:
+    d_model, num_heads, num_layers (text encoder), decoder_layers, mlp_dim, dropout."""
+
+    reduction_factor: int = 4  # mel frames predicted per decoder step
+    prenet_dim: int = 256
+    prenet_dropout: float = 0.5  # on at inference too (Tacotron 2)
+    postnet_layers: int = 5
+    postnet_channels: int = 256
+    postnet_kernel: int = 5
+    spectrogram_loss: str = "l1"  # l1 | mse | l1+mse, on the mel before and after the post-net
+    stop_pos_weight: float = 5.0  # BCE weight of the (rare) positive stop frames
+    guided_attention_weight: float = 1.0  # 0 = off; diagonal prior on cross-attention
+    guided_attention_sigma: float = 0.4
+    stop_threshold: float = 0.5  # generation stops at the first frame with p(stop) >= this
+    max_frames: int = 1000  # generation limit (mel frames); reaching it is warned about
+    vocoder: str = "griffin_lim"  # griffin_lim | griffin_lim:N_ITER | package.module:factory
+    # Evaluation: a jaxseq ASR workdir (e.g. the CTC demo's) that transcribes the synthesized
+    # speech for the intelligibility CER/WER; "" = spectrogram distortion only.
+    asr_workdir: str = ""
+    plots: int = 4  # utterances plotted (spectrograms, alignment) in the evaluation report
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     """AdamW with linear warmup, cosine decay and global-norm clipping."""
 
@@ -203,6 +228,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    tts: TTSConfig = field(default_factory=TTSConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -212,7 +238,8 @@ class Config:
 
 
 _CHOICES = {
-    "model.family": ("ctc", "seq2seq", "whisper"),
+    "model.family": ("ctc", "seq2seq", "whisper", "tts"),
+    "tts.spectrogram_loss": ("l1", "mse", "l1+mse"),
     "model.task": ("transcribe", "translate"),
     "mesh.preset": ("custom", "data", "fsdp", "fsdp_tensor"),
     "model.remat": ("none", "full", "dots"),
@@ -244,7 +271,7 @@ def _explain(err: oc_errors.OmegaConfBaseException, where: str) -> ConfigError:
     return ConfigError(f"{where}: bad value for config key '{key}': {msg}")
 
 
-LOCAL_PATH_KEYS = ("data.dataset", "train.init_from", "model.tokenizer")
+LOCAL_PATH_KEYS = ("data.dataset", "train.init_from", "model.tokenizer", "tts.asr_workdir")
 
 
 def check_local_path(value: str | Path, what: str) -> None:

@@ -177,6 +177,9 @@ class MultiHeadAttention(nn.Module):
       cache: what `decode=True` keeps in the "cache" collection: "self" (causal self-attention:
         keys and values of the steps so far, one new step per call) or "cross" (keys and values
         of the encoder output, computed on the first call and reused after); None = no cache.
+      sow_weights: also store the attention weights float32 [batch, heads, q_len, kv_len] (before
+        dropout) as "intermediates"/"weights" (kept when that collection is mutable), e.g. for
+        TTS's guided-attention loss and alignment plots.
 
     Decoding (t5x style): a first call with `decode=True` and the full-length input, with the
     "cache" collection mutable and empty, creates the cache (zeros for "self", the encoder keys
@@ -188,6 +191,7 @@ class MultiHeadAttention(nn.Module):
     dropout_rate: float = 0.0
     key_bias: bool = True
     cache: str | None = None
+    sow_weights: bool = False
 
     @nn.compact
     def __call__(
@@ -256,7 +260,10 @@ class MultiHeadAttention(nn.Module):
         logits = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)  # [items, heads, q, kv]
+        weights = jax.nn.softmax(logits, axis=-1)  # float32 [items, heads, group * q, kv]
+        if self.sow_weights:
+            self.sow("intermediates", "weights", weights)
+        weights = weights.astype(self.dtype)
         if self.dropout_rate > 0.0:
             weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)  # [items, group * q, heads, hd]
@@ -323,6 +330,7 @@ class DecoderLayer(nn.Module):
     dtype: Dtype = jnp.float32
     dropout_rate: float = 0.0
     key_bias: bool = True
+    sow_cross_weights: bool = False  # keep the cross-attention weights (see MultiHeadAttention)
 
     @nn.compact
     def __call__(
@@ -349,7 +357,8 @@ class DecoderLayer(nn.Module):
         h = attn(cache="self", name="self_attn")(h, h, self_mask, deterministic, decode)
         x = x + drop(h, deterministic=deterministic)
         h = LayerNorm(dtype=self.dtype, name="cross_attn_norm")(x)
-        h = attn(cache="cross", name="cross_attn")(h, encoded, cross_mask, deterministic, decode)
+        cross = attn(cache="cross", sow_weights=self.sow_cross_weights, name="cross_attn")
+        h = cross(h, encoded, cross_mask, deterministic, decode)
         x = x + drop(h, deterministic=deterministic)
         h = LayerNorm(dtype=self.dtype, name="mlp_norm")(x)
         h = MlpBlock(self.mlp_dim, dtype=self.dtype, dropout_rate=self.dropout_rate, name="mlp")(

@@ -24,6 +24,10 @@ def build_task(cfg: Config, dataset_info: dict) -> Task:
         from jaxseq.tasks.whisper import WhisperTask
 
         return WhisperTask.from_config(cfg, dataset_info)
+    if cfg.model.family == "tts":
+        from jaxseq.tasks.tts import TTSTask
+
+        return TTSTask.from_dataset(cfg, dataset_info)
     raise ValueError(f"unknown model.family {cfg.model.family!r}")
 
 
@@ -41,4 +45,8 @@ def load_task(cfg: Config, workdir: str | Path, n_mels: int) -> Task:
         from jaxseq.tasks.whisper import WhisperTask
 
         return WhisperTask.from_workdir(cfg, Path(workdir), n_mels)
+    if cfg.model.family == "tts":
+        from jaxseq.tasks.tts import TTSTask
+
+        return TTSTask.from_workdir(cfg, Path(workdir), n_mels)
     raise ValueError(f"unknown model.family {cfg.model.family!r}")

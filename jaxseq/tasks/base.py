@@ -1,7 +1,8 @@
 """The small interface the one train loop and the one evaluation path call.
 
-A task owns a model family's model, tokenizer, loss and decoding; the loop never branches
-on the family. (t5x's BaseModel: loss_fn / predict_batch / score_batch.)
+A task owns a model family's model, tokenizer, loss and evaluation; the loop never branches
+on the family. (t5x's BaseModel: loss_fn / predict_batch / score_batch.) `ASRTask` adds the
+decoding that speech recognition families share (jaxseq.evaluation.asr scores it by WER).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
-from jaxseq.config import Config
+from jaxseq.config import Config, TextConfig
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -27,6 +29,8 @@ class Task(abc.ABC):
     n_mels: int
     model: nn.Module
     tokenizer: Any  # has .encode(text) -> int ids; saved in the workdir
+    # The validation metric that ranks checkpoints (lower is better) and is printed in training.
+    best_metric: str = "wer"
 
     def label_lengths(self, dataset_dir: str | Path, info: dict, split: str) -> np.ndarray | None:
         """Label ids per record of a split, for the length filter; None: the text lengths."""
@@ -58,6 +62,33 @@ class Task(abc.ABC):
         """
 
     @abc.abstractmethod
+    def evaluate_split(
+        self, params: Any, mesh: Mesh, dataset_dir: str | Path, split: str, **options: Any
+    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """Scores every item of a prepared split: (metrics holding `best_metric`, one record
+        per item in dataset order, from all processes). A collective: call on every process.
+        `options` are the family's evaluation options (e.g. decoder, beam_size)."""
+
+    @abc.abstractmethod
+    def write_report(
+        self, metrics: dict[str, Any], records: list[dict], text: TextConfig, path: Path
+    ) -> None:
+        """Writes the JSON report at `path` (metrics + records) and a markdown one beside it
+        (`text`: the workdir's text policy)."""
+
+    @abc.abstractmethod
+    def headline(self, metrics: dict[str, Any]) -> str:
+        """One line summarizing `evaluate_split`'s metrics (printed by the CLI and the loop)."""
+
+    @abc.abstractmethod
+    def save_tokenizer(self, workdir: Path) -> None:
+        """Writes what `load` needs to rebuild the tokenizer into `workdir`."""
+
+
+class ASRTask(Task):
+    """A speech recognizer: predictions decoded to text and scored by WER/CER."""
+
+    @abc.abstractmethod
     def predict_fn(self, params: Any, batch: Batch, decoder: str, beam_size: int) -> Any:
         """Device-side prediction for a batch (jitted by the caller; decoder and beam size are
         static: "greedy", "beam" or "prefix_beam", as the family supports)."""
@@ -66,6 +97,24 @@ class Task(abc.ABC):
     def decode(self, outputs: Any, decoder: str, beam_size: int) -> list[str]:
         """Host-side: turns `predict_fn` outputs (as NumPy) into one hypothesis per row."""
 
-    @abc.abstractmethod
-    def save_tokenizer(self, workdir: Path) -> None:
-        """Writes what `load` needs to rebuild the tokenizer into `workdir`."""
+    def evaluate_split(
+        self, params: Any, mesh: Mesh, dataset_dir: str | Path, split: str, **options: Any
+    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """WER/CER of the decoded split (options: decoder, beam_size; see
+        jaxseq.evaluation.asr.evaluate_split)."""
+        from jaxseq.evaluation.asr import evaluate_split
+
+        return evaluate_split(self, params, mesh, self.cfg, dataset_dir, split, **options)
+
+    def write_report(
+        self, metrics: dict[str, Any], records: list[dict], text: TextConfig, path: Path
+    ) -> None:
+        from jaxseq.evaluation.asr import write_report
+
+        write_report(metrics, records, text, path)
+
+    def headline(self, metrics: dict[str, Any]) -> str:
+        return (
+            f"WER {metrics['wer']:.2%}  CER {metrics['cer']:.2%}  "
+            f"real-time factor {metrics['real_time_factor']:.4f}"
+        )

@@ -15,14 +15,14 @@ from jaxseq.decoding.ctc import ctc_batch_prefix_beam_search, ctc_greedy_decode
 from jaxseq.errors import JaxseqError
 from jaxseq.losses.ctc import ctc_feasible, ctc_loss
 from jaxseq.models.ctc import CTCModel
-from jaxseq.tasks.base import Batch, Metrics, Task
+from jaxseq.tasks.base import ASRTask, Batch, Metrics
 from jaxseq.text.vocab import CharVocab
 
 VOCAB_FILE = "vocab.json"
 DECODERS = ("greedy", "prefix_beam")
 
 
-class CTCTask(Task):
+class CTCTask(ASRTask):
     """Log-mel → characters with a Transformer encoder and a CTC head."""
 
     def __init__(self, cfg: Config, vocab: CharVocab, n_mels: int):

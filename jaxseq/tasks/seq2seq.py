@@ -19,7 +19,7 @@ from jaxseq.decoding.beam_search import beam_search, greedy_search
 from jaxseq.errors import JaxseqError
 from jaxseq.losses.ctc import ctc_loss
 from jaxseq.models.whisper import WhisperDims, WhisperModel, search_setup
-from jaxseq.tasks.base import Batch, Metrics, Task
+from jaxseq.tasks.base import ASRTask, Batch, Metrics
 from jaxseq.text.bpe import BpeTokenizer, train_bpe
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -95,7 +95,7 @@ def model_dims(
     )
 
 
-class Seq2SeqTask(Task):
+class Seq2SeqTask(ASRTask):
     """Conv stem + Transformer encoder, causal decoder with cross-attention, tied output layer.
 
     Trained from scratch with a BPE vocabulary; `jaxseq.tasks.whisper.WhisperTask` is the same

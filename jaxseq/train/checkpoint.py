@@ -1,7 +1,8 @@
 """Checkpoints: orbax CheckpointManager holding train state + grain iterator state + metadata.
 
 Layout: WORKDIR/checkpoints/<step>/{state, iterator, meta}. Kept: the last `keep_last`
-steps plus the `keep_best` steps with the lowest validation WER.
+steps plus the `keep_best` steps with the lowest validation score (the task's `best_metric`,
+e.g. WER; saved as metrics {"metric": name, "value": v}).
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ from orbax.checkpoint import checkpoint_managers as policies
 from jaxseq.config import TrainConfig
 from jaxseq.errors import JaxseqError
 
-BEST_METRIC = "wer"
 ITERATOR = "iterator"  # the data iterator's state, one JSON file
+
+
+def _score(metrics: dict[str, Any]) -> float:
+    """A checkpoint's validation score, lower is better (older checkpoints saved {"wer": v})."""
+    return metrics["value"] if "value" in metrics else metrics["wer"]
 
 
 class CheckpointError(JaxseqError, RuntimeError):
@@ -35,15 +40,15 @@ class Checkpointer:
         if cfg.keep_best > 0:
             preserve.append(
                 policies.BestN(
-                    get_metric_fn=lambda m: m[BEST_METRIC],
-                    reverse=True,  # lowest WER is best
+                    get_metric_fn=_score,
+                    reverse=True,  # lowest is best
                     n=cfg.keep_best,
                     keep_checkpoints_without_metrics=False,
                 )
             )
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policies.AnyPreservationPolicy(preserve),
-            best_fn=lambda m: m[BEST_METRIC],
+            best_fn=_score,
             best_mode="min",
             enable_async_checkpointing=not read_only,
             read_only=read_only,
@@ -65,7 +70,7 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def best_step(self) -> int | None:
-        """The kept step with the lowest validation WER, if any step has one."""
+        """The kept step with the lowest validation score, if any step has one."""
         return self.manager.best_step()
 
     def save(
@@ -78,7 +83,7 @@ class Checkpointer:
     ) -> None:
         """Starts an asynchronous save of `state` (and the iterator position) at `step`.
 
-        `metrics`, when given, must hold "wer": it ranks the checkpoint for keep-best.
+        `metrics`, when given, ({"metric", "value"}) ranks the checkpoint for keep-best.
         """
         items = {"state": ocp.args.PyTreeSave(state), "meta": ocp.args.JsonSave(meta)}
         if data_iter is not None:
@@ -228,7 +233,7 @@ def _pytree_restore(abstract: Any, partial: bool = False) -> ocp.args.PyTreeRest
 def restore_workdir_params(
     workdir: str | Path, abstract_params: Any, step: int | None = None
 ) -> tuple[Any, int]:
-    """(params, step) of a workdir's checkpoint `step`: by default the best by validation WER,
+    """(params, step) of a workdir's checkpoint `step`: by default the best by validation score,
     else the latest. Only parameters are read.
 
     Raises:

@@ -28,7 +28,6 @@ from jaxseq.config import (
 )
 from jaxseq.data.pipeline import load_dataset_info, make_train_iterator
 from jaxseq.errors import JaxseqError
-from jaxseq.evaluate import evaluate_split
 from jaxseq.parallel.batch import to_global
 from jaxseq.parallel.mesh import data_parallel_size, make_mesh
 from jaxseq.parallel.sharding import batch_sharding, replicated, sharding_context
@@ -170,6 +169,11 @@ def _summarize(acc: dict[str, Any], seconds: float) -> dict[str, float]:
     return {**host, **out}
 
 
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numeric entries of an evaluation's metrics (for TensorBoard and metrics.jsonl)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+
+
 def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
     """Trains `cfg` in `workdir`, resuming from its latest checkpoint if there is one.
 
@@ -287,14 +291,14 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
             if cfg.data.eval_split and (
                 done % cfg.train.eval_every == 0 or done == cfg.train.num_steps
             ):
-                eval_metrics, _ = evaluate_split(
-                    task, state.params, mesh, cfg, cfg.data.dataset, cfg.data.eval_split
+                eval_metrics, _ = task.evaluate_split(
+                    state.params, mesh, cfg.data.dataset, cfg.data.eval_split
                 )
-                writer.write(done, cfg.data.eval_split, eval_metrics)
+                writer.write(done, cfg.data.eval_split, _scalars(eval_metrics))
                 if jax.process_index() == 0:
                     bar.write(
-                        f"step {done}: {cfg.data.eval_split} WER {eval_metrics['wer']:.4f} "
-                        f"CER {eval_metrics['cer']:.4f} loss {eval_metrics['loss']:.4f}",
+                        f"step {done}: {cfg.data.eval_split} {task.headline(eval_metrics)}  "
+                        f"loss {eval_metrics['loss']:.4f}",
                         file=sys.stderr,  # stdout carries only the final summary
                     )
                 summary["eval"] = eval_metrics
@@ -304,7 +308,9 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
             if preempted or done % cfg.train.checkpoint_every == 0 or done == cfg.train.num_steps:
                 if not bool(check_finite(state)):  # never write non-finite values
                     raise JaxseqError(f"step {done}: the train state holds non-finite values")
-                best = {"wer": eval_metrics["wer"]} if eval_metrics else None
+                best = None
+                if eval_metrics:
+                    best = {"metric": task.best_metric, "value": eval_metrics[task.best_metric]}
                 ckpt.save(done, state, data_iter, {"step": done, "config": to_yaml(cfg)}, best)
             if preempted:
                 logging.warning("preempted: saved step %d; rerun the same command to resume", done)

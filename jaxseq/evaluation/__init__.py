@@ -1,0 +1,1 @@
+"""Evaluation of each kind of task: recognition (asr), synthesis (tts)."""

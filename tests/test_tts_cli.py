@@ -1,0 +1,180 @@
+"""TTS end to end through the CLI: train (with intelligibility in the loop), evaluate with
+plots, synthesize, and every bad input."""
+
+import json
+import logging
+
+import jiwer
+import numpy as np
+import pytest
+import soundfile as sf
+
+from jaxseq import cli
+from tests.conftest import REPO, TINY_CONFIG
+
+CONFIG = REPO / "configs" / "tts_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def recognizer(tiny_dataset, tmp_path_factory):
+    """A (barely trained) CTC workdir on the same features: the intelligibility scorer."""
+    workdir = tmp_path_factory.mktemp("asr") / "ctc"
+    cli.main(
+        [
+            "train",
+            "--workdir",
+            str(workdir),
+            "--config",
+            str(TINY_CONFIG),
+            f"data.dataset={tiny_dataset}",
+            "train.num_steps=2",
+            "train.eval_every=100",
+        ]
+    )
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def tts_workdir(tiny_dataset, recognizer, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tts") / "run"
+    cli.main(
+        [
+            "train",
+            "--workdir",
+            str(workdir),
+            "--config",
+            str(CONFIG),
+            f"data.dataset={tiny_dataset}",
+            f"tts.asr_workdir={recognizer}",
+        ]
+    )
+    return workdir
+
+
+def _lines(workdir, split):
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [m for m in map(json.loads, lines) if m["split"] == split]
+
+
+def test_train_logs_every_loss_and_ranks_checkpoints_by_intelligibility(tts_workdir):
+    train = _lines(tts_workdir, "train")
+    assert [m["step"] for m in train] == [5, 10]
+    for m in train:
+        assert m["loss"] > 0 and m["tokens"] > 0
+        assert {"spectrogram", "stop_bce", "guided_attention"} <= set(m)
+    assert train[-1]["loss"] < train[0]["loss"]
+    valid = _lines(tts_workdir, "valid")[-1]
+    assert valid["step"] == 10 and valid["cer"] >= 0 and valid["num_utterances"] == 8
+    ranked = tts_workdir / "checkpoints" / "10" / "metrics" / "metrics"
+    assert json.loads(ranked.read_text()) == {"metric": "cer", "value": valid["cer"]}
+    assert (tts_workdir / "vocab.json").is_file()
+
+
+def test_evaluate_reports_distortion_intelligibility_and_plots(tts_workdir, capsys):
+    report = tts_workdir / "eval" / "test.json"
+    cli.main(
+        ["evaluate", "--workdir", str(tts_workdir), "--split", "test", "--report", str(report)]
+    )
+    assert "intelligibility CER" in capsys.readouterr().out
+    out = json.loads(report.read_text())
+    items = out["utterances"]
+    assert out["num_utterances"] == len(items) == 8 and out["num_skipped"] == 0
+    # The intelligibility figures are jiwer's on the recognizer's transcripts of the audio.
+    refs, hyps = [r["text"] for r in items], [r["hyp"] or "" for r in items]
+    assert out["cer"] == pytest.approx(jiwer.cer(refs, hyps))
+    assert out["mel_cepstral_distortion"] == pytest.approx(
+        np.mean([r["mel_cepstral_distortion"] for r in items])
+    )
+    assert out["mel_cepstral_distortion"] > 0 and out["dtw_l1"] > 0
+    # An untrained model never predicts stop: every generation is cut at tts.max_frames.
+    assert out["not_stopped"] == sum(not r["stopped"] for r in items)
+    assert all(r["frames"] <= 40 for r in items)
+    plotted = [r for r in items if "plots" in r]
+    assert len(plotted) == 2
+    for r in plotted:
+        for rel in r["plots"].values():
+            assert (report.parent / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = report.with_suffix(".md").read_text()
+    assert "Intelligibility: CER" in markdown and "plots/" in markdown
+
+
+def test_synthesize_writes_audio_and_warns_when_stop_never_comes(
+    tts_workdir, tmp_path, capsys, caplog
+):
+    wav = tmp_path / "nine.wav"
+    with caplog.at_level(logging.WARNING):
+        cli.main(["synthesize", "--workdir", str(tts_workdir), "nine one", "-o", str(wav)])
+    audio, rate = sf.read(wav)
+    assert rate == 16000 and len(audio) == 40 * 160  # cut at tts.max_frames
+    assert (
+        "never predicted stop" in caplog.text and "never predicted stop" in capsys.readouterr().out
+    )
+    # Several texts go to a folder; the same seed gives the same audio whatever else is in the
+    # batch (the pre-net dropout is drawn per row).
+    cli.main(
+        [
+            "synthesize",
+            "--workdir",
+            str(tts_workdir),
+            "nine one",
+            "two",
+            "-o",
+            str(tmp_path / "many"),
+        ]
+    )
+    again, _ = sf.read(tmp_path / "many" / "000.wav")
+    np.testing.assert_allclose(again, audio, atol=2 / 32768)  # 16-bit PCM, batch-size rounding
+    assert (tmp_path / "many" / "001.wav").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["   "], "empty after normalization"),
+        (["room 42"], "outside the model's vocabulary: ['2', '4']"),
+        (["one " * 20], "data.max_label_length=64"),
+        (["one", "two"], "need a folder"),
+    ],
+)
+def test_bad_text_is_a_clear_error(tts_workdir, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as err:
+        cli.main(
+            ["synthesize", "--workdir", str(tts_workdir), *args, "-o", str(tmp_path / "a.wav")]
+        )
+    assert err.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_synthesize_needs_a_tts_workdir(recognizer, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["synthesize", "--workdir", str(recognizer), "one", "-o", str(tmp_path / "a.wav")])
+    assert "needs a TTS workdir" in capsys.readouterr().err
+
+
+def test_bad_vocoder_and_recognizer_are_named(tts_workdir, recognizer, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(
+            [
+                "synthesize",
+                "--workdir",
+                str(tts_workdir),
+                "one",
+                "-o",
+                str(tmp_path / "a.wav"),
+                "--vocoder",
+                "nowhere.module:make",
+            ]
+        )
+    assert "nowhere.module:make" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(
+            [
+                "evaluate",
+                "--workdir",
+                str(tts_workdir),
+                "--split",
+                "test",
+                f"tts.asr_workdir={tts_workdir}",
+            ]
+        )
+    assert "speech recognizer" in capsys.readouterr().err
