@@ -16,11 +16,10 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
-from tqdm import tqdm
 
 from jaxseq.config import Config, TextConfig
-from jaxseq.data.pipeline import load_dataset_info, make_eval_batches, num_eval_batches
-from jaxseq.evaluation.gather import gather_records
+from jaxseq.data.pipeline import load_dataset_info
+from jaxseq.evaluation.split import eval_batches, gather_records
 from jaxseq.parallel.batch import to_global
 from jaxseq.parallel.sharding import replicated, sharding_context
 from jaxseq.scoring import error_counts, error_rates, utterance_alignment
@@ -66,19 +65,10 @@ def evaluate_split(
     beam_size = beam_size or cfg.eval.beam_size
     text = TextConfig(**load_dataset_info(dataset_dir)["text"])
     eval_step = _eval_step(task, mesh, decoder, beam_size)
-    p, count = jax.process_index(), jax.process_count()
+    p = jax.process_index()
     records: list[dict[str, str]] = []
     loss_sum = tokens = 0.0
-    batches = tqdm(
-        make_eval_batches(
-            dataset_dir, split, cfg.data, task.tokenizer, process_index=p, process_count=count
-        ),
-        total=num_eval_batches(dataset_dir, split, cfg.data, process_count=count),
-        desc=f"evaluate {split}",
-        disable=p != 0,
-        leave=False,
-        dynamic_ncols=True,
-    )
+    batches = eval_batches(dataset_dir, split, cfg.data, task.tokenizer, "evaluate")
     info = load_dataset_info(dataset_dir)
     seconds_per_frame = info["frontend"]["hop_length"] / info["frontend"]["sample_rate"]
     warm: set[tuple[int, ...]] = set()

@@ -23,14 +23,13 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 from jax.sharding import Mesh
-from tqdm import tqdm
 
 from jaxseq.audio.distortion import dtw_l1, mel_cepstral_distortion
 from jaxseq.audio.vocoder import load_vocoder
 from jaxseq.config import FrontendConfig, TextConfig
-from jaxseq.data.pipeline import load_dataset_info, make_eval_batches, num_eval_batches
+from jaxseq.data.pipeline import load_dataset_info
 from jaxseq.errors import JaxseqError
-from jaxseq.evaluation.gather import gather_records
+from jaxseq.evaluation.split import eval_batches, gather_records
 from jaxseq.parallel.batch import to_global
 from jaxseq.parallel.sharding import replicated, sharding_context
 from jaxseq.plots import plot_alignment, plot_spectrograms
@@ -112,16 +111,7 @@ def evaluate_split(
     waves: list[np.ndarray] = []
     loss_sum = frames_total = synthesis_seconds = 0.0
     warm: set[tuple[int, ...]] = set()
-    batches = tqdm(
-        make_eval_batches(
-            dataset_dir, split, cfg.data, task.tokenizer, process_index=p, process_count=count
-        ),
-        total=num_eval_batches(dataset_dir, split, cfg.data, process_count=count),
-        desc=f"synthesize {split}",
-        disable=p != 0,
-        leave=False,
-        dynamic_ncols=True,
-    )
+    batches = eval_batches(dataset_dir, split, cfg.data, task.tokenizer, "synthesize")
     for host_batch, ids, texts in batches:
         b = len(ids)
         batch = to_global(host_batch, mesh)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxseq.parallel.sharding import BATCH, EMBED, HEADS, KV, LAYERS, LENGTH, MLP
+from jaxseq.parallel.sharding import BATCH, EMBED, HEADS, KV, LAYERS, LENGTH, MLP, VOCAB
 
 Dtype = Any
 
@@ -40,6 +40,33 @@ def dense(features: int, axes: tuple[str, str], dtype: Dtype, name: str | None) 
         bias_init=partitioned(nn.initializers.zeros, axes[1]),
         name=name,
     )
+
+
+def embedding(num: int, features: int, dtype: Dtype, stddev: float, name: str) -> nn.Embed:
+    """A float32-parameter token embedding [num, features] (VOCAB, EMBED), N(0, stddev²)."""
+    return nn.Embed(
+        num,
+        features,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        embedding_init=partitioned(nn.initializers.normal(stddev), VOCAB, EMBED),
+        name=name,
+    )
+
+
+def decoding_start(module: nn.Module, length: int, decode: bool) -> jax.Array | int:
+    """The position of a decoder call's first step: 0 unless decoding with a cache, where a
+    "position" counter in the "cache" collection (created by the first, full-length call)
+    advances by `length` per step."""
+    if not decode:
+        return 0
+    is_initialized = module.has_variable("cache", "position")
+    position = module.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
+    if not is_initialized:
+        return 0
+    start = position.value
+    position.value = start + length
+    return start
 
 
 REMAT_POLICIES = {  # model.remat: what the backward pass keeps from each layer's forward pass

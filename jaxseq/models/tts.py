@@ -26,7 +26,9 @@ from jaxseq.models.layers import (
     EncoderLayer,
     LayerNorm,
     constrain,
+    decoding_start,
     dense,
+    embedding,
     padding_mask,
     partitioned,
     remat_layer,
@@ -40,7 +42,6 @@ from jaxseq.parallel.sharding import (
     LENGTH,
     MEL,
     MLP,
-    VOCAB,
 )
 
 Dtype = Any
@@ -92,14 +93,7 @@ class TextEncoder(nn.Module):
     def __call__(self, ids: jax.Array, lengths: jax.Array, deterministic: bool) -> jax.Array:
         """ids int [batch, chars], lengths int [batch] → encoded [batch, chars, d_model]."""
         d = self.dims
-        x = nn.Embed(
-            d.vocab_size,
-            d.d_model,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            embedding_init=partitioned(nn.initializers.normal(0.3), VOCAB, EMBED),
-            name="embed",
-        )(ids)  # [batch, chars, d_model]
+        x = embedding(d.vocab_size, d.d_model, self.dtype, 0.3, "embed")(ids)  # [b, chars, d]
         x = ScaledPositions(ids.shape[1], name="positions")(x)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         valid = padding_mask(lengths, ids.shape[1])  # [batch, chars]
@@ -208,13 +202,7 @@ class MelDecoder(nn.Module):
         """
         d = self.dims
         steps = frames.shape[1]
-        start = 0
-        if decode:
-            is_initialized = self.has_variable("cache", "position")
-            position = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
-            if is_initialized:
-                start = position.value
-                position.value = start + steps
+        start = decoding_start(self, steps, decode)
         x = Prenet(d, self.dtype, name="prenet")(frames)  # [batch, steps, d_model]
         x = ScaledPositions(d.max_steps, name="positions")(x, start)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)

@@ -33,7 +33,9 @@ from jaxseq.models.layers import (
     DecoderLayer,
     LayerNorm,
     constrain,
+    decoding_start,
     dense,
+    embedding,
     padding_mask,
     partitioned,
     remat_layer,
@@ -100,27 +102,14 @@ class TransformerDecoder(nn.Module):
           float32 [batch, length, vocab].
         """
         d = self.dims
-        embed = nn.Embed(
-            d.vocab_size,
-            d.d_model,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            embedding_init=partitioned(nn.initializers.normal(0.02), VOCAB, EMBED),
-            name="embed",
-        )
+        embed = embedding(d.vocab_size, d.d_model, self.dtype, 0.02, "embed")
         table = self.param(
             "pos_embedding",
             partitioned(nn.initializers.normal(0.02), POSITION, EMBED),
             (d.max_target_positions, d.d_model),
         )  # [max_target_positions, d_model]
         length = tokens.shape[1]
-        start = 0
-        if decode:
-            is_initialized = self.has_variable("cache", "position")
-            position = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
-            if is_initialized:
-                start = position.value
-                position.value = start + length
+        start = decoding_start(self, length, decode)
         positions = jax.lax.dynamic_slice_in_dim(table, start, length)  # [length, d_model]
         x = embed(tokens) + positions[None].astype(self.dtype)  # [batch, length, d_model]
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)

@@ -1,11 +1,34 @@
-"""Collecting per-process evaluation records on every process, in dataset order."""
+"""A split for evaluation: this process's batches in, every process's records back out."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from tqdm import tqdm
+
+from jaxseq.config import DataConfig
+from jaxseq.data.pipeline import make_eval_batches, num_eval_batches
+
+
+def eval_batches(
+    dataset_dir: str | Path, split: str, cfg: DataConfig, vocab: Any, desc: str
+) -> Iterator[tuple[dict[str, np.ndarray], list[str], list[str]]]:
+    """`make_eval_batches` for this process, with a progress bar on process 0."""
+    p, count = jax.process_index(), jax.process_count()
+    return tqdm(
+        make_eval_batches(dataset_dir, split, cfg, vocab, process_index=p, process_count=count),
+        total=num_eval_batches(dataset_dir, split, cfg, process_count=count),
+        desc=f"{desc} {split}",
+        disable=p != 0,
+        leave=False,
+        dynamic_ncols=True,
+    )
 
 
 def gather_records(records: list[dict[str, str]], rows_per_batch: list[int]) -> list[dict]:
