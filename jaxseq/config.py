@@ -149,6 +149,13 @@ class TTSConfig:
     stop_pos_weight: float = 5.0  # BCE weight of the (rare) positive stop frames
     guided_attention_weight: float = 1.0  # 0 = off; diagonal prior on cross-attention
     guided_attention_sigma: float = 0.4
+    # Training only: each decoder step's input frame is, with this probability, the model's own
+    # prediction from a first teacher-forced pass (no gradient through it) instead of the
+    # recorded frame: the decoder learns to continue from its own output (exposure bias).
+    scheduled_sampling: float = 0.0
+    # Training only: each decoder step's input frame is zeroed with this probability, so that
+    # the decoder cannot just continue its input and must read the text through attention.
+    frame_dropout: float = 0.0
     stop_threshold: float = 0.5  # generation stops at the first frame with p(stop) >= this
     max_frames: int = 1000  # generation limit (mel frames); reaching it is warned about
     vocoder: str = "griffin_lim"  # griffin_lim | griffin_lim:N_ITER | package.module:factory

@@ -29,11 +29,12 @@ from jaxseq.config import (
     load_config,
 )
 from jaxseq.data.pipeline import bucket_length, load_dataset_info
+from jaxseq.errors import JaxseqError
 from jaxseq.parallel.batch import to_global
 from jaxseq.parallel.mesh import data_parallel_size, make_mesh
 from jaxseq.parallel.sharding import replicated, sharding_context
 from jaxseq.tasks import load_task
-from jaxseq.tasks.base import Task
+from jaxseq.tasks.base import ASRTask, Task
 from jaxseq.train.checkpoint import restore_workdir_params
 from jaxseq.train.optimizer import make_optimizer
 from jaxseq.train.state import abstract_train_state
@@ -141,6 +142,11 @@ def transcribe(
 ) -> list[str]:
     """Transcripts of audio files (any format librosa reads; resampled to the model's rate)."""
     trained = load_trained(workdir, step=step)
+    if not isinstance(trained.task, ASRTask):
+        raise JaxseqError(
+            f"{workdir} holds a {trained.cfg.model.family} model; transcribe needs a speech "
+            "recognizer's workdir (ctc, seq2seq or whisper)"
+        )
     waves = [load_audio(p, trained.frontend.sample_rate) for p in audio_paths]
     return transcribe_waveforms(trained, waves, decoder=decoder, beam_size=beam_size)
 

@@ -151,6 +151,14 @@ def test_synthesize_needs_a_tts_workdir(recognizer, tmp_path, capsys):
     assert "needs a TTS workdir" in capsys.readouterr().err
 
 
+def test_transcribe_needs_a_recognizer(tts_workdir, tmp_path, capsys):
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(8000, np.float32), 16000)
+    with pytest.raises(SystemExit):
+        cli.main(["transcribe", "--workdir", str(tts_workdir), str(wav)])
+    assert "transcribe needs a speech recognizer" in capsys.readouterr().err
+
+
 def test_bad_vocoder_and_recognizer_are_named(tts_workdir, recognizer, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(

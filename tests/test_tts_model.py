@@ -177,3 +177,42 @@ def test_text_errors_name_the_problem():
         task.encode_text("room 42", policy)
     with pytest.raises(JaxseqError, match="max_label_length=64"):
         task.encode_text("one " * 20, policy)
+
+
+@pytest.mark.parametrize("probability", [0.0, 0.5, 1.0])
+def test_scheduled_sampling_feeds_back_the_models_own_frames(probability):
+    task = _task("tts.prenet_dropout=0.0", f"tts.scheduled_sampling={probability}")
+    batch = _batch(np.random.default_rng(4), lengths=(12, 12), chars=(6, 6))
+    params = _params(task, batch)
+    true, _ = mel_teacher_forcing(jnp.asarray(batch["features"]), 2)  # [batch, 6, n_mels]
+    before, _, _ = task.model.apply(
+        {"params": params},
+        batch["labels"],
+        batch["label_lengths"],
+        true,
+        batch["feature_lengths"],
+        rngs={"dropout": jax.random.PRNGKey(0)},
+    )
+    own, _ = mel_teacher_forcing(before, 2)
+    got = np.asarray(task._own_inputs(params, batch, true, jax.random.PRNGKey(1)))
+    is_own = np.all(np.isclose(got, own, atol=1e-6), axis=-1)[:, 1:]  # step 0 is zeros in both
+    is_true = np.all(got == np.asarray(true), axis=-1)[:, 1:]
+    assert np.all(is_own | is_true)
+    if probability == 0.0:
+        assert is_true.all()
+    elif probability == 1.0:
+        assert is_own.all() and not is_true.any()
+    else:
+        assert is_own.any() and is_true.any()
+
+
+@pytest.mark.parametrize("probability", [0.0, 0.5, 1.0])
+def test_frame_dropout_zeroes_whole_input_frames(probability):
+    task = _task(f"tts.frame_dropout={probability}")
+    batch = _batch(np.random.default_rng(5), lengths=(12, 12), chars=(6, 6))
+    true, _ = mel_teacher_forcing(jnp.asarray(batch["features"]), 2)
+    got = np.asarray(task._train_inputs(None, batch, true, jax.random.PRNGKey(2)))
+    zero = np.all(got == 0, axis=-1)[:, 1:]  # step 0 is the all-zero start frame anyway
+    kept = np.all(got == np.asarray(true), axis=-1)[:, 1:]
+    assert np.all(zero | kept)
+    assert zero.all() if probability == 1.0 else kept.all() if probability == 0.0 else zero.any()

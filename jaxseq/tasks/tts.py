@@ -74,6 +74,9 @@ class TTSTask(Task):
         m, t = cfg.model, cfg.tts
         if t.reduction_factor < 1:
             raise JaxseqError(f"tts.reduction_factor={t.reduction_factor} must be >= 1")
+        for key in ("scheduled_sampling", "frame_dropout"):
+            if not 0.0 <= getattr(t, key) <= 1.0:
+                raise JaxseqError(f"tts.{key}={getattr(t, key)} must lie in [0, 1]")
         if not 0.0 < t.stop_threshold <= 1.0:
             raise JaxseqError(f"tts.stop_threshold={t.stop_threshold} must lie in (0, 1]")
         longest = max(t.max_frames, max(cfg.data.buckets))
@@ -131,6 +134,8 @@ class TTSTask(Task):
         ids, id_lengths = batch["labels"], batch["label_lengths"]  # [batch, chars], [batch]
         frame_lengths = batch["feature_lengths"]  # [batch]
         inputs, targets = mel_teacher_forcing(batch["features"], r)  # [b, S, m], [b, S * r, m]
+        if train:
+            inputs = self._train_inputs(params, batch, inputs, jax.random.fold_in(rng, 3))
         (before, after, stop), state = self.model.apply(
             {"params": params},
             ids,
@@ -167,6 +172,43 @@ class TTSTask(Task):
             "guided_attention": jnp.sum(guided * valid),
         }
         return loss, metrics
+
+    def _train_inputs(
+        self, params: Any, batch: Batch, inputs: jax.Array, rng: jax.Array
+    ) -> jax.Array:
+        """The decoder inputs [batch, steps, n_mels] of a training step: scheduled sampling
+        (`_own_inputs`), then whole frames zeroed with probability tts.frame_dropout."""
+        t = self.cfg.tts
+        if t.scheduled_sampling > 0:
+            inputs = self._own_inputs(params, batch, inputs, jax.random.fold_in(rng, 0))
+        if t.frame_dropout > 0:
+            dropped = jax.random.bernoulli(
+                jax.random.fold_in(rng, 1), t.frame_dropout, inputs.shape[:2]
+            )  # [batch, steps]
+            inputs = jnp.where(dropped[:, :, None], 0.0, inputs).astype(inputs.dtype)
+        return inputs
+
+    def _own_inputs(
+        self, params: Any, batch: Batch, inputs: jax.Array, rng: jax.Array
+    ) -> jax.Array:
+        """Scheduled sampling: `inputs` [batch, steps, n_mels] with each step's frame replaced,
+        with probability tts.scheduled_sampling, by the last frame the model predicts for the
+        previous step when teacher-forced (a constant: no gradient flows through it)."""
+        r = self.dims.reduction_factor
+        before, _, _ = self.model.apply(
+            {"params": jax.lax.stop_gradient(params)},
+            batch["labels"],
+            batch["label_lengths"],
+            inputs,
+            batch["feature_lengths"],
+            deterministic=False,
+            rngs={"dropout": jax.random.fold_in(rng, 0)},
+        )  # [batch, steps * r, n_mels]
+        own, _ = mel_teacher_forcing(jax.lax.stop_gradient(before), r)  # [batch, steps, n_mels]
+        swap = jax.random.bernoulli(
+            jax.random.fold_in(rng, 1), self.cfg.tts.scheduled_sampling, inputs.shape[:2]
+        )  # [batch, steps]
+        return jnp.where(swap[:, :, None], own.astype(inputs.dtype), inputs)
 
     def encode_text(self, text: str, policy: TextConfig) -> np.ndarray:
         """int32 [chars] ids of `text` normalized under the workdir's text policy.
