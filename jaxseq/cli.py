@@ -1,6 +1,6 @@
 """The `jaxseq` command: parses arguments and calls library functions; nothing else.
 
-Verbs: synth, prepare, train, evaluate, transcribe, synthesize, convert, export. Config
+Verbs: synth, prepare, train, evaluate, transcribe, classify, synthesize, convert, export. Config
 overrides are trailing `a.b=c` arguments, e.g.
 `jaxseq train --config configs/ctc_demo.yaml --workdir runs/x train.num_steps=10`.
 """
@@ -131,6 +131,21 @@ def _cmd_transcribe(args: argparse.Namespace) -> None:
         print(f"{path}\t{text}")
 
 
+def _cmd_classify(args: argparse.Namespace) -> None:
+    from jaxseq.classify import classify
+
+    for r in classify(
+        args.workdir, args.audio, frames=args.frames, step=args.step, top_k=args.top_k
+    ):
+        if "segments" in r:
+            turns = "  ".join(f"{a:.2f}-{b:.2f}s {name}" for a, b, name in r["segments"])
+            print(f"{r['path']}\t{turns}")
+        elif "labels" in r:
+            print(f"{r['path']}\t{','.join(r['labels']) or '(none)'}\t{r['top']}")
+        else:
+            print(f"{r['path']}\t{r['label']}\t{r['confidence']:.4f}")
+
+
 def _cmd_synthesize(args: argparse.Namespace) -> None:
     from jaxseq.synthesize import synthesize
 
@@ -221,6 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("audio", nargs="+", type=Path)
     _decoding_args(p)
     p.set_defaults(fn=_cmd_transcribe)
+
+    p = sub.add_parser("classify", help="print class labels of audio files")
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("audio", nargs="+", type=Path)
+    p.add_argument("--frames", action="store_true", help="per-frame labels (a frame-level model)")
+    p.add_argument("--top-k", type=int, default=3, help="labels kept in the JSON-like top list")
+    p.add_argument("--step", type=int, help="checkpoint step (default: best, else latest)")
+    p.set_defaults(fn=_cmd_classify)
 
     p = sub.add_parser("synthesize", help="speech from text with a TTS workdir")
     p.add_argument("--workdir", type=Path, required=True)

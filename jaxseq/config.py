@@ -68,6 +68,18 @@ class SynthConfig:
     num_test: int = 400
     seed: int = 0
     sample_rate: int = 16000
+    # Voices every split speaks with; empty = the preset's disjoint train/valid/test voice sets,
+    # so that the test split measures voices never heard in training. One voice with a fixed
+    # rate and pitch makes a single-speaker corpus, as TTS training wants (tts_digits.yaml).
+    voices: tuple[str, ...] = ()
+    rate: tuple[int, int] = (130, 210)  # words per minute, drawn uniformly per utterance
+    pitch: tuple[int, int] = (25, 75)  # espeak-ng base pitch (0-100), drawn per utterance
+    words: tuple[int, int] = (1, 7)  # digit words per utterance (per turn for diarization)
+    # The manifest's `label` for classification: "" (none), "speaker" (the voice) or "text".
+    label: str = ""
+    # preset=diarization: each item is this many turns (drawn per item) by different voices,
+    # concatenated; the manifest gives each turn's voice as a segment (per-frame labels).
+    turns: tuple[int, int] = (2, 4)
 
 
 @dataclass(frozen=True)
@@ -166,6 +178,61 @@ class TTSConfig:
 
 
 @dataclass(frozen=True)
+class ClassifyConfig:
+    """Audio classification (model.family=classify): an encoder, pooling and a linear head.
+    Sizes come from the model section (d_model, num_heads, num_layers, mlp_dim, dropout).
+
+    Labels come from the prepared records: `label` per item (level=sequence), or the per-frame
+    labels of the item's `segments` (level=frame). The label set is the training split's."""
+
+    # "ast": the Audio Spectrogram Transformer (patches of the log-mel, a ViT encoder);
+    # "transformer": jaxseq's audio encoder (the CTC family's: conv stem + Transformer), whose
+    # weights train.init_from can take from a CTC workdir.
+    encoder: str = "ast"
+    level: str = "sequence"  # sequence: one label per item | frame: one per encoder frame
+    # sequence level: "cls" (ast only: the mean of the [CLS] and distillation tokens, as AST)
+    # or "mean" (over the valid patches or frames).
+    pooling: str = "cls"
+    multi_label: bool = False  # sigmoid + binary cross-entropy per label, else softmax + CE
+    # AST (Gong et al., 2021): 16x16 patches with strides 10 over (mel bins, frames); clips
+    # are padded to max_frames (the position table's extent), longer ones are dropped.
+    patch_size: int = 16
+    frequency_stride: int = 10
+    time_stride: int = 10
+    max_frames: int = 1024
+    layer_norm_eps: float = 1e-12
+
+
+@dataclass(frozen=True)
+class RNNConfig:
+    """RNN encoder–decoder with Luong attention (model.family=rnn), listen-attend-spell style.
+
+    Sizes from the model section: d_model is the hidden size of every cell (per direction in
+    the encoder), the token embedding and the attentional state; dropout (between encoder
+    layers, on the decoder's embeddings), label_smoothing and bpe_vocab_size (tokenizer=bpe)
+    as for seq2seq. num_heads, num_layers and mlp_dim are unused."""
+
+    cell: str = "lstm"  # lstm | gru (PyTorch's gate equations and weight layout)
+    encoder_layers: int = 2
+    decoder_layers: int = 1
+    bidirectional: bool = True
+    # Time reduction at the input of each encoder layer (LAS's pyramid): factor f concatenates
+    # f adjacent frames, so (2, 2) runs layer 0 at 20 ms and layer 1 at 40 ms; 1 or a missing
+    # entry = none.
+    pyramid: tuple[int, ...] = (2, 2)
+    # Luong's input feeding: the previous attentional state joins the token embedding at the
+    # decoder's input.
+    input_feeding: bool = True
+    tokenizer: str = "char"  # char (the dataset's charset) | bpe (model.bpe_vocab_size)
+    # Training only: each decoder input token is, with probability p, the model's own argmax
+    # from a first teacher-forced pass (no gradient through it). p grows linearly from 0 at
+    # step 0 to scheduled_sampling at step scheduled_sampling_steps (0 = train.num_steps).
+    scheduled_sampling: float = 0.0
+    scheduled_sampling_steps: int = 0
+    plots: int = 4  # utterances whose attention alignment the evaluation report plots
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     """AdamW with linear warmup, cosine decay and global-norm clipping."""
 
@@ -236,6 +303,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
     tts: TTSConfig = field(default_factory=TTSConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    rnn: RNNConfig = field(default_factory=RNNConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -245,14 +314,20 @@ class Config:
 
 
 _CHOICES = {
-    "model.family": ("ctc", "seq2seq", "whisper", "tts"),
+    "model.family": ("ctc", "seq2seq", "whisper", "tts", "classify", "rnn"),
+    "rnn.cell": ("lstm", "gru"),
+    "rnn.tokenizer": ("char", "bpe"),
+    "classify.encoder": ("ast", "transformer"),
+    "classify.level": ("sequence", "frame"),
+    "classify.pooling": ("cls", "mean"),
     "tts.spectrogram_loss": ("l1", "mse", "l1+mse"),
     "model.task": ("transcribe", "translate"),
     "mesh.preset": ("custom", "data", "fsdp", "fsdp_tensor"),
     "model.remat": ("none", "full", "dots"),
     "train.compute_dtype": ("float32", "bfloat16"),
     "eval.decoder": ("greedy", "prefix_beam", "beam"),
-    "synth.preset": ("digits",),
+    "synth.preset": ("digits", "diarization"),
+    "synth.label": ("", "speaker", "text"),
 }
 
 

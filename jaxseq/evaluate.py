@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,20 +168,30 @@ def transcribe_waveforms(
         functools.partial(task.predict_fn, decoder=decoder, beam_size=beam_size),
         out_shardings=replicated(mesh),
     )
-    dp = data_parallel_size(mesh)
     hyps: list[str] = []
+    for batch, n in feature_batches(trained, waves, batch_size):
+        with sharding_context(mesh):
+            outputs = jax.device_get(predict(trained.params, to_global(batch, mesh)))
+        hyps += task.decode(outputs, decoder, beam_size)[:n]
+    return hyps
+
+
+def feature_batches(
+    trained: Trained, waves: list[np.ndarray], batch_size: int
+) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+    """Log-mel batches of float waveforms [samples] at the model's sample rate, `batch_size`
+    at a time: (host batch, its number of real rows). Each batch is padded to a bucket of
+    `data.buckets` and its rows to a multiple of the data-parallel size."""
+    dp = data_parallel_size(trained.mesh)
     for start in range(0, len(waves), batch_size):
         feats = [log_mel_numpy(w, trained.frontend) for w in waves[start : start + batch_size]]
         rows = -(-len(feats) // dp) * dp  # a multiple of the data-parallel size
-        frames = bucket_length(max(len(f) for f in feats), cfg.data.buckets)
+        frames = bucket_length(max(len(f) for f in feats), trained.cfg.data.buckets)
         batch = {
             "features": np.zeros((rows, frames, trained.frontend.n_mels), np.float32),
             "feature_lengths": np.zeros((rows,), np.int32),
-        }
+        }  # features [rows, frames, n_mels]
         for i, f in enumerate(feats):
             batch["features"][i, : len(f)] = f
             batch["feature_lengths"][i] = len(f)
-        with sharding_context(mesh):
-            outputs = jax.device_get(predict(trained.params, to_global(batch, mesh)))
-        hyps += task.decode(outputs, decoder, beam_size)[: len(feats)]
-    return hyps
+        yield batch, len(feats)

@@ -20,6 +20,10 @@ EXPECTED_PARAMS = {
     "seq2seq_digits": (1.5e6, 2.5e6),
     "tts_tiny": (0.01e6, 0.2e6),
     "tts_digits": (3.9e6, 4.0e6),
+    # On their own (no train.init_from workdir) the encoder heads have the CTC demo's sizes.
+    "classify_speakers": (1.0e6, 1.2e6),
+    "classify_diarization": (1.0e6, 1.2e6),
+    "classify_words": (0.5e6, 0.8e6),
     # OpenAI's published sizes; test_whisper_sizes_match_transformers checks them exactly.
     "whisper_tiny": (37e6, 39e6),
     "whisper_base": (72e6, 74e6),
@@ -54,6 +58,12 @@ def _task(cfg, whisper_folder):
 
         tokenizer = train_bpe(["one two three", "four five six seven"], cfg.model.bpe_vocab_size)
         return Seq2SeqTask(cfg, tokenizer, n_mels=80)
+    if cfg.model.family == "classify":
+        from jaxseq.data.labels import LabelSet
+        from jaxseq.tasks.classify import ClassifyTask
+
+        labels = LabelSet([f"class{i}" for i in range(20)], cfg.classify.level)
+        return ClassifyTask(cfg, labels, n_mels=80)
     info = {"frontend": {"n_mels": 80}, "text": {"charset": cfg.prepare.text.charset}}
     return build_task(cfg, info)
 

@@ -1,4 +1,5 @@
-"""`jaxseq prepare` from manifests: records, index, dataset.json, bad items, resume, merging."""
+"""`jaxseq prepare` from manifests: records, index, dataset.json, bad items, resume, merging,
+labels and segments."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import librosa
 import numpy as np
 import pytest
 import soundfile as sf
+from flax import serialization
 
 from jaxseq.audio.frontend import log_mel_numpy
 from jaxseq.config import FrontendConfig, PrepareConfig
 from jaxseq.data import prepare as prepare_lib
 from jaxseq.data.prepare import PrepareError, prepare_corpus, prepare_split
-from jaxseq.data.records import decode_record, index_name, read_index
+from jaxseq.data.records import decode_record, encode_record, index_name, read_index
 from jaxseq.data.sources import SourceError, parse_source
 
 SR = 16000
@@ -96,6 +98,7 @@ def test_records_and_index_agree(prepared):
     assert list(index["text_lengths"]) == [len(r["text"]) for r in records]
     first = records[0]
     assert (first["text"], first["speaker"], first["label"]) == ("hello world", "s1", "x")
+    assert [(r["label"], r["segments"]) for r in records[1:]] == [("", []), ("", [])]
     assert first["features"].dtype == np.float16 and first["features"].shape == (100, 80)
     audio, _ = sf.read(root / "clips/sweep.wav", dtype="float32")
     np.testing.assert_allclose(first["features"], log_mel_numpy(audio, CFG.frontend), atol=2e-3)
@@ -122,6 +125,8 @@ def test_dataset_json_counts_and_reasons(prepared):
     assert train["hours"] == pytest.approx((1.0 + 0.8 + 1.2) / 3600, rel=1e-3)
     assert train["frames"]["min"] == 80 and train["frames"]["max"] == 120
     assert train["frames"]["mean"] == pytest.approx(100.0) and train["frames"]["p50"] == 100
+    assert train["labels"] == {"x": {"items": 1, "example": "clips/sweep"}}
+    assert train["segment_labels"] == {}
     assert train["skipped_by_reason"] == {
         "bad_audio": 2,
         "empty_text": 1,
@@ -242,3 +247,134 @@ def test_prepare_corpus_marks_evaluation_splits(tmp_path):
     (tmp_path / "corpus/test/manifest.jsonl").unlink()
     with pytest.raises(PrepareError, match="test/manifest.jsonl; create it with `jaxseq synth`"):
         prepare_corpus(tmp_path / "corpus", tmp_path / "out", CFG)
+
+
+def _labelled_manifest(root: Path) -> Path:
+    """Clips of 1.0 s (100 frames), 0.8 s (80) and 1.2 s (120) with labels and segments."""
+    rng = np.random.default_rng(1)
+    (root / "clips").mkdir(parents=True)
+    sf.write(root / "clips/a.wav", _sweep(1.0, SR), SR)
+    sf.write(root / "clips/b.wav", (0.1 * rng.standard_normal(12800)).astype(np.float32), SR)
+    sf.write(root / "clips/c.wav", _sweep(1.2, SR), SR)
+    segments_a = [  # unsorted on purpose
+        {"start": 0.9, "end": 1.05, "label": "spk1"},  # frames 90-105, clipped to 100
+        {"start": 0.254, "end": 0.7449, "label": "spk2"},  # 25.4-74.49 -> 25-74
+        {"start": 0, "end": 0.254, "label": "spk1"},  # 0-25.4 -> 0-25 (touching is fine)
+        {"start": 0.8, "end": 0.804, "label": "tiny"},  # 80-80.4 -> empty, dropped
+        {"start": 1.1, "end": 1.3, "label": "late"},  # past the end: empty, dropped
+    ]
+    return _write_manifest(
+        root / "manifest.jsonl",
+        [
+            {"audio": "clips/a.wav", "text": "a", "label": "x", "segments": segments_a},
+            {"audio": "clips/b.wav", "text": "b", "label": ["y", "x"]},
+            {"audio": "clips/c.wav", "text": "c", "label": ["y"], "segments": []},
+            {"audio": "clips/c.wav", "text": "d", "id": "d", "label": 7},
+            {
+                "audio": "clips/c.wav",
+                "text": "e",
+                "id": "e",
+                "segments": [{"start": 0.5, "end": 1.0, "label": "spk2"}],
+            },
+            {
+                "audio": "clips/missing.wav",
+                "text": "f",
+                "label": "z",
+                "segments": [{"start": 0, "end": 1, "label": "spk3"}],
+            },
+        ],
+    )
+
+
+def test_labels_and_segments_reach_records_and_dataset_json(tmp_path):
+    manifest = _labelled_manifest(tmp_path)
+    out = tmp_path / "out"
+    summary = prepare_split(f"manifest:{manifest}", out, "train", CFG, num_workers=1)
+    records = {r["id"]: r for r in _records(out, "train")}
+    assert list(records) == ["clips/a", "clips/b", "clips/c", "d", "e"]  # missing.wav skipped
+    # frame = round(seconds * 16000 / 160), end exclusive, clipped to num_frames.
+    assert records["clips/a"]["segments"] == [[0, 25, "spk1"], [25, 74, "spk2"], [90, 100, "spk1"]]
+    assert records["e"]["segments"] == [[50, 100, "spk2"]]
+    labels = {i: (r["label"], r["segments"]) for i, r in records.items() if i != "clips/a"}
+    assert labels == {
+        "clips/b": (["y", "x"], []),
+        "clips/c": (["y"], []),
+        "d": ("7", []),
+        "e": ("", [[50, 100, "spk2"]]),
+    }
+    assert summary["skipped_by_reason"] == {"bad_audio": 1}
+    assert summary["labels"] == {
+        "7": {"items": 1, "example": "d"},
+        "x": {"items": 2, "example": "clips/a"},
+        "y": {"items": 2, "example": "clips/b"},
+    }
+    assert summary["segment_labels"] == {
+        "spk1": {"frames": 25 + 10, "example": "clips/a"},
+        "spk2": {"frames": 49 + 50, "example": "clips/a"},
+    }
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert list(dataset["splits"]["train"]["labels"]) == ["7", "x", "y"]  # sorted by name
+    assert dataset["splits"]["train"] == summary
+
+
+def test_records_without_segments_read_as_none():
+    features = np.zeros((3, 80), np.float16)
+    old = serialization.msgpack_serialize(
+        {"id": "a", "text": "a", "features": features, "num_frames": 3, "label": "", "speaker": ""}
+    )
+    assert decode_record(old)["segments"] == []
+    new = decode_record(encode_record("a", "a", features, label=["p", "q"], segments=[(0, 2, "s")]))
+    assert (new["label"], new["segments"]) == (["p", "q"], [[0, 2, "s"]])
+
+
+_SEG = {"start": 0.1, "end": 0.5, "label": "s"}
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"label": ["x", ""]}, r'"label"\[1\] is \'\'; each label in the list must be a non-empty'),
+        ({"label": ["x", 3]}, r'"label"\[1\] is 3'),
+        ({"label": ["x", "x"]}, r'"label"\[1\] repeats \'x\''),
+        ({"label": {"a": 1}}, r'"label" must be a string, or a list of strings'),
+        ({"label": True}, r'"label" must be a string'),
+        ({"segments": {"start": 0}}, r'"segments" must be a list like'),
+        ({"segments": [_SEG, [0, 1, "s"]]}, r'"segments"\[1\] must be an object like'),
+        ({"segments": [{**_SEG, "end": "1"}]}, r'"segments"\[0\]\["end"\] must be a number'),
+        ({"segments": [{"end": 1, "label": "s"}]}, r'"segments"\[0\]\["start"\] must be a number'),
+        (
+            {"segments": [{**_SEG, "start": float("nan")}]},
+            r'"segments"\[0\]\["start"\] must be a number of seconds \(got nan\)',
+        ),
+        ({"segments": [{**_SEG, "label": ""}]}, r'"segments"\[0\]\["label"\] must be a non-empty'),
+        (
+            {"segments": [{**_SEG, "label": 4}]},
+            r'"segments"\[0\]\["label"\] must be a non-empty string \(got 4\)',
+        ),
+        (
+            {"segments": [_SEG, {**_SEG, "start": 0.5}]},
+            r'"segments"\[1\] has start 0.5 and end 0.5',
+        ),
+        (
+            {"segments": [{**_SEG, "start": -0.1}]},
+            r'"segments"\[0\] has start -0.1 and end 0.5; give 0 <= start < end',
+        ),
+        (
+            {
+                "segments": [
+                    {**_SEG, "start": 0.6, "end": 0.9},
+                    _SEG,
+                    {**_SEG, "start": 0.4, "end": 0.6},
+                ]
+            },
+            r'"segments"\[2\] \(start 0.4\) overlaps "segments"\[1\] \(end 0.5\); segments must',
+        ),
+    ],
+)
+def test_bad_labels_and_segments_name_file_line_and_field(tmp_path, change, match):
+    manifest = _write_manifest(
+        tmp_path / "m.jsonl",
+        [{"audio": "a.wav", "text": "a"}, {"audio": "b.wav", "text": "b", **change}],
+    )
+    with pytest.raises(SourceError, match=rf"^{manifest}:2: {match}"):
+        parse_source(f"manifest:{manifest}", CFG)

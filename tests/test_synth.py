@@ -1,9 +1,10 @@
-"""espeak-ng synthesis and the built-in digits corpus."""
+"""espeak-ng synthesis and the built-in corpora: digits (with labels) and diarization."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,9 @@ import pytest
 import soundfile as sf
 
 from jaxseq.audio import espeak
-from jaxseq.config import SynthConfig
+from jaxseq.config import PrepareConfig, SynthConfig
+from jaxseq.data.prepare import prepare_corpus
+from jaxseq.data.records import decode_record
 from jaxseq.data.synth import DIGIT_WORDS, VOICES, split_voices, synthesize_corpus
 
 SPLITS = ("train", "valid", "test")
@@ -194,3 +197,150 @@ def test_corpus_rerun_skips_finished_splits(corpus):
 def test_unknown_preset_raises(tmp_path):
     with pytest.raises(ValueError, match="preset"):
         synthesize_corpus(tmp_path, dataclasses.replace(TINY, preset="words"), progress=False)
+
+
+def test_single_voice_corpus(corpus, tmp_path):
+    cfg = dataclasses.replace(
+        TINY,
+        num_train=3,
+        num_valid=1,
+        num_test=1,
+        voices=("en-us+m3",),
+        rate=(170, 170),
+        pitch=(50, 50),
+    )
+    manifests = synthesize_corpus(tmp_path, cfg, num_workers=1, progress=False)
+    for manifest in manifests.values():
+        assert {r["speaker"] for r in _read_manifest(manifest)} == {"en-us+m3"}
+    state = json.loads((tmp_path / "corpus.json").read_text())
+    assert state["voices"] == {s: ["en-us+m3"] for s in SPLITS}
+    assert state["settings"]["rate"] == [170, 170] and state["settings"]["pitch"] == [50, 50]
+    # The texts are those of the multi-voice corpus: only voice, rate and pitch change.
+    default = _read_manifest(corpus[1]["train"])[:3]
+    assert [r["text"] for r in _read_manifest(manifests["train"])] == [r["text"] for r in default]
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"voices": ("en-us+m3", "xx+m1")}, r"unknown voices \['xx\+m1'\]"),
+        ({"rate": (200, 100)}, r"synth.rate is \[200, 100\]"),
+        ({"pitch": (0, 120)}, r"synth.pitch is \[0, 120\]"),
+        ({"words": (0, 3)}, r"synth.words is \[0, 3\]"),
+        ({"label": "voice"}, r"unknown synth label 'voice'"),
+        (
+            {"preset": "diarization", "voices": ("en-us+m3", "en+f2"), "turns": (2, 3)},
+            r"synth.turns is \[2, 3\], but split 'train' has only 2 voices",
+        ),
+    ],
+)
+def test_bad_voice_settings_raise(tmp_path, change, match):
+    with pytest.raises(ValueError, match=match):
+        synthesize_corpus(tmp_path, dataclasses.replace(TINY, **change), progress=False)
+    assert not (tmp_path / "corpus.json").exists()
+
+
+def test_labels(corpus, tmp_path):
+    small = dataclasses.replace(TINY, num_train=3, num_valid=1, num_test=1)
+    speaker = synthesize_corpus(
+        tmp_path / "speaker", dataclasses.replace(small, label="speaker"), progress=False
+    )
+    default = _read_manifest(corpus[1]["train"])[:3]
+    records = _read_manifest(speaker["train"])
+    # Only the label is new: same draws, same audio.
+    assert records == [{**r, "label": r["speaker"]} for r in default]
+    for r in records:
+        wav = (speaker["train"].parent / r["audio"]).read_bytes()
+        assert wav == (corpus[1]["train"].parent / r["audio"]).read_bytes()
+    words = dataclasses.replace(small, label="text", words=(1, 1))
+    manifests = synthesize_corpus(tmp_path / "words", words, num_workers=1, progress=False)
+    records = [r for m in manifests.values() for r in _read_manifest(m)]
+    assert len(records) == 5
+    for r in records:
+        assert r["label"] == r["text"] and r["text"] in DIGIT_WORDS
+
+
+FOUR_VOICES = ("en-us+m3", "en+f2", "en-029+m1", "en-gb-scotland+f1")
+DIARIZATION = dataclasses.replace(
+    TINY,
+    preset="diarization",
+    num_train=3,
+    num_valid=1,
+    num_test=1,
+    voices=FOUR_VOICES,
+    turns=(2, 3),
+    words=(1, 2),
+)
+
+
+@pytest.fixture(scope="module")
+def diarization(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
+    out_dir = tmp_path_factory.mktemp("diarization")
+    return out_dir, synthesize_corpus(out_dir, DIARIZATION, num_workers=2, progress=False)
+
+
+def test_diarization_corpus(diarization):
+    _, manifests = diarization
+    turns = []
+    for manifest in manifests.values():
+        for r in _read_manifest(manifest):
+            assert set(r) == {"id", "audio", "text", "speaker", "segments"}
+            segments = r["segments"]
+            voices = [s["label"] for s in segments]
+            turns.append(len(segments))
+            assert len(set(voices)) == len(voices) and set(voices) <= set(FOUR_VOICES)
+            assert r["speaker"] == ",".join(voices)
+            words = r["text"].split(" ")
+            assert len(segments) <= len(words) <= 2 * len(segments)
+            assert set(words) <= set(DIGIT_WORDS)
+            wave, sr = sf.read(manifest.parent / r["audio"], dtype="float32")
+            seconds = wave.size / sr
+            # 0.1 s of silence before, between and after the turns; speech inside each.
+            edges = [0.0] + [t for s in segments for t in (s["start"], s["end"])] + [seconds]
+            for start, end in zip(edges[::2], edges[1::2], strict=True):
+                assert end - start == pytest.approx(0.1, abs=2e-4)
+                gap = wave[math.ceil(start * sr) + 1 : math.floor(end * sr) - 1]  # 1e-4 s rounding
+                assert gap.size > 0.09 * sr and np.all(gap == 0)
+            for s in segments:
+                assert 0 < s["start"] < s["end"] < seconds
+                speech = wave[round(s["start"] * sr) : round(s["end"] * sr)]
+                assert speech.size > 0.1 * sr and np.sqrt(np.mean(speech**2)) > 0.01
+    assert set(turns) == {2, 3}
+
+
+def test_diarization_corpus_is_deterministic(diarization, tmp_path):
+    out_dir, _ = diarization
+    synthesize_corpus(tmp_path, DIARIZATION, num_workers=1, progress=False)
+    assert _snapshot(tmp_path) == _snapshot(out_dir)
+    settings = json.loads((out_dir / "corpus.json").read_text())["settings"]
+    assert (settings["preset"], settings["turns"], settings["words"]) == (
+        "diarization",
+        [2, 3],
+        [1, 2],
+    )
+
+
+def test_prepared_diarization_corpus_has_frame_labels(diarization, tmp_path):
+    import grain
+
+    out_dir, manifests = diarization
+    summaries = prepare_corpus(
+        out_dir, tmp_path, PrepareConfig(num_shards=1), num_workers=1, progress=False
+    )
+    manifest = {r["id"]: r for m in manifests.values() for r in _read_manifest(m)}
+    frames = {}
+    for split, summary in summaries.items():
+        assert summary["num_utterances"] == {"train": 3, "valid": 1, "test": 1}[split]
+        assert summary["labels"] == {}
+        source = grain.sources.ArrayRecordDataSource([str(tmp_path / summary["shards"][0])])
+        for i in range(len(source)):
+            record = decode_record(source[i])
+            expected = [
+                [round(s["start"] * 100), round(s["end"] * 100), s["label"]]  # 100 frames/s
+                for s in manifest[record["id"]]["segments"]
+            ]
+            assert record["segments"] == expected and record["label"] == ""
+            for start, end, voice in expected:
+                frames[(split, voice)] = frames.get((split, voice), 0) + end - start
+        inventory = {v: e["frames"] for v, e in summary["segment_labels"].items()}
+        assert inventory == {v: n for (s, v), n in frames.items() if s == split}

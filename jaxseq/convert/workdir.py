@@ -1,4 +1,5 @@
-"""`jaxseq convert` and `jaxseq export`: HF Whisper folders ⇄ jaxseq workdirs.
+"""`jaxseq convert` and `jaxseq export`: HF Whisper folders ⇄ jaxseq workdirs, and HF AST
+(`ASTForAudioClassification`) folders → jaxseq classify workdirs.
 
 A converted workdir is an ordinary one that `evaluate`, `transcribe`, `export` and
 `train.init_from` read:
@@ -7,6 +8,9 @@ A converted workdir is an ordinary one that `evaluate`, `transcribe`, `export` a
     WORKDIR/frontend.json        Whisper's log-mel settings (80 or 128 mel bins)
     WORKDIR/tokenizer/           the checkpoint's tokenizer and generation files, copied
     WORKDIR/checkpoints/0/       the weights (parameters only; no optimizer state)
+
+An AST folder gives model.family=classify with classify.encoder=ast, a frontend.json with the
+checkpoint's mel bins, and labels.json (the checkpoint's id2label) instead of tokenizer/.
 """
 
 from __future__ import annotations
@@ -25,7 +29,14 @@ from jaxseq.config import (
     save_config,
     to_yaml,
 )
-from jaxseq.convert.hf_whisper import ConversionError, export_hf_whisper, load_hf_whisper
+from jaxseq.convert.hf_ast import MODEL_TYPE as AST_MODEL_TYPE
+from jaxseq.convert.hf_ast import ast_config_from_hf, ast_params_from_hf
+from jaxseq.convert.hf_whisper import (
+    ConversionError,
+    _read_tensors,
+    export_hf_whisper,
+    load_hf_whisper,
+)
 from jaxseq.tasks.whisper import TOKENIZER_DIR
 from jaxseq.text.whisper_tokenizer import WhisperTokenizer
 
@@ -48,7 +59,9 @@ MAX_LABEL_LENGTH = 128  # default transcript length limit (tokens) of a converte
 def convert_to_workdir(
     hf_folder: str | Path, workdir: str | Path, *, language: str = "en", task: str = "transcribe"
 ) -> Path:
-    """Imports a transformers `WhisperForConditionalGeneration` folder into a new workdir.
+    """Imports a transformers `WhisperForConditionalGeneration` folder into a new workdir (an
+    `ASTForAudioClassification` folder goes to `convert_ast_to_workdir`; language and task
+    apply to Whisper only).
 
     Raises:
       ConversionError: naming the folder when a file is missing, the architecture is not
@@ -59,6 +72,8 @@ def convert_to_workdir(
     from jaxseq.train.checkpoint import Checkpointer
 
     hf_folder, workdir = Path(hf_folder), Path(workdir)
+    if _model_type(hf_folder) == AST_MODEL_TYPE:
+        return convert_ast_to_workdir(hf_folder, workdir)
     if (workdir / "checkpoints").exists():
         raise ConversionError(f"{workdir} already holds checkpoints; convert into a new workdir")
     params, dims = load_hf_whisper(hf_folder)
@@ -107,6 +122,78 @@ def convert_to_workdir(
     for name in TOKENIZER_FILES:
         if (hf_folder / name).is_file():
             shutil.copy2(hf_folder / name, workdir / TOKENIZER_DIR / name)
+    ckpt = Checkpointer(workdir / "checkpoints", cfg.train)
+    ckpt.save_params(
+        0, params, {"step": 0, "converted_from": str(hf_folder), "config": to_yaml(cfg)}
+    )
+    ckpt.wait()
+    ckpt.close()
+    logging.info("converted %s into %s", hf_folder, workdir)
+    return workdir
+
+
+def _model_type(hf_folder: Path) -> str | None:
+    """config.json's model_type, or None when there is no readable config.json (the Whisper
+    path then names the problem)."""
+    try:
+        return json.loads((hf_folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def convert_ast_to_workdir(hf_folder: str | Path, workdir: str | Path) -> Path:
+    """Imports a transformers `ASTForAudioClassification` folder (config.json and
+    model.safetensors, a sharded index or pytorch_model.bin) into a new classify workdir:
+    config.yaml (model.family=classify, classify.encoder=ast, the checkpoint's sizes,
+    data.buckets=[classify.max_frames]), frontend.json (jaxseq's log-mel with the checkpoint's
+    num_mel_bins), labels.json (id2label in id order) and the weights as checkpoint 0.
+
+    The weights are AST's, but not its features: AST checkpoints were trained on Kaldi fbank
+    features (torchaudio.compliance.kaldi.fbank, 25 ms window, 10 ms shift, normalized with
+    the dataset's mean and std), while jaxseq feeds its Whisper-style log-mel (same 10 ms
+    frame rate). Fine-tune the converted model on jaxseq features before trusting its outputs.
+
+    Raises:
+      ConversionError: naming the folder when config.json or the weights are missing or
+        malformed, the config uses what jaxseq's AST lacks (see `ast_config_from_hf`), a
+        tensor is missing or misshapen, or `workdir` already holds checkpoints.
+    """
+    from jaxseq.data.labels import LabelSet
+    from jaxseq.tasks.classify import LABELS_FILE
+    from jaxseq.train.checkpoint import Checkpointer
+
+    hf_folder, workdir = Path(hf_folder), Path(workdir)
+    if (workdir / "checkpoints").exists():
+        raise ConversionError(f"{workdir} already holds checkpoints; convert into a new workdir")
+    try:
+        hf_config = json.loads((hf_folder / "config.json").read_text())
+        model, classify, n_mels, labels = ast_config_from_hf(hf_config)
+    except (OSError, ValueError) as err:  # ConversionError is a ValueError
+        raise ConversionError(f"{hf_folder}/config.json: {err}") from None
+    overrides = [
+        "model.family=classify",
+        *(f"model.{k}={v}" for k, v in model.items()),
+        *(f"classify.{k}={v}" for k, v in classify.items()),
+        f"prepare.frontend.n_mels={n_mels}",
+        f"data.buckets=[{classify['max_frames']}]",
+    ]
+    cfg = load_config(None, overrides)
+    try:
+        params = ast_params_from_hf(
+            _read_tensors(hf_folder),
+            cfg.model,
+            cfg.classify,
+            n_mels=n_mels,
+            num_labels=len(labels),
+        )
+        label_set = LabelSet(labels, cfg.classify.level)
+    except ValueError as err:
+        raise ConversionError(f"{hf_folder}: {err}") from None
+    workdir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, workdir / "config.yaml")
+    frontend = {"frontend": asdict(FrontendConfig(n_mels=n_mels)), "text": asdict(TextConfig())}
+    (workdir / FRONTEND_FILE).write_text(json.dumps(frontend, indent=2))
+    label_set.save(workdir / LABELS_FILE)
     ckpt = Checkpointer(workdir / "checkpoints", cfg.train)
     ckpt.save_params(
         0, params, {"step": 0, "converted_from": str(hf_folder), "config": to_yaml(cfg)}

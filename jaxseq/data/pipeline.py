@@ -178,15 +178,20 @@ def _collate(
 ) -> Batch:
     """Pads decoded records into one batch; rows beyond `len(records)` stay zero (fillers).
 
+    The labels are `vocab.encode(record["text"])`, or `vocab.encode_record(record)` when the
+    vocabulary reads its targets from other record fields (jaxseq.data.labels.LabelSet).
+
     Returns: features float32 [rows, length, n_mels], feature_lengths int32 [rows],
       labels int32 [rows, label_width], label_lengths int32 [rows].
     """
+    encode_record = getattr(vocab, "encode_record", None)
     features = np.zeros((rows, length, n_mels), np.float32)  # [b, T, n_mels]
     feature_lengths = np.zeros((rows,), np.int32)
     labels = np.zeros((rows, label_width), np.int32)  # [b, L]
     label_lengths = np.zeros((rows,), np.int32)
     for r, rec in enumerate(records):
-        feats, ids = rec["features"], vocab.encode(rec["text"])
+        feats = rec["features"]
+        ids = encode_record(rec) if encode_record else vocab.encode(rec["text"])
         if len(feats) > length or len(ids) > label_width:
             raise ValueError(
                 f"record {rec['id']!r} has {len(feats)} frames and {len(ids)} label ids, but the "
@@ -428,6 +433,7 @@ def make_eval_batches(
     *,
     process_index: int = 0,
     process_count: int = 1,
+    label_lengths: np.ndarray | None = None,
 ) -> Iterator[tuple[Batch, list[str], list[str]]]:
     """Every item of a split once, in dataset order, as `(batch, ids, texts)` for this process.
 
@@ -435,6 +441,8 @@ def make_eval_batches(
     `[p*b:(p+1)*b]`; each global batch is padded to `bucket_length` of its longest item (beyond
     the largest bucket: a multiple of it) and its labels to cfg.max_label_length, or, when an
     item's label is longer, to the batch's longest label rounded up to a multiple of 32.
+    `label_lengths` (int [N]) are the label ids per record when they are not the index's text
+    lengths (as in `make_train_iterator`).
 
     Yields:
       batch: the training fields with b = cfg.eval_batch_size // process_count, plus
@@ -444,6 +452,8 @@ def make_eval_batches(
     b = _per_process(cfg.eval_batch_size, process_index, process_count, "eval_batch_size")
     data = _Split(dataset_dir, split)
     frames, text_lengths = data.index["num_frames"], data.index["text_lengths"]
+    if label_lengths is not None:
+        text_lengths = np.asarray(label_lengths, np.int32)
     num = len(frames)
     for start in range(0, num, cfg.eval_batch_size):
         stop = min(start + cfg.eval_batch_size, num)

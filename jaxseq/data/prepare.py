@@ -1,21 +1,29 @@
 """Offline preparation (`jaxseq prepare`): audio + text from a source -> ArrayRecord shards.
 
 Per item: normalize the transcript, load audio as mono at the frontend's rate (resampling and
-downmixing as needed), compute log-mel features, encode one record (jaxseq.data.records). Bad
-items are skipped and listed with their reason, never silently dropped:
+downmixing as needed), compute log-mel features, convert its labelled segments from seconds to
+frames, encode one record (jaxseq.data.records). Bad items are skipped and listed with their
+reason, never silently dropped:
 
   bad_audio           missing, corrupt or empty audio (the loader's message)
   too_short           fewer samples than one STFT frame needs
-  empty_text          the transcript is empty after normalization
+  empty_text          the transcript is empty after normalization (and the item has no
+                      label or segments: classification items need no transcript)
   unknown_characters  the transcript uses characters outside `prepare.text.charset`
   too_long            longer than `prepare.max_seconds` (training splits only: evaluation
                       splits are never filtered by length)
 
 Output in `out_dir`, per split: `prepare.num_shards` shards (`shard_name`), the split index
 (`index_name`, rows in shard order then record order), `{split}.skipped.jsonl`, and the split's
-summary merged into `dataset.json`. Each finished shard has a sidecar `{shard}.meta.json` with
-its index rows and skipped items; a rerun reuses every shard whose sidecar matches the current
-source and settings, so an interrupted run resumes where it stopped.
+summary merged into `dataset.json`, with the split's label inventories:
+
+  labels          {name: {"items": kept items with that label, "example": the first one's id}}
+                  (each label of a multi-label item counts)
+  segment_labels  {name: {"frames": frames labelled with it, "example": the first item's id}}
+
+both sorted by name and {} when the split has none. Each finished shard has a sidecar
+`{shard}.meta.json` with its index rows and skipped items; a rerun reuses every shard whose
+sidecar matches the current source and settings, so an interrupted run resumes where it stopped.
 
 Workers (a `spawn` pool: jax may already be imported in the parent) compute records for chunks
 of items; the parent reads items from the source, writes shards in order and shows progress.
@@ -41,14 +49,20 @@ from tqdm.auto import tqdm
 from jaxseq.audio.frontend import log_mel_numpy
 from jaxseq.audio.io import AudioError, load_audio, to_mono_resampled
 from jaxseq.config import PrepareConfig
-from jaxseq.data.records import encode_record, index_name, shard_name, write_index
+from jaxseq.data.records import (
+    encode_record,
+    index_name,
+    segments_to_frames,
+    shard_name,
+    write_index,
+)
 from jaxseq.data.sources import ManifestSource, TfdsSource, parse_source
 from jaxseq.errors import JaxseqError
 from jaxseq.text.normalize import normalize_text, unknown_characters
 
 log = logging.getLogger(__name__)
 
-_SIDECAR_VERSION = 1
+_SIDECAR_VERSION = 2  # 2: rows carry labels and segment frames
 _NUM_EXAMPLES = 5  # skipped items quoted in a PrepareError
 
 
@@ -68,11 +82,12 @@ def process_item(item: dict[str, Any], cfg: PrepareConfig, evaluation: bool) -> 
     """Turns one source item into a record, or says why it is skipped.
 
     Returns:
-      {"id", "record": bytes, "num_frames", "text_length", "seconds"} for a kept item, or
-      {"id", "audio", "kind", "reason"} for a skipped one.
+      {"id", "record": bytes, "num_frames", "text_length", "seconds", "label",
+      "segment_frames": {label: frames}} for a kept item, or {"id", "audio", "kind", "reason"}
+      for a skipped one.
     """
     text = normalize_text(item["text"], cfg.text)
-    if not text:
+    if not text and not (item.get("label") or item.get("segments")):
         return _skip(item, "empty_text", "the transcript is empty after normalization")
     unknown = unknown_characters(text, cfg.text)
     if unknown:
@@ -105,15 +120,25 @@ def process_item(item: dict[str, Any], cfg: PrepareConfig, evaluation: bool) -> 
             item, "too_short", f"{audio.shape[0]} samples; at least {min_samples} are needed"
         )
     features = log_mel_numpy(audio, cfg.frontend)  # [num_frames, n_mels]
-    record = encode_record(
-        item["id"], text, features, label=item.get("label", ""), speaker=item.get("speaker", "")
+    num_frames = int(features.shape[0])
+    segments = segments_to_frames(
+        item.get("segments", ()), sample_rate, cfg.frontend.hop_length, num_frames
     )
+    label = item.get("label", "")
+    record = encode_record(
+        item["id"], text, features, label=label, speaker=item.get("speaker", ""), segments=segments
+    )
+    segment_frames: Counter[str] = Counter()
+    for start, end, name in segments:
+        segment_frames[name] += end - start
     return {
         "id": item["id"],
         "record": record,
-        "num_frames": int(features.shape[0]),
+        "num_frames": num_frames,
         "text_length": len(text),
         "seconds": float(seconds),
+        "label": label,
+        "segment_frames": dict(segment_frames),
     }
 
 
@@ -164,14 +189,15 @@ class _ShardWriter:
         self.out_dir, self.shard, self.fingerprint = out_dir, shard, fingerprint
         self.tmp = out_dir / f"{shard}.tmp"
         self.writer = ArrayRecordWriter(str(self.tmp), "group_size:1")
-        self.rows: list[list[Any]] = []  # [id, num_frames, text_length, seconds]
+        # [id, num_frames, text_length, seconds, label, {segment label: frames}]
+        self.rows: list[list[Any]] = []
         self.skipped: list[dict[str, Any]] = []
 
     def add(self, result: dict[str, Any]) -> None:
         if "record" in result:
             self.writer.write(result["record"])
-            row = [result["id"], result["num_frames"], result["text_length"], result["seconds"]]
-            self.rows.append(row)
+            keys = ("id", "num_frames", "text_length", "seconds", "label", "segment_frames")
+            self.rows.append([result[k] for k in keys])
         else:
             self.skipped.append(result)
 
@@ -254,6 +280,19 @@ def _frame_stats(num_frames: np.ndarray) -> dict[str, float]:
         "p90": float(p90),
         "p99": float(p99),
     }
+
+
+def _label_inventories(rows: list[list[Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The `labels` and `segment_labels` of a split's summary (see the module docstring)."""
+    labels: dict[str, dict[str, Any]] = {}
+    segment_labels: dict[str, dict[str, Any]] = {}
+    for item_id, _, _, _, label, segment_frames in rows:
+        for name in [label] if isinstance(label, str) else label:
+            if name:
+                labels.setdefault(name, {"items": 0, "example": item_id})["items"] += 1
+        for name, frames in segment_frames.items():
+            segment_labels.setdefault(name, {"frames": 0, "example": item_id})["frames"] += frames
+    return dict(sorted(labels.items())), dict(sorted(segment_labels.items()))
 
 
 def _settings(cfg: PrepareConfig) -> dict[str, Any]:
@@ -376,6 +415,7 @@ def prepare_split(
         raise PrepareError(f"{source}: ids must be unique within a split; repeated: {repeated[:5]}")
     num_frames = np.asarray([r[1] for r in rows], dtype=np.int64)
     write_index(out_dir / index_name(split), ids, num_frames, [r[2] for r in rows])
+    labels, segment_labels = _label_inventories(rows)
     summary = {
         "source": source,
         "evaluation": evaluation,
@@ -384,6 +424,8 @@ def prepare_split(
         "num_utterances": len(rows),
         "hours": round(sum(r[3] for r in rows) / 3600.0, 6),
         "frames": _frame_stats(num_frames),
+        "labels": labels,
+        "segment_labels": segment_labels,
         "num_skipped": len(skipped),
         "skipped_by_reason": dict(Counter(s["kind"] for s in skipped).most_common()),
         "skipped": [{"id": s["id"], "audio": s["audio"], "reason": s["reason"]} for s in skipped],

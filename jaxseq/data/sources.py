@@ -4,8 +4,12 @@ A source is a random-access sequence of items (`len(source)`, `source[i]`), each
 
   id:          str, unique within the source
   text:        str, the raw transcript (normalized later by prepare)
-  label:       str, optional class label ("" when absent)
+  label:       str or list[str], the class label or, for multi-label items, the labels ("" when
+               absent)
   speaker:     str, optional speaker name ("" when absent)
+  segments:    list of {"start": float, "end": float, "label": str}, time spans in seconds with
+               one label each, sorted by start and not overlapping (manifest sources only; a
+               missing key means none)
   where:       str, where the item comes from (`manifest.jsonl:3`, `tfds:name:split[7]`)
   and either
   audio_path:  str, an audio file to load (manifest sources), or
@@ -21,7 +25,9 @@ Sources are built from a spec string by `parse_source`:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +46,90 @@ class SourceError(JaxseqError, ValueError):
     """A source spec, manifest line or dataset is invalid; the message names it and a fix."""
 
 
+_SEGMENT_EXAMPLE = '{"start": 0.5, "end": 1.2, "label": "speech"}'
+
+
+def parse_label(value: Any) -> str | list[str]:
+    """A manifest's `label`: a string (an int is taken as its digits), or a list of labels.
+
+    Raises:
+      ValueError: a value of another type, or a list holding a non-string, an empty string or
+        a repeated label; the message names the field and the fix.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, list):
+        raise ValueError(
+            f'"label" must be a string, or a list of strings for several labels (got {value!r})'
+        )
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or not name:
+            raise ValueError(
+                f'"label"[{i}] is {name!r}; each label in the list must be a non-empty string'
+            )
+        if name in value[:i]:
+            raise ValueError(f'"label"[{i}] repeats {name!r}; list each label once')
+    return list(value)
+
+
+def parse_segments(value: Any) -> list[dict[str, Any]]:
+    """A manifest's `segments`: time spans with one label each, returned sorted by start.
+
+    Each is `{"start": seconds, "end": seconds, "label": "name"}` with 0 <= start < end and a
+    non-empty label; segments must not overlap (touching is fine), as each frame gets one label.
+
+    Raises:
+      ValueError: a malformed segment or an overlap; the message names the field and the fix.
+    """
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f'"segments" must be a list like [{_SEGMENT_EXAMPLE}] (got {value!r})')
+    segments = []
+    for i, seg in enumerate(value):
+        where = f'"segments"[{i}]'
+        if not isinstance(seg, dict):
+            raise ValueError(f"{where} must be an object like {_SEGMENT_EXAMPLE} (got {seg!r})")
+        for key in ("start", "end"):
+            t = seg.get(key)
+            if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+                raise ValueError(f'{where}["{key}"] must be a number of seconds (got {t!r})')
+        if not isinstance(seg.get("label"), str) or not seg["label"]:
+            raise ValueError(
+                f'{where}["label"] must be a non-empty string (got {seg.get("label")!r})'
+            )
+        start, end = float(seg["start"]), float(seg["end"])
+        if not 0 <= start < end:
+            raise ValueError(
+                f"{where} has start {seg['start']} and end {seg['end']}; "
+                "give 0 <= start < end, in seconds"
+            )
+        segments.append((start, end, seg["label"], i))
+    segments.sort()
+    for (_, end, _, a), (start, _, _, b) in itertools.pairwise(segments):
+        if start < end:
+            raise ValueError(
+                f'"segments"[{b}] (start {start}) overlaps "segments"[{a}] (end {end}); '
+                "segments must not overlap, as each frame gets one label"
+            )
+    return [{"start": start, "end": end, "label": label} for start, end, label, _ in segments]
+
+
 class ManifestSource:
     """A JSONL manifest: `{"audio": "clips/a.wav", "text": "hello"}` per line.
 
     Optional keys per line: `id` (default: the audio path relative to the manifest's folder
     without its extension, e.g. `clips/a`, or the file's stem for audio outside that folder),
-    `label` and `speaker`. Relative audio paths resolve
-    against the manifest's folder. Blank lines are ignored. Ids must be unique.
+    `speaker`, `label` (a string, or a list of strings for a multi-label item; see
+    `parse_label`) and `segments` (labelled time spans in seconds; see `parse_segments`).
+    Relative audio paths resolve against the manifest's folder. Blank lines are ignored. Ids
+    must be unique.
 
     Raises:
       SourceError: naming `path:line` for a line that is not a JSON object, lacks `audio` or
-        `text`, has a value of the wrong type, or repeats an id.
+        `text`, has a value of the wrong type, a bad label or segment, or repeats an id.
     """
 
     def __init__(self, path: str | Path):
@@ -90,15 +169,22 @@ class ManifestSource:
             ) from None
         if not isinstance(obj, dict):
             raise self._error(lineno, f"expected a JSON object, got {type(obj).__name__}")
+        labelled = bool(obj.get("label") or obj.get("segments"))
+        if labelled:  # a classification item needs no transcript
+            obj.setdefault("text", "")
         for key in ("audio", "text"):
             if not isinstance(obj.get(key), str):
                 raise self._error(lineno, f'"{key}" must be a string (got {obj.get(key)!r})')
         if not obj["audio"]:
             raise self._error(lineno, '"audio" is empty; give the path of an audio file')
-        for key in ("id", "label", "speaker"):
+        for key in ("id", "speaker"):
             value = obj.get(key)
             if value is not None and not isinstance(value, str | int):
                 raise self._error(lineno, f'"{key}" must be a string (got {value!r})')
+        try:
+            label, segments = parse_label(obj.get("label")), parse_segments(obj.get("segments"))
+        except ValueError as err:
+            raise self._error(lineno, str(err)) from None
         audio_path = root / obj["audio"]  # an absolute path stays as it is
         try:
             default_id = audio_path.relative_to(root).with_suffix("").as_posix()
@@ -107,8 +193,9 @@ class ManifestSource:
         return {
             "id": str(obj.get("id", default_id)),
             "text": obj["text"],
-            "label": str(obj.get("label") or ""),
+            "label": label,
             "speaker": str(obj.get("speaker") or ""),
+            "segments": segments,
             "where": f"{self.path}:{lineno}",
             "audio_path": str(audio_path),
         }

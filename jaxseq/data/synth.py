@@ -1,14 +1,30 @@
-"""The built-in corpus: spoken digit strings synthesized with espeak-ng (`jaxseq synth`).
+"""The built-in corpora: spoken digit strings synthesized with espeak-ng (`jaxseq synth`).
 
 Each split speaks with its own voices, so the test split measures generalization to voices never
-heard in training. Every utterance is drawn from its own generator seeded by (seed, split, index),
-and every chunk of `_CHUNK` utterances is spoken by a fresh copy of the engine, so the corpus is
-byte-identical for a seed whatever the number of worker processes or utterances per split.
+heard in training; `synth.voices` instead gives every split the same voices (one voice with a
+fixed rate and pitch is a single-speaker corpus for TTS). Every utterance is drawn from its own
+generator seeded by (seed, split, index), and every chunk of `_CHUNK` utterances is spoken by
+a fresh copy of the engine, so the corpus is byte-identical for a seed whatever the number of
+worker processes or utterances per split.
+
+Presets (`synth.preset`):
+
+  digits       one voice says `synth.words` digit words; `synth.label` = "speaker" or "text"
+               adds the voice or the text as the manifest's `label` (speaker ID, word
+               classification with words=[1, 1]).
+  diarization  `synth.turns` turns by different voices of the split, each `synth.words` digit
+               words with its own rate and pitch, trimmed and joined with `_PAD_SECONDS` of
+               silence between and around them; the manifest's `segments` give each turn's
+               voice and its exact extent in the wav (per-frame labels). `synth.label` is unused.
 
 Layout written under `out_dir`:
 
     corpus.json                  settings and per-split counts (used to skip finished splits)
-    {split}/manifest.jsonl       {"id", "audio": "wav/<id>.wav", "text", "speaker"} per line
+    {split}/manifest.jsonl       per line {"id", "audio": "wav/<id>.wav", "text", "speaker"},
+                                 plus "label" (digits with synth.label set), or "segments":
+                                 [{"start": s, "end": s, "label": voice}, ...] in seconds
+                                 (rounded to 1e-4) and "speaker": the voices joined by ","
+                                 (diarization)
     {split}/wav/{id}.wav         16-bit PCM mono at `SynthConfig.sample_rate`
 """
 
@@ -44,10 +60,9 @@ _VARIANTS += ("klatt", "klatt2", "klatt3")
 VOICES = tuple(f"{base}+{variant}" for base in _BASES for variant in _VARIANTS)
 
 SPLITS = ("train", "valid", "test")
+PRESETS = ("digits", "diarization")
+LABELS = ("", "speaker", "text")
 _SPLIT_FRACTIONS = {"train": 0.7, "valid": 0.1}  # the test split gets the rest
-_MIN_DIGITS, _MAX_DIGITS = 1, 7
-_RATE_WPM = (130, 210)
-_PITCH = (25, 75)
 _TRIM_TOP_DB = 40.0
 _PAD_SECONDS = 0.1
 _FORMAT_VERSION = 1
@@ -64,21 +79,90 @@ def split_voices(seed: int) -> dict[str, list[str]]:
     return {s: sorted(VOICES[i] for i in order[lo:hi]) for s, (lo, hi) in bounds.items()}
 
 
-def _utterance(seed: int, split: str, index: int, voices: Sequence[str]) -> dict:
-    """Draws the text, voice, rate and pitch of one utterance."""
-    rng = np.random.default_rng([seed, SPLITS.index(split), index])
-    digits = rng.integers(0, 10, size=rng.integers(_MIN_DIGITS, _MAX_DIGITS + 1))
-    words = [DIGIT_WORDS[rng.integers(0, 2)] if d == 0 else DIGIT_WORDS[d + 1] for d in digits]
-    return {
-        "id": f"{split}-{index:06d}",
-        "text": " ".join(words),
-        "speaker": voices[rng.integers(len(voices))],
-        "rate": int(rng.integers(_RATE_WPM[0], _RATE_WPM[1] + 1)),
-        "pitch": int(rng.integers(_PITCH[0], _PITCH[1] + 1)),
-    }
+def corpus_voices(cfg: SynthConfig) -> dict[str, list[str]]:
+    """The voices of each split: `cfg.voices` for all of them, else `split_voices(cfg.seed)`."""
+    if not cfg.voices:
+        return split_voices(cfg.seed)
+    unknown = sorted(set(cfg.voices) - set(VOICES))
+    if unknown:
+        raise ValueError(
+            f"synth.voices has unknown voices {unknown}; choose from the corpus's "
+            f"voices (jaxseq.data.synth.VOICES), e.g. {list(VOICES[:3])}"
+        )
+    return {s: sorted(set(cfg.voices)) for s in SPLITS}
 
 
-def _render(job: tuple[str, str, int, int, list[str], list[int]]) -> list[dict]:
+def _check_range(name: str, bounds: tuple[int, int], lo: int, hi: int) -> None:
+    if len(bounds) != 2 or not lo <= bounds[0] <= bounds[1] <= hi:
+        raise ValueError(
+            f"synth.{name} is {list(bounds)}; give [low, high] with {lo} <= low <= high <= {hi}"
+        )
+
+
+def _checked_voices(cfg: SynthConfig) -> dict[str, list[str]]:
+    """Validates the settings of `cfg`; returns the voices of each split."""
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"unknown synth preset {cfg.preset!r}; choose one of {list(PRESETS)}")
+    if cfg.label not in LABELS:
+        raise ValueError(f"unknown synth label {cfg.label!r}; choose one of {list(LABELS)}")
+    _check_range("rate", cfg.rate, 80, 450)
+    _check_range("pitch", cfg.pitch, 0, 100)
+    _check_range("words", cfg.words, 1, 100)
+    voices = corpus_voices(cfg)
+    if cfg.preset == "diarization":
+        _check_range("turns", cfg.turns, 1, len(VOICES))
+        fewest = min(SPLITS, key=lambda s: len(voices[s]))
+        if len(voices[fewest]) < cfg.turns[1]:
+            raise ValueError(
+                f"synth.turns is {list(cfg.turns)}, but split {fewest!r} has only "
+                f"{len(voices[fewest])} voices and each turn needs its own; lower synth.turns "
+                f"or give synth.voices at least {cfg.turns[1]} voices"
+            )
+    return voices
+
+
+def _digits(rng: np.random.Generator, words: tuple[int, int]) -> str:
+    """Draws a string of `words` digit words ("oh" or "zero" for 0)."""
+    digits = rng.integers(0, 10, size=rng.integers(words[0], words[1] + 1))
+    return " ".join(
+        DIGIT_WORDS[rng.integers(0, 2)] if d == 0 else DIGIT_WORDS[d + 1] for d in digits
+    )
+
+
+def _draw(rng: np.random.Generator, bounds: tuple[int, int]) -> int:
+    return int(rng.integers(bounds[0], bounds[1] + 1))
+
+
+def _utterance(cfg: SynthConfig, split: str, index: int, voices: Sequence[str]) -> dict:
+    """Draws one utterance: its id and its turns [(text, voice, rate, pitch)].
+
+    A digits utterance is one turn; a diarization one is `cfg.turns` turns by distinct voices.
+    """
+    rng = np.random.default_rng([cfg.seed, SPLITS.index(split), index])
+    if cfg.preset == "digits":
+        text = _digits(rng, cfg.words)
+        voice = voices[rng.integers(len(voices))]
+        turns = [(text, voice, _draw(rng, cfg.rate), _draw(rng, cfg.pitch))]
+    else:
+        picks = rng.choice(len(voices), size=_draw(rng, cfg.turns), replace=False)
+        turns = [
+            (_digits(rng, cfg.words), voices[i], _draw(rng, cfg.rate), _draw(rng, cfg.pitch))
+            for i in picks
+        ]
+    return {"id": f"{split}-{index:06d}", "turns": turns}
+
+
+def _manifest_record(cfg: SynthConfig, utt: dict, audio: str, segments: list[dict]) -> dict:
+    texts, voices = zip(*[(text, voice) for text, voice, _, _ in utt["turns"]], strict=True)
+    record = {"id": utt["id"], "audio": audio, "text": " ".join(texts), "speaker": ",".join(voices)}
+    if cfg.preset == "diarization":
+        record["segments"] = segments
+    elif cfg.label:
+        record["label"] = record["speaker" if cfg.label == "speaker" else "text"]
+    return record
+
+
+def _render(job: tuple[str, str, SynthConfig, list[str], list[int]]) -> list[dict]:
     """Synthesizes and writes the wavs for a chunk of indices; returns their manifest records.
 
     The chunk is spoken by one fresh copy of the engine (see `synthesize_isolated`), so its audio
@@ -89,25 +173,37 @@ def _render(job: tuple[str, str, int, int, list[str], list[int]]) -> list[dict]:
 
     from jaxseq.audio.espeak import synthesize_isolated
 
-    split_dir, split, seed, sample_rate, voices, indices = job
-    utts = [_utterance(seed, split, index, voices) for index in indices]
-    requests = [(u["text"], u["speaker"], u["rate"], u["pitch"]) for u in utts]
+    split_dir, split, cfg, voices, indices = job
+    seed, sample_rate = cfg.seed, cfg.sample_rate
+    utts = [_utterance(cfg, split, index, voices) for index in indices]
+    requests = [turn for utt in utts for turn in utt["turns"]]
     noise_seed = np.random.SeedSequence([seed, SPLITS.index(split), indices[0]]).generate_state(1)
     waves, sr = synthesize_isolated(requests, seed=int(noise_seed[0]))
+    waves = iter(waves)
     pad = np.zeros(round(_PAD_SECONDS * sample_rate), np.float32)
     records = []
-    for utt, wave in zip(utts, waves, strict=True):
-        wave, _ = librosa.effects.trim(wave, top_db=_TRIM_TOP_DB)
-        if wave.size == 0:
-            raise RuntimeError(f"espeak-ng produced silence for {utt}")
-        wave = librosa.resample(wave, orig_sr=sr, target_sr=sample_rate)
-        wave = np.concatenate([pad, wave, pad])
+    for utt in utts:
+        pieces, segments, offset = [pad], [], pad.size  # offset: samples so far
+        for turn in utt["turns"]:
+            wave, _ = librosa.effects.trim(next(waves), top_db=_TRIM_TOP_DB)
+            if wave.size == 0:
+                raise RuntimeError(f"espeak-ng produced silence for {utt['id']}: {turn}")
+            wave = librosa.resample(wave, orig_sr=sr, target_sr=sample_rate)
+            start, offset = offset, offset + wave.size
+            segments.append(
+                {
+                    "start": round(start / sample_rate, 4),
+                    "end": round(offset / sample_rate, 4),
+                    "label": turn[1],
+                }
+            )
+            pieces += [wave, pad]
+            offset += pad.size
+        wave = np.concatenate(pieces)
         pcm = np.round(np.clip(wave, -1.0, 1.0) * 32767.0).astype(np.int16)
         audio = f"wav/{utt['id']}.wav"
         sf.write(Path(split_dir) / audio, pcm, sample_rate, subtype="PCM_16", format="WAV")
-        records.append(
-            {"id": utt["id"], "audio": audio, "text": utt["text"], "speaker": utt["speaker"]}
-        )
+        records.append(_manifest_record(cfg, utt, audio, segments))
     return records
 
 
@@ -130,7 +226,7 @@ def _write_split(
     if split_dir.exists():
         shutil.rmtree(split_dir)
     (split_dir / "wav").mkdir(parents=True)
-    jobs = [(str(split_dir), split, cfg.seed, cfg.sample_rate, voices, c) for c in _chunks(n)]
+    jobs = [(str(split_dir), split, cfg, voices, c) for c in _chunks(n)]
     results = pool.imap(_render, jobs) if jobs else []
     manifest = split_dir / "manifest.jsonl"
     tmp = manifest.with_suffix(".jsonl.tmp")
@@ -149,6 +245,12 @@ def _settings(cfg: SynthConfig) -> dict:
         "preset": cfg.preset,
         "seed": cfg.seed,
         "sample_rate": cfg.sample_rate,
+        "voices": sorted(cfg.voices),
+        "rate": list(cfg.rate),
+        "pitch": list(cfg.pitch),
+        "words": list(cfg.words),
+        "label": cfg.label,
+        "turns": list(cfg.turns),
     }
 
 
@@ -161,26 +263,29 @@ def _write_json(path: Path, obj: dict) -> None:
 def synthesize_corpus(
     out_dir: str | Path, cfg: SynthConfig, num_workers: int = 0, progress: bool = True
 ) -> dict[str, Path]:
-    """Writes the digits corpus (see the module docstring for the layout).
+    """Writes the corpus of `cfg.preset` (see the module docstring for the presets and layout).
 
     Splits whose manifest was already written with the same settings and count are skipped.
 
     Args:
       out_dir: output folder (created if missing).
-      cfg: preset, utterances per split, seed and output sample rate.
+      cfg: preset, utterances per split, seed, output sample rate, the voices, rate, pitch,
+        words (and turns) utterances are drawn from, and the manifest label.
       num_workers: worker processes, started with `spawn` (so a script calling this needs an
         `if __name__ == "__main__":` guard); 0 = os.cpu_count().
       progress: show a tqdm progress bar per split.
 
     Returns:
       {split: path of its manifest.jsonl} for train, valid and test.
+
+    Raises:
+      ValueError: an unknown preset, label or voice, a range out of bounds, or (diarization)
+        a split with fewer voices than `cfg.turns` may ask for; nothing is written then.
     """
-    if cfg.preset != "digits":
-        raise ValueError(f"unknown synth preset {cfg.preset!r}; the only preset is 'digits'")
+    voices = _checked_voices(cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {"train": cfg.num_train, "valid": cfg.num_valid, "test": cfg.num_test}
-    voices = split_voices(cfg.seed)
     settings = _settings(cfg)
     corpus_json = out_dir / "corpus.json"
     state = json.loads(corpus_json.read_text()) if corpus_json.exists() else {}

@@ -2,6 +2,12 @@
 
 Nothing is dropped silently: every utterance of the split is decoded (evaluation batches pad
 rather than filter), and `jaxseq evaluate` adds the items `prepare` skipped to the report.
+
+An optional hook plots attention: a task with `alignment_plots` (int) > 0 and
+`alignment_fn(params, batch, outputs) -> (weights [batch, steps, frames], steps [batch],
+frames [batch])` (`outputs`: its `predict_fn`'s) gets PNGs of the alignment of the first
+`alignment_plots` utterances of the first batch, in the report's `plots/` folder, listed in
+their records ("plots") and shown in the markdown report. Other tasks' reports are unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from jaxseq.data.pipeline import load_dataset_info
 from jaxseq.evaluation.split import eval_batches, gather_records
 from jaxseq.parallel.batch import to_global
 from jaxseq.parallel.sharding import replicated, sharding_context
+from jaxseq.plots import plot_alignment
 from jaxseq.scoring import error_counts, error_rates, utterance_alignment
 
 if TYPE_CHECKING:
@@ -41,6 +48,29 @@ def _eval_step(task: ASRTask, mesh: Mesh, decoder: str, beam_size: int):
     return jax.jit(step, out_shardings=replicated(mesh))
 
 
+@functools.cache
+def _alignment_step(task: ASRTask, mesh: Mesh):
+    """The task's `alignment_fn`, jitted once per (task, mesh)."""
+    return jax.jit(task.alignment_fn, out_shardings=replicated(mesh))
+
+
+def _plot_alignments(
+    report_dir: Path, split: str, records: list[dict], weights, steps, frames
+) -> None:
+    """One PNG per record (row i of the [rows, steps, frames] weights, cropped to its
+    hypothesis and its valid encoder frames); adds "plots" to each record."""
+    for i, record in enumerate(records):
+        rel = f"plots/{split}-{record['id']}-alignment.png"
+        plot_alignment(
+            report_dir / rel,
+            np.asarray(weights[i, : max(int(steps[i]), 1), : max(int(frames[i]), 1)]),
+            title=f"{record['id']}: {record['hyp']}",
+            xlabel="output token",
+            ylabel="encoder frame",
+        )
+        record["plots"] = {"alignment": rel}
+
+
 def evaluate_split(
     task: ASRTask,
     params: Any,
@@ -58,9 +88,10 @@ def evaluate_split(
     Returns:
       (metrics: wer, cer, loss, num_utterances, edit counts, audio_seconds, decode_seconds,
       real_time_factor, decoder and beam_size; records: {"id", "ref", "hyp"} of every
-      utterance, from all processes, in dataset order). `report_dir` is not written to.
+      utterance, from all processes, in dataset order). `report_dir` receives the alignment
+      plots of a task with the hook (module docstring); None: no plots.
     """
-    del report_dir  # recognizers write nothing beside the report
+    plots = getattr(task, "alignment_plots", 0) if report_dir is not None else 0
     decoder = decoder or cfg.eval.decoder
     beam_size = beam_size or cfg.eval.beam_size
     text = TextConfig(**load_dataset_info(dataset_dir)["text"])
@@ -95,6 +126,15 @@ def evaluate_split(
             for i, r, h, ok in zip(ids, refs, hyps, host_batch["valid"], strict=True)
             if ok
         ]
+        if plots > 0 and not rows_per_batch:  # the first batch (a collective: every process)
+            with sharding_context(mesh):
+                weights, steps, frames = jax.device_get(
+                    _alignment_step(task, mesh)(params, batch, outputs)
+                )
+            rows = p * b + np.flatnonzero(host_batch["valid"])[:plots]  # records' rows
+            if p == 0:
+                plotted = (weights[rows], steps[rows], frames[rows])
+                _plot_alignments(Path(report_dir), split, records[: len(rows)], *plotted)
         rows_per_batch.append(sum(bool(ok) for ok in host_batch["valid"]))
     counts = error_counts([r["ref"] for r in records], [r["hyp"] for r in records], text)
     totals = np.array([*counts, len(records)], np.int64)
@@ -135,4 +175,10 @@ def write_report(metrics: dict, records: list[dict], text: TextConfig, path: Pat
     ]
     for (wer, alignment), r in scored[:WORST_IN_REPORT]:
         lines += [f"### {r['id']} (WER {wer:.2%})", "", "```", alignment.strip(), "```", ""]
+    plotted = [r for r in records if "plots" in r]
+    if plotted:
+        lines += ["## Attention alignments", ""]
+        for r in plotted:
+            for kind, plot in r["plots"].items():  # relative to the report's folder
+                lines += [f"### {r['id']} {kind}: {r['hyp']}", "", f"![{kind}]({plot})", ""]
     path.with_suffix(".md").write_text("\n".join(lines))

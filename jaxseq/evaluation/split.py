@@ -17,12 +17,26 @@ from jaxseq.data.pipeline import make_eval_batches, num_eval_batches
 
 
 def eval_batches(
-    dataset_dir: str | Path, split: str, cfg: DataConfig, vocab: Any, desc: str
+    dataset_dir: str | Path,
+    split: str,
+    cfg: DataConfig,
+    vocab: Any,
+    desc: str,
+    label_lengths: np.ndarray | None = None,
 ) -> Iterator[tuple[dict[str, np.ndarray], list[str], list[str]]]:
     """`make_eval_batches` for this process, with a progress bar on process 0."""
     p, count = jax.process_index(), jax.process_count()
+    batches = make_eval_batches(
+        dataset_dir,
+        split,
+        cfg,
+        vocab,
+        process_index=p,
+        process_count=count,
+        label_lengths=label_lengths,
+    )
     return tqdm(
-        make_eval_batches(dataset_dir, split, cfg, vocab, process_index=p, process_count=count),
+        batches,
         total=num_eval_batches(dataset_dir, split, cfg, process_count=count),
         desc=f"{desc} {split}",
         disable=p != 0,

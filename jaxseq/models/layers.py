@@ -324,11 +324,12 @@ class EncoderLayer(nn.Module):
     dtype: Dtype = jnp.float32
     dropout_rate: float = 0.0
     key_bias: bool = True
+    epsilon: float = 1e-5  # of both LayerNorms (ViT/AST checkpoints use 1e-12)
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
         """x: [batch, length, embed]; mask: bool [batch, 1, length, length]."""
-        h = LayerNorm(dtype=self.dtype, name="attn_norm")(x)
+        h = LayerNorm(dtype=self.dtype, epsilon=self.epsilon, name="attn_norm")(x)
         h = MultiHeadAttention(
             self.num_heads,
             dtype=self.dtype,
@@ -337,7 +338,7 @@ class EncoderLayer(nn.Module):
             name="attn",
         )(h, h, mask, deterministic)
         x = x + nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
-        h = LayerNorm(dtype=self.dtype, name="mlp_norm")(x)
+        h = LayerNorm(dtype=self.dtype, epsilon=self.epsilon, name="mlp_norm")(x)
         h = MlpBlock(self.mlp_dim, dtype=self.dtype, dropout_rate=self.dropout_rate, name="mlp")(
             h, deterministic
         )

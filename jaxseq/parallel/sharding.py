@@ -22,11 +22,13 @@ MLP = "mlp"
 HEADS = "heads"
 KV = "kv"
 VOCAB = "vocab"
+LABELS = "labels"  # the classes of a classifier's output (classify family)
 MEL = "mel"
 CONV_WINDOW = "conv_window"
 CONV_IN = "conv_in"  # input channels of a conv after the first (never the same name as its output)
 POSITION = "position"  # rows of a position-embedding table
 LAYERS = "layers"  # the stacked layer axis of scanned layers (model.scan_layers)
+GATES = "gates"  # an RNN cell's stacked gate units (4 x hidden for LSTM, 3 x for GRU)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -37,12 +39,14 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (HEADS, "tensor"),
     (KV, None),
     (VOCAB, None),  # character vocabularies are small and rarely divisible by the mesh
+    (LABELS, None),  # so are label sets (e.g. AudioSet's 527)
     (LENGTH, None),
     (MEL, None),
     (CONV_WINDOW, None),
     (CONV_IN, None),
     (POSITION, None),
     (LAYERS, None),
+    (GATES, "tensor"),
 )
 
 

@@ -28,6 +28,14 @@ def build_task(cfg: Config, dataset_info: dict) -> Task:
         from jaxseq.tasks.tts import TTSTask
 
         return TTSTask.from_dataset(cfg, dataset_info)
+    if cfg.model.family == "rnn":
+        from jaxseq.tasks.rnn import RNNTask
+
+        return RNNTask.from_dataset(cfg, dataset_info)
+    if cfg.model.family == "classify":
+        from jaxseq.tasks.classify import ClassifyTask
+
+        return ClassifyTask.from_dataset(cfg, dataset_info)
     raise ValueError(f"unknown model.family {cfg.model.family!r}")
 
 
@@ -49,4 +57,12 @@ def load_task(cfg: Config, workdir: str | Path, n_mels: int) -> Task:
         from jaxseq.tasks.tts import TTSTask
 
         return TTSTask.from_workdir(cfg, Path(workdir), n_mels)
+    if cfg.model.family == "rnn":
+        from jaxseq.tasks.rnn import RNNTask
+
+        return RNNTask.from_workdir(cfg, Path(workdir), n_mels)
+    if cfg.model.family == "classify":
+        from jaxseq.tasks.classify import ClassifyTask
+
+        return ClassifyTask.from_workdir(cfg, Path(workdir), n_mels)
     raise ValueError(f"unknown model.family {cfg.model.family!r}")

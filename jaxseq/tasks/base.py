@@ -20,6 +20,8 @@ from jaxseq.config import Config, TextConfig
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+# In training batches only: the train step being taken, int32 [batch] (jaxseq.train.loop).
+STEP_KEY = "step"
 
 
 class Task(abc.ABC):
@@ -31,6 +33,9 @@ class Task(abc.ABC):
     tokenizer: Any  # has .encode(text) -> int ids; saved in the workdir
     # The validation metric that ranks checkpoints (lower is better) and is printed in training.
     best_metric: str = "wer"
+    # The top-level parameter groups `train.init_from` provides (e.g. ("encoder",): a classifier
+    # takes a CTC model's encoder and starts its own head); empty = all of them.
+    pretrained_groups: tuple[str, ...] = ()
 
     def label_lengths(self, dataset_dir: str | Path, info: dict, split: str) -> np.ndarray | None:
         """Label ids per record of a split, for the length filter; None: the text lengths."""
@@ -58,7 +63,8 @@ class Task(abc.ABC):
 
         The loss is a sum over the batch divided by `metrics["tokens"]`, so that microbatches
         combine exactly (gradient accumulation weights each by its token count). Rows with
-        batch["valid"] == False (evaluation fillers) contribute nothing.
+        batch["valid"] == False (evaluation fillers) contribute nothing. Training batches also
+        hold batch[STEP_KEY], the step being taken (int32 [batch], every row the same).
         """
 
     @abc.abstractmethod

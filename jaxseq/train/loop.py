@@ -32,7 +32,7 @@ from jaxseq.parallel.batch import to_global
 from jaxseq.parallel.mesh import data_parallel_size, make_mesh
 from jaxseq.parallel.sharding import batch_sharding, replicated, sharding_context
 from jaxseq.tasks import build_task
-from jaxseq.tasks.base import Task
+from jaxseq.tasks.base import STEP_KEY, Task
 from jaxseq.train.checkpoint import Checkpointer, restore_workdir_params
 from jaxseq.train.optimizer import learning_rate_schedule, make_optimizer
 from jaxseq.train.preemption import PreemptionWatch
@@ -47,6 +47,10 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, microbatches: 
     gradients are accumulated in a `lax.scan` (memory of one microbatch), each weighted by its
     `metrics["tokens"]`: the task's loss is a sum over the batch divided by that count, so the
     result is the large-batch step's (dropout and SpecAugment draw per microbatch).
+
+    The task's loss sees the step being taken as `batch["step"]`, int32 [batch] (one value
+    per row, so that microbatches split it like any field), for schedules inside the loss
+    (e.g. the rnn family's scheduled sampling); evaluation batches have no "step".
 
     A batch whose loss or gradients are not finite changes nothing but the step counter: the
     parameters and optimizer state stay as they were, its metrics are zero, and "skipped" is 1.
@@ -93,6 +97,8 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, microbatches: 
         state: TrainState, batch: dict, streak: jax.Array
     ) -> tuple[TrainState, dict[str, jax.Array], jax.Array]:
         rng = jax.random.fold_in(state.rng, state.step)
+        rows = jax.tree.leaves(batch)[0].shape[0]
+        batch = {**batch, STEP_KEY: jnp.full((rows,), state.step, jnp.int32)}
         compute = loss_and_grads if microbatches == 1 else accumulated
         loss, metrics, grads = compute(state.params, batch, rng)
         finite = jnp.isfinite(loss) & jax.tree.reduce(
@@ -138,8 +144,11 @@ def _write_workdir_files(cfg: Config, workdir: Path, task: Task, info: dict) -> 
     task.save_tokenizer(workdir)
 
 
-def _pretrained_params(cfg: Config, info: dict, abstract_params: Any) -> Any:
-    """The weights of `train.init_from` (best, else latest checkpoint) for a fresh run."""
+def _pretrained_params(
+    cfg: Config, info: dict, abstract_params: Any, groups: tuple[str, ...]
+) -> Any:
+    """The weights of `train.init_from` (best, else latest checkpoint) for a fresh run: its
+    top-level parameter groups `groups` (all when empty)."""
     source = Path(cfg.train.init_from)
     frontend_file = source / FRONTEND_FILE
     if not frontend_file.is_file():
@@ -154,8 +163,10 @@ def _pretrained_params(cfg: Config, info: dict, abstract_params: Any) -> Any:
             f"in train.init_from={source} expect {pretrained}; prepare the data with "
             "prepare.frontend set to those values"
         )
+    if groups:
+        abstract_params = {k: v for k, v in abstract_params.items() if k in groups}
     params, step = restore_workdir_params(source, abstract_params)
-    logging.info("initialized from %s, step %d", source, step)
+    logging.info("initialized %s from %s, step %d", sorted(params), source, step)
     return params
 
 
@@ -228,7 +239,9 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
         state, start = ckpt.restore_latest(abstract, data_iter)
         logging.info("resumed from step %d", start)
     else:
-        params = _pretrained_params(cfg, info, abstract.params) if cfg.train.init_from else None
+        params = None
+        if cfg.train.init_from:
+            params = _pretrained_params(cfg, info, abstract.params, task.pretrained_groups)
         state = create_train_state(task, tx, init_batch, mesh, cfg.train.seed, params)
         start = 0
     num_params = sum(x.size for x in jax.tree.leaves(state.params))

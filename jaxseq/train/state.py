@@ -67,8 +67,9 @@ def create_train_state(
 ) -> TrainState:
     """A fresh train state at step 0 whose every leaf is created with its final sharding.
 
-    `params` (unboxed, e.g. restored pretrained weights) replace the random initialization;
-    the optimizer state is always fresh.
+    `params` (unboxed, e.g. restored pretrained weights) replace the random initialization
+    of the top-level parameter groups they hold (the others stay random); the optimizer state
+    is always fresh.
     """
     _, shardings = abstract_train_state(task, tx, batch, mesh)
     init = _init_fn(task, tx, batch)
@@ -78,7 +79,8 @@ def create_train_state(
         )
 
     def from_params(rng: jax.Array, params: Any) -> TrainState:
-        state_rng = jax.random.split(rng)[1]  # the same state rng as a random initialization
-        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), state_rng)
+        fresh = nn.meta.unbox(init(rng))  # unused parts are compiled away
+        params = {**fresh.params, **params}
+        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), fresh.rng)
 
     return jax.jit(from_params, out_shardings=shardings)(jax.random.PRNGKey(seed), params)

@@ -1,0 +1,244 @@
+"""Classification evaluation: classify a prepared split, score it, report.
+
+Sequence level: accuracy and macro-F1 (scikit-learn) over single labels; for multi-label
+models, exact-match accuracy and macro-F1 over the label indicators (a label is predicted
+when its sigmoid is at least 0.5). Frame level: frame accuracy over the frames a segment
+covers, and the diarization error rate (pyannote.metrics) of the predicted segments with
+oracle speech activity: frames no segment covers (pauses) are not scored, and speakers are
+mapped one-to-one per item as DER does, so DER counts confusions only.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxseq.data.pipeline import load_dataset_info
+from jaxseq.evaluation.split import eval_batches, gather_records
+from jaxseq.parallel.batch import to_global
+from jaxseq.parallel.sharding import replicated, sharding_context
+
+if TYPE_CHECKING:
+    from jaxseq.tasks.classify import ClassifyTask
+
+WORST_IN_REPORT = 20
+
+
+@functools.cache
+def _eval_step(task: ClassifyTask, mesh: Mesh):
+    """One jitted function per (task, mesh), cached: a batch's logits and loss."""
+
+    def step(params, batch):
+        return task.logits(params, batch), task.loss_fn(params, batch, jax.random.PRNGKey(0), False)
+
+    return jax.jit(step, out_shardings=replicated(mesh))
+
+
+def runs(ids: np.ndarray, names: tuple[str, ...], seconds: float) -> list[list]:
+    """Frame label ids [frames] (-1: unlabeled) → [[start_s, end_s, name], ...] of the
+    maximal runs of one label (unlabeled runs left out)."""
+    out: list[list] = []
+    start = 0
+    for t in range(1, len(ids) + 1):
+        if t == len(ids) or ids[t] != ids[start]:
+            if ids[start] >= 0:
+                out.append([round(start * seconds, 4), round(t * seconds, 4), names[ids[start]]])
+            start = t
+    return out
+
+
+def _records(task: ClassifyTask, logits, enc_lengths, batch, ids, frame_seconds) -> list[dict]:
+    """One record per valid row of a batch (host side)."""
+    from jaxseq.tasks.classify import frame_targets
+
+    names = task.tokenizer.names
+    out = []
+    if task.level == "frame":
+        targets = np.asarray(frame_targets(batch["labels"], task.stride, logits.shape[1]))
+        for r, item in enumerate(ids):
+            n = int(enc_lengths[r])
+            ref, hyp = targets[r, :n], np.argmax(logits[r, :n], axis=-1)
+            scored = ref >= 0
+            out.append(
+                {
+                    "id": item,
+                    "frames": int(scored.sum()),
+                    "correct": int((hyp[scored] == ref[scored]).sum()),
+                    "reference": runs(ref, names, frame_seconds),
+                    "predicted": runs(hyp, names, frame_seconds),
+                }
+            )
+    elif task.multi_label:
+        probs = 1.0 / (1.0 + np.exp(-logits))  # [b, labels]
+        for r, item in enumerate(ids):
+            ref = batch["labels"][r, : batch["label_lengths"][r]]
+            out.append(
+                {
+                    "id": item,
+                    "label": sorted(names[i] for i in ref),
+                    "predicted": [names[i] for i in np.flatnonzero(probs[r] >= 0.5)],
+                }
+            )
+    else:
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)  # [b, labels]
+        for r, item in enumerate(ids):
+            best = int(np.argmax(probs[r]))
+            out.append(
+                {
+                    "id": item,
+                    "label": names[int(batch["labels"][r, 0])],
+                    "predicted": names[best],
+                    "confidence": round(float(probs[r, best]), 4),
+                }
+            )
+    return out
+
+
+def evaluate_split(
+    task: ClassifyTask, params: Any, mesh: Mesh, dataset_dir: str | Path, split: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Classifies every item of a prepared split.
+
+    Returns:
+      (metrics: loss, num_utterances, error_rate (what ranks checkpoints: 1 - accuracy, or DER
+      at the frame level) and accuracy, macro_f1 (sequence) or frame_accuracy, der (frame);
+      records: one per item, from all processes, in dataset order).
+
+    Raises:
+      JaxseqError naming the items when the split has labels the model does not know or clips
+      shorter than the model can classify.
+    """
+    info = load_dataset_info(dataset_dir)
+    unused = task.check_split(dataset_dir, info, split)
+    if unused:
+        logging.warning(
+            "%s:%s has no items of %d of the model's labels: %s",
+            dataset_dir,
+            split,
+            len(unused),
+            unused[:10],
+        )
+    frontend = info["frontend"]
+    frame_seconds = frontend["hop_length"] / frontend["sample_rate"] * task.stride
+    eval_step = _eval_step(task, mesh)
+    label_lengths = task.label_lengths(dataset_dir, info, split)
+    batches = eval_batches(
+        dataset_dir, split, task.cfg.data, task.tokenizer, "evaluate", label_lengths
+    )
+    p = jax.process_index()
+    records: list[dict[str, Any]] = []
+    rows_per_batch: list[int] = []
+    loss_sum = tokens = 0.0
+    for host_batch, ids, _ in batches:
+        b = len(ids)
+        with sharding_context(mesh):
+            (logits, enc_lengths), (loss, metrics) = jax.device_get(
+                eval_step(params, to_global(host_batch, mesh))
+            )
+        rows = slice(p * b, (p + 1) * b)  # this process's rows of the replicated outputs
+        valid = host_batch["valid"]
+        mine = {k: v[valid] for k, v in host_batch.items()}
+        kept = [i for i, ok in zip(ids, valid, strict=True) if ok]
+        records += _records(
+            task,
+            np.asarray(logits)[rows][valid],
+            np.asarray(enc_lengths)[rows][valid],
+            mine,
+            kept,
+            frame_seconds,
+        )
+        rows_per_batch.append(len(kept))
+        loss_sum += float(loss) * float(metrics["tokens"])
+        tokens += float(metrics["tokens"])
+    if jax.process_count() > 1:
+        records = gather_records(records, rows_per_batch)
+    metrics = score(task, records)
+    metrics.update(num_utterances=len(records), loss=loss_sum / max(tokens, 1.0))
+    return metrics, records
+
+
+def score(task: ClassifyTask, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The split's metrics from its records (see the module docstring)."""
+    from sklearn.metrics import f1_score
+    from sklearn.preprocessing import MultiLabelBinarizer
+
+    if task.level == "frame":
+        frames = sum(r["frames"] for r in records)
+        der = diarization_error_rate(records)
+        accuracy = sum(r["correct"] for r in records) / max(frames, 1)
+        return {"frame_accuracy": accuracy, "der": der, "error_rate": der, "frames": frames}
+    refs = [r["label"] for r in records]
+    hyps = [r["predicted"] for r in records]
+    if task.multi_label:
+        binarizer = MultiLabelBinarizer(classes=list(task.tokenizer.names))
+        refs, hyps = binarizer.fit_transform(refs), binarizer.transform(hyps)
+        accuracy = float(np.mean(np.all(refs == hyps, axis=1)))
+        # Macro over the labels the split has or predicts (an absent label is not a 0 F1).
+        present = np.flatnonzero(refs.any(0) | hyps.any(0))
+        f1 = f1_score(refs, hyps, average="macro", labels=present, zero_division=0)
+    else:
+        accuracy = float(np.mean([a == b for a, b in zip(refs, hyps, strict=True)]))
+        f1 = f1_score(refs, hyps, average="macro", labels=sorted(set(refs) | set(hyps)))
+    return {"accuracy": accuracy, "macro_f1": float(f1), "error_rate": 1.0 - accuracy}
+
+
+def diarization_error_rate(records: list[dict[str, Any]]) -> float:
+    """Total DER over the items (pyannote.metrics, no collar, the hypothesis cropped to the
+    reference's speech): (missed + false alarm + confusion) / reference speech."""
+    from pyannote.core import Annotation, Segment
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    metric = DiarizationErrorRate(collar=0.0, skip_overlap=False)
+    for r in records:
+        ref, hyp = Annotation(uri=r["id"]), Annotation(uri=r["id"])
+        for i, (start, end, name) in enumerate(r["reference"]):
+            ref[Segment(start, end), i] = name
+        for i, (start, end, name) in enumerate(r["predicted"]):
+            hyp[Segment(start, end), i] = name
+        metric(ref, hyp.crop(ref.get_timeline().support()), uem=ref.get_timeline().extent())
+    return float(abs(metric))
+
+
+def write_report(metrics: dict, records: list[dict], path: Path) -> None:
+    """The JSON report (metrics + every item) and a markdown one: the headline figures, the
+    most frequent confusions and the worst items."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**metrics, "items": records}, indent=2))
+    lines = [
+        f"# Classification: {metrics['headline']}",
+        "",
+        f"{metrics['num_utterances']} items of {metrics['dataset']}:{metrics['split']} scored, "
+        f"{metrics['num_skipped']} skipped by prepare (listed in {path.name}); step "
+        f"{metrics['step']}.",
+        "",
+    ]
+    if "der" in metrics:
+        worst = sorted(records, key=lambda r: r["correct"] / max(r["frames"], 1))
+        lines += [f"## Worst {min(WORST_IN_REPORT, len(worst))} items (frame accuracy)", ""]
+        for r in worst[:WORST_IN_REPORT]:
+            acc = r["correct"] / max(r["frames"], 1)
+            lines += [
+                f"- {r['id']}: {acc:.1%}; reference {_turns(r['reference'])}; "
+                f"predicted {_turns(r['predicted'])}"
+            ]
+    else:
+        wrong = [r for r in records if r["label"] != r["predicted"]]
+        pairs = Counter((str(r["label"]), str(r["predicted"])) for r in wrong)
+        lines += ["## Most frequent confusions", ""]
+        lines += [f"- {a} → {b}: {n}" for (a, b), n in pairs.most_common(10)] or ["- none"]
+        lines += ["", f"## Misclassified items ({len(wrong)})", ""]
+        lines += [f"- {r['id']}: {r['label']} → {r['predicted']}" for r in wrong[:WORST_IN_REPORT]]
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def _turns(segments: list[list]) -> str:
+    return ", ".join(f"{name} {start:.2f}-{end:.2f}s" for start, end, name in segments)

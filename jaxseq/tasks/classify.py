@@ -1,0 +1,224 @@
+"""Audio classification: AST, or heads on jaxseq's audio encoder, per sequence or per frame.
+
+Targets come from the prepared records through a `LabelSet` (the family's tokenizer): one
+label per item (softmax + cross-entropy, or sigmoid + binary cross-entropy per label when
+`classify.multi_label`), or one label per frame from the item's segments (level=frame:
+cross-entropy on every encoder frame a segment covers). Padded frames never count, in
+pooling or in the loss.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from jaxseq.audio.specaugment import spec_augment
+from jaxseq.config import Config, ConfigError, TextConfig
+from jaxseq.data.labels import LabelSet
+from jaxseq.data.records import index_name, read_index
+from jaxseq.errors import JaxseqError
+from jaxseq.models.layers import padding_mask
+from jaxseq.tasks.base import Batch, Metrics, Task
+
+LABELS_FILE = "labels.json"
+
+
+def frame_targets(labels: jax.Array, stride: int, enc_frames: int) -> jax.Array:
+    """Per-input-frame label ids [batch, L] → the label of each encoder frame [batch,
+    enc_frames]: encoder frame k is centred on input frame k * stride (the conv stem's
+    receptive-field centre). Positions beyond L are -1 (unlabeled)."""
+    need = enc_frames * stride
+    if labels.shape[1] < need:
+        labels = jnp.pad(labels, ((0, 0), (0, need - labels.shape[1])), constant_values=-1)
+    return labels[:, ::stride][:, :enc_frames]  # [batch, enc_frames]
+
+
+def multi_hot(labels: jax.Array, lengths: jax.Array, num_labels: int) -> jax.Array:
+    """Label ids [batch, L] with `lengths` [batch] valid → float32 [batch, num_labels] 0/1."""
+    valid = padding_mask(lengths, labels.shape[1])[:, :, None]  # [b, L, 1]
+    hot = jax.nn.one_hot(labels, num_labels) * valid  # [b, L, labels]
+    return jnp.minimum(jnp.sum(hot, axis=1), 1.0)
+
+
+class ClassifyTask(Task):
+    """Log-mel → class labels (see the module docstring)."""
+
+    def __init__(self, cfg: Config, labels: LabelSet, n_mels: int):
+        self.cfg = cfg
+        self.tokenizer = labels
+        self.n_mels = n_mels
+        c = cfg.classify
+        self._check_config()
+        self.level, self.multi_label = c.level, c.multi_label
+        self.best_metric = "der" if c.level == "frame" else "error_rate"
+        dtype = jnp.bfloat16 if cfg.train.compute_dtype == "bfloat16" else jnp.float32
+        if c.encoder == "ast":
+            from jaxseq.models.ast import AST, min_frames
+
+            self.model = AST(cfg.model, c, labels.size, n_mels, dtype=dtype)
+            self.min_frames, self.max_frames = min_frames(c), c.max_frames
+        else:
+            from jaxseq.models.classifier import EncoderClassifier
+
+            self.model = EncoderClassifier(cfg.model, labels.size, c.level, dtype=dtype)
+            self.min_frames, self.max_frames = 1, math.inf
+        self.stride = math.prod(cfg.model.subsample_strides)
+        # train.init_from (a CTC model, or an AST converted from transformers) gives the
+        # encoder; the head, sized to this task's labels, starts fresh.
+        self.pretrained_groups = ("encoder",)
+
+    def _check_config(self) -> None:
+        c, data = self.cfg.classify, self.cfg.data
+        if c.encoder == "ast":
+            if c.level == "frame":
+                raise ConfigError(
+                    "classify.level=frame needs classify.encoder=transformer (AST pools patches "
+                    "that mix neighbouring frames into one prediction per clip)"
+                )
+            if max(data.buckets) > c.max_frames:
+                raise ConfigError(
+                    f"data.buckets go up to {max(data.buckets)} frames but AST's position table "
+                    f"covers classify.max_frames={c.max_frames}; lower the buckets or raise "
+                    "classify.max_frames"
+                )
+        elif c.pooling != "mean":
+            raise ConfigError(
+                f"classify.pooling={c.pooling!r} is AST's; classify.encoder=transformer pools "
+                "with 'mean' (over the valid frames): set classify.pooling=mean"
+            )
+        if c.level == "frame" and c.multi_label:
+            raise ConfigError("classify.multi_label applies to level=sequence only")
+        if c.level == "frame" and data.max_label_length < max(data.buckets):
+            raise ConfigError(
+                f"classify.level=frame keeps one label per frame: data.max_label_length "
+                f"({data.max_label_length}) must be at least the largest bucket "
+                f"({max(data.buckets)})"
+            )
+
+    @classmethod
+    def from_dataset(cls, cfg: Config, info: dict) -> ClassifyTask:
+        split = cfg.data.train_split
+        where = f"{cfg.data.dataset}:{split}"
+        labels = LabelSet.from_inventory(info["splits"][split], cfg.classify.level, where)
+        task = cls(cfg, labels, int(info["frontend"]["n_mels"]))
+        task.check_split(cfg.data.dataset, info, split)
+        return task
+
+    @classmethod
+    def from_workdir(cls, cfg: Config, workdir: Path, n_mels: int) -> ClassifyTask:
+        return cls(cfg, LabelSet.load(Path(workdir) / LABELS_FILE), n_mels)
+
+    def save_tokenizer(self, workdir: Path) -> None:
+        self.tokenizer.save(Path(workdir) / LABELS_FILE)
+
+    def check_split(self, dataset_dir: str | Path, info: dict, split: str) -> list[str]:
+        """Raises JaxseqError naming the items of a prepared split that cannot be classified:
+        labels outside the model's set, clips shorter than one patch. Returns the model's
+        labels the split never uses."""
+        where = f"{dataset_dir}:{split}"
+        unused = self.tokenizer.check_split(info["splits"][split], where)
+        index = read_index(Path(dataset_dir) / index_name(split))
+        short = index["ids"][index["num_frames"] < self.min_frames]
+        if len(short):
+            raise JaxseqError(
+                f"{where}: {len(short)} clips are shorter than one {self.min_frames}-frame "
+                f"patch, e.g. {list(short[:5])}; AST cannot classify them: remove them from the "
+                "manifest, or pad the audio"
+            )
+        long = index["ids"][index["num_frames"] > self.max_frames]
+        if len(long):
+            raise JaxseqError(
+                f"{where}: {len(long)} clips are longer than AST's classify.max_frames="
+                f"{self.max_frames}, e.g. {list(long[:5])}: cut them, or raise max_frames"
+            )
+        return unused
+
+    def label_lengths(self, dataset_dir: str | Path, info: dict, split: str) -> np.ndarray:
+        """Label ids per record: one per frame (level=frame), one per item, or up to
+        data.max_label_length for multi-label items."""
+        frames = read_index(Path(dataset_dir) / index_name(split))["num_frames"]
+        if self.level == "frame":
+            return frames.astype(np.int32)
+        per_item = self.cfg.data.max_label_length if self.multi_label else 1
+        return np.full(frames.shape, per_item, np.int32)
+
+    def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+        return self.model.init(
+            {"params": rng}, batch["features"], batch["feature_lengths"], deterministic=True
+        )
+
+    def logits(
+        self, params: Any, batch: Batch, rng: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
+        """(logits: [batch, labels], or [batch, enc_frames, labels] at the frame level;
+        valid encoder frames [batch]). With `rng`, a training forward pass (dropout, and
+        SpecAugment when enabled)."""
+        features, lengths = batch["features"], batch["feature_lengths"]
+        if features.shape[1] > self.max_frames:  # AST: only bucket padding lies beyond
+            features = features[:, : self.max_frames]
+        train = rng is not None
+        if train and self.cfg.spec_augment.enabled:
+            features = spec_augment(
+                jax.random.fold_in(rng, 1), features, lengths, self.cfg.spec_augment
+            )
+        rngs = {"dropout": jax.random.fold_in(rng, 2)} if train else {}
+        out = self.model.apply(
+            {"params": params}, features, lengths, deterministic=not train, rngs=rngs
+        )
+        return out if isinstance(out, tuple) else (out, lengths)  # AST: logits only
+
+    def loss_fn(
+        self, params: Any, batch: Batch, rng: jax.Array, train: bool
+    ) -> tuple[jax.Array, Metrics]:
+        logits, enc_lengths = self.logits(params, batch, rng if train else None)
+        rows = batch.get("valid", jnp.ones(logits.shape[0], bool)).astype(jnp.float32)  # [b]
+        labels = batch["labels"]  # [b, L]
+        if self.level == "frame":
+            targets = frame_targets(labels, self.stride, logits.shape[1])  # [b, enc_frames]
+            weights = (padding_mask(enc_lengths, logits.shape[1]) & (targets >= 0)) * rows[
+                :, None
+            ]  # [b, enc_frames]
+            safe = jnp.maximum(targets, 0)
+            per = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
+            correct = (jnp.argmax(logits, -1) == targets) * weights
+        elif self.multi_label:
+            hot = multi_hot(labels, batch["label_lengths"], logits.shape[-1])  # [b, labels]
+            per = jnp.sum(optax.sigmoid_binary_cross_entropy(logits, hot), axis=-1)  # [b]
+            weights = rows
+            correct = jnp.all((logits > 0) == (hot > 0), axis=-1) * weights
+        else:
+            per = optax.softmax_cross_entropy_with_integer_labels(logits, labels[:, 0])  # [b]
+            weights = rows
+            correct = (jnp.argmax(logits, -1) == labels[:, 0]) * weights
+        tokens = jnp.sum(weights)
+        loss = jnp.sum(per * weights) / jnp.maximum(tokens, 1.0)
+        metrics = {"utterances": jnp.sum(rows), "tokens": tokens, "correct": jnp.sum(correct)}
+        return loss, metrics
+
+    def evaluate_split(
+        self, params: Any, mesh: Mesh, dataset_dir: str | Path, split: str, **options: Any
+    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """Accuracy and macro-F1 (sequence) or frame accuracy and DER (frame) of every item
+        (see jaxseq.evaluation.classify)."""
+        from jaxseq.evaluation.classify import evaluate_split
+
+        return evaluate_split(self, params, mesh, dataset_dir, split)
+
+    def write_report(
+        self, metrics: dict[str, Any], records: list[dict], text: TextConfig, path: Path
+    ) -> None:
+        from jaxseq.evaluation.classify import write_report
+
+        write_report(metrics, records, path)
+
+    def headline(self, metrics: dict[str, Any]) -> str:
+        if self.level == "frame":
+            return f"frame accuracy {metrics['frame_accuracy']:.2%}  DER {metrics['der']:.2%}"
+        return f"accuracy {metrics['accuracy']:.2%}  macro-F1 {metrics['macro_f1']:.2%}"
