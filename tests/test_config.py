@@ -20,10 +20,13 @@ EXPECTED_PARAMS = {
     "seq2seq_digits": (1.5e6, 2.5e6),
     "tts_tiny": (0.01e6, 0.2e6),
     "tts_digits": (3.9e6, 4.0e6),
+    "rnn_tiny": (0.01e6, 0.1e6),
+    "rnn_digits": (1.2e6, 1.4e6),
     # On their own (no train.init_from workdir) the encoder heads have the CTC demo's sizes.
     "classify_speakers": (1.0e6, 1.2e6),
     "classify_diarization": (1.0e6, 1.2e6),
     "classify_words": (0.5e6, 0.8e6),
+    "classify_tiny": (0.01e6, 0.1e6),
     # OpenAI's published sizes; test_whisper_sizes_match_transformers checks them exactly.
     "whisper_tiny": (37e6, 39e6),
     "whisper_base": (72e6, 74e6),

@@ -20,9 +20,11 @@ import logging
 import shutil
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from jaxseq.config import (
     FRONTEND_FILE,
+    Config,
     FrontendConfig,
     TextConfig,
     load_config,
@@ -69,8 +71,6 @@ def convert_to_workdir(
         decoder differ in heads or MLP width (jaxseq's config has one of each), or when
         `workdir` already holds checkpoints.
     """
-    from jaxseq.train.checkpoint import Checkpointer
-
     hf_folder, workdir = Path(hf_folder), Path(workdir)
     if _model_type(hf_folder) == AST_MODEL_TYPE:
         return convert_ast_to_workdir(hf_folder, workdir)
@@ -111,17 +111,23 @@ def convert_to_workdir(
         "optim.freeze=[encoder/pos_embedding]",  # sinusoidal, as transformers freezes it
     ]
     cfg = load_config(None, overrides)
-    workdir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, workdir / "config.yaml")
-    frontend = {
-        "frontend": asdict(FrontendConfig(n_mels=dims.n_mels)),
-        "text": asdict(TextConfig()),
-    }
-    (workdir / FRONTEND_FILE).write_text(json.dumps(frontend, indent=2))
+    _write_workdir(workdir, cfg, dims.n_mels, params, hf_folder)
     (workdir / TOKENIZER_DIR).mkdir(exist_ok=True)
     for name in TOKENIZER_FILES:
         if (hf_folder / name).is_file():
             shutil.copy2(hf_folder / name, workdir / TOKENIZER_DIR / name)
+    return workdir
+
+
+def _write_workdir(workdir: Path, cfg: Config, n_mels: int, params: Any, hf_folder: Path) -> None:
+    """config.yaml, frontend.json (the checkpoint's mel bins, default text policy) and the
+    converted parameters as checkpoint 0."""
+    from jaxseq.train.checkpoint import Checkpointer
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, workdir / "config.yaml")
+    frontend = {"frontend": asdict(FrontendConfig(n_mels=n_mels)), "text": asdict(TextConfig())}
+    (workdir / FRONTEND_FILE).write_text(json.dumps(frontend, indent=2))
     ckpt = Checkpointer(workdir / "checkpoints", cfg.train)
     ckpt.save_params(
         0, params, {"step": 0, "converted_from": str(hf_folder), "config": to_yaml(cfg)}
@@ -129,7 +135,6 @@ def convert_to_workdir(
     ckpt.wait()
     ckpt.close()
     logging.info("converted %s into %s", hf_folder, workdir)
-    return workdir
 
 
 def _model_type(hf_folder: Path) -> str | None:
@@ -160,8 +165,6 @@ def convert_ast_to_workdir(hf_folder: str | Path, workdir: str | Path) -> Path:
     """
     from jaxseq.data.labels import LabelSet
     from jaxseq.tasks.classify import LABELS_FILE
-    from jaxseq.train.checkpoint import Checkpointer
-
     hf_folder, workdir = Path(hf_folder), Path(workdir)
     if (workdir / "checkpoints").exists():
         raise ConversionError(f"{workdir} already holds checkpoints; convert into a new workdir")
@@ -189,18 +192,8 @@ def convert_ast_to_workdir(hf_folder: str | Path, workdir: str | Path) -> Path:
         label_set = LabelSet(labels, cfg.classify.level)
     except ValueError as err:
         raise ConversionError(f"{hf_folder}: {err}") from None
-    workdir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, workdir / "config.yaml")
-    frontend = {"frontend": asdict(FrontendConfig(n_mels=n_mels)), "text": asdict(TextConfig())}
-    (workdir / FRONTEND_FILE).write_text(json.dumps(frontend, indent=2))
+    _write_workdir(workdir, cfg, n_mels, params, hf_folder)
     label_set.save(workdir / LABELS_FILE)
-    ckpt = Checkpointer(workdir / "checkpoints", cfg.train)
-    ckpt.save_params(
-        0, params, {"step": 0, "converted_from": str(hf_folder), "config": to_yaml(cfg)}
-    )
-    ckpt.wait()
-    ckpt.close()
-    logging.info("converted %s into %s", hf_folder, workdir)
     return workdir
 
 

@@ -79,7 +79,7 @@ def exhaustive_search(
         kept = jnp.where(token == eos_id, scores[..., None], -jnp.inf)
         scores = jnp.where(done[..., None], kept, scores[..., None] + log_probs)
         emitted = jnp.where(done[..., None], pad_id, token)  # [batch, rows, vocab]
-        lengths = jnp.where(done[..., None], lengths[..., None], t + 1)
+        lengths = jnp.where(done[..., None], lengths[..., None], jnp.full_like(token, t + 1))
         done = done[..., None] | (token == eos_id)
         seqs = jnp.concatenate(
             [jnp.repeat(seqs, vocab, axis=1), emitted.reshape(batch, rows * vocab, 1)], axis=2

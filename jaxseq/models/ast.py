@@ -62,7 +62,7 @@ def patch_grid(n_mels: int, classify: ClassifyConfig) -> tuple[int, int]:
 
 
 def min_frames(classify: ClassifyConfig) -> int:
-    """The shortest clip AST classifies: one patch of frames (shorter clips are dropped)."""
+    """The shortest clip AST classifies: one patch of frames (shorter ones are refused)."""
     return classify.patch_size
 
 

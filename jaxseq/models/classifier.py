@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq.config import ModelConfig
-from jaxseq.models.encoder import TransformerEncoder
+from jaxseq.models.encoder import audio_encoder
 from jaxseq.models.layers import constrain, dense, padding_mask
-from jaxseq.parallel.sharding import BATCH, EMBED, LENGTH, VOCAB
+from jaxseq.parallel.sharding import BATCH, EMBED, LABELS, LENGTH
 
 
 def masked_mean(x: jax.Array, lengths: jax.Array) -> jax.Array:
@@ -46,23 +46,13 @@ class EncoderClassifier(nn.Module):
         """features [batch, frames, n_mels], lengths [batch] → (logits float32: [batch, labels]
         at sequence level, [batch, enc_frames, labels] at frame level; enc_lengths [batch])."""
         cfg = self.cfg
-        x, enc_lengths = TransformerEncoder(
-            d_model=cfg.d_model,
-            num_heads=cfg.num_heads,
-            num_layers=cfg.num_layers,
-            mlp_dim=cfg.mlp_dim,
-            subsample_strides=tuple(cfg.subsample_strides),
-            conv_kernel=cfg.conv_kernel,
-            dropout_rate=cfg.dropout,
-            dtype=self.dtype,
-            remat=cfg.remat,
-            scan_layers=cfg.scan_layers,
-            name="encoder",
-        )(features, lengths, deterministic)  # [b, enc_frames, d_model]
-        head = dense(self.num_labels, (EMBED, VOCAB), self.dtype, "classifier")
+        x, enc_lengths = audio_encoder(cfg, self.dtype)(
+            features, lengths, deterministic
+        )  # [b, enc_frames, d_model]
+        head = dense(self.num_labels, (EMBED, LABELS), self.dtype, "classifier")
         if self.level == "frame":
             logits = head(x)  # [b, enc_frames, labels]
-            return constrain(logits.astype(jnp.float32), BATCH, LENGTH, VOCAB), enc_lengths
+            return constrain(logits.astype(jnp.float32), BATCH, LENGTH, LABELS), enc_lengths
         pooled = masked_mean(x, enc_lengths)  # [b, d_model]
         logits = head(pooled)  # [b, labels]
-        return constrain(logits.astype(jnp.float32), BATCH, VOCAB), enc_lengths
+        return constrain(logits.astype(jnp.float32), BATCH, LABELS), enc_lengths

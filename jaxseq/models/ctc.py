@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq.config import ModelConfig
-from jaxseq.models.encoder import TransformerEncoder
+from jaxseq.models.encoder import audio_encoder
 from jaxseq.models.layers import constrain, dense
 from jaxseq.parallel.sharding import BATCH, EMBED, LENGTH, VOCAB
 
@@ -26,18 +26,6 @@ class CTCModel(nn.Module):
         """features [batch, frames, n_mels], lengths [batch] →
         (logits float32 [batch, enc_frames, vocab], enc_lengths [batch])."""
         cfg = self.cfg
-        x, lengths = TransformerEncoder(
-            d_model=cfg.d_model,
-            num_heads=cfg.num_heads,
-            num_layers=cfg.num_layers,
-            mlp_dim=cfg.mlp_dim,
-            subsample_strides=tuple(cfg.subsample_strides),
-            conv_kernel=cfg.conv_kernel,
-            dropout_rate=cfg.dropout,
-            dtype=self.dtype,
-            remat=cfg.remat,
-            scan_layers=cfg.scan_layers,
-            name="encoder",
-        )(features, lengths, deterministic)
+        x, lengths = audio_encoder(cfg, self.dtype)(features, lengths, deterministic)
         logits = dense(self.vocab_size, (EMBED, VOCAB), self.dtype, "head")(x)  # [b, frames, vocab]
         return constrain(logits.astype(jnp.float32), BATCH, LENGTH, VOCAB), lengths

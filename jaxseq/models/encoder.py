@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxseq.config import ModelConfig
 from jaxseq.models.layers import (
     EncoderLayer,
     LayerNorm,
@@ -158,3 +159,21 @@ class TransformerEncoder(nn.Module):
                 x = make_layer(name=f"layer{i}")(x, mask, deterministic)
         x = LayerNorm(dtype=self.dtype, name="final_norm")(x)
         return x, lengths
+
+
+def audio_encoder(cfg: ModelConfig, dtype: Dtype, name: str = "encoder") -> TransformerEncoder:
+    """The encoder of the CTC family and of the classification heads, from the model config
+    (so a classifier's encoder can start from a CTC checkpoint)."""
+    return TransformerEncoder(
+        d_model=cfg.d_model,
+        num_heads=cfg.num_heads,
+        num_layers=cfg.num_layers,
+        mlp_dim=cfg.mlp_dim,
+        subsample_strides=tuple(cfg.subsample_strides),
+        conv_kernel=cfg.conv_kernel,
+        dropout_rate=cfg.dropout,
+        dtype=dtype,
+        remat=cfg.remat,
+        scan_layers=cfg.scan_layers,
+        name=name,
+    )

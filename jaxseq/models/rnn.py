@@ -273,12 +273,13 @@ def attend(
       memory: keys [batch, frames', hidden], values [batch, frames', width], mask.
     Returns:
       context [n, width] and the weights float32 [n, frames'] (softmax over the valid frames,
-      exactly 0 on padding).
+      exactly 0 on padding; an item without valid frames, an evaluation filler, gets uniform
+      weights over its zero padding instead of NaN).
     """
     batch = memory.keys.shape[0]
     q = query.reshape(batch, -1, query.shape[-1]).astype(dtype)  # [batch, group, hidden]
     scores = jnp.einsum("bgh,bth->bgt", q, memory.keys.astype(dtype)).astype(jnp.float32)
-    scores = jnp.where(memory.mask[:, None, :], scores, -1e30)  # no NaN for empty fillers
+    scores = jnp.where(memory.mask[:, None, :], scores, -1e30)  # exp underflows to 0
     weights = jax.nn.softmax(scores, axis=-1)  # [batch, group, frames']
     context = jnp.einsum("bgt,btw->bgw", weights.astype(dtype), memory.values.astype(dtype))
     return context.reshape(query.shape[0], -1), weights.reshape(query.shape[0], -1)
