@@ -165,6 +165,7 @@ def convert_ast_to_workdir(hf_folder: str | Path, workdir: str | Path) -> Path:
     """
     from jaxseq.data.labels import LabelSet
     from jaxseq.tasks.classify import LABELS_FILE
+
     hf_folder, workdir = Path(hf_folder), Path(workdir)
     if (workdir / "checkpoints").exists():
         raise ConversionError(f"{workdir} already holds checkpoints; convert into a new workdir")

@@ -288,3 +288,30 @@ def beam_search(
     carry, _ = jax.lax.scan(body, carry, jnp.arange(steps, dtype=jnp.int32))
     _, _, _, _, fin_seqs, fin_scores, fin_lens, _, _ = carry
     return BeamSearchOutput(fin_seqs, fin_scores, fin_lens)
+
+
+def best_sequences(
+    decoder: str,
+    step_fn: StepFn,
+    init_cache: Any,
+    prompt: jax.Array,
+    *,
+    beam_size: int,
+    length_penalty: LengthPenalty | float = 1.0,
+    **options: Any,
+) -> tuple[jax.Array, jax.Array]:
+    """The best hypothesis of each item by ``decoder`` ("greedy" or "beam"): (sequences int32
+    [batch, max_new_tokens], lengths [batch]). ``options`` go to both searches (max_new_tokens,
+    eos_id, suppress_ids, ...)."""
+    if decoder == "greedy":
+        out = greedy_search(step_fn, init_cache, prompt, **options)
+        return out.sequences, out.lengths
+    out = beam_search(
+        step_fn,
+        init_cache,
+        prompt,
+        beam_size=beam_size,
+        length_penalty=length_penalty,
+        **options,
+    )
+    return out.sequences[:, 0], out.lengths[:, 0]  # [batch, max_new_tokens], [batch]

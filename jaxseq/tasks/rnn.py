@@ -19,7 +19,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from jaxseq.audio.specaugment import spec_augment
 from jaxseq.config import Config
-from jaxseq.decoding.beam_search import beam_search, greedy_search
+from jaxseq.decoding.beam_search import best_sequences
 from jaxseq.errors import JaxseqError
 from jaxseq.models.rnn import CELLS, Memory, RNNDims, RNNModel
 from jaxseq.tasks.base import STEP_KEY, ASRTask, Batch, Metrics
@@ -279,10 +279,8 @@ class RNNTask(ASRTask):
         options = dict(
             max_new_tokens=self.cfg.data.max_label_length + 1, eos_id=self.tokenizer.end_id
         )
-        if decoder == "greedy":
-            out = greedy_search(step_fn, cache, prompt, **options)
-            return out.sequences, out.lengths
-        out = beam_search(
+        return best_sequences(
+            decoder,
             step_fn,
             cache,
             prompt,
@@ -290,7 +288,6 @@ class RNNTask(ASRTask):
             length_penalty=self.cfg.eval.length_penalty,
             **options,
         )
-        return out.sequences[:, 0], out.lengths[:, 0]
 
     def decode(self, outputs: Any, decoder: str, beam_size: int) -> list[str]:
         sequences, lengths = (np.asarray(x) for x in outputs)

@@ -15,7 +15,7 @@ import optax
 from jaxseq.audio.specaugment import spec_augment
 from jaxseq.config import Config, ModelConfig
 from jaxseq.data.records import decode_record
-from jaxseq.decoding.beam_search import beam_search, greedy_search
+from jaxseq.decoding.beam_search import best_sequences
 from jaxseq.errors import JaxseqError
 from jaxseq.losses.ctc import ctc_loss
 from jaxseq.models.whisper import WhisperDims, WhisperModel, search_setup
@@ -280,10 +280,8 @@ class Seq2SeqTask(ASRTask):
             suppress_ids=self.suppress_ids,
             begin_suppress_ids=self.begin_suppress_ids,
         )
-        if decoder == "greedy":
-            out = greedy_search(step_fn, cache, prompt, **options)
-            return out.sequences, out.lengths
-        out = beam_search(
+        return best_sequences(
+            decoder,
             step_fn,
             cache,
             prompt,
@@ -291,7 +289,6 @@ class Seq2SeqTask(ASRTask):
             length_penalty=self.cfg.eval.length_penalty,
             **options,
         )
-        return out.sequences[:, 0], out.lengths[:, 0]  # the best of each item
 
     def decode(self, outputs: Any, decoder: str, beam_size: int) -> list[str]:
         sequences, lengths = (np.asarray(x) for x in outputs)
