@@ -7,8 +7,8 @@ reason, never silently dropped:
 
   bad_audio           missing, corrupt or empty audio (the loader's message)
   too_short           fewer samples than one STFT frame needs
-  empty_text          the transcript is empty after normalization (and the item has no
-                      label or segments: classification items need no transcript)
+  empty_text          the transcript is empty after normalization (a manifest item with a
+                      label or segments may leave out "text": it needs no transcript)
   unknown_characters  the transcript uses characters outside `prepare.text.charset`
   too_long            longer than `prepare.max_seconds` (training splits only: evaluation
                       splits are never filtered by length)
@@ -86,8 +86,8 @@ def process_item(item: dict[str, Any], cfg: PrepareConfig, evaluation: bool) -> 
       "segment_frames": {label: frames}} for a kept item, or {"id", "audio", "kind", "reason"}
       for a skipped one.
     """
-    text = normalize_text(item["text"], cfg.text)
-    if not text and not (item.get("label") or item.get("segments")):
+    text = "" if item["text"] is None else normalize_text(item["text"], cfg.text)
+    if not text and item["text"] is not None:  # None: a labelled item without a transcript
         return _skip(item, "empty_text", "the transcript is empty after normalization")
     unknown = unknown_characters(text, cfg.text)
     if unknown:

@@ -3,7 +3,8 @@
 A source is a random-access sequence of items (`len(source)`, `source[i]`), each a dict:
 
   id:          str, unique within the source
-  text:        str, the raw transcript (normalized later by prepare)
+  text:        str, the raw transcript (normalized later by prepare); None for a manifest
+               item with a label or segments and no "text"
   label:       str or list[str], the class label or, for multi-label items, the labels ("" when
                absent)
   speaker:     str, optional speaker name ("" when absent)
@@ -169,10 +170,9 @@ class ManifestSource:
             ) from None
         if not isinstance(obj, dict):
             raise self._error(lineno, f"expected a JSON object, got {type(obj).__name__}")
-        labelled = bool(obj.get("label") or obj.get("segments"))
-        if labelled:  # a classification item needs no transcript
-            obj.setdefault("text", "")
         for key in ("audio", "text"):
+            if key == "text" and "text" not in obj and (obj.get("label") or obj.get("segments")):
+                continue  # a classification item needs no transcript (its text stays None)
             if not isinstance(obj.get(key), str):
                 raise self._error(lineno, f'"{key}" must be a string (got {obj.get(key)!r})')
         if not obj["audio"]:
@@ -192,7 +192,7 @@ class ManifestSource:
             default_id = audio_path.stem
         return {
             "id": str(obj.get("id", default_id)),
-            "text": obj["text"],
+            "text": obj.get("text"),
             "label": label,
             "speaker": str(obj.get("speaker") or ""),
             "segments": segments,
