@@ -25,7 +25,15 @@ from typing import Any
 import numpy as np
 
 from jaxseq.config import ClassifyConfig, ModelConfig
-from jaxseq.convert.hf_whisper import ConversionError, _Entry, _mlp, _norm, _same, _set
+from jaxseq.convert.hf_whisper import (
+    ConversionError,
+    _attention,
+    _Entry,
+    _mlp,
+    _norm,
+    _same,
+    _set,
+)
 from jaxseq.models.ast import NUM_EXTRA_TOKENS, patch_grid
 
 ARCHITECTURE = "ASTForAudioClassification"
@@ -148,40 +156,6 @@ def ast_config_from_hf(hf_config: Any) -> tuple[dict, dict, int, list[str]]:
     return model, classify, config["num_mel_bins"], labels
 
 
-def _attention(prefix: str, path: tuple[str, ...], d: int, heads: int) -> list[_Entry]:
-    """q/k/v/o projections of one AST attention block (all with biases)."""
-    hd = d // heads
-    entries = []
-    for hf, ours in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value")):
-        entries += [
-            _Entry(
-                (*path, ours, "kernel"),
-                f"{prefix}.{hf}.weight",
-                (d, d),
-                lambda w: w.T.reshape(d, heads, hd),  # [out, in] → [embed, heads, head_dim]
-                lambda k: k.reshape(d, d).T,
-            ),
-            _Entry(
-                (*path, ours, "bias"),
-                f"{prefix}.{hf}.bias",
-                (d,),
-                lambda b: b.reshape(heads, hd),
-                lambda b: b.reshape(d),
-            ),
-        ]
-    entries += [
-        _Entry(
-            (*path, "out", "kernel"),
-            f"{prefix}.o_proj.weight",
-            (d, d),
-            lambda w: w.T.reshape(heads, hd, d),  # [out, in] → [heads, head_dim, embed]
-            lambda k: k.reshape(d, d).T,
-        ),
-        _Entry((*path, "out", "bias"), f"{prefix}.o_proj.bias", (d,), _same, _same),
-    ]
-    return entries
-
-
 def _param_table(
     cfg: ModelConfig, classify: ClassifyConfig, n_mels: int, num_labels: int
 ) -> list[_Entry]:
@@ -228,7 +202,7 @@ def _param_table(
     for i in range(cfg.num_layers):
         hf, ours = f"{_BASE}.layers.{i}", (*enc, f"layer{i}")
         table += _norm(f"{hf}.layernorm_before", (*ours, "attn_norm"), d)
-        table += _attention(f"{hf}.attention", (*ours, "attn"), d, cfg.num_heads)
+        table += _attention(f"{hf}.attention", (*ours, "attn"), d, cfg.num_heads, True, "o_proj")
         table += _norm(f"{hf}.layernorm_after", (*ours, "mlp_norm"), d)
         table += _mlp(f"{hf}.mlp", (*ours, "mlp"), d, cfg.mlp_dim)
     table += _norm(f"{_BASE}.layernorm", (*enc, "final_norm"), d)

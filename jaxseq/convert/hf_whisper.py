@@ -73,8 +73,16 @@ def _conv_to_jax(w: np.ndarray) -> np.ndarray:
     return w.transpose(2, 1, 0)  # [out, in, window] → [window, in, out]
 
 
-def _attention(prefix: str, path: tuple[str, ...], d: int, heads: int, bias: bool) -> list[_Entry]:
-    """q/k/v/out projections of one HF attention block (k_proj has no bias)."""
+def _attention(
+    prefix: str,
+    path: tuple[str, ...],
+    d: int,
+    heads: int,
+    bias: bool,
+    out_name: str = "out_proj",
+) -> list[_Entry]:
+    """q/k/v/out projections of one HF attention block (k_proj has a bias iff `bias`; the
+    output projection is `out_name`: Whisper's out_proj, AST's o_proj)."""
     hd = d // heads
     entries = []
     for hf, ours in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value")):
@@ -100,13 +108,13 @@ def _attention(prefix: str, path: tuple[str, ...], d: int, heads: int, bias: boo
     entries.append(
         _Entry(
             (*path, "out", "kernel"),
-            f"{prefix}.out_proj.weight",
+            f"{prefix}.{out_name}.weight",
             (d, d),
             lambda w: w.T.reshape(heads, hd, d),  # [out, in] → [heads, head_dim, embed]
             lambda k: k.reshape(d, d).T,
         )
     )
-    entries.append(_Entry((*path, "out", "bias"), f"{prefix}.out_proj.bias", (d,), _same, _same))
+    entries.append(_Entry((*path, "out", "bias"), f"{prefix}.{out_name}.bias", (d,), _same, _same))
     return entries
 
 
