@@ -168,6 +168,12 @@ class TTSConfig:
     # Training only: each decoder step's input frame is zeroed with this probability, so that
     # the decoder cannot just continue its input and must read the text through attention.
     frame_dropout: float = 0.0
+    # Training only, from step free_running_from on: each utterance is, with this probability,
+    # fed the model's own free-running generation (pre-net dropout on, no gradient) as its
+    # decoder inputs instead of the recording, so that the decoder learns to recover from the
+    # errors that accumulate when it generates, not only from one step's error.
+    free_running: float = 0.0
+    free_running_from: int = 0
     stop_threshold: float = 0.5  # generation stops at the first frame with p(stop) >= this
     max_frames: int = 1000  # generation limit (mel frames); reaching it is warned about
     vocoder: str = "griffin_lim"  # griffin_lim | griffin_lim:N_ITER | package.module:factory

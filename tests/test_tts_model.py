@@ -135,7 +135,7 @@ def test_cached_generation_equals_teacher_forcing_on_its_own_output():
 def _decoder_inputs(task, params, batch):
     """Greedy, uncached: step s's input is the last frame of step s - 1 from a full pass."""
     steps = task.cfg.tts.max_frames // 2
-    inputs = jnp.zeros((2, steps, 8))
+    inputs = jnp.zeros((batch["labels"].shape[0], steps, 8))
     encoded, mask = task.model.apply(
         {"params": params}, batch["labels"], batch["label_lengths"], method=TTSModel.encode
     )
@@ -216,3 +216,34 @@ def test_frame_dropout_zeroes_whole_input_frames(probability):
     kept = np.all(got == np.asarray(true), axis=-1)[:, 1:]
     assert np.all(zero | kept)
     assert zero.all() if probability == 1.0 else kept.all() if probability == 0.0 else zero.any()
+
+
+@pytest.mark.parametrize(("probability", "step"), [(1.0, 7), (0.5, 7), (1.0, 6)])
+def test_free_running_rows_are_the_models_own_generation(probability, step):
+    """Free-running rows equal an uncached greedy rollout; before tts.free_running_from the
+    inputs are the recording's."""
+    task = _task(
+        "tts.prenet_dropout=0.0",
+        "tts.max_frames=12",
+        f"tts.free_running={probability}",
+        "tts.free_running_from=7",
+    )
+    batch = _batch(np.random.default_rng(6), lengths=(12, 12), chars=(6, 6))
+    batch = {**batch, "step": np.full(8, step, np.int32)}
+    batch["features"] = np.tile(batch["features"], (4, 1, 1))  # 8 rows: some of each kind
+    batch["feature_lengths"] = np.tile(batch["feature_lengths"], 4)
+    batch["labels"] = np.tile(batch["labels"], (4, 1))
+    batch["label_lengths"] = np.tile(batch["label_lengths"], 4)
+    params = _params(task, batch)
+    true, _ = mel_teacher_forcing(jnp.asarray(batch["features"]), 2)  # [8, 6, n_mels]
+    got = np.asarray(jax.jit(task._free_running_inputs)(params, batch, true, jax.random.key(3)))
+    rollout = np.asarray(_decoder_inputs(task, params, batch))  # [8, 6, n_mels]
+    is_own = np.all(np.isclose(got, rollout, atol=1e-5), axis=(1, 2))
+    is_true = np.all(got == np.asarray(true), axis=(1, 2))
+    assert np.all(is_own | is_true)
+    if step < 7:
+        assert is_true.all()
+    elif probability == 1.0:
+        assert is_own.all()
+    else:
+        assert is_own.any() and is_true.any()

@@ -17,11 +17,11 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxseq.config import Config, TextConfig
-from jaxseq.decoding.frames import generate_frames
+from jaxseq.decoding.frames import GeneratedFrames, generate_frames
 from jaxseq.errors import JaxseqError
 from jaxseq.losses.tts import guided_attention_loss, spectrogram_error, stop_bce
 from jaxseq.models.tts import TTSDims, TTSModel
-from jaxseq.tasks.base import Batch, Metrics, Task
+from jaxseq.tasks.base import STEP_KEY, Batch, Metrics, Task
 from jaxseq.text.normalize import normalize_text, unknown_characters
 from jaxseq.text.vocab import CharVocab
 
@@ -74,7 +74,7 @@ class TTSTask(Task):
         m, t = cfg.model, cfg.tts
         if t.reduction_factor < 1:
             raise JaxseqError(f"tts.reduction_factor={t.reduction_factor} must be >= 1")
-        for key in ("scheduled_sampling", "frame_dropout"):
+        for key in ("scheduled_sampling", "frame_dropout", "free_running"):
             if not 0.0 <= getattr(t, key) <= 1.0:
                 raise JaxseqError(f"tts.{key}={getattr(t, key)} must lie in [0, 1]")
         if not 0.0 < t.stop_threshold <= 1.0:
@@ -177,10 +177,13 @@ class TTSTask(Task):
         self, params: Any, batch: Batch, inputs: jax.Array, rng: jax.Array
     ) -> jax.Array:
         """The decoder inputs [batch, steps, n_mels] of a training step: scheduled sampling
-        (`_own_inputs`), then whole frames zeroed with probability tts.frame_dropout."""
+        (`_own_inputs`), free-running rows (`_free_running_inputs`), then whole frames zeroed
+        with probability tts.frame_dropout."""
         t = self.cfg.tts
         if t.scheduled_sampling > 0:
             inputs = self._own_inputs(params, batch, inputs, jax.random.fold_in(rng, 0))
+        if t.free_running > 0:
+            inputs = self._free_running_inputs(params, batch, inputs, jax.random.fold_in(rng, 2))
         if t.frame_dropout > 0:
             dropped = jax.random.bernoulli(
                 jax.random.fold_in(rng, 1), t.frame_dropout, inputs.shape[:2]
@@ -209,6 +212,36 @@ class TTSTask(Task):
             jax.random.fold_in(rng, 1), self.cfg.tts.scheduled_sampling, inputs.shape[:2]
         )  # [batch, steps]
         return jnp.where(swap[:, :, None], own.astype(inputs.dtype), inputs)
+
+    def _free_running_inputs(
+        self, params: Any, batch: Batch, inputs: jax.Array, rng: jax.Array
+    ) -> jax.Array:
+        """`inputs` [batch, steps, n_mels] with each row replaced, with probability
+        tts.free_running, by what generation would feed the decoder: the last frame of each
+        step the model generated from its own previous output, for all `steps` steps (no stop,
+        pre-net dropout on; a constant: no gradient flows through it).
+
+        Before step tts.free_running_from (`batch["step"]`) the inputs are returned unchanged
+        and nothing is generated."""
+        t, r = self.cfg.tts, self.dims.reduction_factor
+
+        def generated() -> jax.Array:
+            out = self._generate(
+                jax.lax.stop_gradient(params),
+                batch["labels"],
+                batch["label_lengths"],
+                jax.random.fold_in(rng, 0),
+                max_steps=inputs.shape[1],
+                threshold=2.0,  # above any probability: every row runs all the steps
+            )
+            own, _ = mel_teacher_forcing(out.frames, r)  # [batch, steps, n_mels]
+            rows = jax.random.bernoulli(jax.random.fold_in(rng, 1), t.free_running, inputs.shape[:1])
+            return jnp.where(rows[:, None, None], own.astype(inputs.dtype), inputs)
+
+        step = batch.get(STEP_KEY)
+        if step is None or t.free_running_from <= 0:
+            return generated()
+        return jax.lax.cond(jnp.max(step) >= t.free_running_from, generated, lambda: inputs)
 
     def encode_text(self, text: str, policy: TextConfig) -> np.ndarray:
         """int32 [chars] ids of `text` normalized under the workdir's text policy.
@@ -242,8 +275,34 @@ class TTSTask(Task):
         Each item stops at its first frame with p(stop) >= tts.stop_threshold, or after
         tts.max_frames frames (rounded up to whole steps). `rng` drives the pre-net dropout.
         """
-        t, r, model = self.cfg.tts, self.dims.reduction_factor, self.model
-        max_steps = math.ceil(t.max_frames / r)
+        t = self.cfg.tts
+        out = self._generate(
+            params,
+            ids,
+            id_lengths,
+            rng,
+            max_steps=math.ceil(t.max_frames / self.dims.reduction_factor),
+            threshold=t.stop_threshold,
+        )
+        mel = self.model.apply(
+            {"params": params}, out.frames, out.lengths, method=TTSModel.refine
+        )  # [batch, max_steps * r, n_mels]
+        keep = jnp.arange(mel.shape[1])[None, :, None] < out.lengths[:, None, None]
+        return Synthesized(mel * keep, out.lengths, out.stopped, out.aux)
+
+    def _generate(
+        self,
+        params: Any,
+        ids: jax.Array,
+        id_lengths: jax.Array,
+        rng: jax.Array,
+        *,
+        max_steps: int,
+        threshold: float,
+    ) -> GeneratedFrames:
+        """The decoder's cached autoregressive loop (`generate_frames`) for text ids int
+        [batch, chars]: frames before the post-net, and per-step cross-attention as `aux`."""
+        r, model = self.dims.reduction_factor, self.model
         batch = ids.shape[0]
         encoded, text_mask = model.apply(
             {"params": params}, ids, id_lengths, method=TTSModel.encode
@@ -273,7 +332,7 @@ class TTSTask(Task):
             attention = mean_cross_attention(out["intermediates"])[:, 0]  # [batch, chars]
             return mel[:, 0], jax.nn.sigmoid(stop[:, 0]), attention, out["cache"]
 
-        out = generate_frames(
+        return generate_frames(
             step_fn,
             state["cache"],
             batch=batch,
@@ -281,13 +340,8 @@ class TTSTask(Task):
             reduction_factor=r,
             aux_shape=(ids.shape[1],),
             max_steps=max_steps,
-            threshold=t.stop_threshold,
+            threshold=threshold,
         )
-        mel = model.apply(
-            {"params": params}, out.frames, out.lengths, method=TTSModel.refine
-        )  # [batch, max_steps * r, n_mels]
-        keep = jnp.arange(mel.shape[1])[None, :, None] < out.lengths[:, None, None]
-        return Synthesized(mel * keep, out.lengths, out.stopped, out.aux)
 
     def evaluate_split(
         self, params: Any, mesh: Mesh, dataset_dir: str | Path, split: str, **options: Any
