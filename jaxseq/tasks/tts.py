@@ -235,7 +235,9 @@ class TTSTask(Task):
                 threshold=2.0,  # above any probability: every row runs all the steps
             )
             own, _ = mel_teacher_forcing(out.frames, r)  # [batch, steps, n_mels]
-            rows = jax.random.bernoulli(jax.random.fold_in(rng, 1), t.free_running, inputs.shape[:1])
+            rows = jax.random.bernoulli(
+                jax.random.fold_in(rng, 1), t.free_running, inputs.shape[:1]
+            )
             return jnp.where(rows[:, None, None], own.astype(inputs.dtype), inputs)
 
         step = batch.get(STEP_KEY)
