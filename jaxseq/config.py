@@ -296,7 +296,9 @@ class TrainConfig:
 class EvalConfig:
     """Decoding and scoring."""
 
-    decoder: str = "greedy"  # ctc: greedy | prefix_beam; seq2seq: greedy | beam
+    # ctc: greedy | prefix_beam; seq2seq, whisper: greedy | beam; rnn: greedy | beam | exhaustive
+    # (every sequence, tiny vocabularies and lengths only)
+    decoder: str = "greedy"
     beam_size: int = 8
     length_penalty: float = 1.0  # seq2seq beam search: score / length ** length_penalty
 
@@ -331,7 +333,7 @@ _CHOICES = {
     "mesh.preset": ("custom", "data", "fsdp", "fsdp_tensor"),
     "model.remat": ("none", "full", "dots"),
     "train.compute_dtype": ("float32", "bfloat16"),
-    "eval.decoder": ("greedy", "prefix_beam", "beam"),
+    "eval.decoder": ("greedy", "prefix_beam", "beam", "exhaustive"),
     "synth.preset": ("digits", "diarization"),
     "synth.label": ("", "speaker", "text"),
 }
@@ -378,6 +380,11 @@ def _check_choices(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), name)
         if value not in choices:
             raise ConfigError(f"config key '{key}' is {value!r}; choose one of {list(choices)}")
+    if cfg.eval.decoder == "exhaustive" and cfg.model.family != "rnn":
+        raise ConfigError(
+            f"config key 'eval.decoder' is 'exhaustive', which only model.family=rnn decodes "
+            f"with (model.family={cfg.model.family}); choose greedy or the family's beam search"
+        )
 
 
 def load_config(

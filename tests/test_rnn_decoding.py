@@ -178,3 +178,103 @@ def test_exhaustive_refuses_a_big_search():
         exhaustive_search(
             chain_step, {}, jnp.array([[START]]), max_new_tokens=9, eos_id=EOS, max_rows=100
         )
+
+
+# ------------------------------------------------- eval.decoder=exhaustive through the task
+
+
+def _tiny_recognizer(*overrides: str):
+    """An untrained rnn model of 6 tokens (4 specials + "ab") with labels of 3 characters, as
+    a workdir loads it, and 4 noise waveforms: 6 ** 4 = 1,296 sequences per utterance."""
+    from jaxseq.config import FrontendConfig, TextConfig, load_config
+    from jaxseq.parallel.mesh import make_mesh
+    from jaxseq.tasks.rnn import RNNTask, char_tokenizer
+    from jaxseq.train.trained import Trained
+    from tests.conftest import REPO
+
+    cfg = load_config(
+        REPO / "configs" / "rnn_tiny.yaml",
+        [
+            "data.max_label_length=3",
+            "data.buckets=[32]",
+            "model.d_model=8",
+            "rnn.encoder_layers=1",
+            "rnn.pyramid=[2]",
+            "rnn.plots=0",
+            "eval.length_penalty=0.0",  # beam search ranks by the summed log-prob, as exhaustive
+            *overrides,
+        ],
+    )
+    frontend = FrontendConfig()
+    task = RNNTask(cfg, char_tokenizer("ab"), frontend.n_mels)
+    batch = {
+        "features": np.zeros((1, 32, frontend.n_mels), np.float32),
+        "feature_lengths": np.array([32], np.int32),
+        "labels": np.zeros((1, 3), np.int32),
+        "label_lengths": np.array([3], np.int32),
+    }
+    shapes = jax.eval_shape(lambda: task.init_variables(jax.random.PRNGKey(0), batch))
+    leaves, treedef = jax.tree.flatten(nn.unbox(shapes["params"]))
+    rng = np.random.default_rng(6)
+    params = jax.tree.unflatten(  # wide weights: peaked, varied next-token distributions
+        treedef, [jnp.asarray(rng.normal(0, 1.0, x.shape), jnp.float32) for x in leaves]
+    )
+    trained = Trained(cfg, task, make_mesh(cfg.mesh), params, 0, frontend, TextConfig())
+    waves = [rng.normal(0, 0.1, n).astype(np.float32) for n in (1600, 2400, 3200, 2000)]
+    return trained, waves
+
+
+def test_exhaustive_decoder_equals_a_wide_beam_through_transcription():
+    from jaxseq.audio.frontend import log_mel_numpy
+    from jaxseq.evaluation.waveforms import predict_waveforms
+
+    trained, waves = _tiny_recognizer()
+    task, vocab, steps = trained.task, trained.task.tokenizer.size, 4
+    assert (vocab, task.exhaustive_sequences()) == (6, 6**steps)
+    beam = (vocab - 1) ** (steps - 1)  # live prefixes at most: a beam this wide drops nothing
+    features = np.zeros((len(waves), 32, trained.frontend.n_mels), np.float32)
+    lengths = np.zeros(len(waves), np.int32)
+    for i, wave in enumerate(waves):
+        mel = log_mel_numpy(wave, trained.frontend)  # [frames <= 20, n_mels]
+        features[i, : len(mel)], lengths[i] = mel, len(mel)
+    batch = {"features": features, "feature_lengths": lengths}
+    predict = jax.jit(task.predict_fn, static_argnames=("decoder", "beam_size"))
+    ids = {
+        decoder: predict(trained.params, batch, decoder=decoder, beam_size=beam)
+        for decoder in ("exhaustive", "beam", "greedy")
+    }  # (sequences [4, steps], lengths [4]) each
+    for got, want in zip(ids["exhaustive"], ids["beam"], strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert len({tuple(np.asarray(s)) for s in ids["exhaustive"][0]}) > 1  # not one answer
+    assert not np.array_equal(ids["exhaustive"][0], ids["greedy"][0])  # greedy is beaten
+    # Transcription, as `jaxseq transcribe` and evaluation run it: the decoder by its name.
+    texts = predict_waveforms(trained, waves, decoder="exhaustive")
+    assert texts == task.decode(ids["exhaustive"], "exhaustive", 1)
+    assert texts == task.decode(ids["beam"], "beam", beam)
+
+
+def test_exhaustive_decoder_refuses_a_big_search_naming_the_key():
+    from jaxseq.config import ConfigError
+    from jaxseq.evaluation.waveforms import predict_waveforms
+
+    # 6 tokens, labels of 9: 6 ** 10 > 2 ** 16 sequences; 6 ** 6 fits (labels of 5).
+    trained, waves = _tiny_recognizer("data.max_label_length=9")
+    want = (
+        r"eval.decoder=exhaustive .* 6 \*\* 10 = 60,466,176 sequences per utterance, over its "
+        r"limit of 65,536 .* eval.decoder=beam .* lower data.max_label_length to 5 or less"
+    )
+    with pytest.raises(ConfigError, match=want):
+        predict_waveforms(trained, waves, decoder="exhaustive")
+    assert len(predict_waveforms(trained, waves, decoder="greedy")) == 4  # greedy still runs
+    with pytest.raises(ConfigError, match=want):  # asked for in the config: before training
+        _tiny_recognizer("data.max_label_length=9", "eval.decoder=exhaustive")
+
+
+def test_exhaustive_decoder_is_for_the_rnn_family_only():
+    from jaxseq.config import ConfigError, load_config
+
+    assert load_config(None, ["model.family=rnn", "eval.decoder=exhaustive"])
+    for family in ("ctc", "seq2seq", "whisper", "tts", "classify"):
+        want = rf"'eval.decoder' is 'exhaustive', .* model.family=rnn .*family={family}\)"
+        with pytest.raises(ConfigError, match=want):
+            load_config(None, [f"model.family={family}", "eval.decoder=exhaustive"])

@@ -1,7 +1,8 @@
 """Exhaustive search: the most probable sequence over every sequence a step model can emit.
 
-An oracle for tiny vocabularies and lengths (tests): it scores all ``vocab ** max_new_tokens``
-continuations, so it is exact where greedy and beam search are heuristics. The model is the
+An oracle for tiny vocabularies and lengths (the rnn family's ``eval.decoder=exhaustive``, and
+the tests): it scores all ``vocab ** max_new_tokens`` continuations, so it is exact where greedy
+and beam search are heuristics. The model is the
 ``step_fn(tokens, cache, position) -> (log_probs, cache)`` of ``jaxseq.decoding.beam_search``,
 and the candidates are the ones beam search chooses among: sequences that end at their first
 EOS (kept), or that reach ``max_new_tokens`` without one. Scores are summed log-probs (EOS

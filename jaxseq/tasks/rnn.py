@@ -2,6 +2,7 @@
 
 Teacher forcing with an optional scheduled sampling, label-smoothed cross-entropy, greedy and
 beam search through `jaxseq.decoding.beam_search` (the decoder's recurrent state is the cache),
+exhaustive search (`jaxseq.decoding.exhaustive`, tiny vocabularies and lengths only),
 and attention-alignment plots in the evaluation report (the `alignment_fn` hook of
 `jaxseq.evaluation.asr`). The model is `jaxseq.models.rnn.RNNModel`.
 """
@@ -18,8 +19,9 @@ import optax
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from jaxseq.audio.specaugment import spec_augment
-from jaxseq.config import Config
+from jaxseq.config import Config, ConfigError
 from jaxseq.decoding.beam_search import best_sequences
+from jaxseq.decoding.exhaustive import exhaustive_search
 from jaxseq.errors import JaxseqError
 from jaxseq.models.rnn import CELLS, Memory, RNNDims, RNNModel
 from jaxseq.tasks.base import STEP_KEY, ASRTask, Batch, Metrics
@@ -27,7 +29,13 @@ from jaxseq.tasks.seq2seq import split_texts, teacher_forcing
 from jaxseq.text.bpe import SPECIALS, UNK, BpeTokenizer, train_bpe
 
 TOKENIZER_FILE = "tokenizer.json"
-DECODERS = ("greedy", "beam")
+DECODERS = ("greedy", "beam", "exhaustive")
+# eval.decoder=exhaustive scores all vocab_size ** (data.max_label_length + 1) sequences of each
+# utterance at once (the last step runs the decoder on batch × that / vocab_size states), so it
+# is refused above this many per utterance: 2 ** 16 keeps an eval batch of 32 utterances to ~2M
+# scored rows, seconds on a CPU for a small RNN; it is an oracle for tiny problems, not a decoder
+# for real vocabularies (32 tokens allow data.max_label_length <= 2).
+EXHAUSTIVE_MAX_SEQUENCES = 1 << 16
 
 
 def char_tokenizer(charset: str) -> BpeTokenizer:
@@ -94,6 +102,8 @@ class RNNTask(ASRTask):
         )
         dtype = jnp.bfloat16 if cfg.train.compute_dtype == "bfloat16" else jnp.float32
         self.model = RNNModel(self.dims, m.dropout, dtype)
+        if cfg.eval.decoder == "exhaustive":  # fail before training, not at its first evaluation
+            self.exhaustive_sequences()
         self._texts: dict[tuple[str, str], list[str]] = {}
 
     @classmethod
@@ -269,16 +279,47 @@ class RNNTask(ASRTask):
 
         return carry, step_fn, memory
 
+    def exhaustive_sequences(self) -> int:
+        """The sequences exhaustive search scores per utterance, vocab_size **
+        (data.max_label_length + 1); raises ConfigError above EXHAUSTIVE_MAX_SEQUENCES."""
+        vocab, steps = self.tokenizer.size, self.cfg.data.max_label_length + 1
+        count = vocab**steps
+        if count <= EXHAUSTIVE_MAX_SEQUENCES:
+            return count
+        fits = 0  # the most steps whose search fits the limit
+        while vocab ** (fits + 1) <= EXHAUSTIVE_MAX_SEQUENCES:
+            fits += 1
+        shorten = (
+            f"lower data.max_label_length to {fits - 1} or less"
+            if fits > 1
+            else f"no label length fits a vocabulary of {vocab} tokens"
+        )
+        size = f"{count:,}" if count < 10**12 else f"~1e{len(str(count)) - 1}"
+        raise ConfigError(
+            f"eval.decoder=exhaustive would score vocab_size ** (data.max_label_length + 1) = "
+            f"{vocab} ** {steps} = {size} sequences per utterance, over its limit of "
+            f"{EXHAUSTIVE_MAX_SEQUENCES:,} (jaxseq.tasks.rnn.EXHAUSTIVE_MAX_SEQUENCES): decode "
+            f"with eval.decoder=beam (a wide eval.beam_size) instead, or {shorten}"
+        )
+
     def predict_fn(self, params: Any, batch: Batch, decoder: str, beam_size: int) -> Any:
         """Token ids [batch, max_label_length + 1] and lengths (EOS included) of the best
-        hypothesis."""
+        hypothesis. "exhaustive" returns the most probable sequence (eval.length_penalty does
+        not apply) and refuses a search over EXHAUSTIVE_MAX_SEQUENCES per utterance."""
         if decoder not in DECODERS:
             raise JaxseqError(f"eval.decoder={decoder!r}: rnn decodes with one of {DECODERS}")
+        if decoder == "exhaustive":
+            self.exhaustive_sequences()  # before any tracing: the size is static
         cache, step_fn, _ = self.search_setup(params, batch)
-        prompt = jnp.full((batch["features"].shape[0], 1), self.tokenizer.start_id, jnp.int32)
+        rows = batch["features"].shape[0]
+        prompt = jnp.full((rows, 1), self.tokenizer.start_id, jnp.int32)
         options = dict(
             max_new_tokens=self.cfg.data.max_label_length + 1, eos_id=self.tokenizer.end_id
         )
+        if decoder == "exhaustive":
+            max_rows = rows * EXHAUSTIVE_MAX_SEQUENCES
+            out = exhaustive_search(step_fn, cache, prompt, max_rows=max_rows, **options)
+            return out.sequences, out.lengths  # [batch, max_label_length + 1], [batch]
         return best_sequences(
             decoder,
             step_fn,
