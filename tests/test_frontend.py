@@ -1,4 +1,5 @@
-"""Log-mel frontend numerics against openai-whisper (torch CPU) on espeak-ng speech."""
+"""Log-mel frontend numerics against openai-whisper (torch CPU) on espeak-ng speech: jaxseq's
+NumPy frontend, and the JAX variant of tests/jax_log_mel.py."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import torch
 import whisper
 
 from jaxseq.audio.espeak import synthesize
-from jaxseq.audio.frontend import log_mel_jax, log_mel_numpy, mel_filters, num_frames
+from jaxseq.audio.frontend import log_mel_numpy, mel_filters, num_frames
 from jaxseq.audio.io import to_mono_resampled
 from jaxseq.config import FrontendConfig
+from tests.jax_log_mel import log_mel_jax
 
 _UTTERANCES = [
     ("The quick brown fox jumps over the lazy dog.", "en-us", 175, 50),
