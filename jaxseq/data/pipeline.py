@@ -440,9 +440,10 @@ def make_eval_batches(
     Nothing is dropped. Global batches of cfg.eval_batch_size, process p holding rows
     `[p*b:(p+1)*b]`; each global batch is padded to `bucket_length` of its longest item (beyond
     the largest bucket: a multiple of it) and its labels to cfg.max_label_length, or, when an
-    item's label is longer, to the batch's longest label rounded up to a multiple of 32.
-    `label_lengths` (int [N]) are the label ids per record when they are not the index's text
-    lengths (as in `make_train_iterator`).
+    item's label is longer, to the batch's longest label (in label ids: `vocab`'s encoding)
+    rounded up to a multiple of 32. For that width every process reads all records of each
+    global batch, unless the caller passes `label_lengths` (int [N], label ids per record, as
+    in `make_train_iterator`); then each reads only its own rows.
 
     Yields:
       batch: the training fields with b = cfg.eval_batch_size // process_count, plus
@@ -451,19 +452,30 @@ def make_eval_batches(
     """
     b = _per_process(cfg.eval_batch_size, process_index, process_count, "eval_batch_size")
     data = _Split(dataset_dir, split)
-    frames, text_lengths = data.index["num_frames"], data.index["text_lengths"]
+    frames = data.index["num_frames"]
     if label_lengths is not None:
-        text_lengths = np.asarray(label_lengths, np.int32)
+        label_lengths = np.asarray(label_lengths, np.int32)
+    encode_record = getattr(vocab, "encode_record", None)
     num = len(frames)
     for start in range(0, num, cfg.eval_batch_size):
         stop = min(start + cfg.eval_batch_size, num)
         length = bucket_length(int(frames[start:stop].max()), cfg.buckets)
-        longest_label = int(text_lengths[start:stop].max())
+        mine = slice(start + process_index * b, min(start + (process_index + 1) * b, stop))
+        if label_lengths is not None:
+            longest_label = int(label_lengths[start:stop].max())
+            records = data.read(np.arange(mine.start, mine.stop))
+        else:
+            # Label ids, not characters (a byte-level BPE makes more ids than characters), of
+            # the whole global batch: every process must pad to the same width.
+            everyone = data.read(np.arange(start, stop))
+            longest_label = max(
+                len(encode_record(r) if encode_record else vocab.encode(r["text"]))
+                for r in everyone
+            )
+            records = everyone[mine.start - start : mine.stop - start]
         label_width = cfg.max_label_length
         if longest_label > label_width:
             label_width = math.ceil(longest_label / _EVAL_LABEL_MULTIPLE) * _EVAL_LABEL_MULTIPLE
-        mine = np.arange(start + process_index * b, min(start + (process_index + 1) * b, stop))
-        records = data.read(mine)
         batch = _collate(records, b, length, label_width, data.n_mels, vocab)
         batch["valid"] = np.arange(b) < len(records)
         ids = [r["id"] for r in records] + [""] * (b - len(records))

@@ -284,7 +284,11 @@ class MultiHeadAttention(nn.Module):
         value = constrain(value, BATCH, LENGTH, HEADS, KV)
 
         query = query / np.sqrt(head_dim).astype(self.dtype)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
+        # The logits accumulate and come out in float32 whatever the compute dtype: rounded to
+        # bfloat16 (8 significant bits), a logit of 100 would be off by up to 0.25.
+        logits = jnp.einsum(
+            "bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32
+        )  # float32 [items, heads, group * q, kv]
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(logits, axis=-1)  # float32 [items, heads, group * q, kv]
@@ -293,7 +297,9 @@ class MultiHeadAttention(nn.Module):
         weights = weights.astype(self.dtype)
         if self.dropout_rate > 0.0:
             weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)  # [items, group * q, heads, hd]
+        out = jnp.einsum(
+            "bhqk,bkhd->bqhd", weights, value, preferred_element_type=jnp.float32
+        ).astype(self.dtype)  # summed over kv in float32: [items, group * q, heads, head_dim]
         out = out.reshape(batch, q_len, *out.shape[2:])  # [batch, q_len, heads, head_dim]
         out = MergeHeads(features, dtype=self.dtype, name="out")(out)  # [batch, q_len, embed]
         return constrain(out, BATCH, LENGTH, EMBED)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
+from jax.experimental import mesh_utils
+from jax.sharding import AxisType, Mesh
 
 from jaxseq.config import ConfigError, MeshConfig
 from jaxseq.parallel.sharding import MESH_AXES
+
+_AUTO = (AxisType.Auto,) * len(MESH_AXES)
 
 
 def _preset_shape(cfg: MeshConfig) -> list[int]:
@@ -50,11 +55,50 @@ def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
     return tuple(shape)
 
 
-def make_mesh(cfg: MeshConfig) -> Mesh:
-    """A ("data", "fsdp", "tensor") mesh over all devices of all processes."""
-    devices = jax.devices()
+def make_mesh(cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mesh:
+    """A ("data", "fsdp", "tensor") mesh over `devices` (default: every device of every process).
+
+    The axes run from the least to the most talkative: "tensor" all-reduces inside every layer,
+    "fsdp" gathers each layer's parameters, "data" reduces the gradients once a step. The inner
+    axes therefore go on the fastest links, and only the outer ones cross the slow network:
+      - several TPU slices (more than one `slice_index`): jax's hybrid mesh, the slices laid
+        along "data" (along "fsdp" only for the factor of the slice count that "data" cannot
+        take); "tensor" never crosses slices. Inside a slice, as for one slice.
+      - one TPU slice: `jax.make_mesh`, which follows the chips' ICI torus (ICI links the chips
+        of every host of a slice).
+      - GPUs, CPUs: the devices in process-major order (process_index, then id), so that each
+        process's devices are consecutive: every "tensor" group lies inside one process (when
+        mesh.tensor divides its device count), every fsdp x tensor block too when that product
+        divides it, and only the outer axes cross hosts.
+    The axis types are Auto (sharding by `with_sharding_constraint` and the logical rules), not
+    the Explicit types that `jax.make_mesh` defaults to.
+    """
+    devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(cfg, len(devices))
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+    slices = sorted({getattr(d, "slice_index", 0) for d in devices})
+    if len(slices) > 1:
+        dcn = _dcn_shape(shape, len(slices))
+        ici = tuple(s // n for s, n in zip(shape, dcn, strict=True))
+        grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+    elif devices[0].platform == "tpu":
+        return jax.make_mesh(shape, MESH_AXES, _AUTO, devices=devices)
+    else:
+        ordered = sorted(devices, key=lambda d: (d.process_index, d.id))
+        grid = np.asarray(ordered).reshape(shape)  # [data, fsdp, tensor]
+    return Mesh(grid, MESH_AXES, axis_types=_AUTO)
+
+
+def _dcn_shape(shape: tuple[int, int, int], num_slices: int) -> tuple[int, int, int]:
+    """How many slices each of (data, fsdp, tensor) spans: "data" first, then "fsdp"."""
+    data, fsdp, _ = shape
+    over_data = math.gcd(data, num_slices)
+    over_fsdp = num_slices // over_data
+    if fsdp % over_fsdp:
+        raise ConfigError(
+            f"mesh data={data} x fsdp={fsdp} cannot be split over {num_slices} slices (only "
+            "data and fsdp may cross slices); make mesh.data a multiple of the slice count"
+        )
+    return (over_data, over_fsdp, 1)
 
 
 def data_parallel_size(mesh: Mesh) -> int:
