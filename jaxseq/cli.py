@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from jaxseq.config import load_config
+from jaxseq import api
 from jaxseq.errors import JaxseqError
 
 
@@ -25,7 +25,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def _cmd_synth(args: argparse.Namespace) -> None:
     from jaxseq.data.synth import synthesize_corpus
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = api.load_config(args.config, args.overrides)
     manifests = synthesize_corpus(args.out, cfg.synth, num_workers=args.workers)
     for split, path in manifests.items():
         print(f"{split}: {path}")
@@ -34,7 +34,7 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 def _cmd_prepare(args: argparse.Namespace) -> None:
     from jaxseq.data.prepare import prepare_corpus, prepare_split
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = api.load_config(args.config, args.overrides)
     if args.source.startswith("synth:"):
         summaries = prepare_corpus(
             args.source[len("synth:") :], args.out, cfg.prepare, num_workers=args.workers
@@ -91,23 +91,23 @@ def _init_distributed(args: argparse.Namespace) -> None:
     initialize(args.coordinator, args.num_processes, args.process_id)
 
 
+def _checkpoint(workdir: Path, step: int | None) -> Path:
+    """The workdir (its best checkpoint, else the latest) or its checkpoint `step`."""
+    return workdir if step is None else workdir / "checkpoints" / str(step)
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
     _init_distributed(args)
-    from jaxseq.train.loop import train
-
-    summary = train(load_config(args.config, args.overrides), args.workdir)
+    summary = api.train(api.load_config(args.config, args.overrides), args.workdir)
     print(json.dumps(summary, indent=2, default=str))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     _init_distributed(args)
-    from jaxseq.evaluate import evaluate
-
-    m = evaluate(
+    m = api.evaluate(
         args.workdir,
+        args.manifest or args.dataset,
         split=args.split,
-        dataset=args.dataset,
-        manifest=args.manifest,
         report=args.report,
         step=args.step,
         decoder=args.decoder,
@@ -122,21 +122,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_transcribe(args: argparse.Namespace) -> None:
-    from jaxseq.evaluate import transcribe
-
-    texts = transcribe(
-        args.workdir, args.audio, step=args.step, decoder=args.decoder, beam_size=args.beam_size
-    )
+    model = api.load(_checkpoint(args.workdir, args.step))
+    texts = model.transcribe(args.audio, decoder=args.decoder, beam_size=args.beam_size)
     for path, text in zip(args.audio, texts, strict=True):
         print(f"{path}\t{text}")
 
 
 def _cmd_classify(args: argparse.Namespace) -> None:
-    from jaxseq.classify import classify
-
-    for r in classify(
-        args.workdir, args.audio, frames=args.frames, step=args.step, top_k=args.top_k
-    ):
+    model = api.load(_checkpoint(args.workdir, args.step))
+    for r in model.classify(args.audio, frames=args.frames, top_k=args.top_k):
         if "segments" in r:
             turns = "  ".join(f"{a:.2f}-{b:.2f}s {name}" for a, b, name in r["segments"])
             print(f"{r['path']}\t{turns}")
@@ -147,7 +141,7 @@ def _cmd_classify(args: argparse.Namespace) -> None:
 
 
 def _cmd_synthesize(args: argparse.Namespace) -> None:
-    from jaxseq.synthesize import synthesize
+    from jaxseq.inference.synthesize import synthesize
 
     results = synthesize(
         args.workdir,
@@ -181,8 +175,9 @@ def _decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step", type=int, help="checkpoint step (default: best, else latest)")
     p.add_argument(
         "--decoder",
-        choices=["greedy", "prefix_beam", "beam"],
-        help="ctc: greedy | prefix_beam; seq2seq: greedy | beam; tts: the recognizer's",
+        choices=["greedy", "prefix_beam", "beam", "exhaustive"],
+        help="ctc: greedy | prefix_beam; seq2seq, whisper: greedy | beam; rnn: greedy | beam "
+        "| exhaustive; tts: the recognizer's",
     )
     p.add_argument("--beam-size", type=int)
 

@@ -322,7 +322,6 @@ class Config:
 
 
 _CHOICES = {
-    "model.family": ("ctc", "seq2seq", "whisper", "tts", "classify", "rnn"),
     "rnn.cell": ("lstm", "gru"),
     "rnn.tokenizer": ("char", "bpe"),
     "classify.encoder": ("ast", "transformer"),
@@ -388,9 +387,10 @@ def _check_choices(cfg: Config) -> None:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+    path: str | Path | dict | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> Config:
-    """Loads `path` (YAML) over the defaults, applies `a.b=c` overrides, returns a frozen Config.
+    """Loads `path` (a YAML file, or a dict of the same nesting) over the defaults, applies
+    `a.b=c` overrides, returns a frozen Config.
 
     With `train.init_from` naming a workdir, that workdir's model section replaces the defaults
     (as `from_pretrained` takes the architecture from the checkpoint); the file and overrides
@@ -400,13 +400,14 @@ def load_config(
       ConfigError: naming the file or override and the offending key (with the closest valid
         key for a typo) when a key is unknown, a value has the wrong type, or a choice is invalid.
     """
-    merged = _merge(OmegaConf.structured(Config), path, overrides)
+    path, given = (None, path) if isinstance(path, dict) else (path, None)
+    merged = _merge(OmegaConf.structured(Config), path, overrides, given, "the config dict")
     init_from = merged.train.init_from
     if init_from and (Path(init_from) / "config.yaml").is_file():
         inherited = OmegaConf.load(Path(init_from) / "config.yaml").get("model", {})
         where = f"train.init_from={init_from}: {Path(init_from) / 'config.yaml'}"
         base = _merge(OmegaConf.structured(Config), None, (), {"model": inherited}, where)
-        merged = _merge(base, path, overrides)
+        merged = _merge(base, path, overrides, given, "the config dict")
     cfg = OmegaConf.to_object(merged)
     cfg = _freeze(cfg)
     _check_choices(cfg)

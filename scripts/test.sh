@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 ensure_env dev
 
-ruff check jaxseq tests scripts
+ruff check jaxseq tests scripts examples
 python -m pytest -q -n 2 --dist loadfile --durations=15 "$@"  # a file per worker: module fixtures run once

@@ -11,7 +11,7 @@ import soundfile as sf
 from sklearn.metrics import f1_score
 
 from jaxseq import cli
-from jaxseq.evaluate import load_trained
+from jaxseq.train.trained import load_trained
 from tests.conftest import REPO, TINY_CONFIG
 
 CONFIG = REPO / "configs" / "classify_tiny.yaml"
@@ -99,7 +99,7 @@ def test_sequence_head_trains_evaluates_and_classifies(sequence_head, speakers, 
     cli.main(["classify", "--workdir", str(sequence_head), "--top-k", "4", *wavs])
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == wavs
-    from jaxseq.classify import classify
+    from jaxseq.inference.classify import classify
 
     for result, item in zip(classify(sequence_head, wavs, top_k=4), items, strict=False):
         probs = dict(result["top"])

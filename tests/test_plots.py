@@ -6,7 +6,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from jaxseq.plots import plot_alignment, plot_spectrograms
+from jaxseq.evaluation.plots import plot_alignment, plot_spectrograms
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

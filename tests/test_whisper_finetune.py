@@ -26,7 +26,7 @@ from jaxseq.audio.frontend import log_mel_numpy
 from jaxseq.audio.io import to_mono_resampled
 from jaxseq.config import FrontendConfig, load_config
 from jaxseq.data.pipeline import make_eval_batches
-from jaxseq.evaluate import load_trained
+from jaxseq.train.trained import load_trained
 from jaxseq.tasks.whisper import pad_like_whisper
 from jaxseq.text.whisper_tokenizer import WhisperTokenizer
 from tests.conftest import REPO

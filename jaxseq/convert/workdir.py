@@ -201,7 +201,7 @@ def convert_ast_to_workdir(hf_folder: str | Path, workdir: str | Path) -> Path:
 def export_workdir(workdir: str | Path, out: str | Path, *, step: int | None = None) -> Path:
     """Writes a transformers Whisper folder (config.json, model.safetensors and the tokenizer
     files) from a seq2seq or whisper workdir's checkpoint (default: best, else latest)."""
-    from jaxseq.evaluate import load_trained
+    from jaxseq.train.trained import load_trained
 
     trained = load_trained(workdir, step=step)
     if trained.cfg.model.scan_layers:

@@ -10,36 +10,19 @@ mapped one-to-one per item as DER does, so DER counts confusions only.
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import jax
 import numpy as np
-from jax.sharding import Mesh
 
-from jaxseq.data.pipeline import load_dataset_info
-from jaxseq.evaluation.split import eval_batches, gather_records
-from jaxseq.parallel.batch import to_global
-from jaxseq.parallel.sharding import replicated, sharding_context
-
-if TYPE_CHECKING:
-    from jaxseq.tasks.classify import ClassifyTask
+from jaxseq.config import TextConfig
+from jaxseq.evaluation.scorer import Scorer
+from jaxseq.tasks.base import Task
+from jaxseq.tasks.classify import ClassifyTask, frame_targets
 
 WORST_IN_REPORT = 20
-
-
-@functools.cache
-def _eval_step(task: ClassifyTask, mesh: Mesh):
-    """One jitted function per (task, mesh), cached: a batch's logits and loss."""
-
-    def step(params, batch):
-        return task.logits(params, batch), task.loss_fn(params, batch, jax.random.PRNGKey(0), False)
-
-    return jax.jit(step, out_shardings=replicated(mesh))
 
 
 def runs(ids: np.ndarray, names: tuple[str, ...], seconds: float) -> list[list]:
@@ -56,9 +39,7 @@ def runs(ids: np.ndarray, names: tuple[str, ...], seconds: float) -> list[list]:
 
 
 def _records(task: ClassifyTask, logits, enc_lengths, batch, ids, frame_seconds) -> list[dict]:
-    """One record per valid row of a batch (host side)."""
-    from jaxseq.tasks.classify import frame_targets
-
+    """One record per row of a batch (host side; logits [rows, ...], enc_lengths [rows])."""
     names = task.tokenizer.names
     out = []
     if task.level == "frame":
@@ -103,69 +84,6 @@ def _records(task: ClassifyTask, logits, enc_lengths, batch, ids, frame_seconds)
     return out
 
 
-def evaluate_split(
-    task: ClassifyTask, params: Any, mesh: Mesh, dataset_dir: str | Path, split: str
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Classifies every item of a prepared split.
-
-    Returns:
-      (metrics: loss, num_utterances, error_rate (what ranks checkpoints: 1 - accuracy, or DER
-      at the frame level) and accuracy, macro_f1 (sequence) or frame_accuracy, der (frame);
-      records: one per item, from all processes, in dataset order).
-
-    Raises:
-      JaxseqError naming the items when the split has labels the model does not know or clips
-      shorter than the model can classify.
-    """
-    info = load_dataset_info(dataset_dir)
-    unused = task.check_split(dataset_dir, info, split)
-    if unused:
-        logging.warning(
-            "%s:%s has no items of %d of the model's labels: %s",
-            dataset_dir,
-            split,
-            len(unused),
-            unused[:10],
-        )
-    frontend = info["frontend"]
-    frame_seconds = frontend["hop_length"] / frontend["sample_rate"] * task.stride
-    eval_step = _eval_step(task, mesh)
-    label_lengths = task.label_lengths(dataset_dir, info, split)
-    batches = eval_batches(
-        dataset_dir, split, task.cfg.data, task.tokenizer, "evaluate", label_lengths
-    )
-    p = jax.process_index()
-    records: list[dict[str, Any]] = []
-    rows_per_batch: list[int] = []
-    loss_sum = tokens = 0.0
-    for host_batch, ids, _ in batches:
-        b = len(ids)
-        with sharding_context(mesh):
-            (logits, enc_lengths), (loss, metrics) = jax.device_get(
-                eval_step(params, to_global(host_batch, mesh))
-            )
-        rows = slice(p * b, (p + 1) * b)  # this process's rows of the replicated outputs
-        valid = host_batch["valid"]
-        mine = {k: v[valid] for k, v in host_batch.items()}
-        kept = [i for i, ok in zip(ids, valid, strict=True) if ok]
-        records += _records(
-            task,
-            np.asarray(logits)[rows][valid],
-            np.asarray(enc_lengths)[rows][valid],
-            mine,
-            kept,
-            frame_seconds,
-        )
-        rows_per_batch.append(len(kept))
-        loss_sum += float(loss) * float(metrics["tokens"])
-        tokens += float(metrics["tokens"])
-    if jax.process_count() > 1:
-        records = gather_records(records, rows_per_batch)
-    metrics = score(task, records)
-    metrics.update(num_utterances=len(records), loss=loss_sum / max(tokens, 1.0))
-    return metrics, records
-
-
 def score(task: ClassifyTask, records: list[dict[str, Any]]) -> dict[str, Any]:
     """The split's metrics from its records (see the module docstring)."""
     from sklearn.metrics import f1_score
@@ -208,37 +126,62 @@ def diarization_error_rate(records: list[dict[str, Any]]) -> float:
     return float(abs(metric))
 
 
-def write_report(metrics: dict, records: list[dict], path: Path) -> None:
-    """The JSON report (metrics + every item) and a markdown one: the headline figures, the
-    most frequent confusions and the worst items."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**metrics, "items": records}, indent=2))
-    lines = [
-        f"# Classification: {metrics['headline']}",
-        "",
-        f"{metrics['num_utterances']} items of {metrics['dataset']}:{metrics['split']} scored, "
-        f"{metrics['num_skipped']} skipped by prepare (listed in {path.name}); step "
-        f"{metrics['step']}.",
-        "",
-    ]
-    if "der" in metrics:
-        worst = sorted(records, key=lambda r: r["correct"] / max(r["frames"], 1))
-        lines += [f"## Worst {min(WORST_IN_REPORT, len(worst))} items (frame accuracy)", ""]
-        for r in worst[:WORST_IN_REPORT]:
-            acc = r["correct"] / max(r["frames"], 1)
-            lines += [
-                f"- {r['id']}: {acc:.1%}; reference {_turns(r['reference'])}; "
-                f"predicted {_turns(r['predicted'])}"
-            ]
-    else:
-        wrong = [r for r in records if r["label"] != r["predicted"]]
-        pairs = Counter((str(r["label"]), str(r["predicted"])) for r in wrong)
-        lines += ["## Most frequent confusions", ""]
-        lines += [f"- {a} → {b}: {n}" for (a, b), n in pairs.most_common(10)] or ["- none"]
-        lines += ["", f"## Misclassified items ({len(wrong)})", ""]
-        lines += [f"- {r['id']}: {r['label']} → {r['predicted']}" for r in wrong[:WORST_IN_REPORT]]
-    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
-
-
 def _turns(segments: list[list]) -> str:
     return ", ".join(f"{name} {start:.2f}-{end:.2f}s" for start, end, name in segments)
+
+
+class ClassifyScorer(Scorer):
+    """Records per item: label and prediction (with confidence), or frame runs; metrics as the
+    module docstring says."""
+
+    def records(self, task, context, predictions, batch, ids, texts) -> list[dict[str, Any]]:
+        if not predictions:
+            return []
+        logits = np.stack([p[0] for p in predictions])  # [rows, labels] or [rows, frames, labels]
+        enc_lengths = np.stack([p[1] for p in predictions])  # [rows]
+        frontend = context.frontend
+        frame_seconds = frontend.hop_length / frontend.sample_rate * task.stride
+        return _records(task, logits, enc_lengths, batch, ids, frame_seconds)
+
+    def score(self, task, records, context, *, seconds, input_seconds) -> dict[str, Any]:
+        return score(task, records)
+
+    def headline(self, task: Task, metrics: dict[str, Any]) -> str:
+        if "der" in metrics:
+            return f"frame accuracy {metrics['frame_accuracy']:.2%}  DER {metrics['der']:.2%}"
+        return f"accuracy {metrics['accuracy']:.2%}  macro-F1 {metrics['macro_f1']:.2%}"
+
+    def write_report(
+        self, metrics: dict, records: list[dict], text: TextConfig, path: Path
+    ) -> None:
+        """The JSON report (metrics + every item) and a markdown one: the headline figures, the
+        most frequent confusions and the worst items."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**metrics, "items": records}, indent=2))
+        lines = [
+            f"# Classification: {metrics['headline']}",
+            "",
+            f"{metrics['num_utterances']} items of {metrics['dataset']}:{metrics['split']} scored, "
+            f"{metrics['num_skipped']} skipped by prepare (listed in {path.name}); step "
+            f"{metrics['step']}.",
+            "",
+        ]
+        if "der" in metrics:
+            worst = sorted(records, key=lambda r: r["correct"] / max(r["frames"], 1))
+            lines += [f"## Worst {min(WORST_IN_REPORT, len(worst))} items (frame accuracy)", ""]
+            for r in worst[:WORST_IN_REPORT]:
+                acc = r["correct"] / max(r["frames"], 1)
+                lines += [
+                    f"- {r['id']}: {acc:.1%}; reference {_turns(r['reference'])}; "
+                    f"predicted {_turns(r['predicted'])}"
+                ]
+        else:
+            wrong = [r for r in records if r["label"] != r["predicted"]]
+            pairs = Counter((str(r["label"]), str(r["predicted"])) for r in wrong)
+            lines += ["## Most frequent confusions", ""]
+            lines += [f"- {a} → {b}: {n}" for (a, b), n in pairs.most_common(10)] or ["- none"]
+            lines += ["", f"## Misclassified items ({len(wrong)})", ""]
+            lines += [
+                f"- {r['id']}: {r['label']} → {r['predicted']}" for r in wrong[:WORST_IN_REPORT]
+            ]
+        path.with_suffix(".md").write_text("\n".join(lines) + "\n")

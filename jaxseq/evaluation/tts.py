@@ -1,11 +1,11 @@
-"""Text-to-speech evaluation: what a machine can measure without listeners.
+"""Text-to-speech scoring: what a machine can measure without listeners.
 
-For every item of a prepared split the model generates a spectrogram from the transcript
-(free running, from an all-zero frame, until its stop token) and is scored on:
+For every item of a split the model generates a spectrogram from the transcript (free
+running, from an all-zero frame, until its stop token; `TTSTask.predict_fn`), scored on:
   * spectrogram distortion against the recorded utterance, aligned by DTW: mel cepstral
     distortion (dB) and the mean absolute log-mel difference (jaxseq.audio.distortion);
   * intelligibility, with `tts.asr_workdir`: the vocoder's audio transcribed by that jaxseq
-    recognizer, scored by CER/WER against the transcript;
+    recognizer (in lockstep over the processes), scored by CER/WER against the transcript;
   * the teacher-forced loss, and how many generations never predicted stop.
 The report holds every item and, for the first `tts.plots` items, PNGs of the generated and
 reference spectrograms and of the cross-attention alignment.
@@ -16,50 +16,28 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import jax
-import numpy as np
-from jax.sharding import Mesh
+from typing import Any
 
 from jaxseq.audio.distortion import dtw_l1, mel_cepstral_distortion
 from jaxseq.audio.vocoder import load_vocoder
 from jaxseq.config import FrontendConfig, TextConfig
-from jaxseq.data.pipeline import load_dataset_info
 from jaxseq.errors import JaxseqError
-from jaxseq.evaluation.split import eval_batches, gather_records
-from jaxseq.parallel.batch import to_global
-from jaxseq.parallel.sharding import replicated, sharding_context
-from jaxseq.plots import plot_alignment, plot_spectrograms
-from jaxseq.scoring import error_counts, error_rates
-
-if TYPE_CHECKING:
-    from jaxseq.evaluate import Trained
-    from jaxseq.tasks.tts import TTSTask
+from jaxseq.evaluation.plots import plot_alignment, plot_spectrograms
+from jaxseq.evaluation.scorer import Scorer
+from jaxseq.evaluation.scoring import error_counts, error_rates
+from jaxseq.evaluation.waveforms import predict_waveforms
+from jaxseq.tasks.base import ASRTask, Task
+from jaxseq.train.trained import Trained, load_trained
 
 WORST_IN_REPORT = 10
+MEL = "mel"  # a record's generated spectrogram until `finish` vocodes it (never reported)
 
 
 @functools.cache
-def _eval_step(task: TTSTask, mesh: Mesh):
-    """One jitted function per (task, mesh): a batch's generated spectrograms and its
-    teacher-forced loss (the pre-net dropout drawn from a fixed key, so evaluations repeat)."""
-
-    def step(params, batch):
-        rng = jax.random.PRNGKey(0)
-        generated = task.synthesize_fn(params, batch["labels"], batch["label_lengths"], rng)
-        return generated, task.loss_fn(params, batch, rng, train=False)
-
-    return jax.jit(step, out_shardings=replicated(mesh))
-
-
-def load_recognizer(asr_workdir: str | Path, frontend: FrontendConfig) -> Trained:
-    """The jaxseq recognizer that scores intelligibility; it must hear the TTS's features."""
-    from jaxseq.evaluate import load_trained
-    from jaxseq.tasks.base import ASRTask
-
+def load_recognizer(asr_workdir: str, frontend: FrontendConfig) -> Trained:
+    """The jaxseq recognizer that scores intelligibility (loaded once per process); it must
+    hear the TTS's features. A collective (a checkpoint restore): call on every process."""
     trained = load_trained(asr_workdir)
     if not isinstance(trained.task, ASRTask):
         raise JaxseqError(
@@ -74,125 +52,139 @@ def load_recognizer(asr_workdir: str | Path, frontend: FrontendConfig) -> Traine
     return trained
 
 
-def evaluate_split(
-    task: TTSTask,
-    params: Any,
-    mesh: Mesh,
-    dataset_dir: str | Path,
-    split: str,
-    *,
-    report_dir: Path | None = None,
-    decoder: str | None = None,
-    beam_size: int | None = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Generates and scores every item of a prepared split (see the module docstring).
+class TTSScorer(Scorer):
+    """Records per item: frames, stop, distortion, and with a recognizer the hypothesis."""
 
-    Args:
-      report_dir: where the plots go (`plots/` inside); None: no plots.
-      decoder, beam_size: the recognizer's decoding (default: its workdir's config).
-    Returns:
-      (metrics: mel_cepstral_distortion, dtw_l1, loss, not_stopped, length_ratio,
-      num_utterances, synthesis timing, and with a recognizer cer, wer and their edit counts;
-      records: one per item, from all processes, in dataset order).
-    """
-    cfg = task.cfg
-    info = load_dataset_info(dataset_dir, split)
-    frontend = FrontendConfig(**info["frontend"])
-    recognizer = None
-    if cfg.tts.asr_workdir:
-        if task._asr is None:
-            task._asr = load_recognizer(cfg.tts.asr_workdir, frontend)
-        recognizer = task._asr
-    vocoder = load_vocoder(cfg.tts.vocoder, frontend) if recognizer else None
-    eval_step = _eval_step(task, mesh)
-    p, count = jax.process_index(), jax.process_count()
-    records: list[dict[str, Any]] = []
-    rows_per_batch: list[int] = []
-    waves: list[np.ndarray] = []
-    loss_sum = frames_total = synthesis_seconds = 0.0
-    warm: set[tuple[int, ...]] = set()
-    batches = eval_batches(dataset_dir, split, cfg.data, task.tokenizer, "synthesize")
-    for host_batch, ids, texts in batches:
-        b = len(ids)
-        batch = to_global(host_batch, mesh)
-        with sharding_context(mesh):
-            if batch["labels"].shape not in warm:  # compile outside the timed region
-                jax.block_until_ready(eval_step(params, batch))
-                warm.add(batch["labels"].shape)
-            start = time.perf_counter()
-            generated, (loss, metrics) = jax.block_until_ready(eval_step(params, batch))
-            synthesis_seconds += time.perf_counter() - start
-        generated = jax.tree.map(lambda x, p=p, b=b: np.asarray(x)[p * b : (p + 1) * b], generated)
-        loss_sum += float(loss) * float(metrics["tokens"])
-        frames_total += float(metrics["tokens"])
-        mine = 0
-        for i, (item, text) in enumerate(zip(ids, texts, strict=True)):
-            if not host_batch["valid"][i]:
-                continue
-            n, n_ref = int(generated.lengths[i]), int(host_batch["feature_lengths"][i])
-            pred, ref = generated.mel[i, :n], host_batch["features"][i, :n_ref]
-            records.append(
+    def records(self, task, context, predictions, batch, ids, texts) -> list[dict[str, Any]]:
+        out = []
+        for i, (item, text, generated) in enumerate(zip(ids, texts, predictions, strict=True)):
+            ref = batch["features"][i, : int(batch["feature_lengths"][i])]
+            out.append(
                 {
                     "id": item,
                     "text": text,
-                    "frames": n,
-                    "reference_frames": n_ref,
-                    "stopped": bool(generated.stopped[i]),
-                    "mel_cepstral_distortion": mel_cepstral_distortion(pred, ref),
-                    "dtw_l1": dtw_l1(pred, ref),
+                    "frames": generated.lengths,
+                    "reference_frames": len(ref),
+                    "stopped": generated.stopped,
+                    "mel_cepstral_distortion": mel_cepstral_distortion(generated.mel, ref),
+                    "dtw_l1": dtw_l1(generated.mel, ref),
+                    MEL: generated.mel,
                 }
             )
-            if vocoder is not None:
-                waves.append(vocoder(pred))
-            if report_dir is not None and p == 0 and len(records) <= cfg.tts.plots:
-                steps = -(-n // task.dims.reduction_factor)
-                chars = int(host_batch["label_lengths"][i])
-                records[-1]["plots"] = _plot(
-                    Path(report_dir),
-                    f"{split}-{item}",
-                    text,
-                    pred,
-                    ref,
-                    generated.alignment[i, :steps, :chars],
-                )
-            mine += 1
-        rows_per_batch.append(mine)
-    if recognizer is not None:
-        hyps = _transcribe(recognizer, waves, decoder, beam_size)
-        for record, hyp in zip(records, hyps, strict=True):
-            record["hyp"] = hyp
-    if count > 1:
-        records = gather_records(records, rows_per_batch)
-    out = _metrics(records, recognizer.text if recognizer else None)
-    hop_seconds = frontend.hop_length / frontend.sample_rate
-    audio_seconds = sum(r["frames"] for r in records) * hop_seconds
-    out.update(
-        loss=loss_sum / max(frames_total, 1.0),
-        synthesis_seconds=synthesis_seconds,  # this process's generation, compilation excluded
-        audio_seconds=audio_seconds,
-        real_time_factor=synthesis_seconds / max(audio_seconds, 1e-9),
-        vocoder=cfg.tts.vocoder,
-        asr_workdir=cfg.tts.asr_workdir,
-    )
-    late = [r["id"] for r in records if not r["stopped"]]
-    if late:
-        logging.warning(
-            "%s:%s: %d of %d generations reached tts.max_frames=%d without predicting stop "
-            "(kept at that length), e.g. %s",
-            dataset_dir,
-            split,
-            len(late),
-            len(records),
-            cfg.tts.max_frames,
-            late[:5],
+        return out
+
+    def plot(self, task, report_dir, context, records, predictions, batch, extras) -> None:
+        for i, (record, generated) in enumerate(zip(records, predictions, strict=True)):
+            chars = int(batch["label_lengths"][i])
+            ref = batch["features"][i, : int(batch["feature_lengths"][i])]
+            record["plots"] = _plot(
+                report_dir,
+                f"{context.split}-{record['id']}",
+                record["text"],
+                generated.mel,
+                ref,
+                generated.alignment[:, :chars],
+            )
+
+    def finish(self, task, records, context) -> list[dict[str, Any]]:
+        """Vocodes and transcribes this process's items with `tts.asr_workdir`'s recognizer
+        (every process the same number of batches), and drops the spectrograms."""
+        cfg = task.cfg
+        if cfg.tts.asr_workdir:
+            recognizer = load_recognizer(cfg.tts.asr_workdir, context.frontend)
+            vocoder = load_vocoder(cfg.tts.vocoder, context.frontend)
+            waves = [vocoder(r[MEL]) for r in records]
+            hyps = predict_waveforms(recognizer, waves, **context.options)
+            for record, hyp in zip(records, hyps, strict=True):
+                record["hyp"] = hyp
+        for record in records:
+            del record[MEL]
+        late = [r["id"] for r in records if not r["stopped"]]
+        if late:
+            logging.warning(
+                "%s:%s: %d of %d generations reached tts.max_frames=%d without predicting stop "
+                "(kept at that length), e.g. %s",
+                context.dataset,
+                context.split,
+                len(late),
+                len(records),
+                cfg.tts.max_frames,
+                late[:5],
+            )
+        return records
+
+    def score(self, task, records, context, *, seconds, input_seconds) -> dict[str, Any]:
+        cfg = task.cfg
+        text = (
+            load_recognizer(cfg.tts.asr_workdir, context.frontend).text
+            if cfg.tts.asr_workdir
+            else None
         )
-    return out, records
+        out = _metrics(records, text)
+        hop_seconds = context.frontend.hop_length / context.frontend.sample_rate
+        audio_seconds = sum(r["frames"] for r in records) * hop_seconds
+        out.update(
+            synthesis_seconds=seconds,  # generation, compilation excluded, over the processes
+            audio_seconds=audio_seconds,
+            real_time_factor=seconds / max(audio_seconds, 1e-9),
+            vocoder=cfg.tts.vocoder,
+            asr_workdir=cfg.tts.asr_workdir,
+        )
+        return out
 
+    def headline(self, task: Task, metrics: dict[str, Any]) -> str:
+        line = (
+            f"MCD {metrics['mel_cepstral_distortion']:.2f} dB  "
+            f"DTW-L1 {metrics['dtw_l1']:.3f}  not stopped {metrics['not_stopped']}"
+        )
+        if "cer" in metrics:
+            line = f"intelligibility CER {metrics['cer']:.2%} WER {metrics['wer']:.2%}  " + line
+        return line
 
-def _transcribe(recognizer: Trained, waves, decoder, beam_size) -> list[str]:
-    from jaxseq.evaluate import transcribe_waveforms
-
-    return transcribe_waveforms(recognizer, waves, decoder=decoder, beam_size=beam_size)
+    def write_report(
+        self, metrics: dict[str, Any], records: list[dict], text: TextConfig, path: Path
+    ) -> None:
+        """The JSON report (metrics + every item) and a markdown one with the plots and the items
+        the recognizer got most wrong (else the most distorted)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**metrics, "utterances": records}, indent=2))
+        lines = [f"# TTS evaluation, step {metrics['step']}", ""]
+        if "cer" in metrics:
+            lines.append(
+                f"Intelligibility: CER {metrics['cer']:.2%}, WER {metrics['wer']:.2%} "
+                f"(audio from vocoder `{metrics['vocoder']}`, transcribed by "
+                f"`{metrics['asr_workdir']}`)."
+            )
+        lines += [
+            f"Spectrogram distortion against the recordings (DTW-aligned): MCD "
+            f"{metrics['mel_cepstral_distortion']:.2f} dB, "
+            f"mean |Δ log-mel| {metrics['dtw_l1']:.3f}; "
+            f"teacher-forced loss {metrics['loss']:.4f}.",
+            "",
+            f"{metrics['num_utterances']} utterances of {metrics['dataset']}:{metrics['split']} "
+            f"({metrics['num_skipped']} skipped by prepare, listed in {path.name}); "
+            f"{metrics['not_stopped']} never predicted stop; generated/reference length "
+            f"{metrics['length_ratio']:.2f}; real-time factor {metrics['real_time_factor']:.4f}.",
+            "",
+            "## Plots",
+            "",
+        ]
+        for r in records:
+            for kind, plot in r.get("plots", {}).items():  # relative to the report's folder
+                lines += [f"### {r['id']} {kind}: {r['text']}", "", f"![{kind}]({plot})", ""]
+        key = "hyp" if "cer" in metrics else None
+        worst = sorted(records, key=lambda r: -r["mel_cepstral_distortion"])
+        if key:
+            worst = [r for r in records if r["hyp"] != r["text"]]
+        lines += [f"## {'Misrecognized' if key else 'Most distorted'} utterances", ""]
+        for r in worst[:WORST_IN_REPORT]:
+            heard = f" → heard {r['hyp']!r}" if key else ""
+            lines.append(
+                f"- {r['id']}: {r['text']!r}{heard} (MCD {r['mel_cepstral_distortion']:.1f} dB, "
+                f"{r['frames']} frames vs {r['reference_frames']}"
+                f"{'' if r['stopped'] else ', never stopped'})"
+            )
+        path.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
 def _metrics(records: list[dict[str, Any]], text: TextConfig | None) -> dict[str, Any]:
@@ -224,46 +216,3 @@ def _plot(report_dir: Path, name: str, text: str, pred, ref, alignment) -> dict[
         ylabel="character",
     )
     return {"spectrogram": spectrogram, "alignment": attention}
-
-
-def write_report(metrics: dict[str, Any], records: list[dict], path: Path) -> None:
-    """The JSON report (metrics + every item) and a markdown one with the plots and the items
-    the recognizer got most wrong (else the most distorted)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**metrics, "utterances": records}, indent=2))
-    lines = [f"# TTS evaluation, step {metrics['step']}", ""]
-    if "cer" in metrics:
-        lines.append(
-            f"Intelligibility: CER {metrics['cer']:.2%}, WER {metrics['wer']:.2%} "
-            f"(audio from vocoder `{metrics['vocoder']}`, transcribed by "
-            f"`{metrics['asr_workdir']}`)."
-        )
-    lines += [
-        f"Spectrogram distortion against the recordings (DTW-aligned): MCD "
-        f"{metrics['mel_cepstral_distortion']:.2f} dB, mean |Δ log-mel| {metrics['dtw_l1']:.3f}; "
-        f"teacher-forced loss {metrics['loss']:.4f}.",
-        "",
-        f"{metrics['num_utterances']} utterances of {metrics['dataset']}:{metrics['split']} "
-        f"({metrics['num_skipped']} skipped by prepare, listed in {path.name}); "
-        f"{metrics['not_stopped']} never predicted stop; generated/reference length "
-        f"{metrics['length_ratio']:.2f}; real-time factor {metrics['real_time_factor']:.4f}.",
-        "",
-        "## Plots",
-        "",
-    ]
-    for r in records:
-        for kind, plot in r.get("plots", {}).items():  # relative to the report's folder
-            lines += [f"### {r['id']} {kind}: {r['text']}", "", f"![{kind}]({plot})", ""]
-    key = "hyp" if "cer" in metrics else None
-    worst = sorted(records, key=lambda r: -r["mel_cepstral_distortion"])
-    if key:
-        worst = [r for r in records if r["hyp"] != r["text"]]
-    lines += [f"## {'Misrecognized' if key else 'Most distorted'} utterances", ""]
-    for r in worst[:WORST_IN_REPORT]:
-        heard = f" → heard {r['hyp']!r}" if key else ""
-        lines.append(
-            f"- {r['id']}: {r['text']!r}{heard} (MCD {r['mel_cepstral_distortion']:.1f} dB, "
-            f"{r['frames']} frames vs {r['reference_frames']}"
-            f"{'' if r['stopped'] else ', never stopped'})"
-        )
-    path.with_suffix(".md").write_text("\n".join(lines) + "\n")

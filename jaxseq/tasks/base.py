@@ -1,22 +1,24 @@
-"""The small interface the one train loop and the one evaluation path call.
+"""The interface the one train loop and the one evaluation loop call, and nothing more.
 
-A task owns a model family's model, tokenizer, loss and evaluation; the loop never branches
-on the family. (t5x's BaseModel: loss_fn / predict_batch / score_batch.) `ASRTask` adds the
-decoding that speech recognition families share (jaxseq.evaluation.asr scores it by WER).
+A task is a model family's device functions and what they need: the model, its tokenizer, the
+loss on a batch, prediction on a batch, and which metrics score it (`metric_kind`). It knows
+nothing of training loops or evaluation: `jaxseq.train.loop` and `jaxseq.evaluation.loop`
+call it, never the reverse. (t5x's BaseModel: loss_fn / predict_batch / score_batch.)
+
+A family joins with `@register` (jaxseq.tasks.registry) on its Task subclass.
 """
 
 from __future__ import annotations
 
 import abc
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh
 
-from jaxseq.config import Config, TextConfig
+from jaxseq.config import Config
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -27,20 +29,56 @@ STEP_KEY = "step"
 class Task(abc.ABC):
     """One model family: model, tokenizer, loss on a batch, prediction on a batch."""
 
-    cfg: Config
-    n_mels: int
-    model: nn.Module
-    tokenizer: Any  # has .encode(text) -> int ids; saved in the workdir
+    # The `model.family` value that selects this task (jaxseq.tasks.registry).
+    family: ClassVar[str]
+    # How evaluation scores its predictions: "asr" (WER/CER of text), "tts" (spectrogram
+    # distortion and intelligibility) or "classify" (accuracy, F1, DER); jaxseq.evaluation
+    # has one scorer per kind.
+    metric_kind: ClassVar[str]
     # The validation metric that ranks checkpoints (lower is better) and is printed in training.
     best_metric: str = "wer"
     # The top-level parameter groups `train.init_from` provides (e.g. ("encoder",): a classifier
     # takes a CTC model's encoder and starts its own head); empty = all of them.
     pretrained_groups: tuple[str, ...] = ()
 
+    cfg: Config
+    n_mels: int
+    model: nn.Module
+    tokenizer: Any  # has .encode(text) -> int ids; saved in the workdir by save_tokenizer
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    @abc.abstractmethod
+    def from_dataset(cls, cfg: Config, info: dict, workdir: Path | None = None) -> Task:
+        """A fresh task for training on a prepared dataset (`info`: its dataset.json).
+
+        A tokenizer learned from the data is trained on process 0 only and written into
+        `workdir`; the other processes read it back from there (after a barrier), so that
+        every process holds byte-identical tokenizer files.
+        """
+
+    @classmethod
+    @abc.abstractmethod
+    def from_workdir(cls, cfg: Config, workdir: Path, n_mels: int) -> Task:
+        """The task of a trained workdir (its tokenizer read back from it)."""
+
+    @abc.abstractmethod
+    def save_tokenizer(self, workdir: Path) -> None:
+        """Writes what `from_workdir` needs to rebuild the tokenizer into `workdir`."""
+
+    # ------------------------------------------------------------------ data
+
     def label_lengths(self, dataset_dir: str | Path, info: dict, split: str) -> np.ndarray | None:
-        """Label ids per record of a split, for the length filter; None: the text lengths."""
+        """Label ids per record of a split (length filter, label widths); None: the text
+        lengths are the label lengths (one id per character)."""
         del dataset_dir, info, split
         return None
+
+    def check_split(self, dataset_dir: str | Path, info: dict, split: str) -> None:
+        """Raises JaxseqError naming the items of a split the model cannot handle (called before
+        a split is evaluated); the default accepts every split."""
+        del dataset_dir, info, split
 
     def dummy_batch(self, batch_size: int, frames: int) -> dict[str, np.ndarray]:
         """A host batch of the training layout, used for shapes at initialization."""
@@ -50,6 +88,8 @@ class Task(abc.ABC):
             "labels": np.zeros((batch_size, self.cfg.data.max_label_length), np.int32),
             "label_lengths": np.ones((batch_size,), np.int32),
         }
+
+    # ------------------------------------------------------------------ device functions
 
     @abc.abstractmethod
     def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
@@ -67,60 +107,55 @@ class Task(abc.ABC):
         hold batch[STEP_KEY], the step being taken (int32 [batch], every row the same).
         """
 
-    @abc.abstractmethod
-    def evaluate_split(
-        self, params: Any, mesh: Mesh, dataset_dir: str | Path, split: str, **options: Any
-    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        """Scores every item of a prepared split: (metrics holding `best_metric`, one record
-        per item in dataset order, from all processes). A collective: call on every process.
-        `options` are the family's evaluation options (e.g. decoder, beam_size)."""
+    def eval_options(self, decoder: str | None = None, beam_size: int | None = None) -> dict:
+        """The prediction options of `predict_fn`/`decode`, defaults filled in from
+        the config and checked (hashable values: one compiled step per distinct set)."""
+        del decoder, beam_size
+        return {}
 
     @abc.abstractmethod
-    def write_report(
-        self, metrics: dict[str, Any], records: list[dict], text: TextConfig, path: Path
-    ) -> None:
-        """Writes the JSON report at `path` (metrics + records) and a markdown one beside it
-        (`text`: the workdir's text policy)."""
+    def predict_fn(self, params: Any, batch: Batch, **options: Any) -> Any:
+        """Device side: the predictions for a batch, a pytree whose leaves have the batch's rows
+        as their leading axis (jitted by the caller; `options` from `eval_options`)."""
 
-    @abc.abstractmethod
-    def headline(self, metrics: dict[str, Any]) -> str:
-        """One line summarizing `evaluate_split`'s metrics (printed by the CLI and the loop)."""
+    def decode(self, outputs: Any, **options: Any) -> list[Any]:
+        """Host side: `predict_fn` outputs (NumPy, some rows) → one prediction per row. The
+        default splits the pytree into rows."""
+        del options
+        rows = len(jax.tree.leaves(outputs)[0])
+        return [jax.tree.map(lambda x, i=i: x[i], outputs) for i in range(rows)]
 
-    @abc.abstractmethod
-    def save_tokenizer(self, workdir: Path) -> None:
-        """Writes what `load` needs to rebuild the tokenizer into `workdir`."""
+    # ------------------------------------------------------------------ plots
+
+    @property
+    def num_plots(self) -> int:
+        """How many items of the first evaluation batch the report plots (0: none)."""
+        return 0
+
+    def plot_batch(self, params: Any, batch: Batch, outputs: Any) -> Any:
+        """Device side: the arrays the plots of a batch need beyond `outputs` (e.g. attention
+        weights along the decoded hypotheses), leading axis the batch's rows; None: none."""
+        del params, batch, outputs
+        return None
 
 
 class ASRTask(Task):
     """A speech recognizer: predictions decoded to text and scored by WER/CER."""
 
+    metric_kind = "asr"
+
+    def eval_options(self, decoder: str | None = None, beam_size: int | None = None) -> dict:
+        """decoder and beam_size, by default the config's `eval` section's."""
+        return {
+            "decoder": decoder or self.cfg.eval.decoder,
+            "beam_size": int(beam_size or self.cfg.eval.beam_size),
+        }
+
     @abc.abstractmethod
     def predict_fn(self, params: Any, batch: Batch, decoder: str, beam_size: int) -> Any:
-        """Device-side prediction for a batch (jitted by the caller; decoder and beam size are
-        static: "greedy", "beam" or "prefix_beam", as the family supports)."""
+        """Device-side search for a batch (decoder and beam size are static; a decoder the
+        family lacks is a JaxseqError naming eval.decoder)."""
 
     @abc.abstractmethod
     def decode(self, outputs: Any, decoder: str, beam_size: int) -> list[str]:
-        """Host-side: turns `predict_fn` outputs (as NumPy) into one hypothesis per row."""
-
-    def evaluate_split(
-        self, params: Any, mesh: Mesh, dataset_dir: str | Path, split: str, **options: Any
-    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        """WER/CER of the decoded split (options: decoder, beam_size; see
-        jaxseq.evaluation.asr.evaluate_split)."""
-        from jaxseq.evaluation.asr import evaluate_split
-
-        return evaluate_split(self, params, mesh, self.cfg, dataset_dir, split, **options)
-
-    def write_report(
-        self, metrics: dict[str, Any], records: list[dict], text: TextConfig, path: Path
-    ) -> None:
-        from jaxseq.evaluation.asr import write_report
-
-        write_report(metrics, records, text, path)
-
-    def headline(self, metrics: dict[str, Any]) -> str:
-        return (
-            f"WER {metrics['wer']:.2%}  CER {metrics['cer']:.2%}  "
-            f"real-time factor {metrics['real_time_factor']:.4f}"
-        )
+        """Host side: `predict_fn` outputs (as NumPy) → one hypothesis text per row."""

@@ -9,6 +9,7 @@ pooling or in the loss.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -17,15 +18,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh
 
 from jaxseq.audio.specaugment import spec_augment
-from jaxseq.config import Config, ConfigError, TextConfig
+from jaxseq.config import Config, ConfigError
 from jaxseq.data.labels import LabelSet
 from jaxseq.data.records import index_name, read_index
 from jaxseq.errors import JaxseqError
 from jaxseq.models.layers import padding_mask
 from jaxseq.tasks.base import Batch, Metrics, Task
+from jaxseq.tasks.registry import register
 
 LABELS_FILE = "labels.json"
 
@@ -47,8 +48,12 @@ def multi_hot(labels: jax.Array, lengths: jax.Array, num_labels: int) -> jax.Arr
     return jnp.minimum(jnp.sum(hot, axis=1), 1.0)
 
 
+@register
 class ClassifyTask(Task):
     """Log-mel → class labels (see the module docstring)."""
+
+    family = "classify"
+    metric_kind = "classify"
 
     def __init__(self, cfg: Config, labels: LabelSet, n_mels: int):
         self.cfg = cfg
@@ -103,7 +108,9 @@ class ClassifyTask(Task):
             )
 
     @classmethod
-    def from_dataset(cls, cfg: Config, info: dict) -> ClassifyTask:
+    def from_dataset(cls, cfg: Config, info: dict, workdir: Path | None = None) -> ClassifyTask:
+        """The training split's label set (read from dataset.json: the same everywhere)."""
+        del workdir
         split = cfg.data.train_split
         where = f"{cfg.data.dataset}:{split}"
         labels = LabelSet.from_inventory(info["splits"][split], cfg.classify.level, where)
@@ -118,12 +125,16 @@ class ClassifyTask(Task):
     def save_tokenizer(self, workdir: Path) -> None:
         self.tokenizer.save(Path(workdir) / LABELS_FILE)
 
-    def check_split(self, dataset_dir: str | Path, info: dict, split: str) -> list[str]:
+    def check_split(self, dataset_dir: str | Path, info: dict, split: str) -> None:
         """Raises JaxseqError naming the items of a prepared split that cannot be classified:
-        labels outside the model's set, clips shorter than one patch. Returns the model's
-        labels the split never uses."""
+        labels outside the model's set, clips shorter than one patch or longer than AST's
+        position table. Warns about the model's labels the split never uses."""
         where = f"{dataset_dir}:{split}"
         unused = self.tokenizer.check_split(info["splits"][split], where)
+        if unused:
+            logging.warning(
+                "%s has no items of %d of the model's labels: %s", where, len(unused), unused[:10]
+            )
         index = read_index(Path(dataset_dir) / index_name(split))
         short = index["ids"][index["num_frames"] < self.min_frames]
         if len(short):
@@ -138,7 +149,6 @@ class ClassifyTask(Task):
                 f"{where}: {len(long)} clips are longer than AST's classify.max_frames="
                 f"{self.max_frames}, e.g. {list(long[:5])}: cut them, or raise max_frames"
             )
-        return unused
 
     def label_lengths(self, dataset_dir: str | Path, info: dict, split: str) -> np.ndarray:
         """Label ids per record: one per frame (level=frame), one per item, or up to
@@ -202,23 +212,6 @@ class ClassifyTask(Task):
         metrics = {"utterances": jnp.sum(rows), "tokens": tokens, "correct": jnp.sum(correct)}
         return loss, metrics
 
-    def evaluate_split(
-        self, params: Any, mesh: Mesh, dataset_dir: str | Path, split: str, **options: Any
-    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        """Accuracy and macro-F1 (sequence) or frame accuracy and DER (frame) of every item
-        (see jaxseq.evaluation.classify)."""
-        from jaxseq.evaluation.classify import evaluate_split
-
-        return evaluate_split(self, params, mesh, dataset_dir, split)
-
-    def write_report(
-        self, metrics: dict[str, Any], records: list[dict], text: TextConfig, path: Path
-    ) -> None:
-        from jaxseq.evaluation.classify import write_report
-
-        write_report(metrics, records, path)
-
-    def headline(self, metrics: dict[str, Any]) -> str:
-        if self.level == "frame":
-            return f"frame accuracy {metrics['frame_accuracy']:.2%}  DER {metrics['der']:.2%}"
-        return f"accuracy {metrics['accuracy']:.2%}  macro-F1 {metrics['macro_f1']:.2%}"
+    def predict_fn(self, params: Any, batch: Batch) -> tuple[jax.Array, jax.Array]:
+        """(logits, valid encoder frames) of a batch, as `logits` in evaluation mode."""
+        return self.logits(params, batch)

@@ -16,14 +16,18 @@ from jaxseq.errors import JaxseqError
 from jaxseq.losses.ctc import ctc_feasible, ctc_loss
 from jaxseq.models.ctc import CTCModel
 from jaxseq.tasks.base import ASRTask, Batch, Metrics
+from jaxseq.tasks.registry import register
 from jaxseq.text.vocab import CharVocab
 
 VOCAB_FILE = "vocab.json"
 DECODERS = ("greedy", "prefix_beam")
 
 
+@register
 class CTCTask(ASRTask):
     """Log-mel → characters with a Transformer encoder and a CTC head."""
+
+    family = "ctc"
 
     def __init__(self, cfg: Config, vocab: CharVocab, n_mels: int):
         self.cfg = cfg
@@ -31,6 +35,13 @@ class CTCTask(ASRTask):
         self.n_mels = n_mels
         dtype = jnp.bfloat16 if cfg.train.compute_dtype == "bfloat16" else jnp.float32
         self.model = CTCModel(cfg.model, vocab.size, dtype=dtype)
+
+    @classmethod
+    def from_dataset(cls, cfg: Config, info: dict, workdir: Path | None = None) -> CTCTask:
+        """Characters of the dataset's charset (the same on every process: nothing learned)."""
+        del workdir
+        vocab = CharVocab.from_charset(info["text"]["charset"])
+        return cls(cfg, vocab, int(info["frontend"]["n_mels"]))
 
     @classmethod
     def from_workdir(cls, cfg: Config, workdir: Path, n_mels: int) -> CTCTask:

@@ -3,8 +3,8 @@
 Teacher forcing with an optional scheduled sampling, label-smoothed cross-entropy, greedy and
 beam search through `jaxseq.decoding.beam_search` (the decoder's recurrent state is the cache),
 exhaustive search (`jaxseq.decoding.exhaustive`, tiny vocabularies and lengths only),
-and attention-alignment plots in the evaluation report (the `alignment_fn` hook of
-`jaxseq.evaluation.asr`). The model is `jaxseq.models.rnn.RNNModel`.
+and attention-alignment plots in the evaluation report (`plot_batch`). The model is
+`jaxseq.models.rnn.RNNModel`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from jaxseq.decoding.beam_search import best_sequences
 from jaxseq.decoding.exhaustive import exhaustive_search
 from jaxseq.errors import JaxseqError
 from jaxseq.models.rnn import CELLS, Memory, RNNDims, RNNModel
+from jaxseq.parallel.shared_files import built_on_process_zero
 from jaxseq.tasks.base import STEP_KEY, ASRTask, Batch, Metrics
+from jaxseq.tasks.registry import register
 from jaxseq.tasks.seq2seq import split_texts, teacher_forcing
 from jaxseq.text.bpe import SPECIALS, UNK, BpeTokenizer, train_bpe
 
@@ -70,8 +72,11 @@ def own_inputs(inputs: jax.Array, predictions: jax.Array, swap: jax.Array) -> ja
     return jnp.where(swap, previous, inputs).astype(inputs.dtype)
 
 
+@register
 class RNNTask(ASRTask):
     """Log-mel → tokens with a (bi)LSTM/GRU encoder and an attention LSTM/GRU decoder."""
+
+    family = "rnn"
 
     def __init__(self, cfg: Config, tokenizer: BpeTokenizer, n_mels: int):
         self.cfg = cfg
@@ -107,13 +112,20 @@ class RNNTask(ASRTask):
         self._texts: dict[tuple[str, str], list[str]] = {}
 
     @classmethod
-    def from_dataset(cls, cfg: Config, info: dict) -> RNNTask:
-        """Characters of the dataset's charset, or BPE trained on the training transcripts."""
+    def from_dataset(cls, cfg: Config, info: dict, workdir: Path | None = None) -> RNNTask:
+        """Characters of the dataset's charset, or BPE trained on the training transcripts
+        (on process 0, shared with the others through `workdir`)."""
         n_mels = int(info["frontend"]["n_mels"])
         if cfg.rnn.tokenizer == "char":
             return cls(cfg, char_tokenizer(info["text"]["charset"]), n_mels)
         texts = split_texts(cfg.data.dataset, info, cfg.data.train_split)
-        task = cls(cfg, train_bpe(texts, cfg.model.bpe_vocab_size), n_mels)
+        tokenizer = built_on_process_zero(
+            None if workdir is None else workdir / TOKENIZER_FILE,
+            lambda: train_bpe(texts, cfg.model.bpe_vocab_size),
+            BpeTokenizer.save,
+            BpeTokenizer.load,
+        )
+        task = cls(cfg, tokenizer, n_mels)
         task._texts[(str(cfg.data.dataset), cfg.data.train_split)] = texts
         return task
 
@@ -341,11 +353,11 @@ class RNNTask(ASRTask):
     # ------------------------------------------------------------------------ evaluation
 
     @property
-    def alignment_plots(self) -> int:
-        """Utterances whose attention the evaluation report plots (jaxseq.evaluation.asr)."""
+    def num_plots(self) -> int:
+        """Utterances whose attention the evaluation report plots."""
         return self.cfg.rnn.plots
 
-    def alignment_fn(self, params: Any, batch: Batch, outputs: Any) -> tuple[jax.Array, ...]:
+    def plot_batch(self, params: Any, batch: Batch, outputs: Any) -> tuple[jax.Array, ...]:
         """The attention along each decoded hypothesis: the decoder teacher-forced on its own
         output `outputs` = (sequences [batch, steps], lengths [batch]) from `predict_fn`.
 

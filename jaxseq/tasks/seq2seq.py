@@ -19,7 +19,9 @@ from jaxseq.decoding.beam_search import best_sequences
 from jaxseq.errors import JaxseqError
 from jaxseq.losses.ctc import ctc_loss
 from jaxseq.models.whisper import WhisperDims, WhisperModel, search_setup
+from jaxseq.parallel.shared_files import built_on_process_zero
 from jaxseq.tasks.base import ASRTask, Batch, Metrics
+from jaxseq.tasks.registry import register
 from jaxseq.text.bpe import BpeTokenizer, train_bpe
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -95,6 +97,7 @@ def model_dims(
     )
 
 
+@register
 class Seq2SeqTask(ASRTask):
     """Conv stem + Transformer encoder, causal decoder with cross-attention, tied output layer.
 
@@ -102,6 +105,8 @@ class Seq2SeqTask(ASRTask):
     model with OpenAI's tokenizer, prompt and 30-second inputs. The hooks that differ are
     `prompt`, `suppress_ids`, `begin_suppress_ids`, `_source` and `_text`.
     """
+
+    family = "seq2seq"
 
     def __init__(self, cfg: Config, tokenizer: Any, n_mels: int, dims: WhisperDims | None = None):
         self.cfg = cfg
@@ -160,10 +165,17 @@ class Seq2SeqTask(ASRTask):
         return self.tokenizer.decode(ids)
 
     @classmethod
-    def from_dataset(cls, cfg: Config, info: dict) -> Seq2SeqTask:
-        """A task whose BPE vocabulary is trained on the training split's transcripts."""
+    def from_dataset(cls, cfg: Config, info: dict, workdir: Path | None = None) -> Seq2SeqTask:
+        """A task whose BPE vocabulary is trained on the training split's transcripts (on
+        process 0, shared with the others through `workdir`)."""
         texts = split_texts(cfg.data.dataset, info, cfg.data.train_split)
-        task = cls(cfg, train_bpe(texts, cfg.model.bpe_vocab_size), int(info["frontend"]["n_mels"]))
+        tokenizer = built_on_process_zero(
+            None if workdir is None else workdir / TOKENIZER_FILE,
+            lambda: train_bpe(texts, cfg.model.bpe_vocab_size),
+            BpeTokenizer.save,
+            BpeTokenizer.load,
+        )
+        task = cls(cfg, tokenizer, int(info["frontend"]["n_mels"]))
         task._texts[(str(cfg.data.dataset), cfg.data.train_split)] = texts  # for label_lengths
         return task
 

@@ -14,7 +14,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
 
 from jaxseq.config import Config, TextConfig
 from jaxseq.decoding.frames import GeneratedFrames, generate_frames
@@ -22,6 +21,7 @@ from jaxseq.errors import JaxseqError
 from jaxseq.losses.tts import guided_attention_loss, spectrogram_error, stop_bce
 from jaxseq.models.tts import TTSDims, TTSModel
 from jaxseq.tasks.base import STEP_KEY, Batch, Metrics, Task
+from jaxseq.tasks.registry import register
 from jaxseq.text.normalize import normalize_text, unknown_characters
 from jaxseq.text.vocab import CharVocab
 
@@ -64,8 +64,12 @@ def mean_cross_attention(intermediates: Any) -> jax.Array:
     return jnp.mean(jnp.stack([w.mean(axis=1) for w in leaves]), axis=0)
 
 
+@register
 class TTSTask(Task):
     """SpeechT5-style TTS: text encoder, autoregressive mel decoder with stop, post-net."""
+
+    family = "tts"
+    metric_kind = "tts"
 
     def __init__(self, cfg: Config, vocab: CharVocab, n_mels: int):
         self.cfg = cfg
@@ -98,10 +102,11 @@ class TTSTask(Task):
         )
         dtype = jnp.bfloat16 if cfg.train.compute_dtype == "bfloat16" else jnp.float32
         self.model = TTSModel(self.dims, m.dropout, dtype, m.remat)
-        self._asr = None  # the recognizer of tts.asr_workdir, loaded at the first evaluation
 
     @classmethod
-    def from_dataset(cls, cfg: Config, info: dict) -> TTSTask:
+    def from_dataset(cls, cfg: Config, info: dict, workdir: Path | None = None) -> TTSTask:
+        """Characters of the dataset's charset (the same on every process)."""
+        del workdir
         vocab = CharVocab.from_charset(info["text"]["charset"])
         return cls(cfg, vocab, int(info["frontend"]["n_mels"]))
 
@@ -345,27 +350,34 @@ class TTSTask(Task):
             threshold=threshold,
         )
 
-    def evaluate_split(
-        self, params: Any, mesh: Mesh, dataset_dir: str | Path, split: str, **options: Any
-    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        """Spectrogram distortion and (with tts.asr_workdir) intelligibility; see
-        jaxseq.evaluation.tts."""
-        from jaxseq.evaluation.tts import evaluate_split
+    def eval_options(self, decoder: str | None = None, beam_size: int | None = None) -> dict:
+        """The decoding of the recognizer that scores intelligibility (tts.asr_workdir), as
+        given (None: the recognizer's own config); the TTS itself has no options."""
+        given = {"decoder": decoder, "beam_size": beam_size}
+        return {k: v for k, v in given.items() if v is not None}
 
-        return evaluate_split(self, params, mesh, dataset_dir, split, **options)
-
-    def write_report(
-        self, metrics: dict[str, Any], records: list[dict], text: TextConfig, path: Path
-    ) -> None:
-        from jaxseq.evaluation.tts import write_report
-
-        write_report(metrics, records, path)
-
-    def headline(self, metrics: dict[str, Any]) -> str:
-        line = (
-            f"MCD {metrics['mel_cepstral_distortion']:.2f} dB  "
-            f"DTW-L1 {metrics['dtw_l1']:.3f}  not stopped {metrics['not_stopped']}"
+    def predict_fn(self, params: Any, batch: Batch, **recognizer: Any) -> Synthesized:
+        """The spectrograms generated from a batch's transcripts (`synthesize_fn` with the
+        pre-net dropout drawn from a fixed key, so that evaluations repeat)."""
+        del recognizer  # the options of the intelligibility recognizer
+        return self.synthesize_fn(
+            params, batch["labels"], batch["label_lengths"], jax.random.PRNGKey(0)
         )
-        if "cer" in metrics:
-            line = f"intelligibility CER {metrics['cer']:.2%} WER {metrics['wer']:.2%}  " + line
-        return line
+
+    def decode(self, outputs: Synthesized, **recognizer: Any) -> list[Synthesized]:
+        """One `Synthesized` per row, cut to its generated frames and steps."""
+        del recognizer
+        r = self.dims.reduction_factor
+        return [
+            Synthesized(
+                outputs.mel[i, : int(n)],
+                int(n),
+                bool(outputs.stopped[i]),
+                outputs.alignment[i, : -(-int(n) // r)],
+            )
+            for i, n in enumerate(outputs.lengths)
+        ]
+
+    @property
+    def num_plots(self) -> int:
+        return self.cfg.tts.plots

@@ -25,6 +25,7 @@ import numpy as np
 
 from jaxseq.config import Config
 from jaxseq.errors import JaxseqError
+from jaxseq.tasks.registry import register
 from jaxseq.tasks.seq2seq import Seq2SeqTask, model_dims
 from jaxseq.text.whisper_tokenizer import WhisperTokenizer
 
@@ -71,8 +72,11 @@ def tokenizer_dir(cfg: Config) -> Path:
     )
 
 
+@register
 class WhisperTask(Seq2SeqTask):
     """`Seq2SeqTask` with Whisper's tokenizer, prompt, token suppression and input padding."""
+
+    family = "whisper"
 
     def __init__(self, cfg: Config, tokenizer: WhisperTokenizer, n_mels: int, source: Path):
         m = cfg.model
@@ -109,8 +113,10 @@ class WhisperTask(Seq2SeqTask):
         super().__init__(cfg, tokenizer, n_mels, dims)
 
     @classmethod
-    def from_config(cls, cfg: Config, info: dict) -> WhisperTask:
-        """The task for training: the tokenizer from `tokenizer_dir(cfg)`."""
+    def from_dataset(cls, cfg: Config, info: dict, workdir: Path | None = None) -> WhisperTask:
+        """The task for training: the tokenizer from `tokenizer_dir(cfg)` (a file, so the
+        same on every process)."""
+        del workdir
         source = tokenizer_dir(cfg)
         return cls(
             cfg, WhisperTokenizer.from_folder(source), int(info["frontend"]["n_mels"]), source

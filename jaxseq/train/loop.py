@@ -1,7 +1,9 @@
 """The one train loop every model family uses.
 
 mesh → input → task + sharded state (fresh or restored) → jitted, donated train step →
-metrics at log steps → evaluation → asynchronous checkpoints (state + data iterator).
+callbacks → metrics at log steps → validation (an injected evaluator) → asynchronous
+checkpoints (state + data iterator). The task, the data, the evaluator and callbacks can
+all be passed in (jaxseq.api.train wires the defaults).
 """
 
 from __future__ import annotations
@@ -10,12 +12,16 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import grain
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import Mesh
 from tqdm import tqdm
 
 from jaxseq.config import (
@@ -31,8 +37,8 @@ from jaxseq.errors import JaxseqError
 from jaxseq.parallel.batch import to_global
 from jaxseq.parallel.mesh import data_parallel_size, make_mesh
 from jaxseq.parallel.sharding import batch_sharding, replicated, sharding_context
-from jaxseq.tasks import build_task
 from jaxseq.tasks.base import STEP_KEY, Task
+from jaxseq.tasks.registry import build_task
 from jaxseq.train.checkpoint import Checkpointer, restore_workdir_params
 from jaxseq.train.optimizer import learning_rate_schedule, make_optimizer
 from jaxseq.train.preemption import PreemptionWatch
@@ -185,36 +191,21 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if isinstance(v, int | float)}
 
 
-def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
-    """Trains `cfg` in `workdir`, resuming from its latest checkpoint if there is one.
+# Validation during training, injected by the caller (jaxseq.api passes the evaluation loop):
+# (task, params, mesh) -> metrics holding task.best_metric and a one-line "headline".
+Evaluator = Callable[[Task, Any, Mesh], dict[str, Any]]
+# Called after every step with the step just taken and its metrics (device arrays: reading
+# one on the host waits for the step to finish).
+Callback = Callable[[int, dict[str, jax.Array]], None]
 
-    Returns a summary: final step, last logged train loss, last validation metrics, and the
-    padded shapes the train step was compiled for.
-    """
-    check_local_path(workdir, "the workdir")
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if cfg.train.compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", cfg.train.compilation_cache_dir)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    info = load_dataset_info(cfg.data.dataset, cfg.data.train_split)
-    task = build_task(cfg, info)
-    if jax.process_index() == 0:
-        _write_workdir_files(cfg, workdir, task, info)
 
-    # Mesh and input.
-    mesh = make_mesh(cfg.mesh)
-    dp = data_parallel_size(mesh)
-    if cfg.data.batch_size % (dp * cfg.train.microbatches):
-        raise ConfigError(
-            f"data.batch_size ({cfg.data.batch_size}) must be a multiple of the data-parallel "
-            f"size {dp} times train.microbatches ({cfg.train.microbatches})"
-        )
-    if cfg.data.batch_size % dp or cfg.data.eval_batch_size % dp:
-        raise ValueError(
-            f"data.batch_size ({cfg.data.batch_size}) and data.eval_batch_size "
-            f"({cfg.data.eval_batch_size}) must be multiples of the data-parallel size {dp}"
-        )
+def _input(cfg: Config, task: Task, info: dict, workdir: Path, data: Any) -> Any:
+    """The training batches: `data` (an iterable of host batches, or a grain dataset), else
+    jaxseq's pipeline over cfg.data.dataset (whose dropped items go to dropped.jsonl)."""
+    if data is not None:
+        if hasattr(data, "__next__"):
+            return data
+        return iter(data)  # a grain MapDataset/IterDataset gives a checkpointable iterator
     data_iter = make_train_iterator(
         cfg.data.dataset,
         cfg.data.train_split,
@@ -228,6 +219,83 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
     if jax.process_index() == 0 and data_iter.dropped:
         with (workdir / "dropped.jsonl").open("w") as f:
             f.writelines(json.dumps(d) + "\n" for d in data_iter.dropped)
+    return data_iter
+
+
+def _check_host_batch(batch: Any, want: dict[str, np.ndarray], rows: int, step: int) -> None:
+    """A clear error for a user batch without the training layout (`want`: the task's)."""
+    if not isinstance(batch, dict):
+        raise JaxseqError(
+            f"train data: the batch of step {step} is a {type(batch).__name__}; each batch "
+            f"must be a dict of NumPy arrays with the fields {sorted(want)}"
+        )
+    missing = sorted(set(want) - set(batch))
+    if missing:
+        raise JaxseqError(
+            f"train data: the batch of step {step} lacks {missing} (it has {sorted(batch)}); "
+            f"this family trains on {sorted(want)}"
+        )
+    for key in want:
+        if np.shape(batch[key])[0] != rows:
+            raise JaxseqError(
+                f"train data: field {key!r} of the batch of step {step} has "
+                f"{np.shape(batch[key])[0]} rows, but each process feeds "
+                f"data.batch_size / processes = {rows}"
+            )
+
+
+def train(
+    cfg: Config,
+    workdir: str | Path,
+    *,
+    task: Task | None = None,
+    data: Any = None,
+    evaluator: Evaluator | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> dict[str, Any]:
+    """Trains `cfg` in `workdir`, resuming from its latest checkpoint if there is one.
+
+    Args:
+      task: the model family's task; default `build_task` (its tokenizer built from
+        cfg.data.dataset on process 0).
+      data: this process's training batches, an iterable of host batches (dicts of NumPy
+        arrays in the task's training layout, data.batch_size / processes rows each) or a
+        grain dataset; default jaxseq's pipeline over cfg.data.dataset. A grain iterator's
+        position is checkpointed; a plain iterable restarts from its beginning on resume.
+        Training ends early, with a final checkpoint, when the iterable runs out.
+      evaluator: validation every train.eval_every steps and at the end; None: none. An
+        evaluation step is always checkpointed, so that keep-best sees every score.
+      callbacks: each called as callback(step, metrics) after every step.
+    Returns:
+      A summary: start and final step, last logged train loss, last validation metrics, and
+      the padded shapes the train step was compiled for.
+    """
+    check_local_path(workdir, "the workdir")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if cfg.train.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", cfg.train.compilation_cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    info = load_dataset_info(cfg.data.dataset, cfg.data.train_split)
+    task = task or build_task(cfg, info, workdir)
+    if jax.process_index() == 0:
+        _write_workdir_files(cfg, workdir, task, info)
+
+    # Mesh and input.
+    mesh = make_mesh(cfg.mesh)
+    dp = data_parallel_size(mesh)
+    if cfg.data.batch_size % (dp * cfg.train.microbatches):
+        raise ConfigError(
+            f"data.batch_size ({cfg.data.batch_size}) must be a multiple of the data-parallel "
+            f"size {dp} times train.microbatches ({cfg.train.microbatches})"
+        )
+    if cfg.data.batch_size % dp or cfg.data.eval_batch_size % dp:
+        raise ConfigError(
+            f"data.batch_size ({cfg.data.batch_size}) and data.eval_batch_size "
+            f"({cfg.data.eval_batch_size}) must be multiples of the data-parallel size {dp}"
+        )
+    data_iter = _input(cfg, task, info, workdir, data)
+    checkpointable = data is None or isinstance(data_iter, grain.DatasetIterator)
 
     # Model, optimizer and state: fresh, or restored with the iterator position.
     tx = make_optimizer(cfg.optim, cfg.train.num_steps)
@@ -236,8 +304,10 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
     ckpt = Checkpointer(workdir / "checkpoints", cfg.train)
     start = ckpt.latest_step()
     if start is not None:
-        state, start = ckpt.restore_latest(abstract, data_iter)
+        state, start = ckpt.restore_latest(abstract, data_iter if checkpointable else None)
         logging.info("resumed from step %d", start)
+        if not checkpointable:
+            logging.warning("train data is a plain iterable: it restarts from its first batch")
     else:
         params = None
         if cfg.train.init_from:
@@ -260,9 +330,10 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
     preemption = PreemptionWatch()
     schedule = learning_rate_schedule(cfg.optim, cfg.train.num_steps)
     writer = MetricWriter(workdir)
+    rows = cfg.data.batch_size // jax.process_count()
     compiled_shapes: list[int] = []
     summary: dict[str, Any] = {"start_step": start}
-    acc, tick = None, time.time()
+    acc, tick, saved = None, time.time(), start
     bar = tqdm(
         range(start, cfg.train.num_steps),
         initial=start,
@@ -271,9 +342,24 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
         disable=jax.process_index() != 0,
         dynamic_ncols=True,
     )
+
+    def save(done: int, best: dict | None) -> None:
+        if not bool(check_finite(state)):  # never write non-finite values
+            raise JaxseqError(f"step {done}: the train state holds non-finite values")
+        position = data_iter if checkpointable else None
+        ckpt.save(done, state, position, {"step": done, "config": to_yaml(cfg)}, best)
+
     try:
         for step in bar:
-            host_batch = next(data_iter)
+            host_batch = next(data_iter, None)
+            if host_batch is None:
+                logging.warning("train data ran out after %d steps; stopping there", step)
+                summary["data_exhausted_at"] = step
+                if step > saved:
+                    save(step, None)
+                break
+            if data is not None:
+                _check_host_batch(host_batch, init_batch, rows, step)
             frames = int(host_batch["features"].shape[1])
             if frames not in compiled_shapes:
                 compiled_shapes.append(frames)
@@ -285,8 +371,10 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
                 )
             with sharding_context(mesh):
                 state, metrics, streak = step_fn(state, to_global(host_batch, mesh), streak)
-            acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
             done = step + 1
+            for callback in callbacks:
+                callback(done, metrics)
+            acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
 
             if done % cfg.train.log_every == 0 or done == cfg.train.num_steps:
                 scalars = _summarize(acc, time.time() - tick)
@@ -301,16 +389,14 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
                     raise _nonfinite_error(done, int(streak), cfg.train.max_nonfinite_steps)
 
             eval_metrics = None
-            if cfg.data.eval_split and (
+            if evaluator is not None and (
                 done % cfg.train.eval_every == 0 or done == cfg.train.num_steps
             ):
-                eval_metrics, _ = task.evaluate_split(
-                    state.params, mesh, cfg.data.dataset, cfg.data.eval_split
-                )
+                eval_metrics = evaluator(task, state.params, mesh)
                 writer.write(done, cfg.data.eval_split, _scalars(eval_metrics))
                 if jax.process_index() == 0:
                     bar.write(
-                        f"step {done}: {cfg.data.eval_split} {task.headline(eval_metrics)}  "
+                        f"step {done}: {cfg.data.eval_split} {eval_metrics['headline']}  "
                         f"loss {eval_metrics['loss']:.4f}",
                         file=sys.stderr,  # stdout carries only the final summary
                     )
@@ -318,13 +404,13 @@ def train(cfg: Config, workdir: str | Path) -> dict[str, Any]:
                 tick = time.time()
 
             preempted = preemption.should_stop(done)
-            if preempted or done % cfg.train.checkpoint_every == 0 or done == cfg.train.num_steps:
-                if not bool(check_finite(state)):  # never write non-finite values
-                    raise JaxseqError(f"step {done}: the train state holds non-finite values")
+            periodic = done % cfg.train.checkpoint_every == 0 or done == cfg.train.num_steps
+            if preempted or periodic or eval_metrics is not None:
                 best = None
-                if eval_metrics:
+                if eval_metrics is not None:
                     best = {"metric": task.best_metric, "value": eval_metrics[task.best_metric]}
-                ckpt.save(done, state, data_iter, {"step": done, "config": to_yaml(cfg)}, best)
+                save(done, best)
+                saved = done
             if preempted:
                 logging.warning("preempted: saved step %d; rerun the same command to resume", done)
                 summary["preempted_at"] = done

@@ -15,10 +15,11 @@ import numpy as np
 
 from jaxseq.audio.vocoder import load_vocoder, write_wav
 from jaxseq.errors import JaxseqError
-from jaxseq.evaluate import load_trained
 from jaxseq.parallel.batch import to_global
 from jaxseq.parallel.mesh import data_parallel_size
 from jaxseq.parallel.sharding import replicated, sharding_context
+from jaxseq.tasks.tts import TTSTask
+from jaxseq.train.trained import Trained, load_trained
 
 
 def output_paths(out: str | Path, count: int) -> list[Path]:
@@ -33,35 +34,25 @@ def output_paths(out: str | Path, count: int) -> list[Path]:
     return [out / f"{i:03d}.wav" for i in range(count)]
 
 
-def synthesize(
-    workdir: str | Path,
-    texts: list[str],
-    out: str | Path,
-    *,
-    step: int | None = None,
-    seed: int = 0,
-    vocoder: str | None = None,
-    overrides: tuple[str, ...] = (),
+def synthesize_audio(
+    trained: Trained, texts: list[str], *, seed: int = 0, vocoder: str | None = None
 ) -> list[dict[str, Any]]:
-    """Writes one WAV per text and returns {"text", "path", "frames", "seconds", "stopped"}.
+    """Speech for each text: {"text", "audio" (float32 [samples]), "sample_rate", "frames",
+    "seconds", "stopped"}.
 
     Texts are normalized under the workdir's text policy; an empty text, one with characters
     outside the vocabulary or one over data.max_label_length characters is an error naming it,
     before anything is generated. A generation that never predicts stop is cut at
     tts.max_frames and warned about. `seed` drives the pre-net dropout (same seed, same audio).
     """
-    from jaxseq.tasks.tts import TTSTask
-
-    trained = load_trained(workdir, step=step, overrides=overrides)
     task, mesh = trained.task, trained.mesh
     if not isinstance(task, TTSTask):
         raise JaxseqError(
-            f"{workdir} holds a {trained.cfg.model.family} model; synthesize needs a TTS "
+            f"the workdir holds a {trained.cfg.model.family} model; synthesize needs a TTS "
             "workdir (model.family=tts)"
         )
     if not texts:
         raise JaxseqError("no text to synthesize")
-    paths = output_paths(out, len(texts))
     ids = [task.encode_text(t, trained.text) for t in texts]
     dp = data_parallel_size(mesh)
     rows = -(-len(ids) // dp) * dp  # a multiple of the data-parallel size
@@ -83,24 +74,46 @@ def synthesize(
         )
     voc = load_vocoder(vocoder or trained.cfg.tts.vocoder, trained.frontend)
     results = []
-    for i, (text, path) in enumerate(zip(texts, paths, strict=True)):
+    for i, text in enumerate(texts):
         n = int(generated.lengths[i])
         if not generated.stopped[i]:
             logging.warning(
-                "%r never predicted stop: cut at tts.max_frames=%d frames (%s)",
+                "%r never predicted stop: cut at tts.max_frames=%d frames",
                 text,
                 trained.cfg.tts.max_frames,
-                path,
             )
         audio = voc(np.asarray(generated.mel[i, :n]))
-        write_wav(path, audio, voc.sample_rate)
         results.append(
             {
                 "text": text,
-                "path": str(path),
+                "audio": audio,
+                "sample_rate": voc.sample_rate,
                 "frames": n,
                 "seconds": len(audio) / voc.sample_rate,
                 "stopped": bool(generated.stopped[i]),
             }
         )
+    return results
+
+
+def synthesize(
+    workdir: str | Path,
+    texts: list[str],
+    out: str | Path,
+    *,
+    step: int | None = None,
+    seed: int = 0,
+    vocoder: str | None = None,
+    overrides: tuple[str, ...] = (),
+) -> list[dict[str, Any]]:
+    """Writes one WAV per text (`output_paths`) and returns {"text", "path", "frames",
+    "seconds", "stopped"} for each (see `synthesize_audio`)."""
+    if not texts:
+        raise JaxseqError("no text to synthesize")
+    paths = output_paths(out, len(texts))
+    trained = load_trained(workdir, step=step, overrides=overrides)
+    results = synthesize_audio(trained, texts, seed=seed, vocoder=vocoder)
+    for r, path in zip(results, paths, strict=True):
+        write_wav(path, r.pop("audio"), r.pop("sample_rate"))
+        r["path"] = str(path)
     return results

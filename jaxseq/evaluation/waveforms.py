@@ -1,0 +1,63 @@
+"""Predictions for in-memory waveforms, batched in lockstep over the processes."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from jaxseq.audio.frontend import log_mel_numpy
+from jaxseq.data.pipeline import bucket_length
+from jaxseq.data.waveforms import feature_batch
+from jaxseq.parallel.batch import to_global
+from jaxseq.parallel.mesh import data_parallel_size
+from jaxseq.parallel.sharding import replicated, sharding_context
+from jaxseq.tasks.base import Task
+from jaxseq.train.trained import Trained
+
+
+@functools.cache
+def _predict_step(task: Task, mesh: Mesh, options: tuple[tuple[str, Any], ...]):
+    """`task.predict_fn` alone, jitted once per (task, mesh, options)."""
+    return jax.jit(
+        functools.partial(task.predict_fn, **dict(options)), out_shardings=replicated(mesh)
+    )
+
+
+def predict_waveforms(
+    trained: Trained, waves: list[np.ndarray], *, batch_size: int = 32, **options: Any
+) -> list[Any]:
+    """`task.decode` predictions for float waveforms [samples] at the model's sample rate.
+
+    Each process passes its own waveforms (any number, also none); all processes run the
+    same number of batches of the same shape (sizes agreed by collectives), so that a
+    recognizer can run inside a multi-process evaluation. A collective with several processes.
+    Each batch is padded to a bucket of `data.buckets`; `options` as `Task.eval_options`.
+    """
+    task, mesh, count = trained.task, trained.mesh, jax.process_count()
+    options = task.eval_options(**options)
+    step = _predict_step(task, mesh, tuple(sorted(options.items())))
+    share = max(data_parallel_size(mesh) // count, 1)  # this process's data-parallel rows
+    most = len(waves)
+    if count > 1:
+        most = int(multihost_utils.process_allgather(np.array([most])).max())
+    rows = -(-min(batch_size, max(most, 1)) // share) * share  # per process, every batch
+    p, out = jax.process_index(), []
+    for start in range(0, most, rows):
+        chunk = [log_mel_numpy(w, trained.frontend) for w in waves[start : start + rows]]
+        frames = max((len(f) for f in chunk), default=1)
+        if count > 1:
+            frames = int(multihost_utils.process_allgather(np.array([frames])).max())
+        frames = bucket_length(frames, trained.cfg.data.buckets)
+        host_batch = feature_batch(chunk, rows, frames, trained.frontend.n_mels)
+        with sharding_context(mesh):
+            outputs = jax.device_get(step(trained.params, to_global(host_batch, mesh)))
+        mine = slice(p * rows, p * rows + len(chunk))  # this process's real rows
+        out += task.decode(
+            jax.tree.map(lambda x, mine=mine: np.asarray(x)[mine], outputs), **options
+        )
+    return out
