@@ -1,11 +1,9 @@
-"""Log-mel frontend numerics against openai-whisper (torch CPU) on espeak-ng speech: jaxseq's
-NumPy frontend, and the JAX variant of tests/jax_log_mel.py."""
+"""Log-mel frontend numerics against openai-whisper (torch CPU) on espeak-ng speech."""
 
 from __future__ import annotations
 
 import os
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -15,7 +13,6 @@ from jaxseq.audio.espeak import synthesize
 from jaxseq.audio.frontend import log_mel_numpy, mel_filters, num_frames
 from jaxseq.audio.io import to_mono_resampled
 from jaxseq.config import FrontendConfig
-from tests.jax_log_mel import log_mel_jax
 
 _UTTERANCES = [
     ("The quick brown fox jumps over the lazy dog.", "en-us", 175, 50),
@@ -61,43 +58,6 @@ def test_log_mel_numpy_matches_whisper(speech, n_mels):
         assert got.shape == want.shape == (num_frames(len(audio), cfg), n_mels)
         assert want.max() - want.min() > 1.5  # real dynamic range, not a flat floor
         np.testing.assert_allclose(got, want, atol=_TOL, rtol=0)
-
-
-@pytest.mark.parametrize("n_mels", [80, 128])
-def test_log_mel_jax_matches_whisper(speech, n_mels):
-    cfg = FrontendConfig(n_mels=n_mels)
-    for audio in speech:
-        want = _whisper(audio, n_mels)
-        got = np.asarray(log_mel_jax(jnp.asarray(audio)[None], cfg))  # [1, frames, n_mels]
-        assert got.shape == (1, *want.shape)
-        np.testing.assert_allclose(got[0], want, atol=_TOL, rtol=0)
-
-
-def test_batched_log_mel_jax_with_padding(speech):
-    cfg = FrontendConfig(n_mels=80)
-    lengths = np.array([len(a) for a in speech])
-    batch = np.zeros((len(speech), lengths.max() + 777), np.float32)  # [batch, samples]
-    for i, audio in enumerate(speech):
-        batch[i, : len(audio)] = audio
-    got = np.asarray(log_mel_jax(jnp.asarray(batch), cfg, jnp.asarray(lengths)))
-    assert got.shape == (len(speech), batch.shape[1] // 160, 80)
-    for i, audio in enumerate(speech):
-        frames = num_frames(len(audio), cfg)
-        alone = np.asarray(log_mel_jax(jnp.asarray(audio)[None], cfg))[0]
-        np.testing.assert_allclose(got[i, :frames], alone, atol=1e-6, rtol=0)
-        np.testing.assert_allclose(got[i, :frames], _whisper(audio, 80), atol=_TOL, rtol=0)
-        np.testing.assert_array_equal(got[i, frames:], 0.0)
-
-
-def test_floor_uses_each_utterance_max(speech):
-    """A quiet utterance next to a loud one keeps its own max - 8 floor."""
-    cfg = FrontendConfig(n_mels=80)
-    quiet = speech[2] * 1e-3
-    loud = np.zeros_like(quiet)
-    loud[: len(speech[1][: len(quiet)])] = speech[1][: len(quiet)] * 10
-    got = np.asarray(log_mel_jax(jnp.asarray(np.stack([quiet, loud])), cfg))
-    np.testing.assert_allclose(got[0], _whisper(quiet, 80), atol=_TOL, rtol=0)
-    np.testing.assert_allclose(got[1], _whisper(loud, 80), atol=_TOL, rtol=0)
 
 
 def test_num_frames():
