@@ -338,6 +338,26 @@ _CHOICES = {
 }
 
 
+# The config sections only one family reads: a config of another family may not set them.
+FAMILY_SECTIONS = {"tts": "tts", "classify": "classify", "rnn": "rnn"}
+
+
+def _check_family_sections(cfg: Config) -> None:
+    """A ConfigError naming the first key of a family section that `model.family` does not
+    read but the config sets (a value other than the default)."""
+    for section, family in FAMILY_SECTIONS.items():
+        if cfg.model.family == family:
+            continue
+        value, default = getattr(cfg, section), type(getattr(cfg, section))()
+        for f in dataclasses.fields(value):
+            if getattr(value, f.name) != getattr(default, f.name):
+                raise ConfigError(
+                    f"config key '{section}.{f.name}' is set, but the {section} section is read "
+                    f"only by model.family={family} and this config trains "
+                    f"model.family={cfg.model.family}; remove it (or set model.family={family})"
+                )
+
+
 def _valid_keys(node: Any, prefix: str = "") -> list[str]:
     keys = []
     for f in dataclasses.fields(node):
@@ -411,6 +431,7 @@ def load_config(
     cfg = OmegaConf.to_object(merged)
     cfg = _freeze(cfg)
     _check_choices(cfg)
+    _check_family_sections(cfg)
     for key in LOCAL_PATH_KEYS:
         section, name = key.split(".")
         check_local_path(getattr(getattr(cfg, section), name), f"config key '{key}'")

@@ -133,6 +133,8 @@ def test_overrides_are_typed():
         ("eval.decoder=viterbi", "'eval.decoder' is 'viterbi'"),
         ("model.d_model", "not of the form a.b=c"),
         ("data.dataset=gs://bucket/digits", "'data.dataset' is 'gs://bucket/digits': remote URLs"),
+        ("tts.plots=3", "'tts.plots' is set, but the tts section is read only by model.family=tts"),
+        ("rnn.cell=gru", "'rnn.cell' is set, but the rnn section is read only by model.family=rnn"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
@@ -147,3 +149,12 @@ def test_bad_key_in_file_names_the_file(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_a_family_section_needs_its_family():
+    assert load_config(None, ["model.family=tts", "tts.plots=3"]).tts.plots == 3
+    with pytest.raises(ConfigError, match="'classify.level' is set.*model.family=rnn"):
+        load_config(None, ["model.family=rnn", "classify.level=frame"])
+    with pytest.raises(ConfigError, match="config dict.*'train.num_step'.*'train.num_steps'"):
+        load_config({"train": {"num_step": 3}})
+    assert load_config({"model": {"family": "rnn"}, "rnn": {"cell": "gru"}}).rnn.cell == "gru"
