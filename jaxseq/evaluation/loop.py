@@ -66,12 +66,12 @@ def _plot_step(task: Task, mesh: Mesh):
     return jax.jit(task.plot_batch, out_shardings=replicated(mesh))
 
 
-def _summed(values: list[float]) -> np.ndarray:
+def _summed(values: list[float]) -> list[float]:
     """`values` summed over the processes (a collective when there are several)."""
-    local = np.asarray(values, np.float64)
     if jax.process_count() == 1:
-        return local
-    return multihost_utils.process_allgather(local).sum(axis=0)
+        return [float(v) for v in values]
+    everyone = multihost_utils.process_allgather(np.asarray(values, np.float32))
+    return [float(v) for v in np.sum(everyone, axis=0, dtype=np.float64)]
 
 
 def _valid_rows(tree: Any, rows: slice, valid: np.ndarray) -> Any:

@@ -278,10 +278,17 @@ def attend(
     """
     batch = memory.keys.shape[0]
     q = query.reshape(batch, -1, query.shape[-1]).astype(dtype)  # [batch, group, hidden]
-    scores = jnp.einsum("bgh,bth->bgt", q, memory.keys.astype(dtype)).astype(jnp.float32)
+    scores = jnp.einsum(  # float32 logits under a bfloat16 compute dtype
+        "bgh,bth->bgt", q, memory.keys.astype(dtype), preferred_element_type=jnp.float32
+    )
     scores = jnp.where(memory.mask[:, None, :], scores, -1e30)  # exp underflows to 0
     weights = jax.nn.softmax(scores, axis=-1)  # [batch, group, frames']
-    context = jnp.einsum("bgt,btw->bgw", weights.astype(dtype), memory.values.astype(dtype))
+    context = jnp.einsum(
+        "bgt,btw->bgw",
+        weights.astype(dtype),
+        memory.values.astype(dtype),
+        preferred_element_type=jnp.float32,
+    ).astype(dtype)
     return context.reshape(query.shape[0], -1), weights.reshape(query.shape[0], -1)
 
 
