@@ -87,3 +87,32 @@ def test_bf16_attention_closer_to_exact_float64(case):
     exact = oracle(p, xq, xkv, mask, lambda x: x)
     rms = np.sqrt(np.mean((out - exact) ** 2)) / exact.std()
     assert rms < 0.015, rms
+
+
+def test_rnn_attention_scores_in_float32_under_bfloat16():
+    """The RNN decoder's Luong attention (`jaxseq.models.rnn.attend`): bfloat16 states of scale
+    4 over 512 frames give scores of ~90; the weights must match a float64 softmax of the
+    bfloat16-rounded inputs' scores to bfloat16 precision (bfloat16 scores miss by up to 28%)."""
+    from jaxseq.models.rnn import Memory, attend
+
+    rng = np.random.default_rng(1)
+    hidden, frames = 64, 512
+    query = to_bf16(4.0 * rng.normal(size=(BATCH, hidden)))  # [n = batch, hidden]
+    keys = to_bf16(rng.normal(size=(BATCH, frames, hidden)))
+    values = to_bf16(rng.normal(size=(BATCH, frames, hidden)))
+    mask = np.ones((BATCH, frames), bool)
+    mask[1, -100:] = False
+    memory = Memory(jnp.float32(keys), jnp.float32(values), jnp.asarray(mask), mask.sum(-1))
+    context, weights = attend(jnp.float32(query), memory, jnp.bfloat16)
+    scores = np.einsum("bh,bth->bt", query, keys)  # float64 [batch, frames]
+    assert np.abs(scores).max() > 60
+    scores = np.where(mask, scores, -np.inf)
+    want = np.exp(scores - scores.max(-1, keepdims=True))
+    want /= want.sum(-1, keepdims=True)
+    got_w = np.asarray(weights, np.float64)
+    big = want > 1e-4  # bfloat16 scores move these by up to 28%; float32 scores by < 1%
+    np.testing.assert_allclose(got_w[big], want[big], rtol=2**-7)
+    np.testing.assert_allclose(got_w[~big], want[~big], atol=2e-4)
+    want_context = to_bf16(np.einsum("bt,btw->bw", to_bf16(want), values))
+    got = np.asarray(context, np.float64)
+    np.testing.assert_allclose(got, want_context, atol=2**-7 * np.abs(want_context).max())
