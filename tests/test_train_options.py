@@ -7,6 +7,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxseq.config import ConfigError, load_config
@@ -14,7 +15,7 @@ from jaxseq.data.pipeline import load_dataset_info
 from jaxseq.parallel.mesh import make_mesh
 from jaxseq.tasks import build_task
 from jaxseq.train.loop import make_train_step, train
-from jaxseq.train.optimizer import make_optimizer
+from jaxseq.train.optimizer import make_optimizer, param_path
 from jaxseq.train.state import create_train_state
 from tests.conftest import REPO
 
@@ -125,17 +126,33 @@ def _stack_layers(params: dict, num_layers: int) -> dict:
     return out
 
 
+def _perturbed(params: dict) -> dict:
+    """`params` + N(0, 0.1²) noise on every leaf (biases start at zero)."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+    noisy = [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
+    return treedef.unflatten(noisy)
+
+
 @pytest.mark.parametrize("config", ["ctc_tiny.yaml", "seq2seq_tiny.yaml"])
 def test_scanned_layers_equal_the_loop(tiny_dataset, config):
-    """model.scan_layers: the same loss, gradients and (seq2seq) greedy and beam-search tokens
-    as the layer loop, given the same weights stacked (dropout off in the tiny configs)."""
+    """model.scan_layers: the same loss, gradients, parameters after one AdamW step with weight
+    decay, and (seq2seq) greedy and beam-search tokens as the layer loop, given the same weights
+    stacked (dropout off in the tiny configs)."""
     overrides = ("model.num_layers=3", "model.decoder_layers=3")
+    # A full learning rate from the first step and a strong decay; every parameter (biases
+    # too, zero at initialization) random, so a decay of a bias or a scale shows. Adam's eps
+    # above float32 noise: the key bias's gradient is zero but for rounding (softmax ignores
+    # it), and Adam's first step would blow the noise up to ±learning_rate.
+    overrides += ("optim.warmup_steps=0", "optim.learning_rate=1e-2", "optim.weight_decay=0.5")
+    overrides += ("optim.eps=1e-4",)
     results = {}
     for scan in (False, True):
         cfg, task, tx, mesh = _setup(tiny_dataset, config, *overrides, f"model.scan_layers={scan}")
         batch = _batch(task)
         if not scan:
             params = create_train_state(task, tx, batch, mesh, seed=0).params
+            params = _perturbed(params)
         weights = _stack_layers(params, 3) if scan else params
 
         def loss(p, task=task, batch=batch):
@@ -144,11 +161,14 @@ def test_scanned_layers_equal_the_loop(tiny_dataset, config):
         value, grads = jax.jit(jax.value_and_grad(loss))(weights)
         shapes = create_train_state(task, tx, batch, mesh, seed=0).params
         assert jax.tree.structure(shapes) == jax.tree.structure(weights)
+        # The optimizer step of the train loop (clipping, AdamW with the decay mask).
+        updates, _ = jax.jit(tx.update)(grads, tx.init(weights), weights)
+        stepped = optax.apply_updates(weights, updates)
         decoded = {}
         if config.startswith("seq2seq"):
             predict = jax.jit(task.predict_fn, static_argnums=(2, 3))
             decoded = {d: jax.device_get(predict(weights, batch, d, 3)) for d in ("greedy", "beam")}
-        results[scan] = (float(value), grads, decoded)
+        results[scan] = (float(value), grads, decoded, jax.device_get(stepped))
     np.testing.assert_allclose(results[True][0], results[False][0], rtol=1e-6)
     expected = _stack_layers(results[False][1], 3)
     for a, b in zip(jax.tree.leaves(results[True][1]), jax.tree.leaves(expected), strict=True):
@@ -156,3 +176,6 @@ def test_scanned_layers_equal_the_loop(tiny_dataset, config):
     for decoder, (tokens, lengths) in results[False][2].items():
         np.testing.assert_array_equal(results[True][2][decoder][0], tokens)
         np.testing.assert_array_equal(results[True][2][decoder][1], lengths)
+    expected = jax.tree_util.tree_leaves_with_path(_stack_layers(results[False][3], 3))
+    for (path, want), got in zip(expected, jax.tree.leaves(results[True][3]), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=param_path(path))

@@ -21,9 +21,23 @@ def learning_rate_schedule(cfg: OptimConfig, num_steps: int) -> optax.Schedule:
     )
 
 
-def _decay_mask(params):
-    """Weight decay on matrices and conv kernels only (not biases or norm scales)."""
-    return jax.tree.map(lambda p: p.ndim > 1, params)
+# Parameter names (a path's last part) that weight decay leaves alone, in every family: biases
+# (of dense, attention [heads, head_dim], conv and RNN cells: "bias_ih", "bias_hh"), LayerNorm
+# scales and offsets ("scale", "bias"), the TTS positional gain "alpha", and AST's
+# "cls_token" and "distillation_token". Every other parameter decays: kernels, RNN weight
+# matrices, token embeddings and position tables.
+NO_DECAY = frozenset(
+    {"bias", "bias_ih", "bias_hh", "scale", "alpha", "cls_token", "distillation_token"}
+)
+
+
+def decay_mask(params):
+    """True where AdamW decays a parameter, by its name, not its rank: a scanned layer stack
+    (model.scan_layers) gives every bias and scale a leading layer axis, and attention biases
+    are [heads, head_dim] even unscanned."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: param_path(path).rsplit("/", 1)[-1] not in NO_DECAY, params
+    )
 
 
 def param_path(path: tuple) -> str:
@@ -70,7 +84,7 @@ def make_optimizer(cfg: OptimConfig, num_steps: int) -> optax.GradientTransforma
             b2=cfg.b2,
             eps=cfg.eps,
             weight_decay=cfg.weight_decay,
-            mask=_decay_mask,
+            mask=decay_mask,
         ),
     )
     if not cfg.freeze:
