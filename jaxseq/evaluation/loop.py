@@ -161,11 +161,11 @@ def evaluate_split(
                 )
         records += new
         rows_per_batch.append(len(new))
-        loss_sum += float(loss) * float(metrics["tokens"])
+        loss_sum += float(loss) * float(metrics["tokens"])  # the global batch's (replicated)
         tokens += float(metrics["tokens"])
         input_seconds += float(np.sum(rows["feature_lengths"])) * hop
     records = scorer.finish(task, records, context)  # before gathering: each its own items
-    loss_sum, tokens, seconds, input_seconds = _summed([loss_sum, tokens, seconds, input_seconds])
+    seconds, input_seconds = _summed([seconds, input_seconds])  # each process's own
     if jax.process_count() > 1:
         records = gather_records(records, rows_per_batch)
     out = scorer.score(task, records, context, seconds=seconds, input_seconds=input_seconds)
