@@ -11,8 +11,17 @@ import soundfile as sf
 
 from jaxseq import cli
 from tests.conftest import REPO, TINY_CONFIG
+from tests.test_train import assert_logged_like_recomputed
 
 CONFIG = REPO / "configs" / "tts_tiny.yaml"
+# Four steps, each logged, checkpoints at 2 and 4, one validation at 4 and one compiled shape.
+FAST = [
+    "data.buckets=[384]",
+    "train.num_steps=4",
+    "train.log_every=1",
+    "train.checkpoint_every=2",
+    "train.eval_every=4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +36,7 @@ def recognizer(tiny_dataset, tmp_path_factory):
             "--config",
             str(TINY_CONFIG),
             f"data.dataset={tiny_dataset}",
+            "data.buckets=[384]",  # one compiled shape for every utterance
             "train.num_steps=2",
             "train.eval_every=100",
         ]
@@ -46,6 +56,7 @@ def tts_workdir(tiny_dataset, recognizer, tmp_path_factory):
             str(CONFIG),
             f"data.dataset={tiny_dataset}",
             f"tts.asr_workdir={recognizer}",
+            *FAST,
         ]
     )
     return workdir
@@ -58,22 +69,25 @@ def _lines(workdir, split):
 
 def test_train_logs_every_loss_and_ranks_checkpoints_by_intelligibility(tts_workdir):
     train = _lines(tts_workdir, "train")
-    assert [m["step"] for m in train] == [5, 10]
-    for m in train:
-        assert m["loss"] > 0 and m["tokens"] > 0
-        assert {"spectrogram", "stop_bce", "guided_attention"} <= set(m)
-    assert train[-1]["loss"] < train[0]["loss"]
+    assert [m["step"] for m in train] == [1, 2, 3, 4]
+    for m in train:  # per target frame: spectrogram + stop + guided_attention_weight (1) x guided
+        parts = m["spectrogram"] + m["stop_bce"] + m["guided_attention"]
+        assert m["loss"] == pytest.approx(parts / m["tokens"], rel=1e-5)
+    # Step 3's loss and its parts are those of checkpoint 2's state on the batch that followed.
+    assert_logged_like_recomputed(tts_workdir, 2)
     valid = _lines(tts_workdir, "valid")[-1]
-    assert valid["step"] == 10 and valid["cer"] >= 0 and valid["num_utterances"] == 8
-    ranked = tts_workdir / "checkpoints" / "10" / "metrics" / "metrics"
+    assert valid["step"] == 4 and valid["num_utterances"] == 8
+    ranked = tts_workdir / "checkpoints" / "4" / "metrics" / "metrics"
     assert json.loads(ranked.read_text()) == {"metric": "cer", "value": valid["cer"]}
     assert (tts_workdir / "vocab.json").is_file()
 
 
 def test_evaluate_reports_distortion_intelligibility_and_plots(tts_workdir, capsys):
-    report = tts_workdir / "eval" / "test.json"
+    """The validation split at the last step: the report's CER is jiwer's on its own
+    transcripts, and the one training logged (and ranked the checkpoint by)."""
+    report = tts_workdir / "eval" / "valid.json"
     cli.main(
-        ["evaluate", "--workdir", str(tts_workdir), "--split", "test", "--report", str(report)]
+        ["evaluate", "--workdir", str(tts_workdir), "--split", "valid", "--report", str(report)]
     )
     assert "intelligibility CER" in capsys.readouterr().out
     out = json.loads(report.read_text())
@@ -82,6 +96,7 @@ def test_evaluate_reports_distortion_intelligibility_and_plots(tts_workdir, caps
     # The intelligibility figures are jiwer's on the recognizer's transcripts of the audio.
     refs, hyps = [r["text"] for r in items], [r["hyp"] or "" for r in items]
     assert out["cer"] == pytest.approx(jiwer.cer(refs, hyps))
+    assert out["step"] == 4 and out["cer"] == pytest.approx(_lines(tts_workdir, "valid")[-1]["cer"])
     assert out["mel_cepstral_distortion"] == pytest.approx(
         np.mean([r["mel_cepstral_distortion"] for r in items])
     )
@@ -101,9 +116,11 @@ def test_evaluate_reports_distortion_intelligibility_and_plots(tts_workdir, caps
 def test_synthesize_writes_audio_and_warns_when_stop_never_comes(
     tts_workdir, tmp_path, capsys, caplog
 ):
-    wav = tmp_path / "nine.wav"
+    """With tts.stop_threshold=1 (a float32 sigmoid reaches 1 only above a logit of ~17, far
+    from what four steps of training give) every generation runs to tts.max_frames."""
+    wav, never = tmp_path / "nine.wav", ["--set", "tts.stop_threshold=1.0"]
     with caplog.at_level(logging.WARNING):
-        cli.main(["synthesize", "--workdir", str(tts_workdir), "nine one", "-o", str(wav)])
+        cli.main(["synthesize", "--workdir", str(tts_workdir), "nine one", "-o", str(wav), *never])
     audio, rate = sf.read(wav)
     assert rate == 16000 and len(audio) == 40 * 160  # cut at tts.max_frames
     assert (
@@ -120,6 +137,7 @@ def test_synthesize_writes_audio_and_warns_when_stop_never_comes(
             "two",
             "-o",
             str(tmp_path / "many"),
+            *never,
         ]
     )
     again, _ = sf.read(tmp_path / "many" / "000.wav")
