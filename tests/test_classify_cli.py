@@ -8,9 +8,11 @@ import jax
 import numpy as np
 import pytest
 import soundfile as sf
+from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import f1_score
 
 from jaxseq import cli
+from jaxseq.evaluation.classify import diarization_error_rate
 from jaxseq.train.trained import load_trained
 from tests.conftest import REPO, TINY_CONFIG
 
@@ -107,6 +109,58 @@ def test_sequence_head_trains_evaluates_and_classifies(sequence_head, speakers, 
         assert sum(probs.values()) == pytest.approx(1.0, abs=1e-3)
 
 
+def _reference_der(records) -> float:
+    """The diarization error rate from first principles: each item's reference and predicted
+    turns cut at all their boundaries; where the reference speaks (the prediction is cropped to
+    it, no collar), predicted labels mapped one-to-one onto reference labels to maximize the
+    time they agree (Hungarian); missed + false alarm + confusion = max(#ref, #predicted) -
+    #correct per piece, over the total reference speech."""
+    errors = speech = 0.0
+    for r in records:
+        ref, hyp = r["reference"], r["predicted"]
+        cuts = sorted({t for start, end, _ in ref + hyp for t in (start, end)})
+        ref_names = sorted({name for *_, name in ref})
+        hyp_names = sorted({name for *_, name in hyp})
+        agree = np.zeros((len(hyp_names), len(ref_names)))
+        pieces = []
+        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+            mid = (a + b) / 2
+            here = {name for start, end, name in ref if start < mid < end}
+            said = {name for start, end, name in hyp if start < mid < end}
+            if here:
+                pieces.append((b - a, here, said))
+                for h in said:
+                    for x in here:
+                        agree[hyp_names.index(h), ref_names.index(x)] += b - a
+        rows, cols = linear_sum_assignment(-agree)
+        mapping = {hyp_names[i]: ref_names[j] for i, j in zip(rows, cols, strict=True)}
+        for seconds, here, said in pieces:
+            correct = len(here & {mapping.get(h) for h in said})
+            errors += seconds * (max(len(here), len(said)) - correct)
+            speech += seconds * len(here)
+    return errors / speech
+
+
+def test_diarization_error_rate_on_a_known_case():
+    """Item a: 1 s confused (x→a, y→b is the best mapping) and 0.5 s missed of 4 s; item b:
+    two predicted labels share 1 s of one speaker (0.5 s confused), and a predicted turn after
+    the reference ends is cropped away. (1.5 + 0.5) / (4 + 1) = 0.4."""
+    records = [
+        {
+            "id": "a",
+            "reference": [[0.0, 2.0, "a"], [2.0, 4.0, "b"]],
+            "predicted": [[0.0, 1.0, "x"], [1.0, 3.5, "y"]],
+        },
+        {
+            "id": "b",
+            "reference": [[0.0, 1.0, "a"]],
+            "predicted": [[0.0, 0.5, "z"], [0.5, 1.0, "w"], [1.0, 2.0, "z"]],
+        },
+    ]
+    assert _reference_der(records) == pytest.approx(0.4)
+    assert diarization_error_rate(records) == pytest.approx(0.4)
+
+
 def test_frame_head_scores_frames_and_diarization_error(turns, ctc, tmp_path, capsys):
     workdir = _train(tmp_path / "run", turns, f"train.init_from={ctc}", "classify.level=frame")
     report, out = _report(workdir, capsys)
@@ -114,7 +168,8 @@ def test_frame_head_scores_frames_and_diarization_error(turns, ctc, tmp_path, ca
     assert "DER" in out and len(items) == 8
     frames = sum(r["frames"] for r in items)
     assert report["frame_accuracy"] == pytest.approx(sum(r["correct"] for r in items) / frames)
-    assert 0 <= report["der"] <= 1 and report["error_rate"] == report["der"]
+    assert report["der"] == pytest.approx(_reference_der(items))
+    assert report["error_rate"] == report["der"]
     manifest = [json.loads(x) for x in (turns / "audio/test/manifest.jsonl").open()]
     for r, m in zip(items, manifest, strict=True):  # the reference turns are the manifest's
         assert [name for _, _, name in r["reference"]] == [s["label"] for s in m["segments"]]

@@ -25,10 +25,10 @@ from jaxseq.audio.espeak import synthesize
 from jaxseq.audio.frontend import log_mel_numpy
 from jaxseq.audio.io import to_mono_resampled
 from jaxseq.config import FrontendConfig, load_config
-from jaxseq.data.pipeline import make_eval_batches
-from jaxseq.train.trained import load_trained
+from jaxseq.data.pipeline import load_dataset_info, make_eval_batches, make_train_iterator
 from jaxseq.tasks.whisper import pad_like_whisper
 from jaxseq.text.whisper_tokenizer import WhisperTokenizer
+from jaxseq.train.trained import load_trained
 from tests.conftest import REPO
 from tests.hf_whisper import random_whisper
 
@@ -142,6 +142,25 @@ def test_pad_like_whisper_equals_log_mel_of_padded_audio():
     np.testing.assert_allclose(padded[away], expected[away], atol=2e-5)
 
 
+def _transformers_loss(model, host: dict, transcripts: list[list[int]]) -> tuple[float, int]:
+    """(mean loss per predicted token, tokens) of transformers' Whisper on a batch: the prompt
+    given, each transcript's ids and end-of-text predicted (the prompt's labels -100)."""
+    features = _hf_features(host)
+    prompt = [SOT, EN, TRANSCRIBE, NO_TIMESTAMPS]
+    total = count = 0.0
+    for i, ids in enumerate(transcripts):
+        labels = [-100] * (len(prompt) - 1) + ids + [EOT]
+        with torch.no_grad():
+            out = model(
+                input_features=features[i : i + 1],
+                decoder_input_ids=torch.tensor([prompt + ids]),
+                labels=torch.tensor([labels]),
+            )
+        total += float(out.loss) * (len(ids) + 1)
+        count += len(ids) + 1
+    return total / count, int(count)
+
+
 def test_loss_matches_transformers(converted, hf_dir, batch):
     """The task's teacher-forced loss (prompt given, transcript + end-of-text predicted) equals
     transformers' loss with the prompt's labels set to -100."""
@@ -150,22 +169,10 @@ def test_loss_matches_transformers(converted, hf_dir, batch):
     loss, metrics = trained.task.loss_fn(
         trained.params, jax.tree.map(jnp.asarray, host), jax.random.PRNGKey(0), train=False
     )
-    tokenizer, features = trained.task.tokenizer, _hf_features(host)
-    prompt = [SOT, EN, TRANSCRIBE, NO_TIMESTAMPS]
-    total = count = 0.0
-    for i, text in enumerate(texts):
-        ids = tokenizer.encode(text).tolist()
-        labels = [-100] * (len(prompt) - 1) + ids + [EOT]
-        with torch.no_grad():
-            out = hf_dir[1](
-                input_features=features[i : i + 1],
-                decoder_input_ids=torch.tensor([prompt + ids]),
-                labels=torch.tensor([labels]),
-            )
-        total += float(out.loss) * (len(ids) + 1)
-        count += len(ids) + 1
+    transcripts = [trained.task.tokenizer.encode(text).tolist() for text in texts]
+    expected, count = _transformers_loss(hf_dir[1], host, transcripts)
     assert float(metrics["tokens"]) == count
-    np.testing.assert_allclose(float(loss), total / count, rtol=1e-5)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize("num_beams", [1, 4])
@@ -208,7 +215,7 @@ def test_decoding_matches_transformers_generate(converted, hf_dir, batch, num_be
     assert min(lengths) < max_new, "some hypothesis should end before the limit"
 
 
-def test_finetune_evaluate_export(converted, tiny_dataset, tmp_path, capsys):
+def test_finetune_evaluate_export(converted, hf_dir, tiny_dataset, tmp_path, capsys):
     """The documented fine-tune path: configs/whisper_finetune.yaml with train.init_from."""
     workdir = tmp_path / "ft"
     cli.main(
@@ -240,8 +247,30 @@ def test_finetune_evaluate_export(converted, tiny_dataset, tmp_path, capsys):
     )
     assert (workdir / "tokenizer" / "tokenizer.json").is_file()
     lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
-    losses = [m["loss"] for m in lines if m["split"] == "train"]
-    assert len(losses) == 6 and losses[-1] < losses[0]
+    train = [m for m in lines if m["split"] == "train"]
+    assert [m["step"] for m in train] == list(range(1, 7))
+    # Step 1 is transformers' loss of the pretrained weights on the first training batch (no
+    # dropout, no SpecAugment: the train-mode loss is the teacher-forced one); then it falls.
+    trained = load_trained(workdir)
+    cfg = trained.cfg
+    info = load_dataset_info(cfg.data.dataset, cfg.data.train_split)
+    first = next(
+        make_train_iterator(
+            cfg.data.dataset,
+            cfg.data.train_split,
+            cfg.data,
+            trained.task.tokenizer,
+            seed=cfg.data.shuffle_seed,
+            label_lengths=trained.task.label_lengths(cfg.data.dataset, info, cfg.data.train_split),
+        )
+    )
+    transcripts = [
+        row[:n].tolist() for row, n in zip(first["labels"], first["label_lengths"], strict=True)
+    ]
+    expected, count = _transformers_loss(hf_dir[1], first, transcripts)
+    assert train[0]["tokens"] == count
+    assert train[0]["loss"] == pytest.approx(expected, rel=1e-5)
+    assert train[-1]["loss"] < train[0]["loss"]
     before, after = load_trained(converted).params, load_trained(workdir).params
     np.testing.assert_array_equal(
         before["encoder"]["pos_embedding"], after["encoder"]["pos_embedding"]
