@@ -110,6 +110,7 @@ def evaluate_split(
         text=TextConfig(**info["text"]),
         options=options,
     )
+    scorer.start(task, context)
     step = _eval_step(task, mesh, tuple(sorted(options.items())))
     batches = eval_batches(
         dataset_dir,

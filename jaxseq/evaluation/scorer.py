@@ -27,6 +27,11 @@ class SplitContext:
 class Scorer(abc.ABC):
     """Host-side scoring of one metric kind; the loop calls these in this order."""
 
+    def start(self, task: Task, context: SplitContext) -> None:
+        """Before the first batch: load and check what scoring needs, so that a bad setting
+        fails before any prediction (a collective may run here). Default: nothing."""
+        del task, context
+
     @abc.abstractmethod
     def records(
         self,

@@ -86,6 +86,13 @@ class TTSScorer(Scorer):
                 generated.alignment[:, :chars],
             )
 
+    def start(self, task, context) -> None:
+        """Loads the vocoder and the recognizer first: a bad `tts.vocoder` or
+        `tts.asr_workdir` fails before anything is generated."""
+        if task.cfg.tts.asr_workdir:
+            load_vocoder(task.cfg.tts.vocoder, context.frontend)
+            load_recognizer(task.cfg.tts.asr_workdir, context.frontend)
+
     def finish(self, task, records, context) -> list[dict[str, Any]]:
         """Vocodes and transcribes this process's items with `tts.asr_workdir`'s recognizer
         (every process the same number of batches), and drops the spectrograms."""
