@@ -10,7 +10,10 @@ generation config carrying the Whisper fields transformers' `generate` reads.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -330,3 +333,60 @@ def test_convert_errors_name_the_problem(hf_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["convert", "--hf", str(folder), "--workdir", str(tmp_path / "w")])
     assert f"{folder} has no tokenizer.json" in capsys.readouterr().err
+
+
+def test_example_finetune_from_script(hf_dir, tiny_dataset, tmp_path):
+    """examples/finetune_from_script.py, run as a user runs it: this module's converted (tiny,
+    random) Whisper fine-tuned on a manifest through the Python API, then evaluated."""
+    audio = tiny_dataset.parent / "audio"
+    workdir = tmp_path / "ft"
+    overrides = [
+        "data.batch_size=4",
+        "data.buckets=[600]",
+        "data.max_label_length=16",
+        "train.num_steps=3",
+        "train.log_every=1",
+        "train.checkpoint_every=3",
+        "optim.learning_rate=3e-3",
+        "optim.warmup_steps=1",
+        "eval.decoder=greedy",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "examples" / "finetune_from_script.py"),
+            "--hf",
+            str(hf_dir[0]),
+            "--train",
+            str(audio / "train" / "manifest.jsonl"),
+            "--test",
+            str(audio / "test" / "manifest.jsonl"),
+            "--workdir",
+            str(workdir),
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    # The callback saw every step: its losses are the ones the loop logged at each step.
+    logged = [
+        json.loads(x)["loss"]
+        for x in (workdir / "run" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(x)["split"] == "train"
+    ]
+    assert len(logged) == 3
+    assert lines[0] == f"step 3: train loss {logged[0]:.4f} -> {logged[-1]:.4f}"
+    # The evaluation scored every test utterance of the manifest with the trained step.
+    report = json.loads((workdir / "run" / "eval" / "eval-step3.json").read_text())
+    test_items = (audio / "test" / "manifest.jsonl").read_text().splitlines()
+    assert report["num_utterances"] + report["num_skipped"] == len(test_items)
+    assert lines[-1] == (
+        f"jaxseq.Model(whisper, {workdir / 'run'}, step 3): {report['headline']} "
+        f"on {report['num_utterances']} utterances"
+    )
+    assert load_trained(workdir / "run").step == 3
