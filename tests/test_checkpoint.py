@@ -1,4 +1,4 @@
-"""Checkpoint retention (last N + best by WER), exact round trip, and clear corruption errors."""
+"""Checkpoint retention (last N + best by validation score), exact round trip, clear errors."""
 
 import shutil
 
@@ -19,18 +19,34 @@ def _abstract():
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _state(0))
 
 
-def test_keeps_last_and_best_by_wer(tmp_path):
-    ckpt = Checkpointer(tmp_path, TrainConfig(keep_last=1, keep_best=1))
-    wers = {1: 0.5, 2: 0.2, 3: 0.4, 4: None}
-    for step, wer in wers.items():
-        ckpt.save(step, _state(step), None, {"step": step}, {"wer": wer} if wer else None)
+@pytest.mark.parametrize(
+    "metrics",
+    [
+        lambda v: {"metric": "wer", "value": v},  # what the train loop saves
+        lambda v: {"wer": v},  # checkpoints saved before the metric was named
+    ],
+    ids=["current", "legacy"],
+)
+def test_keeps_last_and_best_by_validation_score(tmp_path, metrics):
+    """keep_last=1, keep_best=2: the two lowest scores (steps 2 and 4) and the latest (6)
+    stay; a step without a score (5) and the worse ones go. A new read-only Checkpointer
+    (as `jaxseq evaluate` opens a workdir) reads the same best step from disk."""
+    ckpt = Checkpointer(tmp_path, TrainConfig(keep_last=1, keep_best=2))
+    scores = {1: 0.5, 2: 0.2, 3: 0.4, 4: 0.3, 5: None, 6: 0.6}
+    for step, score in scores.items():
+        ckpt.save(
+            step, _state(step), None, {"step": step}, None if score is None else metrics(score)
+        )
         ckpt.wait()
-    assert ckpt.all_steps() == [2, 4]  # step 2: best WER; step 4: latest
-    assert ckpt.best_step() == 2 and ckpt.latest_step() == 4
+    assert ckpt.all_steps() == [2, 4, 6]
+    assert ckpt.best_step() == 2 and ckpt.latest_step() == 6
     restored = ckpt.restore(2, _abstract())
     np.testing.assert_array_equal(restored["w"], np.full((4, 3), 2.0))
-    assert ckpt.restore_meta(4) == {"step": 4}
+    assert ckpt.restore_meta(6) == {"step": 6}
     ckpt.close()
+    reopened = Checkpointer(tmp_path, TrainConfig(), read_only=True)
+    assert reopened.all_steps() == [2, 4, 6] and reopened.best_step() == 2
+    reopened.close()
 
 
 def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path):
