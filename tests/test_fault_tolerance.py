@@ -1,5 +1,9 @@
-"""The train loop under faults: non-finite steps, preemption (SIGTERM) with a bit-exact resume,
-the compilation cache and the number of compiled train-step variants."""
+"""The train loop under faults: non-finite steps, corrupt checkpoints (one process and two),
+preemption (SIGTERM) with a bit-exact resume, kill -9 during saves, a failed save, the
+compilation cache and the number of compiled train-step variants.
+
+Cost: the in-process runs pad to one bucket (one compilation each); the `jaxseq train`
+subprocesses share one persistent compilation cache, so only the first of them compiles."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -27,12 +32,28 @@ from jaxseq.train.loop import make_train_step, train
 from jaxseq.train.optimizer import make_optimizer
 from jaxseq.train.state import abstract_train_state, create_train_state
 from tests.conftest import REPO, TINY_CONFIG
+from tests.test_multiprocess import _common, _launch, _summary
 
 
 def _setup(tiny_dataset, overrides=()):
     cfg = load_config(TINY_CONFIG, [f"data.dataset={tiny_dataset}", "mesh.data=1", *overrides])
     task = build_task(cfg, load_dataset_info(tiny_dataset, "train"))
     return cfg, task, make_optimizer(cfg.optim, cfg.train.num_steps), make_mesh(cfg.mesh)
+
+
+def _quick(tiny_dataset, *extra):
+    """An in-process run's config: no evaluation, a log line per step, and one bucket as long
+    as the corpus's longest item (nothing dropped): one compiled train step."""
+    return load_config(
+        TINY_CONFIG,
+        [
+            f"data.dataset={tiny_dataset}",
+            "data.eval_split=''",
+            "data.buckets=[512]",
+            "train.log_every=1",
+            *extra,
+        ],
+    )
 
 
 def test_a_nonfinite_step_changes_nothing(tiny_dataset):
@@ -67,19 +88,90 @@ def test_consecutive_nonfinite_steps_stop_training(tiny_dataset, tmp_path, monke
         return loss * jnp.nan, metrics
 
     monkeypatch.setattr(CTCTask, "loss_fn", nan_loss)
-    cfg = load_config(
-        TINY_CONFIG,
-        [f"data.dataset={tiny_dataset}", "train.max_nonfinite_steps=3", "train.log_every=1"],
-    )
+    cfg = _quick(tiny_dataset, "train.max_nonfinite_steps=3")
     with pytest.raises(JaxseqError, match="step 3: 3 steps in a row had a non-finite loss"):
         train(cfg, tmp_path)
     assert not list((tmp_path / "checkpoints").glob("[0-9]*"))  # nothing non-finite was saved
 
 
-STEPS = 60
+def test_a_failed_save_is_an_error(tiny_dataset, tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    def full_disk(self, step, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+    cfg = _quick(tiny_dataset, "train.num_steps=2", "train.checkpoint_every=1")
+    with pytest.raises(JaxseqError, match=r"saving checkpoint 1 to .*checkpoints failed.*space"):
+        train(cfg, tmp_path)
 
 
-def _train_cmd(tiny_dataset, workdir, *extra):
+# --- Corrupt checkpoints ------------------------------------------------------------------------
+
+
+def _every_second_step(tiny_dataset, num_steps):
+    return _quick(
+        tiny_dataset,
+        f"train.num_steps={num_steps}",
+        "train.checkpoint_every=2",
+        "train.keep_last=3",
+    )
+
+
+@pytest.fixture(scope="module")
+def six_steps(tiny_dataset, tmp_path_factory) -> Path:
+    """A workdir trained 6 steps in this process: checkpoints 2, 4 and 6."""
+    workdir = tmp_path_factory.mktemp("six") / "run"
+    train(_every_second_step(tiny_dataset, 6), workdir)
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4", "6"]
+    return workdir
+
+
+def _damaged_copy(six_steps: Path, workdir: Path) -> Path:
+    """A copy of `six_steps` in which checkpoint 6 lost its metadata and checkpoint 4 its
+    array data (a deleted shard): only 2 restores. Returns its checkpoints folder."""
+    shutil.copytree(six_steps, workdir)
+    ckpts = workdir / "checkpoints"
+    shards = [p for p in (ckpts / "4" / "state").rglob("*") if p.is_file() and "ocdbt" in str(p)]
+    shards = [p for p in shards if p.parent.name == "d"] or shards
+    victims = [*shards, ckpts / "6" / "state" / "_METADATA"]
+    assert shards and all(p.exists() for p in victims)
+    for p in victims:
+        p.unlink()
+    return ckpts
+
+
+def test_corrupt_newest_checkpoints_fall_back_to_the_last_good_one(
+    six_steps, tiny_dataset, tmp_path
+):
+    """6 without metadata, then 4 with a deleted shard: each fails to restore (else training
+    would resume there), is set aside as corrupt-<step>, and training goes on from 2."""
+    ckpts = _damaged_copy(six_steps, tmp_path / "run")
+    summary = train(_every_second_step(tiny_dataset, 8), tmp_path / "run")
+    assert summary["start_step"] == 2 and summary["step"] == 8
+    assert (ckpts / "corrupt-4").is_dir() and (ckpts / "corrupt-6").is_dir()
+    assert sorted(p.name for p in ckpts.iterdir() if p.name.isdigit()) == ["4", "6", "8"]
+
+
+def test_two_processes_set_corrupt_checkpoints_aside_once(six_steps, tiny_dataset, tmp_path):
+    """A 2-process restart over the same damaged checkpoints: both processes agree on step 2,
+    and only process 0 renames (the folder is shared; the others wait for it), so neither
+    fails on a folder the other moved and there is one renamed copy of each."""
+    ckpts = _damaged_copy(six_steps, tmp_path / "run")
+    # num_steps 2: restored at 2, nothing left to train (nothing to compile).
+    args = ["--workdir", str(tmp_path / "run"), *_common(tiny_dataset, 2, "data.eval_split=''")]
+    results = _launch("train", args, 2, tmp_path / "restart")
+    summaries = [_summary(r["stdout"]) for r in results]
+    assert [(s["start_step"], s["step"]) for s in summaries] == [(2, 2), (2, 2)]
+    assert sorted(p.name for p in ckpts.iterdir()) == ["2", "corrupt-4", "corrupt-6"]
+
+
+# --- Preemption and kill -9: `jaxseq train` subprocesses ----------------------------------------
+
+STEPS = 60  # a SIGTERM or kill after a few logged steps lands well before the end
+
+
+def _train_cmd(tiny_dataset, workdir, cache, *extra):
     return [
         sys.executable,
         "-m",
@@ -94,6 +186,7 @@ def _train_cmd(tiny_dataset, workdir, *extra):
         "train.log_every=1",
         "train.checkpoint_every=1000",
         "data.eval_split=''",
+        f"train.compilation_cache_dir={cache}",
         *extra,
     ]
 
@@ -110,7 +203,8 @@ def _run(cmd) -> dict:
 
 
 def _train_lines(workdir) -> dict[int, dict]:
-    """Logged train metrics by step, without the wall-clock ones."""
+    """Logged train metrics by step (a step logged again after a restart: its last line),
+    without the wall-clock ones."""
     lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     clock = ("time", "utterances_per_second")
     return {
@@ -120,8 +214,10 @@ def _train_lines(workdir) -> dict[int, dict]:
     }
 
 
-def _losses(workdir):
-    return {step: m["loss"] for step, m in _train_lines(workdir).items()}
+def _logged_steps(workdir) -> int:
+    """Complete lines of a running `jaxseq train`'s metrics.jsonl (one per step; no eval)."""
+    path = workdir / "metrics.jsonl"
+    return path.read_text().count("\n") if path.exists() else 0
 
 
 def _restore(workdir, tiny_dataset, step):
@@ -133,18 +229,26 @@ def _restore(workdir, tiny_dataset, step):
     return state
 
 
-def test_sigterm_saves_and_the_restart_is_bit_exact(tiny_dataset, tmp_path):
+@pytest.fixture(scope="module")
+def straight(tiny_dataset, tmp_path_factory) -> tuple[Path, Path, dict]:
+    """(workdir, compilation cache, summary) of STEPS steps straight in one `jaxseq train`,
+    the first run with that (fresh) cache: the reference run of this section."""
+    root = tmp_path_factory.mktemp("straight")
+    workdir, cache = root / "run", root / "xla_cache"
+    return workdir, cache, _run(_train_cmd(tiny_dataset, workdir, cache))
+
+
+def test_sigterm_saves_and_the_restart_is_bit_exact(straight, tiny_dataset, tmp_path):
     """N steps straight == k steps, SIGTERM (save, exit 0), new process, N - k steps: every
     per-step loss and every array of the final state (parameters, optimizer state, RNG, step)
     is bitwise equal."""
-    straight, preempted = tmp_path / "straight", tmp_path / "preempted"
-    cache = tmp_path / "xla_cache"
-    summary = _run(_train_cmd(tiny_dataset, straight, f"train.compilation_cache_dir={cache}"))
+    reference, cache, summary = straight
     assert summary["compiled_variants"] == len(summary["compiled_shapes"]) >= 1
     assert any(cache.iterdir())  # the persistent compilation cache was written
 
+    preempted = tmp_path / "preempted"
     proc = subprocess.Popen(
-        _train_cmd(tiny_dataset, preempted),
+        _train_cmd(tiny_dataset, preempted, cache),
         cwd=REPO,
         env=_env(),
         stdout=subprocess.PIPE,
@@ -153,7 +257,7 @@ def test_sigterm_saves_and_the_restart_is_bit_exact(tiny_dataset, tmp_path):
     )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if (preempted / "metrics.jsonl").exists() and len(_losses(preempted)) >= 5:
+        if _logged_steps(preempted) >= 5:
             proc.send_signal(signal.SIGTERM)
             break
         time.sleep(0.02)
@@ -161,48 +265,27 @@ def test_sigterm_saves_and_the_restart_is_bit_exact(tiny_dataset, tmp_path):
     assert proc.returncode == 0, err[-2000:]
     stopped = json.loads(out)["preempted_at"]
     assert 5 <= stopped < STEPS
-    assert _run(_train_cmd(tiny_dataset, preempted))["start_step"] == stopped
+    assert _run(_train_cmd(tiny_dataset, preempted, cache))["start_step"] == stopped
 
     # Every step's loss, gradient norm, and its batch's utterance and token counts, exactly:
     # the restored iterator yields the same batches.
-    assert _train_lines(preempted) == _train_lines(straight)
-    a, b = _restore(straight, tiny_dataset, STEPS), _restore(preempted, tiny_dataset, STEPS)
+    assert _train_lines(preempted) == _train_lines(reference)
+    a, b = _restore(reference, tiny_dataset, STEPS), _restore(preempted, tiny_dataset, STEPS)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
 
 
-def _quick(tiny_dataset, *extra):
-    return load_config(
-        TINY_CONFIG,
-        [f"data.dataset={tiny_dataset}", "data.eval_split=''", "train.log_every=1", *extra],
-    )
-
-
-@pytest.mark.parametrize("damage", ["deleted shard", "missing metadata"])
-def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(tiny_dataset, tmp_path, damage):
-    cfg = _quick(tiny_dataset, "train.num_steps=4", "train.checkpoint_every=2")
-    train(cfg, tmp_path)
-    state_dir = tmp_path / "checkpoints" / "4" / "state"
-    if damage == "deleted shard":
-        victims = [p for p in state_dir.rglob("*") if p.is_file() and "ocdbt" in str(p)]
-        victims = [p for p in victims if p.parent.name == "d"] or victims
-    else:
-        victims = [state_dir / "_METADATA"]
-    assert victims and all(p.exists() for p in victims)
-    for p in victims:
-        p.unlink()
-    summary = train(_quick(tiny_dataset, "train.num_steps=6", "train.checkpoint_every=2"), tmp_path)
-    assert summary["start_step"] == 2 and summary["step"] == 6
-    assert (tmp_path / "checkpoints" / "corrupt-4").is_dir()
-
-
-def test_kill9_during_saves_resumes_from_the_last_complete_checkpoint(tiny_dataset, tmp_path):
-    """Killed while saving every step: the restart ignores and removes the unfinished save."""
-    cmd = _train_cmd(tiny_dataset, tmp_path, "train.checkpoint_every=1", "train.keep_last=3")
+def test_kill9_during_saves_resumes_from_the_last_complete_checkpoint(
+    straight, tiny_dataset, tmp_path
+):
+    """Killed while saving every step: the restart ignores and removes the unfinished save,
+    resumes from the last complete checkpoint and logs the straight run's steps exactly."""
+    reference, cache, _ = straight
+    cmd = _train_cmd(tiny_dataset, tmp_path, cache, "train.checkpoint_every=1", "train.keep_last=3")
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if (tmp_path / "metrics.jsonl").exists() and len(_losses(tmp_path)) >= 8:
+        if _logged_steps(tmp_path) >= 8:
             proc.kill()  # SIGKILL: no handler, no cleanup
             break
         time.sleep(0.01)
@@ -215,18 +298,9 @@ def test_kill9_during_saves_resumes_from_the_last_complete_checkpoint(tiny_datas
     unfinished = ckpts / f"{complete[-1] + 1}.orbax-checkpoint-tmp"
     if not unfinished.exists():
         shutil.copytree(ckpts / str(complete[-1]), unfinished)
-    assert _run(cmd)["start_step"] == complete[-1]
+    # The restart saves at the end only (the same compiled step: the cache serves it).
+    restart = _run([*cmd, "train.checkpoint_every=1000"])
+    assert restart["start_step"] == complete[-1]
     leftovers = [p.name for p in ckpts.iterdir() if "tmp" in p.name]
     assert not leftovers
-
-
-def test_a_failed_save_is_an_error(tiny_dataset, tmp_path, monkeypatch):
-    import orbax.checkpoint as ocp
-
-    def full_disk(self, step, *args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
-    cfg = _quick(tiny_dataset, "train.num_steps=2", "train.checkpoint_every=1")
-    with pytest.raises(JaxseqError, match=r"saving checkpoint 1 to .*checkpoints failed.*space"):
-        train(cfg, tmp_path)
+    assert _train_lines(tmp_path) == _train_lines(reference)

@@ -13,7 +13,9 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxseq.config import TrainConfig
@@ -119,30 +121,47 @@ class Checkpointer:
 
         A newer checkpoint that fails (a deleted shard, missing metadata) is renamed
         `corrupt-<step>` beside the others, with a warning, and the next older one is tried.
+        With several processes this is a collective: a checkpoint that fails on one process
+        fails on all (so all resume from one step), and process 0 alone renames.
 
         Raises:
           CheckpointError: of the newest checkpoint, when none restores (e.g. all were written
             by another model config; the message names the mismatching parameters).
         """
-        first_error = None
+        errors: dict[int, CheckpointError] = {}  # newest first
         for step in sorted(self.all_steps(), reverse=True):
+            error = None
             try:
                 state = self.restore(step, abstract_state, data_iter)
             except CheckpointError as err:
-                first_error = first_error or err
+                error = err
+            if not _on_every_process(error is None):
+                errors[step] = error or CheckpointError(
+                    f"checkpoint {step} restored here but not on another process"
+                )
                 continue
-            if first_error is not None:
-                self._set_aside_newer_than(step, first_error)
+            if errors:
+                self._set_aside(errors)
+                logging.warning("resuming from step %d, the newest checkpoint that restores", step)
             return state, step
-        raise first_error or CheckpointError(f"no checkpoint in {self.directory}")
+        if errors:
+            raise next(iter(errors.values()))
+        raise CheckpointError(f"no checkpoint in {self.directory}")
 
-    def _set_aside_newer_than(self, good: int, error: CheckpointError) -> None:
-        for step in [s for s in self.all_steps() if s > good]:
-            target = self.directory / f"corrupt-{step}"
-            (self.directory / str(step)).rename(target)
-            logging.warning("checkpoint %d is unreadable (%s); moved to %s", step, error, target)
+    def _set_aside(self, errors: dict[int, CheckpointError]) -> None:
+        """Renames the unreadable steps to corrupt-<step>. Process 0 renames (the folder is
+        shared: several renaming processes would race), the others wait for it at a barrier;
+        then every process sees the same steps."""
+        if jax.process_index() == 0:
+            for step, error in errors.items():
+                target = self.directory / f"corrupt-{step}"
+                (self.directory / str(step)).rename(target)
+                logging.warning(
+                    "checkpoint %d is unreadable (%s); moved to %s", step, error, target
+                )
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("jaxseq: corrupt checkpoints set aside")
         self.manager.reload()
-        logging.warning("resuming from step %d, the newest checkpoint that restores", good)
 
     def restore_params(self, step: int, abstract_params: Any) -> Any:
         """Only the parameters of `step` (no optimizer state is read), in the shardings of
@@ -211,6 +230,13 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _on_every_process(ok: bool) -> bool:
+    """Whether `ok` holds on every process (a collective when there are several)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(multihost_utils.process_allgather(np.array([ok], np.int32)).all())
 
 
 def _save_error(directory: Path, step: int | None, err: Exception) -> CheckpointError:
