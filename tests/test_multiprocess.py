@@ -108,6 +108,14 @@ def test_cli_reports_inconsistent_flags(no_cluster, tmp_path, capsys):
 
 
 # --- 2 processes x 4 devices == 1 process x 8 devices -------------------------------------------
+#
+# Nearly all of a launch's time is starting Python and compiling, so the launches share what
+# they can: one 2-process run of 4 steps (`two_process_run`) is copied by every test that
+# resumes or evaluates it, one 1-process run of 6 steps (`one_process_run`) is the reference,
+# every batch is padded to one bucket (one train-step compile per launch, not one per bucket),
+# a persistent compilation cache lets a launch load what an earlier one compiled (the same
+# program on the same processes), and LLVM's optimizations are off (the programs are tiny; the
+# 1- and 2-process runs are compiled alike).
 
 TIMEOUT = 900  # seconds per launch; compiling on a busy 2-core machine is slow
 
@@ -127,10 +135,12 @@ def _env(devices: int) -> dict[str, str]:
 def _common(tiny_dataset, num_steps, *extra) -> list[str]:
     # Warmup of 2 steps and a constant rate after it (end ratio 1): the schedule is the same
     # whatever train.num_steps, so 4 steps + a resume to 6 must equal 6 straight steps.
+    # One bucket as large as the config's largest: the same batches, one compile.
     return [
         "--config",
         str(TINY_CONFIG),
         f"data.dataset={tiny_dataset}",
+        "data.buckets=[512]",
         "mesh.data=8",
         f"train.num_steps={num_steps}",
         "train.log_every=1",
@@ -146,6 +156,8 @@ def _start(verb: str, args: list[str], num_processes: int, logs: Path):
     8 devices and no multi-process flags), with stdout and stderr in LOGS-p<i>.out/.err.
     Returns (processes, [(out, err) files])."""
     port = _free_port()
+    env = _env(8 // num_processes)
+    env["XLA_FLAGS"] += " --xla_backend_optimization_level=0"  # compiles in about half the time
     procs, files = [], []
     for i in range(num_processes):
         flags = []
@@ -159,7 +171,7 @@ def _start(verb: str, args: list[str], num_processes: int, logs: Path):
                 subprocess.Popen(
                     [sys.executable, "-m", "jaxseq.cli", verb, *flags, *args],
                     cwd=REPO,
-                    env=_env(8 // num_processes),
+                    env=env,
                     stdout=stdout,
                     stderr=stderr,
                 )
@@ -220,39 +232,67 @@ def _summary(stdout: str) -> dict:
     return json.loads(stdout[start:])
 
 
-def test_two_processes_train_save_and_resume_like_one(tiny_dataset, tmp_path):
+@pytest.fixture(scope="module")
+def common(tiny_dataset, tmp_path_factory):
+    """`_common` for the tiny dataset with this module's compilation cache:
+    common(num_steps, *extra) -> args."""
+    cache = tmp_path_factory.mktemp("xla_cache")
+    return lambda num_steps, *extra: _common(
+        tiny_dataset, num_steps, f"train.compilation_cache_dir={cache}", *extra
+    )
+
+
+@pytest.fixture(scope="module")
+def two_process_run(common, tmp_path_factory) -> tuple[Path, list[dict], float]:
+    """2 processes x 4 devices train 4 steps from scratch (checkpoints 2 and 4), without
+    evaluation: (workdir, each process's result, seconds). Tests copy the workdir to change it."""
+    workdir = tmp_path_factory.mktemp("two") / "multi"
+    t = time.time()
+    results = _train(workdir, common(4, "data.eval_split=''"), 2, "first")
+    return workdir, results, time.time() - t
+
+
+@pytest.fixture(scope="module")
+def one_process_run(common, tmp_path_factory) -> tuple[Path, dict, float]:
+    """1 process x 8 devices trains 6 steps straight and evaluates: (workdir, result, seconds)."""
+    workdir = tmp_path_factory.mktemp("one") / "single"
+    t = time.time()
+    (result,) = _train(workdir, common(6), 1, "straight")
+    return workdir, result, time.time() - t
+
+
+def test_two_processes_train_save_and_resume_like_one(
+    two_process_run, one_process_run, common, tmp_path
+):
     """2 processes x 4 devices: 4 steps (saves at 2 and 4), then both restart to step 6 and
     evaluate; the 6 losses and the validation result equal 1 process x 8 devices training 6
     steps straight (≤ 1e-5)."""
-    timings = {}
-    multi = tmp_path / "multi"
-    t = time.time()
-    first = _train(multi, _common(tiny_dataset, 4, "data.eval_split=''"), 2, "first")
-    timings["2 processes, steps 1-4"] = time.time() - t
+    first_run, first, seconds = two_process_run
+    timings = {"2 processes, steps 1-4": seconds}
     assert [r["summary"]["start_step"] for r in first] == [0, 0]
     assert [r["summary"]["step"] for r in first] == [4, 4]
     # Only process 0 writes logs: one line per step, one TensorBoard file.
-    assert [m["step"] for m in _metrics(multi)] == [1, 2, 3, 4]
-    assert len(list((multi / "tensorboard").glob("events.*"))) == 1
+    assert [m["step"] for m in _metrics(first_run)] == [1, 2, 3, 4]
+    assert len(list((first_run / "tensorboard").glob("events.*"))) == 1
     # Both processes took part in the saves: each wrote its part of every checkpoint.
-    steps = sorted(int(p.name) for p in (multi / "checkpoints").iterdir() if p.name.isdigit())
+    ckpts = first_run / "checkpoints"
+    steps = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
     assert steps == [2, 4]
     for step in steps:
-        written = [p.name for p in (multi / "checkpoints" / str(step)).rglob("*")]
+        written = [p.name for p in (ckpts / str(step)).rglob("*")]
         for i in range(2):
             assert any(f"process_{i}" in name for name in written), (step, i, written)
 
+    multi = tmp_path / "multi"
+    shutil.copytree(first_run, multi)
     t = time.time()
-    second = _train(multi, _common(tiny_dataset, 6), 2, "resume")
+    second = _train(multi, common(6), 2, "resume")
     timings["2 processes, resume, steps 5-6 + eval"] = time.time() - t
     assert [r["summary"]["start_step"] for r in second] == [4, 4]
     assert [r["summary"]["step"] for r in second] == [6, 6]
     assert all("resumed from step 4" in r["stderr"] for r in second)
 
-    single = tmp_path / "single"
-    t = time.time()
-    (one,) = _train(single, _common(tiny_dataset, 6), 1, "straight")
-    timings["1 process, steps 1-6 + eval"] = time.time() - t
+    single, one, timings["1 process, steps 1-6 + eval"] = one_process_run
     assert one["summary"]["start_step"] == 0
 
     got, want = _metrics(multi), _metrics(single)
@@ -278,17 +318,11 @@ def test_two_processes_train_save_and_resume_like_one(tiny_dataset, tmp_path):
 # --- Gaps outside this module's reach, each with the change that closes it --------------------
 
 
-@pytest.fixture(scope="module")
-def two_process_workdir(tiny_dataset, tmp_path_factory) -> Path:
-    """A workdir trained 1 step by 2 processes x 4 devices (checkpoint 1)."""
-    workdir = tmp_path_factory.mktemp("two") / "run"
-    _train(workdir, _common(tiny_dataset, 1, "data.eval_split=''"), 2, "setup")
-    return workdir
-
-
-def test_a_two_process_evaluation_reports_every_utterance(two_process_workdir, tmp_path):
+def test_a_two_process_evaluation_reports_every_utterance(two_process_run, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(two_process_run[0], workdir)
     report = tmp_path / "report.json"
-    args = ["--workdir", str(two_process_workdir), "--split", "test", "--report", str(report)]
+    args = ["--workdir", str(workdir), "--split", "test", "--report", str(report)]
     results = _launch("evaluate", args, 2, tmp_path / "evaluate")
     assert all("on 8 utterances" in r["stdout"] for r in results)  # counts summed: correct
     out = json.loads(report.read_text())
@@ -298,33 +332,51 @@ def test_a_two_process_evaluation_reports_every_utterance(two_process_workdir, t
 
 
 def test_a_two_process_checkpoint_resumes_in_one_process(
-    two_process_workdir, tiny_dataset, tmp_path
+    two_process_run, one_process_run, common, tmp_path
 ):
+    """The 2-process checkpoint of step 4, resumed by 1 process x 8 devices to step 6: the
+    losses of steps 5 and 6 are those of the 1-process run (the same batches, ≤ 1e-5)."""
     workdir = tmp_path / "run"
-    shutil.copytree(two_process_workdir, workdir)
-    args = ["--workdir", str(workdir), *_common(tiny_dataset, 2, "data.eval_split=''")]
+    shutil.copytree(two_process_run[0], workdir)
+    args = ["--workdir", str(workdir), *common(6, "data.eval_split=''")]
     (one,) = _launch("train", args, 1, tmp_path / "resume", check=False)
     assert one["returncode"] == 0, one["stderr"][-1500:]  # fails: process_0-of-1.json missing
-    assert _summary(one["stdout"])["start_step"] == 1
+    assert _summary(one["stdout"])["start_step"] == 4
+    got, want = _metrics(workdir)[4:], _metrics(one_process_run[0])[4:]
+    assert [m["step"] for m in got] == [m["step"] for m in want] == [5, 6]
+    np.testing.assert_allclose(
+        [m["loss"] for m in got], [m["loss"] for m in want], rtol=1e-5, atol=1e-5
+    )
 
 
-def test_sigterm_saves_every_process_at_one_step(tiny_dataset, tmp_path):
-    """Preemption of a multi-process run: SIGTERM reaches one process only (process 1); jax's
-    preemption sync point makes both save the same step and exit 0; both resume there."""
-    workdir = tmp_path / "run"
-    args = ["--workdir", str(workdir), *_common(tiny_dataset, 400, "data.eval_split=''")]
-    args += ["train.checkpoint_every=1000"]
-    logs = tmp_path / "preempted"
+def _preempted(args: list[str], workdir: Path, logs: Path, after_step: int) -> list[dict]:
+    """Starts `jaxseq train ARGS` as 2 processes and, once a step past AFTER_STEP is logged,
+    sends SIGTERM to process 1 only. Returns each process's summary."""
     procs, files = _start("train", args, 2, logs)
     deadline = time.time() + TIMEOUT
     while time.time() < deadline and all(p.poll() is None for p in procs):
-        if (workdir / "metrics.jsonl").exists() and len(_metrics(workdir)) >= 3:
+        logged = (workdir / "metrics.jsonl").exists() and _metrics(workdir)
+        if logged and logged[-1]["step"] > after_step:
             procs[1].send_signal(signal.SIGTERM)
             break
         time.sleep(0.05)
-    results = _wait("train", procs, files, logs)
-    stops = [_summary(r["stdout"])["preempted_at"] for r in results]
-    assert stops[0] == stops[1] and 3 <= stops[0] < 400
-    assert (workdir / "checkpoints" / str(stops[0])).is_dir()
-    resumed = _train(workdir, args[2:] + ["train.num_steps=" + str(stops[0] + 2)], 2, "resume")
-    assert [r["summary"]["start_step"] for r in resumed] == [stops[0]] * 2
+    return [_summary(r["stdout"]) for r in _wait("train", procs, files, logs)]
+
+
+def test_sigterm_saves_every_process_at_one_step(common, tmp_path):
+    """Preemption of a multi-process run: SIGTERM reaches one process only (process 1); jax's
+    preemption sync point makes both save the same step and exit 0; both resume there when
+    the same command is rerun (and are preempted alike again)."""
+    workdir = tmp_path / "run"
+    args = ["--workdir", str(workdir), *common(400, "data.eval_split=''")]
+    args += ["train.checkpoint_every=1000"]
+    first = _preempted(args, workdir, tmp_path / "preempted", 2)
+    stop = first[0]["preempted_at"]
+    assert [s["preempted_at"] for s in first] == [stop, stop] and 3 <= stop < 400
+    assert (workdir / "checkpoints" / str(stop)).is_dir()
+    # The same command again (the same program: loaded from the compilation cache).
+    resumed = _preempted(args, workdir, tmp_path / "resumed", stop)
+    assert [s["start_step"] for s in resumed] == [stop, stop]
+    again = resumed[0]["preempted_at"]
+    assert [s["preempted_at"] for s in resumed] == [again, again] and stop < again < 400
+    assert (workdir / "checkpoints" / str(again)).is_dir()
