@@ -158,3 +158,21 @@ def test_a_family_section_needs_its_family():
     with pytest.raises(ConfigError, match="config dict.*'train.num_step'.*'train.num_steps'"):
         load_config({"train": {"num_step": 3}})
     assert load_config({"model": {"family": "rnn"}, "rnn": {"cell": "gru"}}).rnn.cell == "gru"
+
+
+@pytest.mark.parametrize(
+    "family, key, value, readers",
+    [
+        ("ctc", "vocab_size", 51864, "whisper"),
+        ("ctc", "decoder_layers", 4, "seq2seq|whisper|tts"),
+        ("tts", "ctc_weight", 0.3, "seq2seq"),
+        ("rnn", "num_heads", 8, "ctc|seq2seq|whisper|tts|classify"),
+        ("whisper", "scan_layers", True, "ctc|seq2seq|classify"),
+        ("classify", "bpe_vocab_size", 64, "seq2seq|rnn"),
+    ],
+)
+def test_a_model_key_needs_a_family_that_reads_it(family, key, value, readers):
+    message = rf"'model.{key}' is set, but only model.family={readers.replace('|', '[|]')} read"
+    with pytest.raises(ConfigError, match=message):
+        load_config({"model": {"family": family, key: value}})
+    assert load_config({"model": {"family": readers.split("|")[0], key: value}})
