@@ -1,6 +1,8 @@
 """Shared test set-up: offline hubs, and a tiny synthesized + prepared digits dataset."""
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,26 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if os.environ.get("JAXSEQ_TEST_FAST", "1") == "1":
+    # The tests' models are tiny, so compiling dominates: XLA's backend optimizations are off
+    # (the same numerics, about half the compile time) in this process and every subprocess,
+    # and one persistent compilation cache for the test run serves every test, so a program
+    # that many tests build (a tiny config's train step) compiles once.
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+    ).strip()
+    # Made by the first process (pytest, or xdist's controller); its workers inherit it.
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        _CACHE = tempfile.mkdtemp(prefix="jaxseq-test-xla-cache-")
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+
+
+def pytest_unconfigure(config):
+    """Removes the compilation cache this process made (a cache given by the user stays)."""
+    if "_CACHE" in globals():
+        shutil.rmtree(_CACHE, ignore_errors=True)
+
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "ctc_tiny.yaml"

@@ -180,9 +180,10 @@ train(cfg, sys.argv[2])
 
 
 def _train_on_mesh(tiny_dataset, workdir, devices, mesh):
+    flags = os.environ.get("XLA_FLAGS", "")
     env = {
         **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}",
         "JAX_PLATFORMS": "cpu",
     }
     overrides = [
