@@ -84,3 +84,25 @@ def whisper_folder(tmp_path_factory, reference) -> Path:
     folder = tmp_path_factory.mktemp("whisper")
     tok.save(str(folder / "tokenizer.json"))
     return folder
+
+
+# The files whose tests take longest (about a minute or more each on the 2-core CI machine), run
+# first: pytest-xdist (scripts/test.sh: -n 2 --dist loadfile) hands whole files to its workers
+# in collection order, so the long ones start early and the short ones even out the finish.
+LONGEST_FIRST = (
+    "test_multiprocess.py",
+    "test_classify_cli.py",
+    "test_train.py",
+    "test_whisper_finetune.py",
+    "test_train_options.py",
+    "test_multiprocess_families.py",
+    "test_fault_tolerance.py",
+    "test_seq2seq_task.py",
+    "test_tts_cli.py",
+    "test_sharding_presets.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order in a file kept

@@ -192,6 +192,8 @@ def _train_on_mesh(tiny_dataset, workdir, devices, mesh):
         "train.log_every=1",
         "train.eval_every=1000",
         "train.checkpoint_every=1000",
+        "data.buckets=[512]",  # one train step program per mesh
+        "data.eval_split=''",
         *mesh,
     ]
     subprocess.run(

@@ -109,7 +109,7 @@ def test_remat_policies_do_not_change_the_numerics(tiny_dataset, config):
     reference = jax.tree.leaves(results["none"])
     for remat in ("full", "dots"):
         for a, b in zip(jax.tree.leaves(results[remat]), reference, strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=5e-7)  # float32 rounding
 
 
 def _stack_layers(params: dict, num_layers: int) -> dict:
@@ -139,7 +139,9 @@ def test_scanned_layers_equal_the_loop(tiny_dataset, config):
     """model.scan_layers: the same loss, gradients, parameters after one AdamW step with weight
     decay, and (seq2seq) greedy and beam-search tokens as the layer loop, given the same weights
     stacked (dropout off in the tiny configs)."""
-    overrides = ("model.num_layers=3", "model.decoder_layers=3")
+    overrides = ("model.num_layers=3",)
+    if config.startswith("seq2seq"):
+        overrides += ("model.decoder_layers=3",)
     # A full learning rate from the first step and a strong decay; every parameter (biases
     # too, zero at initialization) random, so a decay of a bias or a scale shows. Adam's eps
     # above float32 noise: the key bias's gradient is zero but for rounding (softmax ignores

@@ -340,16 +340,19 @@ def test_example_finetune_from_script(hf_dir, tiny_dataset, tmp_path):
     random) Whisper fine-tuned on a manifest through the Python API, then evaluated."""
     audio = tiny_dataset.parent / "audio"
     workdir = tmp_path / "ft"
+    # The train and beam-search programs of test_finetune_evaluate_export (the same shapes and
+    # schedule): the run's persistent compilation cache has them.
     overrides = [
         "data.batch_size=4",
+        "data.eval_batch_size=4",
         "data.buckets=[600]",
         "data.max_label_length=16",
-        "train.num_steps=3",
+        "train.num_steps=6",
         "train.log_every=1",
-        "train.checkpoint_every=3",
+        "train.checkpoint_every=6",
         "optim.learning_rate=3e-3",
         "optim.warmup_steps=1",
-        "eval.decoder=greedy",
+        "eval.beam_size=2",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run(
@@ -379,14 +382,14 @@ def test_example_finetune_from_script(hf_dir, tiny_dataset, tmp_path):
         for x in (workdir / "run" / "metrics.jsonl").read_text().splitlines()
         if json.loads(x)["split"] == "train"
     ]
-    assert len(logged) == 3
-    assert lines[0] == f"step 3: train loss {logged[0]:.4f} -> {logged[-1]:.4f}"
+    assert len(logged) == 6
+    assert lines[0] == f"step 6: train loss {logged[0]:.4f} -> {logged[-1]:.4f}"
     # The evaluation scored every test utterance of the manifest with the trained step.
-    report = json.loads((workdir / "run" / "eval" / "eval-step3.json").read_text())
+    report = json.loads((workdir / "run" / "eval" / "eval-step6.json").read_text())
     test_items = (audio / "test" / "manifest.jsonl").read_text().splitlines()
     assert report["num_utterances"] + report["num_skipped"] == len(test_items)
     assert lines[-1] == (
-        f"jaxseq.Model(whisper, {workdir / 'run'}, step 3): {report['headline']} "
+        f"jaxseq.Model(whisper, {workdir / 'run'}, step 6): {report['headline']} "
         f"on {report['num_utterances']} utterances"
     )
-    assert load_trained(workdir / "run").step == 3
+    assert load_trained(workdir / "run").step == 6
