@@ -10,17 +10,9 @@ The Python API (the `jaxseq` command is a layer over it):
     report = jaxseq.evaluate("runs/x", "data/test/manifest.jsonl")
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
+from jaxseq.api import Model, evaluate, load, load_config, train
 from jaxseq.config import Config, ConfigError
 from jaxseq.errors import JaxseqError
-
-if TYPE_CHECKING:
-    from jaxseq.api import Model, evaluate, load, load_config, train
-
-_API = ("Model", "evaluate", "load", "load_config", "train")
 
 __all__ = [
     "Config",
@@ -32,17 +24,3 @@ __all__ = [
     "load_config",
     "train",
 ]
-
-
-def __getattr__(name: str):
-    """The API's names, imported on first use: `import jaxseq.data.synth` in a worker process
-    (prepare and synth spawn them) does not import training, evaluation and TensorBoard."""
-    if name in _API:
-        from jaxseq import api
-
-        return getattr(api, name)
-    raise AttributeError(f"module 'jaxseq' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
