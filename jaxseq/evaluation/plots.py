@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:  # matplotlib is imported by the functions that plot (about 0.3 s)
+    from matplotlib.figure import Figure
 
 _DPI = 100
 
@@ -20,6 +22,8 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     """Writes `fig` as a PNG at `path`, creating parent folders."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig).print_png(path)
     return path
 
@@ -47,6 +51,8 @@ def plot_spectrograms(
             )
     vmin = min(float(m.min()) for m in arrays)
     vmax = max(float(m.max()) for m in arrays)
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(10, 2.5 * len(panels) + 0.5), dpi=_DPI, layout="constrained")
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (name, _), mel in zip(axes, panels, arrays, strict=True):
@@ -88,6 +94,8 @@ def plot_alignment(
     weights = np.asarray(weights, dtype=np.float32)
     if weights.ndim != 2 or weights.size == 0:
         raise ValueError(f"weights must be a non-empty [steps, positions], got {weights.shape}")
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(8, 6), dpi=_DPI, layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(

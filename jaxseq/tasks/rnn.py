@@ -15,7 +15,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from jaxseq.audio.specaugment import spec_augment
@@ -23,6 +22,7 @@ from jaxseq.config import Config, ConfigError
 from jaxseq.decoding.beam_search import best_sequences
 from jaxseq.decoding.exhaustive import exhaustive_search
 from jaxseq.errors import JaxseqError
+from jaxseq.losses.cross_entropy import smoothed_cross_entropy
 from jaxseq.models.rnn import CELLS, Memory, RNNDims, RNNModel
 from jaxseq.parallel.shared_files import built_on_process_zero
 from jaxseq.tasks.base import STEP_KEY, ASRTask, Batch, Metrics
@@ -210,10 +210,7 @@ class RNNTask(ASRTask):
             rngs={"dropout": jax.random.fold_in(rng, 3)},
             method=RNNModel.decode,
         )  # [batch, 1 + L, vocab]
-        soft = optax.smooth_labels(
-            jax.nn.one_hot(targets, logits.shape[-1]), self.cfg.model.label_smoothing
-        )
-        per_token = optax.softmax_cross_entropy(logits, soft)  # [batch, 1 + L]
+        per_token = smoothed_cross_entropy(logits, targets, self.cfg.model.label_smoothing)
         weights = weights * valid[:, None]
         tokens = jnp.sum(weights)
         loss = jnp.sum(per_token * weights) / jnp.maximum(tokens, 1.0)

@@ -10,13 +10,13 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxseq.audio.specaugment import spec_augment
 from jaxseq.config import Config, ModelConfig
 from jaxseq.data.records import decode_record
 from jaxseq.decoding.beam_search import best_sequences
 from jaxseq.errors import JaxseqError
+from jaxseq.losses.cross_entropy import smoothed_cross_entropy
 from jaxseq.losses.ctc import ctc_loss
 from jaxseq.models.whisper import WhisperDims, WhisperModel, search_setup
 from jaxseq.parallel.shared_files import built_on_process_zero
@@ -244,9 +244,7 @@ class Seq2SeqTask(ASRTask):
             rngs={"dropout": jax.random.fold_in(rng, 2)},
             method=WhisperModel.joint,
         )  # [batch, P + L, vocab], [batch, enc_frames, vocab] or None, [batch]
-        vocab = logits.shape[-1]
-        soft = optax.smooth_labels(jax.nn.one_hot(targets, vocab), self.cfg.model.label_smoothing)
-        per_token = optax.softmax_cross_entropy(logits, soft)  # [batch, P + L]
+        per_token = smoothed_cross_entropy(logits, targets, self.cfg.model.label_smoothing)
         weights = weights * valid[:, None]
         tokens = jnp.sum(weights)
         loss = jnp.sum(per_token * weights) / jnp.maximum(tokens, 1.0)

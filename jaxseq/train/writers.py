@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import jax
-from tensorboardX import SummaryWriter
 
 
 class MetricWriter:
@@ -16,7 +15,13 @@ class MetricWriter:
     def __init__(self, workdir: str | Path):
         self.enabled = jax.process_index() == 0
         self.path = Path(workdir) / "metrics.jsonl"
-        self._tb = SummaryWriter(str(Path(workdir) / "tensorboard")) if self.enabled else None
+        self._tb = None
+        if self.enabled:
+            # Imported here: tensorboardX imports torch when it is installed (about 1 s), which
+            # every process that imports jaxseq (synth and prepare workers too) would pay.
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
 
     def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
         if not self.enabled:
