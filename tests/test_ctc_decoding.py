@@ -57,8 +57,9 @@ def test_greedy_decode_on_hand_made_logits():
     paths = [[0, 1, 1, 0, 1, 2, 2, 0], [2, 2, 2, 2, 0, 0, 1, 1], [0] * 8]
     logits = np.stack([one_hot_logits(p, 3) for p in paths])
     np.testing.assert_array_equal(np.asarray(ctc_greedy_ids(logits)), paths)
-    assert ctc_greedy_decode(logits, [8, 6, 8]) == [[1, 1, 2], [2], []]
-    assert ctc_greedy_decode(logits, [8, 8, 8], blank_id=2) == [[0, 1, 0, 1, 0], [0, 1], [0]]
+    ids = ctc_greedy_ids(logits)
+    assert ctc_greedy_decode(ids, [8, 6, 8]) == [[1, 1, 2], [2], []]
+    assert ctc_greedy_decode(ids, [8, 8, 8], blank_id=2) == [[0, 1, 0, 1, 0], [0, 1], [0]]
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -96,7 +97,7 @@ def test_beam_search_beats_greedy_by_summing_alignments():
     # Two frames, p(blank) = 0.6, p(a) = 0.4: best path "--" -> "" (0.36), but
     # p("a") = p(aa) + p(a-) + p(-a) = 0.16 + 0.24 + 0.24 = 0.64.
     log_probs = np.log(np.array([[0.6, 0.4], [0.6, 0.4]]))
-    assert ctc_greedy_decode(log_probs[None], [2]) == [[]]
+    assert ctc_greedy_decode(ctc_greedy_ids(log_probs[None]), [2]) == [[]]
     assert ctc_prefix_beam_search(log_probs, 2, beam_size=2) == [1]
     (best, score), *_ = ctc_prefix_beam_search_nbest(log_probs, 2, beam_size=2)
     assert best == [1] and abs(score - np.log(0.64)) < 1e-12
@@ -124,3 +125,30 @@ def test_batch_search_uses_lengths():
         exact = oracle(lp[:n])
         assert labels == list(max(exact, key=exact.get))
     assert decoded[2] == []
+
+
+def test_the_task_decodes_greedily_from_device_ids():
+    """CTCTask: greedy predict_fn returns int32 best-path ids (no [batch, frames, vocab] array
+    leaves the device), and decoding them gives the texts of the log-probs' best paths."""
+    import jax
+
+    from jaxseq.config import load_config
+    from jaxseq.tasks.ctc import CTCTask
+    from tests.conftest import TINY_CONFIG
+
+    cfg = load_config(TINY_CONFIG)
+    task = CTCTask.from_dataset(cfg, {"frontend": {"n_mels": 80}, "text": {"charset": "abc '"}})
+    batch = task.dummy_batch(3, 64)
+    batch["features"] = np.random.default_rng(0).normal(size=batch["features"].shape)
+    batch["feature_lengths"] = np.array([64, 40, 9], np.int32)
+    params = task.init_variables(jax.random.PRNGKey(0), batch)["params"]
+    ids, lengths = task.predict_fn(params, batch, "greedy", 1)
+    log_probs, same = task.predict_fn(params, batch, "prefix_beam", 1)
+    assert ids.dtype == np.int32 and ids.shape == log_probs.shape[:2]
+    np.testing.assert_array_equal(lengths, same)
+    paths = np.argmax(np.asarray(log_probs), -1)
+    blank = task.tokenizer.blank_id
+    rows = zip(paths, lengths, strict=True)
+    expected = [task.tokenizer.decode(ctc_collapse(p, n, blank)) for p, n in rows]
+    assert task.decode((ids, lengths), "greedy", 1) == expected
+    assert any(expected), "an all-blank output would not test the collapse"

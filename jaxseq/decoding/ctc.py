@@ -1,7 +1,7 @@
 """CTC decoding: greedy (best path) and prefix beam search.
 
-The device part is only ``ctc_greedy_ids`` (an argmax that jits); collapsing and beam search run
-on the host in NumPy, one utterance at a time.
+The device part is ``ctc_greedy_ids`` (an argmax that jits, so that only the ids reach the
+host); collapsing and beam search run on the host in NumPy, one utterance at a time.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ def ctc_collapse(ids: np.ndarray, length: int, blank_id: int = 0) -> list[int]:
 
 
 def ctc_greedy_decode(
-    logits: jax.Array, lengths: Sequence[int] | np.ndarray, blank_id: int = 0
+    ids: np.ndarray, lengths: Sequence[int] | np.ndarray, blank_id: int = 0
 ) -> list[list[int]]:
-    """Greedy CTC decoding of a batch: logits [batch, frames, vocab], lengths [batch]."""
-    ids = np.asarray(ctc_greedy_ids(logits))  # [batch, frames]
+    """Greedy CTC decoding of a batch of best paths: `ids` int [batch, frames] (from
+    ``ctc_greedy_ids``, on the device), lengths [batch]."""
+    ids = np.asarray(ids)
     return [ctc_collapse(row, int(n), blank_id) for row, n in zip(ids, lengths, strict=True)]
 
 

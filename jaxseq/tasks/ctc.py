@@ -11,7 +11,11 @@ import numpy as np
 
 from jaxseq.audio.specaugment import spec_augment
 from jaxseq.config import Config
-from jaxseq.decoding.ctc import ctc_batch_prefix_beam_search, ctc_greedy_decode
+from jaxseq.decoding.ctc import (
+    ctc_batch_prefix_beam_search,
+    ctc_greedy_decode,
+    ctc_greedy_ids,
+)
 from jaxseq.errors import JaxseqError
 from jaxseq.losses.ctc import ctc_feasible, ctc_loss
 from jaxseq.models.ctc import CTCModel
@@ -90,20 +94,24 @@ class CTCTask(ASRTask):
     def predict_fn(
         self, params: Any, batch: Batch, decoder: str, beam_size: int
     ) -> tuple[jax.Array, jax.Array]:
-        """Log-probs [batch, enc_frames, vocab] and lengths; decoding happens on the host."""
-        del decoder, beam_size  # both CTC decoders run in `decode`
+        """Greedy: the best path's ids [batch, enc_frames] (argmax on the device: the
+        log-probs never reach the host); prefix_beam: log-probs [batch, enc_frames, vocab]
+        for the host's beam search. Both with the encoder lengths [batch]."""
+        del beam_size  # the beam search runs in `decode`
         logits, lengths = self.model.apply(
             {"params": params}, batch["features"], batch["feature_lengths"], deterministic=True
         )
-        return jax.nn.log_softmax(logits, axis=-1), lengths  # [batch, enc_frames, vocab]
+        if decoder == "greedy":
+            return ctc_greedy_ids(logits), lengths
+        return jax.nn.log_softmax(logits, axis=-1), lengths
 
     def decode(self, outputs: Any, decoder: str, beam_size: int) -> list[str]:
         if decoder not in DECODERS:
             raise JaxseqError(f"eval.decoder={decoder!r}: CTC decodes with one of {DECODERS}")
-        log_probs, lengths = (np.asarray(x) for x in outputs)
+        scores_or_ids, lengths = (np.asarray(x) for x in outputs)
         blank = self.tokenizer.blank_id
         if decoder == "prefix_beam":
-            ids = ctc_batch_prefix_beam_search(log_probs, lengths, beam_size, blank)
+            ids = ctc_batch_prefix_beam_search(scores_or_ids, lengths, beam_size, blank)
         else:
-            ids = ctc_greedy_decode(log_probs, lengths, blank)
+            ids = ctc_greedy_decode(scores_or_ids, lengths, blank)
         return [self.tokenizer.decode(seq) for seq in ids]
