@@ -206,7 +206,8 @@ def _train_lines(workdir) -> dict[int, dict]:
     """Logged train metrics by step (a step logged again after a restart: its last line),
     without the wall-clock ones."""
     lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
-    clock = ("time", "utterances_per_second")
+    clock = ("time", "utterances_per_second", "tokens_per_second", "audio_seconds_per_second")
+    clock += ("tflops_per_second", "mfu", "data_wait")
     return {
         m["step"]: {k: v for k, v in m.items() if k not in clock}
         for m in lines

@@ -43,6 +43,7 @@ from jaxseq.train.checkpoint import Checkpointer, restore_workdir_params
 from jaxseq.train.optimizer import learning_rate_schedule, make_optimizer
 from jaxseq.train.preemption import PreemptionWatch
 from jaxseq.train.state import TrainState, abstract_train_state, create_train_state
+from jaxseq.train.throughput import Throughput, device_flops, peak_tflops
 from jaxseq.train.writers import MetricWriter
 
 
@@ -104,6 +105,7 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, microbatches: 
     ) -> tuple[TrainState, dict[str, jax.Array], jax.Array]:
         rng = jax.random.fold_in(state.rng, state.step)
         rows = jax.tree.leaves(batch)[0].shape[0]
+        frames = jnp.sum(batch["feature_lengths"]).astype(jnp.float32)  # of audio, unpadded
         batch = {**batch, STEP_KEY: jnp.full((rows,), state.step, jnp.int32)}
         compute = loss_and_grads if microbatches == 1 else accumulated
         loss, metrics, grads = compute(state.params, batch, rng)
@@ -119,6 +121,7 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, microbatches: 
             opt_state=jax.tree.map(keep, opt_state, state.opt_state),
         )
         metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads), "steps": 1.0}
+        metrics["audio_frames"] = frames
         metrics = jax.tree.map(lambda m: jnp.where(finite, m, 0.0), metrics)
         metrics["skipped"] = 1.0 - finite.astype(jnp.float32)
         return new_state, metrics, jnp.where(finite, 0, streak + 1)
@@ -332,6 +335,9 @@ def train(
     writer = MetricWriter(workdir)
     rows = cfg.data.batch_size // jax.process_count()
     compiled_shapes: list[int] = []
+    flops: dict[int, float] = {}  # model FLOPs of a step (all devices), by padded length
+    hop_seconds = info["frontend"]["hop_length"] / info["frontend"]["sample_rate"]
+    throughput = Throughput(mesh.size, peak_tflops(mesh.devices.flat[0]), hop_seconds)
     summary: dict[str, Any] = {"start_step": start}
     acc, tick, saved = None, time.time(), start
     bar = tqdm(
@@ -351,7 +357,9 @@ def train(
 
     try:
         for step in bar:
+            waited = time.time()
             host_batch = next(data_iter, None)
+            waited = time.time() - waited
             if host_batch is None:
                 logging.warning("train data ran out after %d steps; stopping there", step)
                 summary["data_exhausted_at"] = step
@@ -370,14 +378,22 @@ def train(
                     len(cfg.data.buckets),
                 )
             with sharding_context(mesh):
-                state, metrics, streak = step_fn(state, to_global(host_batch, mesh), streak)
+                global_batch = to_global(host_batch, mesh)
+                state, metrics, streak = step_fn(state, global_batch, streak)
+                if frames not in flops:  # compiled by the call: the analysis is cached
+                    flops[frames] = mesh.size * device_flops(
+                        step_fn, abstract, global_batch, streak
+                    )
+            throughput.add(flops[frames], waited)
             done = step + 1
             for callback in callbacks:
                 callback(done, metrics)
             acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
 
             if done % cfg.train.log_every == 0 or done == cfg.train.num_steps:
-                scalars = _summarize(acc, time.time() - tick)
+                seconds = time.time() - tick
+                scalars = _summarize(acc, seconds)
+                scalars.update(throughput.scalars(scalars, seconds))
                 scalars["learning_rate"] = float(schedule(done))
                 writer.write(done, "train", scalars)
                 bar.set_postfix(
@@ -385,6 +401,7 @@ def train(
                 )
                 summary["train_loss"] = scalars["loss"]
                 acc, tick = None, time.time()
+                throughput.reset()
                 if int(streak) >= cfg.train.max_nonfinite_steps:
                     raise _nonfinite_error(done, int(streak), cfg.train.max_nonfinite_steps)
 
@@ -402,6 +419,7 @@ def train(
                     )
                 summary["eval"] = eval_metrics
                 tick = time.time()
+                throughput.reset()
 
             preempted = preemption.should_stop(done)
             periodic = done % cfg.train.checkpoint_every == 0 or done == cfg.train.num_steps

@@ -1,0 +1,75 @@
+"""Throughput accounting of the train loop: model FLOPs, TFLOP/s and MFU, tokens and audio per
+second, and the share of time spent waiting for data (as MaxText and levanter log them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Peak dense bfloat16 TFLOP/s of one chip (one device), by the start of `device.device_kind`
+# (the longest matching prefix wins: "TPU v5 lite" is v5e, "TPU v5" alone is v5p).
+PEAK_BF16_TFLOPS = {
+    "TPU v4": 275.0,
+    "TPU v5 lite": 197.0,  # v5e
+    "TPU v5e": 197.0,
+    "TPU v5": 459.0,  # v5p
+    "TPU v5p": 459.0,
+    "TPU v6 lite": 918.0,  # v6e (Trillium)
+    "TPU v6e": 918.0,
+    "NVIDIA A100": 312.0,
+    "NVIDIA H100": 989.0,  # SXM, dense
+    "NVIDIA H200": 989.0,
+}
+
+
+def peak_tflops(device: Any) -> float | None:
+    """The chip's peak bf16 TFLOP/s from PEAK_BF16_TFLOPS; None for an unknown kind (CPUs)."""
+    kind = getattr(device, "device_kind", "")
+    matches = [k for k in PEAK_BF16_TFLOPS if kind.startswith(k)]
+    return PEAK_BF16_TFLOPS[max(matches, key=len)] if matches else None
+
+
+def device_flops(jitted: Any, *args: Any) -> float:
+    """FLOPs one device runs in a call of `jitted` on `args`: XLA's cost analysis of the
+    compiled, partitioned program. After a call with arguments of the same shapes and
+    shardings, lowering and compiling hit jit's caches (nothing is compiled again)."""
+    cost = jitted.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", 0.0))
+
+
+class Throughput:
+    """Sums a logging window's FLOPs (over all devices) and data-wait time; `scalars` turns
+    them into rates."""
+
+    def __init__(self, num_devices: int, peak: float | None, hop_seconds: float):
+        self.num_devices, self.peak, self.hop_seconds = num_devices, peak, hop_seconds
+        self.reset()
+
+    def reset(self) -> None:
+        self.flops = 0.0
+        self.steps = 0
+        self.data_seconds = 0.0
+
+    def add(self, flops: float, data_seconds: float) -> None:
+        """One step: its compiled FLOPs and the seconds the loop waited for its batch."""
+        self.flops += flops
+        self.steps += 1
+        self.data_seconds += data_seconds
+
+    def scalars(self, metrics: dict[str, float], seconds: float) -> dict[str, float]:
+        """Rates over the window of `seconds`: flops_per_step, tflops_per_second, mfu (chips
+        with a known peak), tokens_per_second (tasks that count tokens),
+        audio_seconds_per_second (from the step's `audio_frames`) and data_wait (a share)."""
+        seconds = max(seconds, 1e-9)
+        tflops = self.flops / seconds / 1e12
+        out = {
+            "flops_per_step": self.flops / max(self.steps, 1),
+            "tflops_per_second": tflops,
+            "audio_seconds_per_second": metrics["audio_frames"] * self.hop_seconds / seconds,
+            "data_wait": self.data_seconds / seconds,
+        }
+        if self.peak is not None:
+            out["mfu"] = tflops / (self.peak * self.num_devices)
+        if "tokens" in metrics:
+            out["tokens_per_second"] = metrics["tokens"] / seconds
+        return out
