@@ -24,9 +24,18 @@ if os.environ.get("JAXSEQ_TEST_FAST", "1") == "1":
         os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
+# librosa's numba gufuncs cache their machine code beside librosa. Two processes that compile
+# different functions of one module at the same time (the xdist workers: Griffin-Lim's phasor
+# in one, `librosa.yin`'s localmin in the other) can write cache files that disagree, and the
+# next call segfaults (numba#10128, seen on a fresh .venv). Each test process (pytest, each
+# xdist worker; their subprocesses inherit it) keeps its own numba cache.
+_NUMBA_CACHE = tempfile.mkdtemp(prefix="jaxseq-test-numba-")
+os.environ["NUMBA_CACHE_DIR"] = _NUMBA_CACHE
+
 
 def pytest_unconfigure(config):
-    """Removes the compilation cache this process made (a cache given by the user stays)."""
+    """Removes the caches this process made (a compilation cache given by the user stays)."""
+    shutil.rmtree(_NUMBA_CACHE, ignore_errors=True)
     if "_CACHE" in globals():
         shutil.rmtree(_CACHE, ignore_errors=True)
 
