@@ -7,3 +7,7 @@ prints it without a traceback (pass -v for one).
 
 class JaxseqError(Exception):
     """Bad input: a missing or corrupt file, a bad config key or value, an unusable item."""
+
+
+class ConfigError(JaxseqError, ValueError):
+    """A config file or override is invalid; the message names the key and a fix."""

@@ -36,6 +36,20 @@ from tests.conftest import REPO
 from tests.hf_whisper import random_whisper
 
 FINETUNE = REPO / "configs" / "whisper_finetune.yaml"
+# The fine-tune runs' shapes and schedule (the fine-tune test's and the example's: one set of
+# compiled programs for both).
+FINETUNE_RUN = [
+    "data.batch_size=4",
+    "data.eval_batch_size=4",
+    "data.buckets=[600]",
+    "data.max_label_length=16",
+    "train.num_steps=6",
+    "train.log_every=1",
+    "train.checkpoint_every=6",
+    "optim.learning_rate=3e-3",
+    "optim.warmup_steps=1",
+    "eval.beam_size=2",
+]
 SOURCE_POSITIONS = 300  # 600 mel frames: 6 s inputs (the tiny corpus' longest is shorter)
 TARGET_POSITIONS = 24
 EOT, SOT, EN, TRANSCRIBE, NO_TIMESTAMPS = 50257, 50258, 50259, 50359, 50363
@@ -230,17 +244,8 @@ def test_finetune_evaluate_export(converted, hf_dir, tiny_dataset, tmp_path, cap
             str(workdir),
             f"train.init_from={converted}",
             f"data.dataset={tiny_dataset}",
-            "data.batch_size=4",
-            "data.eval_batch_size=4",
-            "data.buckets=[600]",
-            "data.max_label_length=16",
-            "train.num_steps=6",
-            "train.log_every=1",
             "train.eval_every=6",
-            "train.checkpoint_every=6",
-            "optim.learning_rate=3e-3",
-            "optim.warmup_steps=1",
-            "eval.beam_size=2",
+            *FINETUNE_RUN,
         ]
     )
     capsys.readouterr()
@@ -342,18 +347,7 @@ def test_example_finetune_from_script(hf_dir, tiny_dataset, tmp_path):
     workdir = tmp_path / "ft"
     # The train and beam-search programs of test_finetune_evaluate_export (the same shapes and
     # schedule): the run's persistent compilation cache has them.
-    overrides = [
-        "data.batch_size=4",
-        "data.eval_batch_size=4",
-        "data.buckets=[600]",
-        "data.max_label_length=16",
-        "train.num_steps=6",
-        "train.log_every=1",
-        "train.checkpoint_every=6",
-        "optim.learning_rate=3e-3",
-        "optim.warmup_steps=1",
-        "eval.beam_size=2",
-    ]
+    overrides = FINETUNE_RUN
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run(
         [
