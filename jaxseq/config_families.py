@@ -4,12 +4,9 @@ reads (a key of another family is a ConfigError naming the key and the families 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from jaxseq.errors import ConfigError
-
-if TYPE_CHECKING:
-    from jaxseq.config import Config
 
 # The config sections only one family reads: a config of another family may not set them.
 FAMILY_SECTIONS = {"tts": "tts", "classify": "classify", "rnn": "rnn"}
@@ -49,10 +46,11 @@ def _set_keys(value: Any) -> list[str]:
     ]
 
 
-def check_family_keys(cfg: Config) -> None:
-    """A ConfigError naming the first key that `model.family` does not read but the config
-    sets (a value other than the default): a key of another family's section, or a model key
-    of other built-in families."""
+def check_family_keys(cfg: Any) -> None:
+    """For `cfg` (a jaxseq.config.Config; that module imports this one): a ConfigError naming
+    the first key that `model.family` does not read but the config sets (a value other than
+    the default), a key of another family's section or a model key of other built-in families.
+    """
     family = cfg.model.family
     for section, owner in FAMILY_SECTIONS.items():
         if family != owner and (keys := _set_keys(getattr(cfg, section))):
