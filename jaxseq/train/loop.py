@@ -334,8 +334,8 @@ def train(
     schedule = learning_rate_schedule(cfg.optim, cfg.train.num_steps)
     writer = MetricWriter(workdir)
     rows = cfg.data.batch_size // jax.process_count()
-    compiled_shapes: list[int] = []
-    flops: dict[int, float] = {}  # model FLOPs of a step (all devices), by padded length
+    # Model FLOPs of a step (all devices) by padded length, in the order the shapes compiled.
+    flops: dict[int, float] = {}
     hop_seconds = info["frontend"]["hop_length"] / info["frontend"]["sample_rate"]
     throughput = Throughput(mesh.size, peak_tflops(mesh.devices.flat[0]), hop_seconds)
     summary: dict[str, Any] = {"start_step": start}
@@ -369,18 +369,18 @@ def train(
             if data is not None:
                 _check_host_batch(host_batch, init_batch, rows, step)
             frames = int(host_batch["features"].shape[1])
-            if frames not in compiled_shapes:
-                compiled_shapes.append(frames)
+            new_shape = frames not in flops
+            if new_shape:
                 logging.info(
                     "compiling the train step for %d frames (%d of at most %d shapes)",
                     frames,
-                    len(compiled_shapes),
+                    len(flops) + 1,
                     len(cfg.data.buckets),
                 )
             with sharding_context(mesh):
                 global_batch = to_global(host_batch, mesh)
                 state, metrics, streak = step_fn(state, global_batch, streak)
-                if frames not in flops:  # compiled by the call: the analysis is cached
+                if new_shape:  # compiled by the call: the analysis is cached
                     flops[frames] = mesh.size * device_flops(
                         step_fn, abstract, global_batch, streak
                     )
@@ -440,7 +440,7 @@ def train(
         preemption.close()
     summary.update(
         step=int(state.step),
-        compiled_shapes=compiled_shapes,
+        compiled_shapes=list(flops),
         compiled_variants=step_fn._cache_size(),  # one per padded length used
     )
     return summary
