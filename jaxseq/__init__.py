@@ -8,9 +8,10 @@ The Python API (the `jaxseq` command is a layer over it):
     model = jaxseq.load("runs/x")                      # a workdir or WORKDIR/checkpoints/STEP
     model.transcribe(["a.wav"])                        # / .synthesize(texts) / .classify(waves)
     report = jaxseq.evaluate("runs/x", "data/test/manifest.jsonl")
+    plan = jaxseq.compile(cfg, "v5p:2x2x2")            # fits? memory per device, FLOPs, step time
 """
 
-from jaxseq.api import Model, evaluate, load, load_config, train
+from jaxseq.api import Model, compile, evaluate, load, load_config, train
 from jaxseq.config import Config, ConfigError
 from jaxseq.errors import JaxseqError
 
@@ -19,6 +20,7 @@ __all__ = [
     "ConfigError",
     "JaxseqError",
     "Model",
+    "compile",
     "evaluate",
     "load",
     "load_config",

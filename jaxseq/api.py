@@ -6,6 +6,7 @@ summary = jaxseq.train(cfg, "runs/x")
 model = jaxseq.load("runs/x")
 model.transcribe(["a.wav"])
 report = jaxseq.evaluate("runs/x", "data/test/manifest.jsonl")
+plan = jaxseq.compile(cfg, "v5p:2x2x2")   # memory per device and FLOPs, compiled, not run
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from jaxseq.inference.synthesize import synthesize_audio
 from jaxseq.inference.transcribe import transcribe_waveforms
 from jaxseq.tasks.base import Task
 from jaxseq.train import loop
+from jaxseq.train.compile import compile_config
 from jaxseq.train.trained import Trained, load_trained
 
 
@@ -38,6 +40,23 @@ def load_config(
     overrides applied last. An unknown key, a wrong type or an invalid choice is a
     ConfigError naming the key and the closest valid one."""
     return _load_config(path_or_dict, tuple(overrides))
+
+
+def compile(  # noqa: A001  (the `jaxseq compile` verb)
+    cfg: Config | str | Path,
+    topology: str | None = None,
+    *,
+    num_slices: int = 1,
+    mfu: float = 0.4,
+    workdir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Compiles the config's train and evaluation steps for a TPU `topology` ("v5p:2x2x2",
+    `num_slices` of them; needs `pip install jaxseq[tpu]`) or, by default, the local devices,
+    without running them. Returns the report: per-device parameter, optimizer, temporary and
+    peak bytes against the chip's HBM (`report["train"]["fits"]`), FLOPs per step and, at
+    `mfu`, the step time. With `workdir`, also writes it and the HLO to `workdir/compile/`."""
+    cfg = cfg if isinstance(cfg, Config) else _load_config(cfg)
+    return compile_config(cfg, topology, num_slices, mfu, workdir)
 
 
 def validation(cfg: Config):

@@ -1,7 +1,7 @@
 """The `jaxseq` command: parses arguments and calls library functions; nothing else.
 
-Verbs: synth, prepare, train, evaluate, transcribe, classify, synthesize, convert, export. Config
-overrides are trailing `a.b=c` arguments, e.g.
+Verbs: synth, prepare, train, compile, evaluate, transcribe, classify, synthesize, convert,
+export. Config overrides are trailing `a.b=c` arguments, e.g.
 `jaxseq train --config configs/ctc_demo.yaml --workdir runs/x train.num_steps=10`.
 """
 
@@ -121,6 +121,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_compile(args: argparse.Namespace) -> None:
+    from jaxseq.train.compile import fit_error, format_report
+
+    cfg = api.load_config(args.config, args.overrides)
+    report = api.compile(
+        cfg, args.topology, num_slices=args.num_slices, mfu=args.mfu, workdir=args.workdir
+    )
+    print(format_report(report))
+    if args.workdir:
+        print(f"report and HLO: {args.workdir / 'compile'}")
+    error = fit_error(report, cfg)
+    if error is not None:
+        raise error
+
+
 def _cmd_transcribe(args: argparse.Namespace) -> None:
     model = api.load(_checkpoint(args.workdir, args.step))
     texts = model.transcribe(args.audio, decoder=args.decoder, beam_size=args.beam_size)
@@ -225,6 +240,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. mesh.data=1")
     _add_distributed_args(p)
     p.set_defaults(fn=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "compile",
+        help="compile the train and eval steps for a TPU topology (or this machine), run "
+        "nothing: memory per device against HBM, FLOPs, step time; non-zero if it won't fit",
+    )
+    p.add_argument(
+        "--topology",
+        help="TPU topology, e.g. v5p:2x2x2, v5p:4x4x4, v5e:4x4, v6e:2x4, v4:2x2x1 (needs "
+        "pip install 'jaxseq[tpu]'); default: this machine's devices",
+    )
+    p.add_argument("--num-slices", type=int, default=1, help="slices joined over DCN")
+    p.add_argument("--mfu", type=float, default=0.4, help="assumed MFU for the step time")
+    p.add_argument("--workdir", type=Path, help="write compile/TOPOLOGY.json and the HLO here")
+    _add_config_args(p)
+    p.set_defaults(fn=_cmd_compile)
 
     p = sub.add_parser("transcribe", help="print transcripts of audio files")
     p.add_argument("--workdir", type=Path, required=True)

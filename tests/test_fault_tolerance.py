@@ -28,9 +28,10 @@ from jaxseq.parallel.mesh import make_mesh
 from jaxseq.tasks import build_task
 from jaxseq.tasks.ctc import CTCTask
 from jaxseq.train.checkpoint import Checkpointer
-from jaxseq.train.loop import make_train_step, train
+from jaxseq.train.loop import train
 from jaxseq.train.optimizer import make_optimizer
 from jaxseq.train.state import abstract_train_state, create_train_state
+from jaxseq.train.steps import make_train_step
 from tests.conftest import REPO, TINY_CONFIG
 from tests.test_multiprocess import _common, _launch, _summary
 

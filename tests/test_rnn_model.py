@@ -20,8 +20,8 @@ from jaxseq.models.rnn import RNNDims, RNNModel
 from jaxseq.parallel.sharding import LOGICAL_RULES
 from jaxseq.tasks.base import STEP_KEY
 from jaxseq.tasks.rnn import RNNTask, char_tokenizer, own_inputs
-from jaxseq.train.loop import make_train_step
 from jaxseq.train.state import TrainState
+from jaxseq.train.steps import make_train_step
 from tests.conftest import REPO
 
 MELS, VOCAB = 6, 7

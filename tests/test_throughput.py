@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from jaxseq.config import load_config
+from jaxseq.train.chips import peak_tflops
 from jaxseq.train.loop import train
-from jaxseq.train.throughput import Throughput, device_flops, peak_tflops
+from jaxseq.train.throughput import Throughput, device_flops
 from tests.conftest import TINY_CONFIG
 
 

@@ -14,9 +14,10 @@ from jaxseq.config import ConfigError, load_config
 from jaxseq.data.pipeline import load_dataset_info
 from jaxseq.parallel.mesh import make_mesh
 from jaxseq.tasks import build_task
-from jaxseq.train.loop import make_train_step, train
+from jaxseq.train.loop import train
 from jaxseq.train.optimizer import make_optimizer, param_path
 from jaxseq.train.state import create_train_state
+from jaxseq.train.steps import make_train_step
 from tests.conftest import REPO
 
 

@@ -30,6 +30,7 @@ from jaxseq.evaluation.tts import TTSScorer
 from jaxseq.parallel.batch import to_global
 from jaxseq.parallel.sharding import replicated, sharding_context
 from jaxseq.tasks.base import Task
+from jaxseq.train.steps import eval_step
 
 SCORERS: dict[str, type[Scorer]] = {
     "asr": ASRScorer,
@@ -46,18 +47,6 @@ def scorer_for(task: Task) -> Scorer:
             f"one of {sorted(SCORERS)}"
         )
     return SCORERS[task.metric_kind]()
-
-
-@functools.cache
-def _eval_step(task: Task, mesh: Mesh, options: tuple[tuple[str, Any], ...]):
-    """One jitted function per (task, mesh, options), cached: a batch's predictions and its
-    loss (every output replicated, so each process reads its own rows)."""
-
-    def step(params, batch):
-        predictions = task.predict_fn(params, batch, **dict(options))
-        return predictions, task.loss_fn(params, batch, jax.random.PRNGKey(0), train=False)
-
-    return jax.jit(step, out_shardings=replicated(mesh))
 
 
 @functools.cache
@@ -111,7 +100,7 @@ def evaluate_split(
         options=options,
     )
     scorer.start(task, context)
-    step = _eval_step(task, mesh, tuple(sorted(options.items())))
+    step = eval_step(task, mesh, tuple(sorted(options.items())))
     batches = eval_batches(
         dataset_dir,
         split,

@@ -11,6 +11,7 @@ A family joins with `@register` (jaxseq.tasks.registry) on its Task subclass.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -57,6 +58,18 @@ class Task(abc.ABC):
         `workdir`; the other processes read it back from there (after a barrier), so that
         every process holds byte-identical tokenizer files.
         """
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Task:
+        """A task from the config alone, with no data: the model whose steps `jaxseq compile`
+        lowers for a topology. The default is `from_dataset` on what the config says of a
+        dataset (`prepare.frontend`, `prepare.text`: a character vocabulary); a family whose
+        tokenizer is learned from data builds one of the configured size instead."""
+        info = {
+            "frontend": dataclasses.asdict(cfg.prepare.frontend),
+            "text": dataclasses.asdict(cfg.prepare.text),
+        }
+        return cls.from_dataset(cfg, info)
 
     @classmethod
     @abc.abstractmethod

@@ -119,6 +119,14 @@ class ClassifyTask(Task):
         return task
 
     @classmethod
+    def from_config(cls, cfg: Config) -> ClassifyTask:
+        """The label set is the training split's: there is no classifier without data."""
+        raise JaxseqError(
+            "model.family=classify takes its label set from the training split: set "
+            "data.dataset to a prepared dataset (jaxseq prepare) to compile it"
+        )
+
+    @classmethod
     def from_workdir(cls, cfg: Config, workdir: Path, n_mels: int) -> ClassifyTask:
         return cls(cfg, LabelSet.load(Path(workdir) / LABELS_FILE), n_mels)
 

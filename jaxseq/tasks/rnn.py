@@ -28,7 +28,7 @@ from jaxseq.parallel.shared_files import built_on_process_zero
 from jaxseq.tasks.base import STEP_KEY, ASRTask, Batch, Metrics
 from jaxseq.tasks.registry import register
 from jaxseq.tasks.seq2seq import split_texts, teacher_forcing
-from jaxseq.text.bpe import SPECIALS, UNK, BpeTokenizer, train_bpe
+from jaxseq.text.bpe import SPECIALS, UNK, BpeTokenizer, placeholder_bpe, train_bpe
 
 TOKENIZER_FILE = "tokenizer.json"
 DECODERS = ("greedy", "beam", "exhaustive")
@@ -128,6 +128,15 @@ class RNNTask(ASRTask):
         task = cls(cfg, tokenizer, n_mels)
         task._texts[(str(cfg.data.dataset), cfg.data.train_split)] = texts
         return task
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> RNNTask:
+        """Characters of prepare.text.charset, or a BPE vocabulary of model.bpe_vocab_size
+        placeholder pieces (for `jaxseq compile`)."""
+        n_mels = cfg.prepare.frontend.n_mels
+        if cfg.rnn.tokenizer == "char":
+            return cls(cfg, char_tokenizer(cfg.prepare.text.charset), n_mels)
+        return cls(cfg, placeholder_bpe(cfg.model.bpe_vocab_size), n_mels)
 
     @classmethod
     def from_workdir(cls, cfg: Config, workdir: Path, n_mels: int) -> RNNTask:

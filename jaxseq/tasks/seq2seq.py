@@ -22,7 +22,7 @@ from jaxseq.models.whisper import WhisperDims, WhisperModel, search_setup
 from jaxseq.parallel.shared_files import built_on_process_zero
 from jaxseq.tasks.base import ASRTask, Batch, Metrics
 from jaxseq.tasks.registry import register
-from jaxseq.text.bpe import BpeTokenizer, train_bpe
+from jaxseq.text.bpe import BpeTokenizer, placeholder_bpe, train_bpe
 
 TOKENIZER_FILE = "tokenizer.json"
 DECODERS = ("greedy", "beam")
@@ -178,6 +178,11 @@ class Seq2SeqTask(ASRTask):
         task = cls(cfg, tokenizer, int(info["frontend"]["n_mels"]))
         task._texts[(str(cfg.data.dataset), cfg.data.train_split)] = texts  # for label_lengths
         return task
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Seq2SeqTask:
+        """A BPE vocabulary of model.bpe_vocab_size placeholder pieces (for `jaxseq compile`)."""
+        return cls(cfg, placeholder_bpe(cfg.model.bpe_vocab_size), cfg.prepare.frontend.n_mels)
 
     @classmethod
     def from_workdir(cls, cfg: Config, workdir: Path, n_mels: int) -> Seq2SeqTask:

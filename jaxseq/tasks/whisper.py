@@ -123,6 +123,18 @@ class WhisperTask(Seq2SeqTask):
         )
 
     @classmethod
+    def from_config(cls, cfg: Config) -> WhisperTask:
+        """The tokenizer of `tokenizer_dir(cfg)` when the config names one, else openai-whisper's
+        special tokens for model.vocab_size (`WhisperTokenizer.placeholder`): the same prompt
+        and shapes (for `jaxseq compile`)."""
+        n_mels = cfg.prepare.frontend.n_mels
+        if cfg.model.tokenizer or cfg.train.init_from:
+            source = tokenizer_dir(cfg)
+            return cls(cfg, WhisperTokenizer.from_folder(source), n_mels, source)
+        placeholder = WhisperTokenizer.placeholder(cfg.model.vocab_size)
+        return cls(cfg, placeholder, n_mels, Path(TOKENIZER_DIR))
+
+    @classmethod
     def from_workdir(cls, cfg: Config, workdir: Path, n_mels: int) -> WhisperTask:
         source = Path(workdir) / TOKENIZER_DIR
         return cls(cfg, WhisperTokenizer.from_folder(source), n_mels, source)

@@ -120,6 +120,20 @@ class BpeTokenizer:
         return cls(Tokenizer.from_file(str(file)))
 
 
+def placeholder_bpe(vocab_size: int) -> BpeTokenizer:
+    """A tokenizer of exactly `vocab_size` ids whose pieces are placeholders (`<piece_N>`): the
+    shapes of a model for a BPE vocabulary that is not trained yet (`Task.from_config`, used by
+    `jaxseq compile`). Its special ids are the real ones; it encodes no text usefully."""
+    if vocab_size <= len(SPECIALS):
+        raise JaxseqError(f"a BPE vocabulary needs more than {len(SPECIALS)} ids, got {vocab_size}")
+    pieces = [*SPECIALS, *(f"<piece_{i}>" for i in range(vocab_size - len(SPECIALS)))]
+    tok = Tokenizer(
+        models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=[], unk_token=UNK)
+    )
+    tok.add_special_tokens(list(SPECIALS))
+    return BpeTokenizer(tok)
+
+
 def train_bpe(texts: Iterable[str], vocab_size: int, *, model: str = "bpe") -> BpeTokenizer:
     """Trains a subword tokenizer of at most `vocab_size` ids on `texts` (normalized).
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, models
 
 from jaxseq.errors import JaxseqError
 
@@ -91,6 +91,34 @@ class WhisperTokenizer:
         gen_file = folder / GENERATION_CONFIG_FILE
         gen = json.loads(gen_file.read_text()) if gen_file.is_file() else None
         return cls(Tokenizer.from_file(str(file)), gen)
+
+    @classmethod
+    def placeholder(cls, vocab_size: int) -> WhisperTokenizer:
+        """A tokenizer with openai-whisper's special tokens at their ids for `vocab_size`
+        (51864 English-only, 51865 multilingual, 51866 large-v3) and placeholder text pieces:
+        a Whisper model's shapes and prompt without its tokenizer files (`Task.from_config`,
+        used by `jaxseq compile`). It encodes no text, and suppresses no text token.
+
+        Raises:
+          JaxseqError for another vocabulary size (set model.tokenizer to the real files).
+        """
+        layouts = {51864: (50256, 99), 51865: (50257, 99), 51866: (50257, 100)}
+        if vocab_size not in layouts:
+            raise JaxseqError(
+                f"model.vocab_size={vocab_size} is not one of openai-whisper's vocabularies "
+                f"{sorted(layouts)}; set model.tokenizer to a folder with the tokenizer.json"
+            )
+        text_pieces, languages = layouts[vocab_size]
+        specials = ["<|endoftext|>", "<|startoftranscript|>"]
+        specials += [f"<|{code}|>" for code in ["en", *(f"l{i}" for i in range(1, languages))]]
+        specials += ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>"]
+        specials += ["<|nospeech|>", "<|notimestamps|>"]
+        specials += [f"<|{i * 0.02:.2f}|>" for i in range(1501)]
+        vocab = {f"<piece_{i}>": i for i in range(text_pieces)}
+        tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<piece_0>"))
+        tok.add_special_tokens(specials)
+        eot = text_pieces
+        return cls(tok, {"suppress_tokens": [], "begin_suppress_tokens": [eot]})
 
     def _id(self, token: str) -> int:
         i = self._tok.token_to_id(token)

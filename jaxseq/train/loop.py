@@ -20,14 +20,12 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import Mesh
 from tqdm import tqdm
 
 from jaxseq.config import (
     FRONTEND_FILE,
     Config,
-    ConfigError,
     check_local_path,
     save_config,
     to_yaml,
@@ -36,97 +34,17 @@ from jaxseq.data.pipeline import load_dataset_info, make_train_iterator
 from jaxseq.errors import JaxseqError
 from jaxseq.parallel.batch import to_global
 from jaxseq.parallel.mesh import data_parallel_size, make_mesh
-from jaxseq.parallel.sharding import batch_sharding, replicated, sharding_context
-from jaxseq.tasks.base import STEP_KEY, Task
+from jaxseq.parallel.sharding import replicated, sharding_context
+from jaxseq.tasks.base import Task
 from jaxseq.tasks.registry import build_task
 from jaxseq.train.checkpoint import Checkpointer, restore_workdir_params
+from jaxseq.train.chips import peak_tflops
 from jaxseq.train.optimizer import learning_rate_schedule, make_optimizer
 from jaxseq.train.preemption import PreemptionWatch
-from jaxseq.train.state import TrainState, abstract_train_state, create_train_state
-from jaxseq.train.throughput import Throughput, device_flops, peak_tflops
+from jaxseq.train.state import abstract_train_state, create_train_state
+from jaxseq.train.steps import check_batch_sizes, jit_train_step
+from jaxseq.train.throughput import Throughput, device_flops
 from jaxseq.train.writers import MetricWriter
-
-
-def make_train_step(task: Task, tx: optax.GradientTransformation, microbatches: int = 1):
-    """The update: loss and gradients on one batch, then the optimizer step.
-
-    With `microbatches` > 1 the batch is split into that many interleaved microbatches whose
-    gradients are accumulated in a `lax.scan` (memory of one microbatch), each weighted by its
-    `metrics["tokens"]`: the task's loss is a sum over the batch divided by that count, so the
-    result is the large-batch step's (dropout and SpecAugment draw per microbatch).
-
-    The task's loss sees the step being taken as `batch["step"]`, int32 [batch] (one value
-    per row, so that microbatches split it like any field), for schedules inside the loss
-    (e.g. the rnn family's scheduled sampling); evaluation batches have no "step".
-
-    A batch whose loss or gradients are not finite changes nothing but the step counter: the
-    parameters and optimizer state stay as they were, its metrics are zero, and "skipped" is 1.
-    `streak` (int32 []) counts such steps in a row.
-    """
-
-    def loss_and_grads(params, batch, rng):
-        def loss_fn(params):
-            return task.loss_fn(params, batch, rng, train=True)
-
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        return loss, metrics, grads
-
-    def accumulated(params, batch, rng):
-        split = jax.tree.map(  # [m, batch / m, ...]: microbatch i holds rows i, i + m, ...
-            lambda x: x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:]).swapaxes(
-                0, 1
-            ),
-            batch,
-        )
-
-        def body(carry, xs):
-            micro, i = xs
-            loss, metrics, grads = loss_and_grads(params, micro, jax.random.fold_in(rng, i))
-            weight = metrics["tokens"]
-            acc_grads, acc_loss, acc_metrics = carry
-            acc_grads = jax.tree.map(lambda a, g: a + weight * g, acc_grads, grads)
-            acc_metrics = jax.tree.map(jnp.add, acc_metrics, metrics)
-            return (acc_grads, acc_loss + weight * loss, acc_metrics), None
-
-        first = jax.tree.map(lambda x: x[0], split)
-        _, metrics_shape, _ = jax.eval_shape(loss_and_grads, params, first, rng)
-        zeros = (
-            jax.tree.map(jnp.zeros_like, params),
-            jnp.zeros((), jnp.float32),
-            jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics_shape),
-        )
-        steps = (split, jnp.arange(microbatches))
-        (grads, loss, metrics), _ = jax.lax.scan(body, zeros, steps)
-        total = jnp.maximum(metrics["tokens"], 1.0)
-        return loss / total, metrics, jax.tree.map(lambda g: g / total, grads)
-
-    def train_step(
-        state: TrainState, batch: dict, streak: jax.Array
-    ) -> tuple[TrainState, dict[str, jax.Array], jax.Array]:
-        rng = jax.random.fold_in(state.rng, state.step)
-        rows = jax.tree.leaves(batch)[0].shape[0]
-        frames = jnp.sum(batch["feature_lengths"]).astype(jnp.float32)  # of audio, unpadded
-        batch = {**batch, STEP_KEY: jnp.full((rows,), state.step, jnp.int32)}
-        compute = loss_and_grads if microbatches == 1 else accumulated
-        loss, metrics, grads = compute(state.params, batch, rng)
-        finite = jnp.isfinite(loss) & jax.tree.reduce(
-            jnp.logical_and, jax.tree.map(lambda g: jnp.all(jnp.isfinite(g)), grads)
-        )
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-        new_state = state.replace(
-            step=state.step + 1,
-            params=jax.tree.map(keep, params, state.params),
-            opt_state=jax.tree.map(keep, opt_state, state.opt_state),
-        )
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads), "steps": 1.0}
-        metrics["audio_frames"] = frames
-        metrics = jax.tree.map(lambda m: jnp.where(finite, m, 0.0), metrics)
-        metrics["skipped"] = 1.0 - finite.astype(jnp.float32)
-        return new_state, metrics, jnp.where(finite, 0, streak + 1)
-
-    return train_step
 
 
 def _nonfinite_error(step: int, streak: int, limit: int) -> JaxseqError:
@@ -287,16 +205,7 @@ def train(
     # Mesh and input.
     mesh = make_mesh(cfg.mesh)
     dp = data_parallel_size(mesh)
-    if cfg.data.batch_size % (dp * cfg.train.microbatches):
-        raise ConfigError(
-            f"data.batch_size ({cfg.data.batch_size}) must be a multiple of the data-parallel "
-            f"size {dp} times train.microbatches ({cfg.train.microbatches})"
-        )
-    if cfg.data.batch_size % dp or cfg.data.eval_batch_size % dp:
-        raise ConfigError(
-            f"data.batch_size ({cfg.data.batch_size}) and data.eval_batch_size "
-            f"({cfg.data.eval_batch_size}) must be multiples of the data-parallel size {dp}"
-        )
+    check_batch_sizes(cfg, dp)
     data_iter = _input(cfg, task, info, workdir, data)
     checkpointable = data is None or isinstance(data_iter, grain.DatasetIterator)
 
@@ -322,12 +231,7 @@ def train(
         "model: %s, %.2fM parameters, mesh %s", cfg.model.family, num_params / 1e6, dict(mesh.shape)
     )
 
-    step_fn = jax.jit(
-        make_train_step(task, tx, cfg.train.microbatches),
-        in_shardings=(shardings, batch_sharding(mesh), replicated(mesh)),
-        out_shardings=(shardings, replicated(mesh), replicated(mesh)),
-        donate_argnums=(0,),
-    )
+    step_fn = jit_train_step(task, tx, mesh, shardings, cfg.train.microbatches)
     streak = jax.device_put(jnp.zeros((), jnp.int32), replicated(mesh))
     check_finite = jax.jit(_all_finite, out_shardings=replicated(mesh))
     preemption = PreemptionWatch()

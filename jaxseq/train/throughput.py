@@ -5,28 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-# Peak dense bfloat16 TFLOP/s of one chip (one device), by the start of `device.device_kind`
-# (the longest matching prefix wins: "TPU v5 lite" is v5e, "TPU v5" alone is v5p).
-PEAK_BF16_TFLOPS = {
-    "TPU v4": 275.0,
-    "TPU v5 lite": 197.0,  # v5e
-    "TPU v5e": 197.0,
-    "TPU v5": 459.0,  # v5p
-    "TPU v5p": 459.0,
-    "TPU v6 lite": 918.0,  # v6e (Trillium)
-    "TPU v6e": 918.0,
-    "NVIDIA A100": 312.0,
-    "NVIDIA H100": 989.0,  # SXM, dense
-    "NVIDIA H200": 989.0,
-}
-
-
-def peak_tflops(device: Any) -> float | None:
-    """The chip's peak bf16 TFLOP/s from PEAK_BF16_TFLOPS; None for an unknown kind (CPUs)."""
-    kind = getattr(device, "device_kind", "")
-    matches = [k for k in PEAK_BF16_TFLOPS if kind.startswith(k)]
-    return PEAK_BF16_TFLOPS[max(matches, key=len)] if matches else None
-
 
 def device_flops(jitted: Any, *args: Any) -> float:
     """FLOPs one device runs in a call of `jitted` on `args`: XLA's cost analysis of the

@@ -1,0 +1,280 @@
+"""`jaxseq compile`: the pod check before the pod (MaxText's train_compile.py).
+
+Lowers and compiles the real steps of a config, without running them: the train step of
+`jit_train_step` (the same task, optimizer, mesh, sharding rules, remat policy, global batch and
+microbatches as `jaxseq train`) and the evaluation step of `eval_step`, for a named TPU
+topology (libtpu compiles for chips that are not there: `pip install jaxseq[tpu]`) or for the
+local devices. XLA's analyses of the compiled programs give the memory of one device, set
+against the chip's HBM, and the FLOPs of a step; the step time follows at an assumed MFU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+
+from jaxseq.config import Config, to_yaml
+from jaxseq.data.pipeline import load_dataset_info
+from jaxseq.errors import JaxseqError
+from jaxseq.parallel.mesh import data_parallel_size, make_mesh
+from jaxseq.parallel.sharding import batch_sharding, replicated, sharding_context
+from jaxseq.tasks.base import Task
+from jaxseq.tasks.registry import build_task, task_class
+from jaxseq.train.chips import hbm_bytes, peak_tflops
+from jaxseq.train.optimizer import make_optimizer
+from jaxseq.train.state import abstract_train_state
+from jaxseq.train.steps import check_batch_sizes, eval_step, jit_train_step
+
+GIB = 2.0**30
+COMPILE_DIR = "compile"  # in a workdir: one JSON report and the HLO per compiled target
+
+
+def topology_devices(topology: str, num_slices: int = 1) -> list[Any]:
+    """The devices of a TPU topology such as "v5p:2x2x2", "v5e:4x4", "v6e:2x4" or "v4:2x2x1"
+    (`num_slices` of them joined over the data-center network), with no TPU present.
+
+    Raises:
+      JaxseqError: libtpu is missing, or libtpu does not know the topology.
+    """
+    try:
+        import libtpu  # noqa: F401  (jax finds it by itself; imported only to explain its absence)
+    except ImportError:
+        raise JaxseqError(
+            f"--topology {topology} compiles for TPUs with libtpu, which is not installed: "
+            "pip install 'jaxseq[tpu]' (or leave out --topology to compile for this machine)"
+        ) from None
+    from jax.experimental import topologies
+
+    try:
+        desc = topologies.get_topology_desc(
+            topology_name=topology, platform="tpu", num_slices=num_slices
+        )
+    except Exception as err:  # libtpu's errors are XlaRuntimeError/ValueError, varying by name
+        raise JaxseqError(
+            f"--topology {topology!r} is not a TPU topology libtpu knows ({err}); use "
+            "GENERATION:CHIPS such as v5p:2x2x2, v5p:4x4x4, v5e:4x4, v6e:2x4 or v4:2x2x1"
+        ) from None
+    return list(desc.devices)
+
+
+def compile_task(cfg: Config) -> Task:
+    """The task `jaxseq train` would build when `data.dataset` is a prepared dataset; else the
+    family's `Task.from_config` (the same model and shapes, no data needed)."""
+    dataset = Path(cfg.data.dataset)
+    if (dataset / "dataset.json").is_file():
+        return build_task(cfg, load_dataset_info(dataset, cfg.data.train_split))
+    return task_class(cfg.model.family).from_config(cfg)
+
+
+def _abstract(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, Any]:
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in batch.items()}
+
+
+def _device_bytes(tree: Any) -> int:
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs (the largest shard)."""
+    leaves = [x for x in jax.tree.leaves(tree) if isinstance(x, jax.ShapeDtypeStruct)]
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in leaves)
+
+
+def _analysis(compiled: Any, devices: int, seconds: float) -> dict[str, float]:
+    """Per-device memory (bytes) of a compiled program and its FLOPs over all devices."""
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    out = {
+        "argument_bytes": int(mem.argument_size_in_bytes),
+        "output_bytes": int(mem.output_size_in_bytes),
+        "alias_bytes": int(mem.alias_size_in_bytes),  # outputs written over donated arguments
+        "temp_bytes": int(mem.temp_size_in_bytes),  # activations and XLA's scratch
+        "flops_per_step": float(cost.get("flops", 0.0)) * devices,
+        "compile_seconds": round(seconds, 1),
+    }
+    # What MaxText reports as the total: live arguments, outputs and temporaries at once.
+    out["peak_bytes"] = (
+        out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"] + out["temp_bytes"]
+    )
+    return out
+
+
+def _compile(jitted: Any, args: tuple, mesh: Any, hlo_file: Path | None) -> tuple[Any, float]:
+    start = time.time()
+    with sharding_context(mesh):
+        compiled = jitted.lower(*args).compile()
+    seconds = time.time() - start
+    if hlo_file is not None:
+        hlo_file.write_text(compiled.as_text())
+    return compiled, seconds
+
+
+def compile_config(
+    cfg: Config,
+    topology: str | None = None,
+    num_slices: int = 1,
+    mfu: float = 0.4,
+    workdir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Compiles the train and evaluation steps of `cfg` for `topology` (default: the local
+    devices) and returns the report; nothing runs. With `workdir`, process 0 writes the report
+    as `compile/TAG.json` and each compiled program's HLO as `compile/TAG.{train,eval}.hlo.txt`.
+
+    The report (per device unless said otherwise): parameter, optimizer-state, argument,
+    output, temporary and peak bytes of each step against the chip's HBM (`fits`), the FLOPs of
+    a step over all devices, and at `mfu` of the chips' peak bf16 FLOP/s the step time, label
+    tokens and audio hours per second (chips with a known peak).
+    """
+    if not 0.0 < mfu <= 1.0:
+        raise JaxseqError(f"--mfu {mfu} must lie in (0, 1]")
+    devices = topology_devices(topology, num_slices) if topology else jax.devices()
+    tag = "local" if not topology else topology.replace(":", "-")
+    tag += f"-{num_slices}slices" if num_slices > 1 else ""
+    out_dir = None
+    if workdir is not None and jax.process_index() == 0:
+        out_dir = Path(workdir) / COMPILE_DIR
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    task = compile_task(cfg)
+    mesh = make_mesh(cfg.mesh, devices)
+    check_batch_sizes(cfg, data_parallel_size(mesh))
+    tx = make_optimizer(cfg.optim, cfg.train.num_steps)
+    init_batch = task.dummy_batch(data_parallel_size(mesh), cfg.data.buckets[0])
+    abstract, shardings = abstract_train_state(task, tx, init_batch, mesh)
+    frames = max(cfg.data.buckets)  # the longest padded batch: the most memory
+    n = len(devices)
+
+    train_batch = _abstract(task.dummy_batch(cfg.data.batch_size, frames), batch_sharding(mesh))
+    streak = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated(mesh))
+    step = jit_train_step(task, tx, mesh, shardings, cfg.train.microbatches)
+    hlo = None if out_dir is None else out_dir / f"{tag}.train.hlo.txt"
+    logging.info("compiling the train step for %d %s devices", n, devices[0].device_kind)
+    compiled, seconds = _compile(step, (abstract, train_batch, streak), mesh, hlo)
+    train = _analysis(compiled, n, seconds)
+    train["parameter_bytes"] = _device_bytes(abstract.params)
+    train["optimizer_bytes"] = _device_bytes(abstract.opt_state)
+
+    eval_rows = task.dummy_batch(cfg.data.eval_batch_size, frames)
+    eval_rows["valid"] = np.ones((cfg.data.eval_batch_size,), bool)
+    options = tuple(sorted(task.eval_options().items()))
+    hlo = None if out_dir is None else out_dir / f"{tag}.eval.hlo.txt"
+    logging.info("compiling the evaluation step (%s)", dict(options))
+    eval_args = (abstract.params, _abstract(eval_rows, batch_sharding(mesh)))
+    compiled, seconds = _compile(eval_step(task, mesh, options), eval_args, mesh, hlo)
+    evaluation = _analysis(compiled, n, seconds)
+    evaluation["parameter_bytes"] = train["parameter_bytes"]
+
+    hbm = hbm_bytes(devices[0])
+    for part in (train, evaluation):
+        part["fits"] = None if hbm is None else part["peak_bytes"] <= hbm
+    report = {
+        "topology": topology or "local",
+        "num_slices": num_slices,
+        "devices": n,
+        "device_kind": devices[0].device_kind,
+        "hbm_bytes": hbm,
+        "mesh": dict(mesh.shape),
+        "family": cfg.model.family,
+        "parameters": int(sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params))),
+        "global_batch": cfg.data.batch_size,
+        "eval_batch": cfg.data.eval_batch_size,
+        "frames": frames,
+        "label_length": cfg.data.max_label_length,
+        "microbatches": cfg.train.microbatches,
+        "remat": cfg.model.remat,
+        "compute_dtype": cfg.train.compute_dtype,
+        "eval_options": dict(options),
+        "train": train,
+        "eval": evaluation,
+    }
+    peak = peak_tflops(devices[0])
+    if peak is not None:
+        step_seconds = train["flops_per_step"] / (n * peak * 1e12 * mfu)
+        audio_seconds = cfg.data.batch_size * frames * cfg.prepare.frontend.hop_length
+        audio_seconds /= cfg.prepare.frontend.sample_rate
+        report["at_mfu"] = {
+            "mfu": mfu,
+            "peak_tflops_per_chip": peak,
+            "step_seconds": step_seconds,
+            "label_tokens_per_second": cfg.data.batch_size
+            * cfg.data.max_label_length
+            / step_seconds,
+            "audio_hours_per_second": audio_seconds / 3600 / step_seconds,
+        }
+    if out_dir is not None:
+        (out_dir / f"{tag}.json").write_text(json.dumps(report, indent=2))
+        (out_dir / f"{tag}.config.yaml").write_text(to_yaml(cfg))
+    return report
+
+
+def fit_error(report: dict[str, Any], cfg: Config) -> JaxseqError | None:
+    """None when both steps fit the chip's HBM (or the chip's HBM is unknown), else an error
+    that names the chip, the bytes short and the levers that lower the memory of a device."""
+    short = [k for k in ("train", "eval") if report[k]["fits"] is False]
+    if not short:
+        return None
+    part = report[short[0]]
+    need, have = part["peak_bytes"] / GIB, report["hbm_bytes"] / GIB
+    mesh = report["mesh"]
+    return JaxseqError(
+        f"the {short[0]} step does not fit {report['device_kind']} ({report['topology']}, "
+        f"{have:.1f} GiB of HBM per chip): it needs {need:.2f} GiB per device, "
+        f"{need - have:.2f} GiB more (parameters {part['parameter_bytes'] / GIB:.2f}, "
+        f"optimizer state {part.get('optimizer_bytes', 0) / GIB:.2f}, temporaries "
+        f"{part['temp_bytes'] / GIB:.2f} GiB). Levers: shard the parameters and optimizer state "
+        f"over more devices (mesh.preset=fsdp, or a larger mesh.fsdp; now data={mesh['data']} "
+        f"fsdp={mesh['fsdp']} tensor={mesh['tensor']}), recompute activations in the backward "
+        f"pass (model.remat=full; now {cfg.model.remat}), or a smaller batch per device "
+        f"(data.batch_size={cfg.data.batch_size}, data.eval_batch_size="
+        f"{cfg.data.eval_batch_size}, or train.microbatches={cfg.train.microbatches} raised)"
+    )
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as the lines `jaxseq compile` prints."""
+    hbm = report["hbm_bytes"]
+    mesh = " x ".join(f"{k}={v}" for k, v in report["mesh"].items())
+    lines = [
+        f"{report['topology']} ({report['num_slices']} slice(s)): {report['devices']} x "
+        f"{report['device_kind']}, "
+        + (f"{hbm / GIB:.1f} GiB HBM each" if hbm else "no known memory limit"),
+        f"mesh {mesh}; {report['family']}, {report['parameters'] / 1e6:.1f}M parameters, "
+        f"global batch {report['global_batch']} x {report['frames']} frames, microbatches "
+        f"{report['microbatches']}, remat {report['remat']}, {report['compute_dtype']}",
+        f"{'per device (GiB)':<22}{'train':>10}{'eval':>10}",
+    ]
+    rows = [
+        ("parameters", "parameter_bytes"),
+        ("optimizer state", "optimizer_bytes"),
+        ("arguments", "argument_bytes"),
+        ("outputs", "output_bytes"),
+        ("temporaries", "temp_bytes"),
+        ("peak", "peak_bytes"),
+    ]
+    for name, key in rows:
+        cells = [report[p].get(key) for p in ("train", "eval")]
+        lines.append(
+            f"{name:<22}"
+            + "".join(f"{c / GIB:>10.3f}" if c is not None else f"{'-':>10}" for c in cells)
+        )
+    for p in ("train", "eval"):
+        part = report[p]
+        fits = {True: "fits", False: "DOES NOT FIT", None: "fit unknown"}[part["fits"]]
+        lines.append(
+            f"{p}: {fits}; {part['flops_per_step'] / 1e12:.2f} TFLOP per step (all devices); "
+            f"compiled in {part['compile_seconds']:.1f} s"
+        )
+    at = report.get("at_mfu")
+    if at:
+        lines.append(
+            f"at {at['mfu']:.0%} MFU ({at['peak_tflops_per_chip']:.0f} bf16 TFLOP/s per chip): "
+            f"{at['step_seconds'] * 1e3:.1f} ms per step, {at['label_tokens_per_second']:,.0f} "
+            f"label tokens/s, {at['audio_hours_per_second']:.2f} audio hours/s"
+        )
+    return "\n".join(lines)
