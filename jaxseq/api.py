@@ -49,14 +49,16 @@ def compile(  # noqa: A001  (the `jaxseq compile` verb)
     num_slices: int = 1,
     mfu: float = 0.4,
     workdir: str | Path | None = None,
+    evaluation: bool = True,
 ) -> dict[str, Any]:
     """Compiles the config's train and evaluation steps for a TPU `topology` ("v5p:2x2x2",
     `num_slices` of them; needs `pip install jaxseq[tpu]`) or, by default, the local devices,
     without running them. Returns the report: per-device parameter, optimizer, temporary and
     peak bytes against the chip's HBM (`report["train"]["fits"]`), FLOPs per step and, at
-    `mfu`, the step time. With `workdir`, also writes it and the HLO to `workdir/compile/`."""
+    `mfu`, the step time. With `workdir`, also writes it and the HLO to `workdir/compile/`.
+    `evaluation=False` compiles the train step alone."""
     cfg = cfg if isinstance(cfg, Config) else _load_config(cfg)
-    return compile_config(cfg, topology, num_slices, mfu, workdir)
+    return compile_config(cfg, topology, num_slices, mfu, workdir, evaluation)
 
 
 def validation(cfg: Config):

@@ -126,7 +126,12 @@ def _cmd_compile(args: argparse.Namespace) -> None:
 
     cfg = api.load_config(args.config, args.overrides)
     report = api.compile(
-        cfg, args.topology, num_slices=args.num_slices, mfu=args.mfu, workdir=args.workdir
+        cfg,
+        args.topology,
+        num_slices=args.num_slices,
+        mfu=args.mfu,
+        workdir=args.workdir,
+        evaluation=not args.train_only,
     )
     print(format_report(report))
     if args.workdir:
@@ -254,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-slices", type=int, default=1, help="slices joined over DCN")
     p.add_argument("--mfu", type=float, default=0.4, help="assumed MFU for the step time")
     p.add_argument("--workdir", type=Path, help="write compile/TOPOLOGY.json and the HLO here")
+    p.add_argument("--train-only", action="store_true", help="skip the evaluation step")
     _add_config_args(p)
     p.set_defaults(fn=_cmd_compile)
 

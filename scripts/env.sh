@@ -16,7 +16,7 @@ ensure_env() {
   if [ ! -f "$stamp" ]; then
     echo "[jaxseq] installing jaxseq ($kind) into $venv"
     if [ "$kind" = dev ]; then
-      "$venv/bin/pip" install -q "${constraints[@]}" -e '.[dev]'
+      "$venv/bin/pip" install -q "${constraints[@]}" -e '.[dev,tpu]'
       # openai-whisper is a numeric reference only; its own requirements would pull CUDA torch.
       "$venv/bin/pip" install -q "${constraints[@]}" --no-deps openai-whisper
     else

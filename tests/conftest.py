@@ -10,6 +10,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# libtpu (the tpu extra, for `jaxseq compile --topology`) takes a lock file per machine; the
+# test processes only compile for TPU topologies, so several may load it at once.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 if os.environ.get("JAXSEQ_TEST_FAST", "1") == "1":
     # The tests' models are tiny, so compiling dominates: XLA's backend optimizations are off
     # (the same numerics, about half the compile time) in this process and every subprocess,

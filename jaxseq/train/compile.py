@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,11 @@ def topology_devices(topology: str, num_slices: int = 1) -> list[Any]:
             topology_name=topology, platform="tpu", num_slices=num_slices
         )
     except Exception as err:  # libtpu's errors are XlaRuntimeError/ValueError, varying by name
+        if "lockfile" in str(err):
+            raise JaxseqError(
+                f"--topology {topology}: another process holds libtpu ({err}); wait for it, or "
+                "set ALLOW_MULTIPLE_LIBTPU_LOAD=1 (harmless where no TPU is attached)"
+            ) from None
         raise JaxseqError(
             f"--topology {topology!r} is not a TPU topology libtpu knows ({err}); use "
             "GENERATION:CHIPS such as v5p:2x2x2, v5p:4x4x4, v5e:4x4, v6e:2x4 or v4:2x2x1"
@@ -85,7 +91,7 @@ def _device_bytes(tree: Any) -> int:
     return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in leaves)
 
 
-def _analysis(compiled: Any, devices: int, seconds: float) -> dict[str, float]:
+def _analysis(compiled: Any, devices: int) -> dict[str, Any]:
     """Per-device memory (bytes) of a compiled program and its FLOPs over all devices."""
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
@@ -96,7 +102,6 @@ def _analysis(compiled: Any, devices: int, seconds: float) -> dict[str, float]:
         "alias_bytes": int(mem.alias_size_in_bytes),  # outputs written over donated arguments
         "temp_bytes": int(mem.temp_size_in_bytes),  # activations and XLA's scratch
         "flops_per_step": float(cost.get("flops", 0.0)) * devices,
-        "compile_seconds": round(seconds, 1),
     }
     # What MaxText reports as the total: live arguments, outputs and temporaries at once.
     out["peak_bytes"] = (
@@ -105,14 +110,43 @@ def _analysis(compiled: Any, devices: int, seconds: float) -> dict[str, float]:
     return out
 
 
-def _compile(jitted: Any, args: tuple, mesh: Any, hlo_file: Path | None) -> tuple[Any, float]:
+_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _out_of_memory(message: str) -> dict[str, Any]:
+    """What XLA's refusal to compile says of the memory: "... the total memory required for HLO
+    temporaries (27.53G) exceeds available HBM (15.75G)" (TPU)."""
+    line = next((x for x in message.splitlines() if "RESOURCE_EXHAUSTED" in x), message)
+    out: dict[str, Any] = {"xla_error": line.strip(), "peak_bytes": None}
+    found = re.search(r"\(([\d.]+)([KMGT])\) exceeds available HBM \(([\d.]+)([KMGT])\)", line)
+    if found:
+        need, unit, have, have_unit = found.groups()
+        out["temp_bytes"] = int(float(need) * _UNITS[unit])
+        out["xla_available_bytes"] = int(float(have) * _UNITS[have_unit])
+    return out
+
+
+def _compiled_part(
+    jitted: Any, args: tuple, mesh: Any, hlo_file: Path | None, hbm: int | None
+) -> dict[str, Any]:
+    """Compiles `jitted` for `args` (ShapeDtypeStructs) and reports its memory and FLOPs, and
+    whether it fits `hbm` bytes; a compiler that runs out of device memory is a part that does
+    not fit (XLA for TPUs rematerializes activations by itself before it gives up)."""
     start = time.time()
-    with sharding_context(mesh):
-        compiled = jitted.lower(*args).compile()
-    seconds = time.time() - start
-    if hlo_file is not None:
-        hlo_file.write_text(compiled.as_text())
-    return compiled, seconds
+    try:
+        with sharding_context(mesh):
+            compiled = jitted.lower(*args).compile()
+    except jax.errors.JaxRuntimeError as err:
+        if "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        part = {**_out_of_memory(str(err)), "fits": False}
+    else:
+        part = _analysis(compiled, mesh.size)
+        part["fits"] = None if hbm is None else part["peak_bytes"] <= hbm
+        if hlo_file is not None:
+            hlo_file.write_text(compiled.as_text())
+    part["compile_seconds"] = round(time.time() - start, 1)
+    return part
 
 
 def compile_config(
@@ -121,10 +155,12 @@ def compile_config(
     num_slices: int = 1,
     mfu: float = 0.4,
     workdir: str | Path | None = None,
+    evaluation: bool = True,
 ) -> dict[str, Any]:
-    """Compiles the train and evaluation steps of `cfg` for `topology` (default: the local
-    devices) and returns the report; nothing runs. With `workdir`, process 0 writes the report
-    as `compile/TAG.json` and each compiled program's HLO as `compile/TAG.{train,eval}.hlo.txt`.
+    """Compiles the train and (with `evaluation`) the evaluation step of `cfg` for `topology`
+    (default: the local devices) and returns the report; nothing runs. With `workdir`, process
+    0 writes the report as `compile/TAG.json` and each compiled program's HLO as
+    `compile/TAG.{train,eval}.hlo.txt`.
 
     The report (per device unless said otherwise): parameter, optimizer-state, argument,
     output, temporary and peak bytes of each step against the chip's HBM (`fits`), the FLOPs of
@@ -150,29 +186,28 @@ def compile_config(
     frames = max(cfg.data.buckets)  # the longest padded batch: the most memory
     n = len(devices)
 
+    hbm = hbm_bytes(devices[0])
     train_batch = _abstract(task.dummy_batch(cfg.data.batch_size, frames), batch_sharding(mesh))
     streak = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated(mesh))
     step = jit_train_step(task, tx, mesh, shardings, cfg.train.microbatches)
     hlo = None if out_dir is None else out_dir / f"{tag}.train.hlo.txt"
     logging.info("compiling the train step for %d %s devices", n, devices[0].device_kind)
-    compiled, seconds = _compile(step, (abstract, train_batch, streak), mesh, hlo)
-    train = _analysis(compiled, n, seconds)
+    train = _compiled_part(step, (abstract, train_batch, streak), mesh, hlo, hbm)
     train["parameter_bytes"] = _device_bytes(abstract.params)
     train["optimizer_bytes"] = _device_bytes(abstract.opt_state)
 
-    eval_rows = task.dummy_batch(cfg.data.eval_batch_size, frames)
-    eval_rows["valid"] = np.ones((cfg.data.eval_batch_size,), bool)
-    options = tuple(sorted(task.eval_options().items()))
-    hlo = None if out_dir is None else out_dir / f"{tag}.eval.hlo.txt"
-    logging.info("compiling the evaluation step (%s)", dict(options))
-    eval_args = (abstract.params, _abstract(eval_rows, batch_sharding(mesh)))
-    compiled, seconds = _compile(eval_step(task, mesh, options), eval_args, mesh, hlo)
-    evaluation = _analysis(compiled, n, seconds)
-    evaluation["parameter_bytes"] = train["parameter_bytes"]
+    report_eval = None
+    if evaluation:
+        eval_rows = task.dummy_batch(cfg.data.eval_batch_size, frames)
+        eval_rows["valid"] = np.ones((cfg.data.eval_batch_size,), bool)
+        options = tuple(sorted(task.eval_options().items()))
+        hlo = None if out_dir is None else out_dir / f"{tag}.eval.hlo.txt"
+        logging.info("compiling the evaluation step (%s)", dict(options))
+        eval_args = (abstract.params, _abstract(eval_rows, batch_sharding(mesh)))
+        report_eval = _compiled_part(eval_step(task, mesh, options), eval_args, mesh, hlo, hbm)
+        report_eval["parameter_bytes"] = train["parameter_bytes"]
+        report_eval["options"] = dict(options)
 
-    hbm = hbm_bytes(devices[0])
-    for part in (train, evaluation):
-        part["fits"] = None if hbm is None else part["peak_bytes"] <= hbm
     report = {
         "topology": topology or "local",
         "num_slices": num_slices,
@@ -189,12 +224,11 @@ def compile_config(
         "microbatches": cfg.train.microbatches,
         "remat": cfg.model.remat,
         "compute_dtype": cfg.train.compute_dtype,
-        "eval_options": dict(options),
         "train": train,
-        "eval": evaluation,
+        "eval": report_eval,
     }
     peak = peak_tflops(devices[0])
-    if peak is not None:
+    if peak is not None and "flops_per_step" in train:
         step_seconds = train["flops_per_step"] / (n * peak * 1e12 * mfu)
         audio_seconds = cfg.data.batch_size * frames * cfg.prepare.frontend.hop_length
         audio_seconds /= cfg.prepare.frontend.sample_rate
@@ -216,24 +250,51 @@ def compile_config(
 def fit_error(report: dict[str, Any], cfg: Config) -> JaxseqError | None:
     """None when both steps fit the chip's HBM (or the chip's HBM is unknown), else an error
     that names the chip, the bytes short and the levers that lower the memory of a device."""
-    short = [k for k in ("train", "eval") if report[k]["fits"] is False]
+    short = [k for k in ("train", "eval") if report[k] and report[k]["fits"] is False]
     if not short:
         return None
     part = report[short[0]]
-    need, have = part["peak_bytes"] / GIB, report["hbm_bytes"] / GIB
+    have = report["hbm_bytes"] / GIB
+    if part["peak_bytes"] is not None:
+        need = part["peak_bytes"] / GIB
+        shortfall = f"it needs {need:.2f} GiB per device, {need - have:.2f} GiB more"
+    elif "xla_available_bytes" in part:  # XLA gave up: its own figures
+        need, usable = part["temp_bytes"] / GIB, part["xla_available_bytes"] / GIB
+        shortfall = (
+            f"XLA could not place it: it needs {need:.2f} GiB per device, {need - usable:.2f} "
+            f"GiB more than the {usable:.2f} GiB it may use"
+        )
+    else:
+        shortfall = f"XLA could not place it ({part['xla_error']})"
     mesh = report["mesh"]
     return JaxseqError(
         f"the {short[0]} step does not fit {report['device_kind']} ({report['topology']}, "
-        f"{have:.1f} GiB of HBM per chip): it needs {need:.2f} GiB per device, "
-        f"{need - have:.2f} GiB more (parameters {part['parameter_bytes'] / GIB:.2f}, "
-        f"optimizer state {part.get('optimizer_bytes', 0) / GIB:.2f}, temporaries "
-        f"{part['temp_bytes'] / GIB:.2f} GiB). Levers: shard the parameters and optimizer state "
-        f"over more devices (mesh.preset=fsdp, or a larger mesh.fsdp; now data={mesh['data']} "
-        f"fsdp={mesh['fsdp']} tensor={mesh['tensor']}), recompute activations in the backward "
-        f"pass (model.remat=full; now {cfg.model.remat}), or a smaller batch per device "
-        f"(data.batch_size={cfg.data.batch_size}, data.eval_batch_size="
-        f"{cfg.data.eval_batch_size}, or train.microbatches={cfg.train.microbatches} raised)"
+        f"{have:.1f} GiB of HBM per chip): {shortfall} (parameters "
+        f"{part['parameter_bytes'] / GIB:.2f} GiB, optimizer state "
+        f"{part.get('optimizer_bytes', 0) / GIB:.2f} GiB). Levers: shard the parameters and "
+        f"optimizer state over more devices (mesh.preset=fsdp, or a larger mesh.fsdp; now "
+        f"data={mesh['data']} fsdp={mesh['fsdp']} tensor={mesh['tensor']}), recompute "
+        f"activations in the backward pass (model.remat=full; now {cfg.model.remat}), or a "
+        f"smaller batch per device (data.batch_size={cfg.data.batch_size}, "
+        f"data.eval_batch_size={cfg.data.eval_batch_size}, or train.microbatches="
+        f"{cfg.train.microbatches} raised)"
     )
+
+
+def _size(num_bytes: float | None) -> str:
+    if num_bytes is None:
+        return "-"
+    for unit, scale in (("GiB", GIB), ("MiB", 2.0**20), ("KiB", 2.0**10)):
+        if num_bytes >= scale:
+            return f"{num_bytes / scale:.2f} {unit}"
+    return f"{num_bytes:.0f} B"
+
+
+def _flop(flops: float) -> str:
+    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+        if flops >= scale:
+            return f"{flops / scale:.2f} {unit}"
+    return f"{flops:.0f} FLOP"
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -243,11 +304,10 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"{report['topology']} ({report['num_slices']} slice(s)): {report['devices']} x "
         f"{report['device_kind']}, "
-        + (f"{hbm / GIB:.1f} GiB HBM each" if hbm else "no known memory limit"),
+        + (f"{_size(hbm)} HBM each" if hbm else "no known memory limit"),
         f"mesh {mesh}; {report['family']}, {report['parameters'] / 1e6:.1f}M parameters, "
         f"global batch {report['global_batch']} x {report['frames']} frames, microbatches "
         f"{report['microbatches']}, remat {report['remat']}, {report['compute_dtype']}",
-        f"{'per device (GiB)':<22}{'train':>10}{'eval':>10}",
     ]
     rows = [
         ("parameters", "parameter_bytes"),
@@ -257,24 +317,24 @@ def format_report(report: dict[str, Any]) -> str:
         ("temporaries", "temp_bytes"),
         ("peak", "peak_bytes"),
     ]
+    parts = [p for p in ("train", "eval") if report[p]]
+    lines.append(f"{'per device':<18}" + "".join(f"{p:>12}" for p in parts))
     for name, key in rows:
-        cells = [report[p].get(key) for p in ("train", "eval")]
-        lines.append(
-            f"{name:<22}"
-            + "".join(f"{c / GIB:>10.3f}" if c is not None else f"{'-':>10}" for c in cells)
-        )
-    for p in ("train", "eval"):
+        cells = [_size(report[p].get(key)) for p in parts]
+        lines.append(f"{name:<18}" + "".join(f"{c:>12}" for c in cells))
+    for p in parts:
         part = report[p]
         fits = {True: "fits", False: "DOES NOT FIT", None: "fit unknown"}[part["fits"]]
-        lines.append(
-            f"{p}: {fits}; {part['flops_per_step'] / 1e12:.2f} TFLOP per step (all devices); "
-            f"compiled in {part['compile_seconds']:.1f} s"
-        )
+        if "flops_per_step" in part:
+            flops = f"{_flop(part['flops_per_step'])} per step (all devices)"
+        else:
+            flops = part["xla_error"]
+        lines.append(f"{p}: {fits}; {flops}; compiled in {part['compile_seconds']:.1f} s")
     at = report.get("at_mfu")
     if at:
         lines.append(
             f"at {at['mfu']:.0%} MFU ({at['peak_tflops_per_chip']:.0f} bf16 TFLOP/s per chip): "
-            f"{at['step_seconds'] * 1e3:.1f} ms per step, {at['label_tokens_per_second']:,.0f} "
-            f"label tokens/s, {at['audio_hours_per_second']:.2f} audio hours/s"
+            f"{at['step_seconds'] * 1e3:.2f} ms per step, {at['label_tokens_per_second']:,.0f} "
+            f"label tokens/s, {at['audio_hours_per_second']:,.2f} audio hours/s"
         )
     return "\n".join(lines)
