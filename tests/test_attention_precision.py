@@ -15,7 +15,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from jaxseq.models.layers import MultiHeadAttention
+from jaxseq.models.attention import MultiHeadAttention
 
 BATCH, Q_LEN, KV_LEN, EMBED, HEADS = 2, 8, 512, 64, 4
 HEAD_DIM = EMBED // HEADS  # 16: dividing by sqrt(16) = 4 is exact in bfloat16

@@ -18,7 +18,8 @@ from jax.sharding import Mesh
 from jaxseq.config import ModelConfig
 from jaxseq.models.ctc import CTCModel
 from jaxseq.models.encoder import subsampled_lengths
-from jaxseq.models.layers import EncoderLayer, padding_mask, sinusoidal_positions
+from jaxseq.models.layers import padding_mask, sinusoidal_positions
+from jaxseq.models.transformer import EncoderLayer
 from jaxseq.parallel import sharding
 from jaxseq.parallel.sharding import LOGICAL_RULES, MESH_AXES, logical_shardings
 

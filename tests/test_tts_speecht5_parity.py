@@ -37,7 +37,9 @@ import pytest
 import torch
 import transformers
 
-from jaxseq.models.layers import DecoderLayer, MultiHeadAttention, sinusoidal_positions
+from jaxseq.models.attention import MultiHeadAttention
+from jaxseq.models.layers import sinusoidal_positions
+from jaxseq.models.transformer import DecoderLayer
 from jaxseq.models.tts import MelDecoder, Postnet, Prenet, ScaledPositions, TTSDims, TTSModel
 
 VOCAB, MELS, D, HEADS, MLP, R = 12, 8, 16, 2, 24, 2

@@ -27,7 +27,6 @@ from jax import lax
 
 from jaxseq.config import ClassifyConfig, ModelConfig
 from jaxseq.models.layers import (
-    EncoderLayer,
     LayerNorm,
     constrain,
     dense,
@@ -36,6 +35,7 @@ from jaxseq.models.layers import (
     remat_layer,
     scanned_layers,
 )
+from jaxseq.models.transformer import EncoderLayer
 from jaxseq.parallel.sharding import BATCH, CONV_WINDOW, EMBED, LABELS, LENGTH, MEL, POSITION
 
 Dtype = Any

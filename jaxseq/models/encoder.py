@@ -11,7 +11,6 @@ import jax.numpy as jnp
 
 from jaxseq.config import ModelConfig
 from jaxseq.models.layers import (
-    EncoderLayer,
     LayerNorm,
     constrain,
     padding_mask,
@@ -20,6 +19,7 @@ from jaxseq.models.layers import (
     scanned_layers,
     sinusoidal_positions,
 )
+from jaxseq.models.transformer import EncoderLayer
 from jaxseq.parallel.sharding import (
     BATCH,
     CONV_IN,

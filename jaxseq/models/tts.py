@@ -22,8 +22,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq.models.layers import (
-    DecoderLayer,
-    EncoderLayer,
     LayerNorm,
     constrain,
     decoding_start,
@@ -34,6 +32,7 @@ from jaxseq.models.layers import (
     remat_layer,
     sinusoidal_positions,
 )
+from jaxseq.models.transformer import DecoderLayer, EncoderLayer
 from jaxseq.parallel.sharding import (
     BATCH,
     CONV_IN,

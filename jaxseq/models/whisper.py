@@ -30,7 +30,6 @@ from flax import traverse_util
 
 from jaxseq.models.encoder import TransformerEncoder
 from jaxseq.models.layers import (
-    DecoderLayer,
     LayerNorm,
     constrain,
     decoding_start,

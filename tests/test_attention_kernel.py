@@ -1,0 +1,433 @@
+"""MultiHeadAttention's two routes against a float64 oracle and against the module as it was.
+
+The module attends through `jax.nn.dot_product_attention` (`attention.fused_attention`) where
+`attention.attention_kernel` names a fused kernel (cuDNN, on a GPU), else through its einsums. Every
+module test runs both routes on this CPU: "einsum" as is, and "dot_product_attention" with
+`attention_kernel` patched to name XLA's implementation, so the module code that feeds cuDNN
+(mask broadcast, is_causal, scale, beam groups) runs here, on the XLA kernel.
+
+`OldMultiHeadAttention` below is the module as it was before, copied verbatim (its projections
+are the package's SplitHeads / MergeHeads, which did not change): with the same parameters the
+new module must give the same outputs, caches and gradients, in float32 and bfloat16, for
+padding masks, causal self-attention, cross-attention, cached decoding steps and beam-search
+groups. The oracle is attention written out in float64 (NumPy; jax.numpy under
+`jax.enable_x64` for the gradients), with no bfloat16 rounding at all. Fully masked query rows
+(the padded rows of an encoder mask) average every value in all three, as they always did.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxseq.models import attention
+from jaxseq.models.attention import (
+    MergeHeads,
+    MultiHeadAttention,
+    SplitHeads,
+    attention_kernel,
+    fused_attention,
+)
+
+EMBED, HEADS = 64, 4
+HEAD_DIM = EMBED // HEADS  # 16: dividing by sqrt(16) = 4 is exact in bfloat16 (the old path did)
+DTYPES = [jnp.float32, jnp.bfloat16]
+
+
+class OldMultiHeadAttention(nn.Module):
+    """The explicit einsum attention as it was (reference only; same parameter names)."""
+
+    num_heads: int
+    dtype: jnp.dtype = jnp.float32
+    dropout_rate: float = 0.0
+    key_bias: bool = True
+    cache: str | None = None
+    sow_weights: bool = False
+
+    @nn.compact
+    def __call__(self, inputs_q, inputs_kv, mask, deterministic, decode=False):
+        features = inputs_q.shape[-1]
+        head_dim = features // self.num_heads
+        split = functools.partial(SplitHeads, self.num_heads, head_dim, dtype=self.dtype)
+        query = split(name="query")(inputs_q)
+        key_proj = split(use_bias=self.key_bias, name="key")
+        value_proj = split(name="value")
+        use_cache = decode and self.cache is not None
+        if use_cache and self.cache == "cross" and self.has_variable("cache", "cross_key"):
+            key = self.get_variable("cache", "cross_key")
+            value = self.get_variable("cache", "cross_value")
+        else:
+            key = key_proj(inputs_kv)
+            value = value_proj(inputs_kv)
+            if use_cache and self.cache == "cross":
+                self.put_variable("cache", "cross_key", key)
+                self.put_variable("cache", "cross_value", value)
+        if use_cache and self.cache == "self":
+            is_initialized = self.has_variable("cache", "cached_key")
+            cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+            cached_value = self.variable(
+                "cache", "cached_value", jnp.zeros, value.shape, value.dtype
+            )
+            cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+            if is_initialized:
+                i = cache_index.value
+                key = lax.dynamic_update_slice(cached_key.value, key, (0, i, 0, 0))
+                value = lax.dynamic_update_slice(cached_value.value, value, (0, i, 0, 0))
+                cached_key.value, cached_value.value = key, value
+                cache_index.value = i + 1
+                mask = (jnp.arange(key.shape[1]) <= i)[None, None, None, :]
+        batch, q_len = query.shape[:2]
+        items = key.shape[0]
+        query = query.reshape(items, batch // items * q_len, *query.shape[2:])
+        query = query / np.sqrt(head_dim).astype(self.dtype)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(logits, axis=-1)
+        if self.sow_weights:
+            self.sow("intermediates", "weights", weights)
+        weights = weights.astype(self.dtype)
+        if self.dropout_rate > 0.0:
+            weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
+        out = jnp.einsum(
+            "bhqk,bkhd->bqhd", weights, value, preferred_element_type=jnp.float32
+        ).astype(self.dtype)
+        out = out.reshape(batch, q_len, *out.shape[2:])
+        out = MergeHeads(features, dtype=self.dtype, name="out")(out)
+        return out
+
+
+@pytest.fixture(params=["einsum", "dot_product_attention"])
+def route(request, monkeypatch):
+    """The module's route: its einsums (what CPU and TPU get), or `fused_attention` with XLA's
+    kernel in place of cuDNN's; the latter must then have been taken."""
+    asked = []
+    if request.param == "dot_product_attention":
+        monkeypatch.setattr(
+            attention, "attention_kernel", lambda *args: asked.append(args) or "xla"
+        )
+    yield request.param
+    assert bool(asked) == (request.param == "dot_product_attention")
+
+
+def to_bf16(x) -> np.ndarray:
+    """float64 values rounded to the nearest bfloat16."""
+    return np.asarray(x, np.float64).astype(ml_dtypes.bfloat16).astype(np.float64)
+
+
+def oracle(p, xq, xkv, mask, causal=False, group=1, xp=np):
+    """Attention in float64 (`xp` = np, or jnp under `jax.enable_x64`): (output [batch, q_len,
+    embed], weights [batch, heads, q_len, kv_len]). Query row b attends the keys of item
+    b // `group`; masked logits are -1e30, so a fully masked row averages every value."""
+    q = xp.einsum("bqe,ehd->bqhd", xq, p["query"]["kernel"]) + p["query"]["bias"]
+    k = xp.einsum("bke,ehd->bkhd", xkv, p["key"]["kernel"]) + p["key"]["bias"]
+    v = xp.einsum("bke,ehd->bkhd", xkv, p["value"]["kernel"]) + p["value"]["bias"]
+    k, v = xp.repeat(k, group, axis=0), xp.repeat(v, group, axis=0)  # [batch, kv, heads, hd]
+    logits = xp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(HEAD_DIM)  # [batch, heads, q, kv]
+    allowed = np.ones(logits.shape[-2:], bool) if mask is None else np.asarray(mask)
+    if mask is not None and allowed.shape[0] > 1:
+        allowed = np.repeat(allowed, group, axis=0)
+    if causal:
+        allowed = allowed & np.tril(np.ones(logits.shape[-2:], bool))
+    logits = xp.where(allowed, logits, -1e30)
+    weights = xp.exp(logits - logits.max(-1, keepdims=True))
+    weights = weights / weights.sum(-1, keepdims=True)
+    out = xp.einsum("bhqk,bkhd->bqhd", weights, v)  # [batch, q_len, heads, head_dim]
+    return xp.einsum("bqhd,hde->bqe", out, p["out"]["kernel"]) + p["out"]["bias"], weights
+
+
+def random_case(rng, batch, q_len, kv_len, mask):
+    """bfloat16-exact inputs [batch, q_len | kv_len, EMBED] and parameters (float64 NumPy
+    leaves, biases not zero) in the modules' tree."""
+    xq = to_bf16(rng.normal(size=(batch, q_len, EMBED)))
+    xkv = to_bf16(rng.normal(size=(batch, kv_len, EMBED)))
+    shapes = nn.meta.unbox(
+        MultiHeadAttention(HEADS).init(jax.random.key(0), xq, xkv, mask, True)["params"]
+    )
+    params = jax.tree.map(lambda s: to_bf16(rng.normal(size=s.shape) / np.sqrt(EMBED)), shapes)
+    return params, xq, xkv
+
+
+def apply(module, params, *args, **kwargs):
+    """`module` applied with float32 `params` (float64 leaves in)."""
+    return module.apply({"params": jax.tree.map(jnp.float32, params)}, *args, **kwargs)
+
+
+def f64(x) -> np.ndarray:
+    return np.asarray(jnp.asarray(x, jnp.float32), np.float64)
+
+
+def check(got, want, dtype, scale):
+    """float32: within 2e-5 of `scale`; bfloat16: within 2 steps (2^-7 relative) of `scale`."""
+    atol = 2e-5 * scale if dtype == jnp.float32 else 2**-7 * scale
+    np.testing.assert_allclose(f64(got), f64(want), rtol=0, atol=atol)
+
+
+def check_oracle(got, exact, dtype):
+    """float32: within 2e-5 of the output scale; bfloat16 (activations rounded at every step):
+    an RMS error under 1.5% and no element off by more than 6% of the output scale."""
+    got, scale = f64(got), np.abs(exact).max()
+    if dtype == jnp.float32:
+        np.testing.assert_allclose(got, exact, rtol=0, atol=2e-5 * scale)
+    else:
+        assert np.sqrt(np.mean((got - exact) ** 2)) < 0.015 * exact.std()
+        np.testing.assert_allclose(got, exact, rtol=0, atol=0.06 * scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_padding_mask_self_attention(dtype, route):
+    """Encoder-style masks [batch, 1, q, kv] (padded queries and keys), with one item of a
+    single valid position and one fully valid."""
+    rng = np.random.default_rng(0)
+    valid = np.arange(12)[None] < np.array([12, 7, 1])[:, None]  # [batch, length]
+    mask = valid[:, None, None, :] & valid[:, None, :, None]  # [batch, 1, q, kv]
+    params, x, _ = random_case(rng, 3, 12, 12, mask)
+    new = apply(MultiHeadAttention(HEADS, dtype=dtype), params, x, x, mask, True)
+    old = apply(OldMultiHeadAttention(HEADS, dtype=dtype), params, x, x, mask, True)
+    exact, _ = oracle(params, x, x, mask)
+    assert new.dtype == dtype
+    check(new, old, dtype, np.abs(exact).max())
+    check_oracle(new, exact, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_causal_self_attention(dtype, route):
+    """`causal=True` (is_causal), alone and with a key padding mask, equals an explicit lower
+    triangular mask (old path) and the oracle."""
+    rng = np.random.default_rng(1)
+    valid = np.arange(10)[None] < np.array([10, 6])[:, None]
+    pad = valid[:, None, None, :]  # [batch, 1, 1, kv]
+    tril = np.tril(np.ones((10, 10), bool))[None, None]  # [1, 1, q, kv]
+    params, x, _ = random_case(rng, 2, 10, 10, pad)
+    causal = MultiHeadAttention(HEADS, dtype=dtype, causal=True)
+    for mask in (None, pad):
+        new = apply(causal, params, x, x, mask, True)
+        full = tril if mask is None else tril & mask
+        old = apply(OldMultiHeadAttention(HEADS, dtype=dtype), params, x, x, full, True)
+        by_mask = apply(MultiHeadAttention(HEADS, dtype=dtype), params, x, x, full, True)
+        exact, _ = oracle(params, x, x, mask, causal=True)
+        check(new, old, dtype, np.abs(exact).max())
+        check(by_mask, old, dtype, np.abs(exact).max())
+        check_oracle(new, exact, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_attention(dtype, route):
+    """5 queries over 9 keys with key padding [batch, 1, 1, kv]."""
+    rng = np.random.default_rng(2)
+    valid = np.arange(9)[None] < np.array([9, 4, 2])[:, None]
+    mask = valid[:, None, None, :]
+    params, xq, xkv = random_case(rng, 3, 5, 9, mask)
+    new = apply(MultiHeadAttention(HEADS, dtype=dtype), params, xq, xkv, mask, True)
+    old = apply(OldMultiHeadAttention(HEADS, dtype=dtype), params, xq, xkv, mask, True)
+    exact, _ = oracle(params, xq, xkv, mask)
+    check(new, old, dtype, np.abs(exact).max())
+    check_oracle(new, exact, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cached_self_attention_steps(dtype, route):
+    """A "self" cache made by a full-length call, then one position per call: each step's
+    output is that position's row of full causal attention, and the caches match the old
+    module's after every step."""
+    rng = np.random.default_rng(3)
+    length = 6
+    params, x, _ = random_case(rng, 2, length, length, None)
+    tril = np.tril(np.ones((length, length), bool))[None, None]
+    new = MultiHeadAttention(HEADS, dtype=dtype, cache="self", causal=True)
+    old = OldMultiHeadAttention(HEADS, dtype=dtype, cache="self")
+    variables = {"params": jax.tree.map(jnp.float32, params)}
+    _, new_state = new.apply(variables, x, x, None, True, True, mutable=["cache"])
+    _, old_state = old.apply(variables, x, x, tril, True, True, mutable=["cache"])
+    exact, _ = oracle(params, x, x, None, causal=True)  # [batch, length, embed]
+    for t in range(length):
+        step = x[:, t : t + 1]  # [batch, 1, embed]
+        got, new_state = new.apply(
+            {**variables, **new_state}, step, step, None, True, True, mutable=["cache"]
+        )
+        want, old_state = old.apply(
+            {**variables, **old_state}, step, step, None, True, True, mutable=["cache"]
+        )
+        check(got, want, dtype, np.abs(exact).max())
+        check_oracle(got, exact[:, t : t + 1], dtype)
+        jax.tree.map(np.testing.assert_array_equal, new_state, old_state)
+    assert int(new_state["cache"]["cache_index"]) == length
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cached_cross_attention_beam_groups(dtype, route):
+    """A "cross" cache of 2 items serves 6 queries (3 beams an item) as one group per item."""
+    rng = np.random.default_rng(4)
+    items, beams = 2, 3
+    valid = np.arange(8)[None] < np.array([8, 5])[:, None]
+    mask = valid[:, None, None, :]  # [items, 1, 1, kv]
+    params, _, xkv = random_case(rng, items, 1, 8, mask)
+    xq = to_bf16(rng.normal(size=(items * beams, 1, EMBED)))  # [items * beams, 1, embed]
+    variables = {"params": jax.tree.map(jnp.float32, params)}
+    outs = []
+    for cls in (MultiHeadAttention, OldMultiHeadAttention):
+        module = cls(HEADS, dtype=dtype, cache="cross")
+        _, state = module.apply(variables, xq[::beams], xkv, mask, True, True, mutable=["cache"])
+        out, later = module.apply(
+            {**variables, **state}, xq, None, mask, True, True, mutable=["cache"]
+        )
+        jax.tree.map(np.testing.assert_array_equal, later, state)  # read, never rewritten
+        outs.append((out, state))
+    (new, new_state), (old, old_state) = outs
+    jax.tree.map(np.testing.assert_array_equal, new_state, old_state)
+    exact, _ = oracle(params, xq, xkv, mask, group=beams)
+    assert new.shape == (items * beams, 1, EMBED)
+    check(new, old, dtype, np.abs(exact).max())
+    check_oracle(new, exact, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["padding", "causal", "cross"])
+def test_gradients(dtype, kind, route):
+    """Gradients of <output, cotangent> for the parameters and both inputs: the new module vs
+    the old one and vs the float64 oracle's (jax.grad under jax.enable_x64)."""
+    rng = np.random.default_rng(5)
+    q_len, kv_len = (5, 9) if kind == "cross" else (8, 8)
+    valid = np.arange(kv_len)[None] < np.array([kv_len, kv_len - 3])[:, None]
+    mask = valid[:, None, None, :]  # [batch, 1, 1, kv]
+    params, xq, xkv = random_case(rng, 2, q_len, kv_len, mask)
+    if kind != "cross":
+        xkv = xq
+    cotangent = rng.normal(size=(2, q_len, EMBED))
+    causal = kind == "causal"
+    tril = np.tril(np.ones((q_len, kv_len), bool))[None, None]
+
+    def loss(module, m, p, a, b):
+        out = module.apply({"params": p}, a, b, m, True)
+        return jnp.sum(out.astype(jnp.float32) * cotangent)
+
+    args = (jax.tree.map(jnp.float32, params), jnp.float32(xq), jnp.float32(xkv))
+    argnums = (0, 1) if kind != "cross" else (0, 1, 2)
+    new_fn = functools.partial(loss, MultiHeadAttention(HEADS, dtype=dtype, causal=causal), mask)
+    old_mask = mask & tril if causal else mask
+    old_fn = functools.partial(loss, OldMultiHeadAttention(HEADS, dtype=dtype), old_mask)
+    if kind != "cross":  # self-attention: one input feeds both
+        new_fn = functools.partial(lambda f, p, a, b: f(p, a, a), new_fn)
+        old_fn = functools.partial(lambda f, p, a, b: f(p, a, a), old_fn)
+    new = jax.grad(new_fn, argnums)(*args)
+    old = jax.grad(old_fn, argnums)(*args)
+    with jax.enable_x64(True):
+
+        def exact_fn(p, a, b):
+            out, _ = oracle(p, a, a if kind != "cross" else b, mask, causal=causal, xp=jnp)
+            return jnp.sum(out * cotangent)
+
+        exact = jax.grad(exact_fn, argnums)(*jax.tree.map(jnp.float64, (params, xq, xkv)))
+        exact = jax.tree.map(np.asarray, exact)
+    largest = max(np.abs(want).max() for want in jax.tree.leaves(exact))
+    flat_exact = jax.tree_util.tree_leaves_with_path(exact)
+    for got, ref, (path, want) in zip(
+        jax.tree.leaves(new), jax.tree.leaves(old), flat_exact, strict=True
+    ):
+        # The key bias's exact gradient is 0 (it shifts all of a query's logits alike), so its
+        # rounding noise is measured against the largest gradient.
+        key_bias = "'key'" in jax.tree_util.keystr(path) and "'bias'" in jax.tree_util.keystr(path)
+        scale = largest if key_bias else np.abs(want).max()
+        tol = 1e-4 if dtype == jnp.float32 else 2**-6  # bfloat16: both paths round alike
+        np.testing.assert_allclose(f64(got), f64(ref), rtol=0, atol=tol * scale)
+        tol = 1e-4 if dtype == jnp.float32 else 0.05  # bfloat16 activations vs exact
+        np.testing.assert_allclose(f64(got), want, rtol=0, atol=tol * scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weights_paths_sow_and_dropout(dtype, route):
+    """The explicit path (sow_weights, or dropout while training) agrees with the fused one and
+    the oracle; its sown weights are the oracle's; its dropout is the old module's, mask for
+    mask (same "dropout" rng), and off when deterministic."""
+    rng = np.random.default_rng(6)
+    valid = np.arange(7)[None] < np.array([7, 3])[:, None]
+    mask = valid[:, None, None, :]
+    params, xq, xkv = random_case(rng, 2, 4, 7, mask)
+    exact, exact_w = oracle(params, xq, xkv, mask)
+    scale = np.abs(exact).max()
+    fused = apply(MultiHeadAttention(HEADS, dtype=dtype), params, xq, xkv, mask, True)
+    sowing = MultiHeadAttention(HEADS, dtype=dtype, sow_weights=True)
+    out, state = apply(sowing, params, xq, xkv, mask, True, mutable=["intermediates"])
+    (weights,) = state["intermediates"]["weights"]  # float32 [batch, heads, q, kv]
+    check(out, fused, dtype, scale)
+    check_oracle(out, exact, dtype)
+    assert weights.dtype == jnp.float32
+    atol = 1e-6 if dtype == jnp.float32 else 2**-7  # bfloat16 projections move the weights
+    np.testing.assert_allclose(f64(weights), exact_w, rtol=0, atol=atol)
+
+    rngs = {"dropout": jax.random.key(7)}
+    dropped = MultiHeadAttention(HEADS, dtype=dtype, dropout_rate=0.3)
+    old_dropped = OldMultiHeadAttention(HEADS, dtype=dtype, dropout_rate=0.3)
+    new = apply(dropped, params, xq, xkv, mask, False, rngs=rngs)
+    old = apply(old_dropped, params, xq, xkv, mask, False, rngs=rngs)
+    check(new, old, dtype, scale)
+    assert np.abs(f64(new) - f64(fused)).max() > 0.05 * scale  # dropout did act
+    kept = apply(dropped, params, xq, xkv, mask, True, rngs=rngs)
+    check(kept, fused, dtype, scale)
+
+
+@pytest.mark.parametrize("kernel", ["xla", "cudnn"])
+def test_fused_attention_function(kernel):
+    """`fused_attention` on raw [batch, length, heads, head_dim] arrays, a mask broadcast over
+    heads and queries with is_causal on top, and the scale, against float64 NumPy; asked for
+    cuDNN where there is none (this CPU), it declines (None) and the module takes its einsums."""
+    rng = np.random.default_rng(8)
+    q, k, v = (rng.normal(size=(2, 6, 3, 8)) for _ in range(3))
+    mask = np.arange(6)[None, None, None, :] < np.array([6, 2])[:, None, None, None]
+    got = fused_attention(*(jnp.float32(t) for t in (q, k, v)), mask, True, 0.3, kernel)
+    if kernel == "cudnn":
+        assert jax.default_backend() == "cpu" and got is None
+        return
+    logits = 0.3 * np.einsum("bqhd,bkhd->bhqk", q, k)
+    allowed = mask & np.tril(np.ones((6, 6), bool))
+    weights = np.exp(np.where(allowed, logits, -np.inf) - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    want = np.einsum("bhqk,bkhd->bqhd", weights, v)  # [batch, q, heads, head_dim]
+    np.testing.assert_allclose(f64(got), want, rtol=0, atol=1e-5)
+
+
+def test_fused_attention_bfloat16_logits_in_float32():
+    """bfloat16 q, k, v whose logits reach ~90 (bfloat16 spacing 0.5): XLA's dot_product_attention
+    takes them in float32, like the einsum path (test_attention_precision.py). The output must
+    be within 2 bfloat16 steps of float64 attention on the same bfloat16 values with the weights
+    rounded to bfloat16; the same computed from bfloat16-rounded logits misses that by far."""
+    rng = np.random.default_rng(9)
+    q, k, v = (to_bf16(s * rng.normal(size=(2, 4, 2, 16))) for s in (8.0, 6.0, 1.0))
+    k = np.concatenate([k] * 64, axis=1)  # [2, 256, 2, 16]: many keys near the top logit
+    k = to_bf16(k + 0.1 * rng.normal(size=k.shape))
+    v = to_bf16(rng.normal(size=k.shape))
+    got = f64(fused_attention(*(jnp.bfloat16(t) for t in (q, k, v)), None, False, 0.25, "xla"))
+
+    def attention(logits):
+        weights = np.exp(logits - logits.max(-1, keepdims=True))
+        weights = to_bf16(weights / weights.sum(-1, keepdims=True))
+        return to_bf16(np.einsum("bhqk,bkhd->bqhd", weights, v))
+
+    logits = 0.25 * np.einsum("bqhd,bkhd->bhqk", q, k)  # float64 [batch, heads, q, kv]
+    assert np.abs(logits).max() > 64
+    want, coarse = attention(logits), attention(to_bf16(logits))
+    atol = 2 * 2**-8 * np.abs(want).max()
+    np.testing.assert_allclose(got, want, rtol=0, atol=atol)
+    assert np.abs(coarse - want).max() > 4 * atol
+
+
+def test_attention_kernel_picks_cudnn_only_where_it_applies():
+    """cuDNN on a GPU for bfloat16 / float16 with head sizes it supports and, under a mask,
+    even lengths; the einsum path (None) on other backends, for float32, and outside those."""
+    pick = functools.partial(attention_kernel, backend="gpu")
+    assert pick(jnp.bfloat16, 64, 1500, 1500, True) == "cudnn"
+    assert pick(jnp.float16, 128, 447, 447, False) == "cudnn"
+    assert pick(jnp.float32, 64, 1500, 1500, True) is None
+    assert pick(jnp.bfloat16, 12, 16, 16, True) is None  # not a multiple of 8
+    assert pick(jnp.bfloat16, 256, 16, 16, True) is None
+    assert pick(jnp.bfloat16, 64, 5, 1500, True) is None  # odd length under a mask
+    assert attention_kernel(jnp.bfloat16, 64, 16, 16, True, backend="tpu") is None
+    assert attention_kernel(jnp.bfloat16, 64, 16, 16, True, backend="cpu") is None
+    assert attention_kernel(jnp.bfloat16, 64, 16, 16, True) is None  # this CPU
