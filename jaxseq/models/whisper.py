@@ -40,6 +40,7 @@ from jaxseq.models.layers import (
     remat_layer,
     scanned_layers,
 )
+from jaxseq.models.transformer import DecoderLayer
 from jaxseq.parallel.sharding import BATCH, EMBED, LENGTH, POSITION, VOCAB
 
 Dtype = Any
