@@ -191,10 +191,18 @@ def compile_config(
     streak = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated(mesh))
     step = jit_train_step(task, tx, mesh, shardings, cfg.train.microbatches)
     hlo = None if out_dir is None else out_dir / f"{tag}.train.hlo.txt"
-    logging.info("compiling the train step for %d %s devices", n, devices[0].device_kind)
-    train = _compiled_part(step, (abstract, train_batch, streak), mesh, hlo, hbm)
-    train["parameter_bytes"] = _device_bytes(abstract.params)
-    train["optimizer_bytes"] = _device_bytes(abstract.opt_state)
+    state_bytes = {
+        "parameter_bytes": _device_bytes(abstract.params),
+        "optimizer_bytes": _device_bytes(abstract.opt_state),
+    }
+    if hbm is not None and sum(state_bytes.values()) > hbm:
+        # The train state alone outgrows the chip: no need to compile (minutes) to know it.
+        train = {"fits": False, "peak_bytes": None, "compile_seconds": 0.0}
+        train["state_exceeds_hbm"] = True
+    else:
+        logging.info("compiling the train step for %d %s devices", n, devices[0].device_kind)
+        train = _compiled_part(step, (abstract, train_batch, streak), mesh, hlo, hbm)
+    train.update(state_bytes)
 
     report_eval = None
     if evaluation:
@@ -255,7 +263,13 @@ def fit_error(report: dict[str, Any], cfg: Config) -> JaxseqError | None:
         return None
     part = report[short[0]]
     have = report["hbm_bytes"] / GIB
-    if part["peak_bytes"] is not None:
+    state = part["parameter_bytes"] + part.get("optimizer_bytes", 0)
+    if part.get("state_exceeds_hbm"):
+        shortfall = (
+            f"its state alone needs {state / GIB:.2f} GiB per device, {state / GIB - have:.2f} "
+            "GiB more (not compiled)"
+        )
+    elif part["peak_bytes"] is not None:
         need = part["peak_bytes"] / GIB
         shortfall = f"it needs {need:.2f} GiB per device, {need - have:.2f} GiB more"
     elif "xla_available_bytes" in part:  # XLA gave up: its own figures
@@ -327,6 +341,8 @@ def format_report(report: dict[str, Any]) -> str:
         fits = {True: "fits", False: "DOES NOT FIT", None: "fit unknown"}[part["fits"]]
         if "flops_per_step" in part:
             flops = f"{_flop(part['flops_per_step'])} per step (all devices)"
+        elif part.get("state_exceeds_hbm"):
+            flops = "parameters and optimizer state alone exceed the HBM (not compiled)"
         else:
             flops = part["xla_error"]
         lines.append(f"{p}: {fits}; {flops}; compiled in {part['compile_seconds']:.1f} s")
