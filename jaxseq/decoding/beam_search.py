@@ -1,4 +1,4 @@
-"""Model-agnostic greedy and beam search, each one ``jax.lax.scan`` over a fixed number of steps.
+"""Model-agnostic greedy and beam search, each one ``jax.lax.while_loop`` that stops early.
 
 The model is a ``step_fn`` that reads one token per hypothesis and returns next-token log-probs:
 
@@ -29,10 +29,15 @@ Beam search follows transformers' ``generate(num_beams=K)`` (the vectorized ``_b
     penalized at the current length, cannot beat the worst finished one (a heuristic: with a
     length penalty that rewards length it may miss better hypotheses); ``"never"`` never stops,
     which is exact (transformers' ``"never"`` stops only when no improvement is possible).
-  * The result is that finished set, best first. Every step runs (no early exit); a stopped item
-    just stops changing.
+  * The result is that finished set, best first. A stopped item just stops changing.
 Beam size 1 with ``early_stopping`` ``True`` or ``False`` returns the greedy path. Scores are
 float32 sums; the token buffers ([batch, 2 * beams, max_new_tokens]) are gathered every step.
+
+Early exit: both searches run at most ``max_new_tokens`` steps and stop as soon as nothing can
+change any more: greedy search once every item has emitted EOS, beam search once every item has
+stopped adding finished hypotheses (by ``early_stopping`` ``True`` or ``False`` above; with
+``"never"`` every step runs). The outputs are exactly those of running every step: the token
+buffers start as ``pad_id``, which is what a stopped item would have written after its end.
 """
 
 from __future__ import annotations
@@ -144,7 +149,8 @@ def greedy_search(
       step_fn: the model step (module docstring), called with leading axis ``batch``.
       init_cache: pytree, leading axis ``batch`` on every leaf.
       prompt: int32 [batch, prompt_len >= 1].
-      max_new_tokens: number of scan steps (static).
+      max_new_tokens: the most steps (static); the search stops earlier once every item has
+        emitted EOS.
       eos_id: end-of-sequence id. pad_id: filler after EOS (default ``eos_id``).
       suppress_ids: ids whose log-prob is -inf at every step.
       begin_suppress_ids: ids whose log-prob is -inf at the first step (transformers'
@@ -157,24 +163,36 @@ def greedy_search(
     batch, prompt_len = prompt.shape
     cache = _prefill(step_fn, init_cache, prompt)
 
-    def body(carry, position):
-        tokens, cache, done, score = carry  # [batch], pytree, bool [batch], float32 [batch]
-        first = position == prompt_len - 1
+    def body(carry):
+        # t int32 []; tokens [batch]; done bool [batch]; score float32 [batch];
+        # lengths int32 [batch]; seqs int32 [batch, max_new_tokens]
+        t, tokens, cache, done, score, lengths, seqs = carry
         log_probs, cache = _log_probs(
-            step_fn, tokens, cache, position, first, suppress_ids, begin_suppress_ids
+            step_fn, tokens, cache, prompt_len - 1 + t, t == 0, suppress_ids, begin_suppress_ids
         )
         best = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)  # [batch]
         best_lp = jnp.take_along_axis(log_probs, best[:, None], axis=-1)[:, 0]
-        out = jnp.where(done, pad_id, best)
+        seqs = seqs.at[:, t].set(jnp.where(done, pad_id, best))
         score = score + jnp.where(done, 0.0, best_lp)
-        new_done = done | (best == eos_id)
+        lengths = lengths + (~done).astype(jnp.int32)
         fed = jnp.where(done, eos_id, best)  # finished rows are fed EOS (a valid id)
-        return (fed, cache, new_done, score), (out, ~done)
+        return t + 1, fed, cache, done | (best == eos_id), score, lengths, seqs
 
-    positions = prompt_len - 1 + jnp.arange(max_new_tokens, dtype=jnp.int32)
-    carry = (prompt[:, -1], cache, jnp.zeros(batch, bool), jnp.zeros(batch, jnp.float32))
-    (_, _, _, score), (tokens, alive) = jax.lax.scan(body, carry, positions)  # [steps, batch]
-    return GreedySearchOutput(tokens.T, score, alive.sum(0).astype(jnp.int32))
+    def cond(carry):  # stop at the length limit or once every item has emitted EOS
+        t, done = carry[0], carry[3]
+        return (t < max_new_tokens) & ~jnp.all(done)
+
+    carry = (
+        jnp.asarray(0, jnp.int32),
+        prompt[:, -1],
+        cache,
+        jnp.zeros(batch, bool),
+        jnp.zeros(batch, jnp.float32),
+        jnp.zeros(batch, jnp.int32),
+        jnp.full((batch, max_new_tokens), pad_id, jnp.int32),
+    )
+    *_, score, lengths, seqs = jax.lax.while_loop(cond, body, carry)
+    return GreedySearchOutput(seqs, score, lengths)
 
 
 def beam_search(
@@ -227,12 +245,11 @@ def beam_search(
         index = index.reshape(index.shape + (1,) * (x.ndim - 2))
         return jnp.take_along_axis(x, index, axis=1)
 
-    def body(carry, t):
-        tokens, cache, live_seqs, live_scores, fin_seqs, fin_scores, fin_lens, fin_mask, open_ = (
-            carry
-        )
-        # tokens [batch*k]; live_seqs, fin_seqs int32 [batch, k, steps]; live_scores (raw sums),
-        # fin_scores (penalized) float32 [batch, k]; fin_lens int32 [batch, k];
+    def body(carry):
+        t, tokens, cache, open_ = carry[0], carry[1], carry[2], carry[-1]
+        live_seqs, live_scores, fin_seqs, fin_scores, fin_lens, fin_mask = carry[3:-1]
+        # t int32 []; tokens [batch*k]; live_seqs, fin_seqs int32 [batch, k, steps]; live_scores
+        # (raw sums), fin_scores (penalized) float32 [batch, k]; fin_lens int32 [batch, k];
         # fin_mask bool [batch, k] (slot holds a hypothesis); open_ bool [batch] (may add more)
         log_probs, cache = _log_probs(
             step_fn, tokens, cache, prompt_len - 1 + t, t == 0, suppress_ids, begin_suppress_ids
@@ -248,8 +265,7 @@ def beam_search(
         # Finished: the first k candidates that stop, penalized once, merged into the top-k set.
         length = jnp.full_like(token, t + 1)  # generated tokens including this one
         pen_length = length - (is_eos & (not penalty.count_eos))
-        full = jnp.all(fin_mask, axis=-1) & (early_stopping is True)  # [batch]
-        add = stops & first_k & (open_ & ~full)[:, None]
+        add = stops & first_k & open_[:, None]
         new_scores = jnp.where(add, top_scores / penalty(pen_length), -jnp.inf)
         merged = jnp.concatenate([fin_scores, new_scores], axis=1)  # [batch, 3k]
         fin_scores, keep = jax.lax.top_k(merged, k)  # ties keep older hypotheses
@@ -265,16 +281,23 @@ def beam_search(
         tokens = gather(token, pick).reshape(-1)
 
         if early_stopping != "never":  # transformers' heuristic, evaluated at the current length
-            best_possible = live_scores[:, 0] / penalty(jnp.asarray(t + 1))  # [batch]
+            best_possible = live_scores[:, 0] / penalty(t + 1)  # [batch]
             worst = jnp.where(fin_mask, jnp.min(fin_scores, axis=-1, keepdims=True), -jnp.inf)
             open_ = open_ & jnp.any(best_possible[:, None] > worst, axis=-1)
+        if early_stopping is True:  # an item with k finished hypotheses adds no more
+            open_ = open_ & ~jnp.all(fin_mask, axis=-1)
         carry = (tokens, cache, live_seqs, live_scores, fin_seqs, fin_scores, fin_lens, fin_mask)
-        return carry + (open_,), None
+        return (t + 1, *carry, open_)
+
+    def cond(carry):  # a closed item's finished set never changes again
+        t, open_ = carry[0], carry[-1]
+        return (t < steps) & jnp.any(open_)
 
     # Only beam 0 is live at the start, so the k beams do not all pick the same tokens.
     live_scores = jnp.full((batch, k), -jnp.inf, jnp.float32).at[:, 0].set(0.0)
     seqs = jnp.full((batch, k, steps), pad_id, jnp.int32)
     carry = (
+        jnp.asarray(0, jnp.int32),
         jnp.repeat(prompt[:, -1], k),  # [batch*k]
         cache,
         seqs,
@@ -285,8 +308,7 @@ def beam_search(
         jnp.zeros((batch, k), bool),
         jnp.ones(batch, bool),
     )
-    carry, _ = jax.lax.scan(body, carry, jnp.arange(steps, dtype=jnp.int32))
-    _, _, _, _, fin_seqs, fin_scores, fin_lens, _, _ = carry
+    fin_seqs, fin_scores, fin_lens = jax.lax.while_loop(cond, body, carry)[5:8]
     return BeamSearchOutput(fin_seqs, fin_scores, fin_lens)
 
 

@@ -22,7 +22,8 @@ from jaxseq.train.trained import Trained
 
 @functools.cache
 def _predict_step(task: Task, mesh: Mesh, options: tuple[tuple[str, Any], ...]):
-    """`task.predict_fn` alone, jitted once per (task, mesh, options)."""
+    """`task.predict_fn` alone, jitted once per (task, mesh, options): later calls reuse its
+    compilations, one per batch shape."""
     return jax.jit(
         functools.partial(task.predict_fn, **dict(options)), out_shardings=replicated(mesh)
     )
@@ -36,7 +37,9 @@ def predict_waveforms(
     Each process passes its own waveforms (any number, also none); all processes run the
     same number of batches of the same shape (sizes agreed by collectives), so that a
     recognizer can run inside a multi-process evaluation. A collective with several processes.
-    Each batch is padded to a bucket of `data.buckets`; `options` as `Task.eval_options`.
+    Each batch is padded to a bucket of `data.buckets` and to a power-of-two number of rows
+    (or `batch_size`), so that calls with similar audio reuse one compiled step; `options` as
+    `Task.eval_options`.
     """
     task, mesh, count = trained.task, trained.mesh, jax.process_count()
     options = task.eval_options(**options)
@@ -45,7 +48,9 @@ def predict_waveforms(
     most = len(waves)
     if count > 1:
         most = int(multihost_utils.process_allgather(np.array([most])).max())
-    rows = -(-min(batch_size, max(most, 1)) // share) * share  # per process, every batch
+    rows = min(batch_size, max(most, 1))
+    rows = min(1 << (rows - 1).bit_length(), batch_size)  # few distinct shapes: few compiles
+    rows = -(-rows // share) * share  # per process, every batch
     p, out = jax.process_index(), []
     for start in range(0, most, rows):
         chunk = [log_mel_numpy(w, trained.frontend) for w in waves[start : start + rows]]

@@ -22,7 +22,8 @@ def transcribe_waveforms(
     batch_size: int = 32,
 ) -> list[str]:
     """Transcripts of float waveforms [samples] at the model's sample rate, `batch_size` at a
-    time (decoder and beam size default to the workdir's `eval` section)."""
+    time (decoder and beam size default to the workdir's `eval` section). Calls with the same
+    `trained` and options compile once per batch shape (feature bucket, power-of-two rows)."""
     if not isinstance(trained.task, ASRTask):
         raise JaxseqError(
             f"the workdir holds a {trained.cfg.model.family} model; transcribe needs a speech "

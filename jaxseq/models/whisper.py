@@ -299,8 +299,18 @@ def search_setup(
     per utterance inside `step_fn`: the beams of an item share them, so they are never copied
     per beam or gathered per step (the cross-attention groups an item's beams as queries).
     `step_fn(tokens [n], cache, position []) -> (log_probs float32 [n, vocab], cache)` rebuilds
-    the scalar counters from `position`.
+    the scalar counters from `position`, which also picks the row of the position table.
+
+    `max_length` is the self-attention caches' length, the most positions a search feeds:
+    `prompt_len + max_new_tokens` (the last new token is never fed, so one fewer suffices),
+    at most `dims.max_target_positions`. Every cached step attends over all `max_length`
+    slots, so a cache sized to the search, not to the model's context, is faster.
     """
+    if not 1 <= max_length <= model.dims.max_target_positions:
+        raise ValueError(
+            f"max_length={max_length}: the decoder has {model.dims.max_target_positions} "
+            "positions (dims.max_target_positions)"
+        )
     cache = init_cache(model, params, encoded, encoder_mask, max_length)
     cross = _select(cache, _CROSS)  # leaves [batch, enc_frames, heads, head_dim]
     # Scanned layers stack the caches [layers, batch, ...]; the search wants batch first.

@@ -283,9 +283,8 @@ class Seq2SeqTask(ASRTask):
         max_new = min(
             self.dims.max_target_positions - len(self.prompt), self.cfg.data.max_label_length + 1
         )
-        cache, step_fn = search_setup(
-            self.model, params, encoded, mask, self.dims.max_target_positions
-        )
+        # The self-attention caches hold the prompt and the generated tokens, no more.
+        cache, step_fn = search_setup(self.model, params, encoded, mask, len(self.prompt) + max_new)
         prompt = jnp.broadcast_to(
             jnp.asarray(self.prompt, jnp.int32), (encoded.shape[0], len(self.prompt))
         )
