@@ -1,4 +1,4 @@
-"""Benchmark: jaxseq beam search against transformers' PyTorch `generate`, on CPU.
+"""Benchmark: jaxseq beam search against transformers' PyTorch `generate` (CPU or GPU).
 
 A random whisper-tiny-sized model (d_model 384, 4 + 4 layers, 6 heads, ffn 1536, vocab 51865,
 80 mels, 3000 input frames) is built in transformers, saved, and converted with
@@ -9,7 +9,7 @@ also compiles the jaxseq search). Torch uses as many threads as the machine has 
 Whisper-specific parts of transformers' generate are switched off
 (`jaxseq.convert.hf_generate`), so both run plain beam search.
 
-    .venv/bin/python scripts/bench_beam_search.py [--runs 3]
+    .venv/bin/python scripts/bench_beam_search.py [--runs 3] [--device gpu]
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -123,13 +122,22 @@ def median_ms(fn, runs: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="timed runs per side (median)")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
+    with jax.default_device(jax.devices(args.device)[0]):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Both searches on `args.device` (jax: the default device set by the caller)."""
+    torch_device = "cuda" if args.device == "gpu" else "cpu"
 
     hf_model = build_model()
     with tempfile.TemporaryDirectory() as folder:
         hf_model.save_pretrained(folder)
         params, dims = load_hf_whisper(folder)
+    hf_model = hf_model.to(torch_device)
     params = jax.tree.map(jnp.asarray, params)
     search = jax_search_fn(WhisperModel(dims), params)
 
@@ -137,17 +145,18 @@ def main() -> None:
     features = rng.normal(0.0, 1.0, (BATCH, dims.num_frames, dims.n_mels)).astype(np.float32)
     jax_features = jnp.asarray(features)
     torch_features = torch.from_numpy(np.ascontiguousarray(features.transpose(0, 2, 1)))
+    torch_features = torch_features.to(torch_device)
 
     start = time.perf_counter()
     ours = np.asarray(jax.block_until_ready(search(jax_features)))  # compiles
     compile_s = time.perf_counter() - start
     log(f"jaxseq first call (compile + run): {compile_s:.1f} s")
     start = time.perf_counter()
-    theirs = hf_generate(hf_model, torch_features).numpy()  # warm-up
+    theirs = hf_generate(hf_model, torch_features).cpu().numpy()  # warm-up
     log(f"transformers warm-up call: {time.perf_counter() - start:.1f} s")
     jax_ms = median_ms(lambda: jax.block_until_ready(search(jax_features)), args.runs)
     log(f"jaxseq: {jax_ms:.0f} ms")
-    hf_ms = median_ms(lambda: hf_generate(hf_model, torch_features), args.runs)
+    hf_ms = median_ms(lambda: hf_generate(hf_model, torch_features).cpu(), args.runs)
     log(f"transformers: {hf_ms:.0f} ms")
 
     same_rows = 0
@@ -157,7 +166,8 @@ def main() -> None:
         log(f"shapes differ: jaxseq {ours.shape}, transformers {theirs.shape}")
     print(
         f"whisper-tiny-sized random model, batch {BATCH}, {BEAMS} beams, {NEW_TOKENS} new "
-        f"tokens, CPU ({os.cpu_count()} cores; torch threads {torch.get_num_threads()}), "
+        f"tokens, {args.device} ({os.cpu_count()} cores; torch threads "
+        f"{torch.get_num_threads()}), "
         f"median of {args.runs}; jaxseq first call (compile + run) {compile_s:.1f} s\n"
     )
     print("| decoder | ms / batch | speed vs transformers | tokens match |")
