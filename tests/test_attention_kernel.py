@@ -104,17 +104,20 @@ class OldMultiHeadAttention(nn.Module):
         return out
 
 
-@pytest.fixture(params=["einsum", "dot_product_attention"])
+@pytest.fixture(params=["einsum", "dot_product_attention", "blocked"])
 def route(request, monkeypatch):
-    """The module's route: its einsums (what CPU and TPU get), or `fused_attention` with XLA's
-    kernel in place of cuDNN's; the latter must then have been taken."""
+    """The module's route: its einsums (short sequences, TPUs), `fused_attention` with XLA's
+    kernel in place of cuDNN's, or `blocked_attention` (long sequences on a CPU) with blocks of
+    3 queries (several blocks, the last one padded); the kernel must then have been asked for."""
     asked = []
-    if request.param == "dot_product_attention":
+    if request.param != "einsum":
+        kernel = "xla" if request.param == "dot_product_attention" else "blocked"
         monkeypatch.setattr(
-            attention, "attention_kernel", lambda *args: asked.append(args) or "xla"
+            attention, "attention_kernel", lambda *args: asked.append(args) or kernel
         )
+        monkeypatch.setattr(attention, "BLOCKED_QUERIES", 3)
     yield request.param
-    assert bool(asked) == (request.param == "dot_product_attention")
+    assert bool(asked) == (request.param != "einsum")
 
 
 def to_bf16(x) -> np.ndarray:
@@ -431,3 +434,41 @@ def test_attention_kernel_picks_cudnn_only_where_it_applies():
     assert attention_kernel(jnp.bfloat16, 64, 16, 16, True, backend="tpu") is None
     assert attention_kernel(jnp.bfloat16, 64, 16, 16, True, backend="cpu") is None
     assert attention_kernel(jnp.bfloat16, 64, 16, 16, True) is None  # this CPU
+    assert attention_kernel(jnp.float32, 64, 1500, 1500, True, backend="cpu") == "blocked"
+    assert attention_kernel(jnp.float32, 64, 1500, 64, True, backend="cpu") is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mask_kind", ["none", "keys", "queries_and_keys"])
+@pytest.mark.parametrize("q_len, block", [(7, 3), (6, 3), (5, 256)])
+def test_blocked_attention_equals_the_einsum_path(dtype, mask_kind, q_len, block, monkeypatch):
+    """Block by block (several blocks, a padded last one, or one) the same outputs and
+    gradients as the einsum path, under no mask, a key mask, and a query-and-key mask."""
+    monkeypatch.setattr(attention, "BLOCKED_QUERIES", block)
+    rng = np.random.default_rng(q_len + block)
+    b, kv, h, d = 2, 9, 3, 8
+    q, k, v = (jnp.asarray(rng.normal(size=(b, n, h, d)), dtype) for n in (q_len, kv, kv))
+    valid_k = np.arange(kv)[None, :] < np.array([[kv], [5]])  # [b, kv]
+    valid_q = np.arange(q_len)[None, :] < np.array([[q_len], [q_len - 2]])
+    mask = {
+        "none": None,
+        "keys": jnp.asarray(valid_k[:, None, None, :]),
+        "queries_and_keys": jnp.asarray(valid_q[:, None, :, None] & valid_k[:, None, None, :]),
+    }[mask_kind]
+
+    def einsum_path(q, k, v):
+        w = attention.attention_weights(q, k, mask, False, 0.3).astype(dtype)
+        return jnp.einsum("bhqk,bkhd->bqhd", w, v, preferred_element_type=jnp.float32)
+
+    def blocked(q, k, v):
+        return attention.blocked_attention(q, k, v, mask, 0.3).astype(jnp.float32)
+
+    tol = 1e-6 if dtype == jnp.float32 else 1e-2
+    np.testing.assert_allclose(blocked(q, k, v), einsum_path(q, k, v), rtol=tol, atol=tol)
+    loss = lambda f: lambda *x: jnp.sum(jnp.sin(f(*x)))  # noqa: E731
+    grads = jax.grad(loss(blocked), argnums=(0, 1, 2))(q, k, v)
+    want = jax.grad(loss(einsum_path), argnums=(0, 1, 2))(q, k, v)
+    for g, w in zip(grads, want, strict=True):
+        np.testing.assert_allclose(
+            np.asarray(g, np.float32), np.asarray(w, np.float32), rtol=tol, atol=tol
+        )
