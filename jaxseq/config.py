@@ -94,6 +94,9 @@ class DataConfig:
     shuffle_seed: int = 0
     worker_count: int = 0  # grain worker processes (0 = in the main process)
     worker_buffer_size: int = 2
+    # Threads reading and collating batches in each reading process (the main one, or each
+    # worker); 0 = os.cpu_count() shared among the workers, at most 8.
+    read_threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -289,6 +292,9 @@ class TrainConfig:
     # A jaxseq workdir (e.g. written by `jaxseq convert`) whose weights start a fresh run and
     # whose model section is the default for this one (keys set here still win).
     init_from: str = ""
+    # [a, b]: a jax.profiler trace of the steps a..b-1 (0-based: metrics.jsonl logs them as
+    # a+1..b) in WORKDIR/profile/, for TensorBoard's profile tab or xprof; [] = none.
+    profile_steps: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -137,7 +137,7 @@ def test_train_batches_shapes_contents_and_drops(dataset):
     seen, shapes = [], set()
     for batch in take(it, it.batches_per_epoch):
         assert {k: (v.dtype, v.shape) for k, v in batch.items()} == {
-            "features": (np.float32, (8, batch["features"].shape[1], N_MELS)),
+            "features": (np.float16, (8, batch["features"].shape[1], N_MELS)),
             "feature_lengths": (np.int32, (8,)),
             "labels": (np.int32, (8, CFG.max_label_length)),
             "label_lengths": (np.int32, (8,)),

@@ -289,6 +289,6 @@ def test_train_step_hands_the_loss_its_step(microbatches):
     params = {"w": jnp.ones(3)}
     state = TrainState(jnp.int32(7), params, tx.init(params), jax.random.PRNGKey(0))
     batch = {"features": jnp.zeros((4, 2)), "feature_lengths": jnp.ones(4, jnp.int32)}
-    step = jax.jit(make_train_step(Probe(), tx, microbatches))
+    step = jax.jit(make_train_step(Probe(), tx, microbatches, frozen=()))  # no task.cfg
     _, metrics, _ = step(state, batch, jnp.int32(0))
     assert float(metrics["step_sum"]) == 7 * 4  # every row holds step 7

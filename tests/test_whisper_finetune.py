@@ -117,8 +117,9 @@ def batch(converted, tiny_dataset):
 
 
 def _hf_features(host: dict) -> torch.Tensor:
+    features = jnp.asarray(host["features"], jnp.float32)  # train batches hold float16
     padded, _ = pad_like_whisper(
-        jnp.asarray(host["features"]), jnp.asarray(host["feature_lengths"]), 2 * SOURCE_POSITIONS
+        features, jnp.asarray(host["feature_lengths"]), 2 * SOURCE_POSITIONS
     )
     return torch.from_numpy(np.asarray(padded).transpose(0, 2, 1).copy())  # [batch, mels, frames]
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -181,11 +182,11 @@ def _collate(
     The labels are `vocab.encode(record["text"])`, or `vocab.encode_record(record)` when the
     vocabulary reads its targets from other record fields (jaxseq.data.labels.LabelSet).
 
-    Returns: features float32 [rows, length, n_mels], feature_lengths int32 [rows],
-      labels int32 [rows, label_width], label_lengths int32 [rows].
+    Returns: features float16 [rows, length, n_mels] (the records' own width), feature_lengths
+      int32 [rows], labels int32 [rows, label_width], label_lengths int32 [rows].
     """
     encode_record = getattr(vocab, "encode_record", None)
-    features = np.zeros((rows, length, n_mels), np.float32)  # [b, T, n_mels]
+    features = np.zeros((rows, length, n_mels), np.float16)  # [b, T, n_mels]
     feature_lengths = np.zeros((rows,), np.int32)
     labels = np.zeros((rows, label_width), np.int32)  # [b, L]
     label_lengths = np.zeros((rows,), np.int32)
@@ -198,7 +199,7 @@ def _collate(
                 f"split index planned at most {length} and {label_width}: the index is stale or "
                 "the vocabulary does not map one character to one id; re-run `jaxseq prepare`"
             )
-        features[r, : len(feats)] = feats  # float16 → float32
+        features[r, : len(feats)] = feats  # stored float16
         feature_lengths[r] = len(feats)
         labels[r, : len(ids)] = ids
         label_lengths[r] = len(ids)
@@ -271,6 +272,16 @@ def _per_process(global_size: int, process_index: int, process_count: int, what:
     return global_size // process_count
 
 
+def read_threads(cfg: DataConfig) -> int:
+    """Threads reading and collating training batches in each reading process:
+    `cfg.read_threads`, or when 0 the host's cores shared among the `cfg.worker_count`
+    worker processes (all of them for the main process), between 1 and 8."""
+    if cfg.read_threads < 0:
+        raise ValueError(f"data.read_threads={cfg.read_threads} must be >= 0 (0 = from the cores)")
+    cores = (os.cpu_count() or 1) // max(1, cfg.worker_count)
+    return cfg.read_threads or min(8, max(1, cores))  # beyond 8 the GIL gains nothing
+
+
 def _mark_absl_flags_parsed() -> None:
     """grain's worker processes read absl flags; outside an absl app they are unparsed."""
     from absl import flags
@@ -296,7 +307,7 @@ def make_train_iterator(
       dataset_dir: a folder written by `jaxseq prepare`.
       split: e.g. "train".
       cfg: batch_size (global), buckets, max_label_length, sort_pool_batches, worker_count,
-        worker_buffer_size. (`cfg.shuffle_seed` is not read: pass the seed as `seed`.)
+        worker_buffer_size, read_threads. (`cfg.shuffle_seed` is not read: pass it as `seed`.)
       vocab: has `encode(text) -> int32 [n]`, one id per character (the length filter uses the
         index's text lengths).
       seed: shuffle seed; the epoch is folded in, so each epoch has a different order.
@@ -308,7 +319,8 @@ def make_train_iterator(
       A `TrainIterator`, a grain `DatasetIterator` (get_state/set_state, checkpointable with
       `grain.checkpoint.CheckpointSave/Restore`) of dicts, b = cfg.batch_size // process_count,
       T a bucket of cfg.buckets (the same for all processes at a step):
-        features float32 [b, T, n_mels] (zero padded), feature_lengths int32 [b],
+        features float16 [b, T, n_mels] (the records' width, zero padded; the train step
+        widens them on device), feature_lengths int32 [b],
         labels int32 [b, cfg.max_label_length] (zero padded), label_lengths int32 [b].
       It also holds `dropped` (every item the length filter dropped, with its reason),
       `num_kept` and `batches_per_epoch`: see `TrainIterator`.
@@ -357,12 +369,15 @@ class TrainIterator(grain.DatasetIterator):
     def _pipeline(self) -> grain.DatasetIterator:
         if self._batches is None:
             c = self._cfg
+            threads = read_threads(c)
             ds = (
                 self._plan[self._step :]
                 .map(self._read)
                 .to_iter_dataset(
                     grain.ReadOptions(
-                        num_threads=2, prefetch_buffer_size=max(2, c.worker_buffer_size)
+                        num_threads=threads,
+                        # a thread reads one batch at a time: buffer at least one per thread
+                        prefetch_buffer_size=max(2, threads, c.worker_buffer_size),
                     )
                 )
             )
@@ -446,8 +461,9 @@ def make_eval_batches(
     in `make_train_iterator`); then each reads only its own rows.
 
     Yields:
-      batch: the training fields with b = cfg.eval_batch_size // process_count, plus
-        valid bool [b]; the final partial batch is filled with zero-length rows, valid False.
+      batch: the training fields (features as float32) with b = cfg.eval_batch_size //
+        process_count, plus valid bool [b]; the final partial batch is filled with
+        zero-length rows, valid False.
       ids, texts: lists of b strings for this process's rows ("" for fillers).
     """
     b = _per_process(cfg.eval_batch_size, process_index, process_count, "eval_batch_size")
@@ -477,6 +493,8 @@ def make_eval_batches(
         if longest_label > label_width:
             label_width = math.ceil(longest_label / _EVAL_LABEL_MULTIPLE) * _EVAL_LABEL_MULTIPLE
         batch = _collate(records, b, length, label_width, data.n_mels, vocab)
+        # float32: host-side scorers and plots read the reference features (TTS distortion)
+        batch["features"] = batch["features"].astype(np.float32)
         batch["valid"] = np.arange(b) < len(records)
         ids = [r["id"] for r in records] + [""] * (b - len(records))
         texts = [r["text"] for r in records] + [""] * (b - len(records))

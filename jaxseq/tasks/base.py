@@ -94,9 +94,10 @@ class Task(abc.ABC):
         del dataset_dir, info, split
 
     def dummy_batch(self, batch_size: int, frames: int) -> dict[str, np.ndarray]:
-        """A host batch of the training layout, used for shapes at initialization."""
+        """A host batch of the training layout, used for shapes at initialization (features
+        float16, as the pipeline sends them; the train step widens them on device)."""
         return {
-            "features": np.zeros((batch_size, frames, self.n_mels), np.float32),
+            "features": np.zeros((batch_size, frames, self.n_mels), np.float16),
             "feature_lengths": np.full((batch_size,), frames, np.int32),
             "labels": np.zeros((batch_size, self.cfg.data.max_label_length), np.int32),
             "label_lengths": np.ones((batch_size,), np.int32),

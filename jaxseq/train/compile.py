@@ -207,6 +207,7 @@ def compile_config(
     report_eval = None
     if evaluation:
         eval_rows = task.dummy_batch(cfg.data.eval_batch_size, frames)
+        eval_rows["features"] = eval_rows["features"].astype(np.float32)  # as evaluation sends
         eval_rows["valid"] = np.ones((cfg.data.eval_batch_size,), bool)
         options = tuple(sorted(task.eval_options().items()))
         hlo = None if out_dir is None else out_dir / f"{tag}.eval.hlo.txt"

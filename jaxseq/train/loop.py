@@ -1,13 +1,16 @@
 """The one train loop every model family uses.
 
-mesh → input → task + sharded state (fresh or restored) → jitted, donated train step →
-callbacks → metrics at log steps → validation (an injected evaluator) → asynchronous
-checkpoints (state + data iterator). The task, the data, the evaluator and callbacks can
-all be passed in (jaxseq.api.train wires the defaults).
+mesh → input → task + sharded state (fresh or restored) → jitted, donated train step (the
+next batch read and sent to the devices while it runs) → callbacks → metrics at log steps →
+validation (an injected evaluator) → asynchronous checkpoints (state + data iterator, at the
+last batch a step consumed) → an optional profiler trace of train.profile_steps. The task,
+the data, the evaluator and callbacks can all be passed in (jaxseq.api.train wires the
+defaults).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -26,6 +29,7 @@ from tqdm import tqdm
 from jaxseq.config import (
     FRONTEND_FILE,
     Config,
+    ConfigError,
     check_local_path,
     save_config,
     to_yaml,
@@ -165,6 +169,42 @@ def _check_host_batch(batch: Any, want: dict[str, np.ndarray], rows: int, step: 
             )
 
 
+@dataclasses.dataclass
+class _Fetched:
+    """A step's batch, fetched and sent to the devices while the step before it runs."""
+
+    host: dict[str, np.ndarray] | None  # None: the data ran out
+    batch: dict[str, jax.Array] | None  # the global arrays (None with `error`)
+    waited: float  # seconds spent waiting for the host batch
+    position: dict | None  # the iterator's state just after this batch (checkpointable data)
+    error: JaxseqError | None = None  # a malformed user batch: raised at its own step
+
+
+class _Position:
+    """A saved iterator position for `Checkpointer.save` (which calls `get_state()`): the
+    position after the last consumed batch, not the iterator's own, a batch further on."""
+
+    def __init__(self, state: dict):
+        self._state = state
+
+    def get_state(self) -> dict:
+        return self._state
+
+
+def _profile_window(cfg: Config) -> tuple[int, int] | None:
+    """train.profile_steps as (first, stop) steps, or None; a ConfigError unless [a, b]
+    with 0 <= a < b."""
+    window = tuple(cfg.train.profile_steps)
+    if not window:
+        return None
+    if len(window) != 2 or not 0 <= window[0] < window[1]:
+        raise ConfigError(
+            f"train.profile_steps={list(window)}: give [a, b] with 0 <= a < b (a trace of "
+            "steps a..b-1), or [] for none"
+        )
+    return window[0], window[1]
+
+
 def train(
     cfg: Config,
     workdir: str | Path,
@@ -183,7 +223,9 @@ def train(
         arrays in the task's training layout, data.batch_size / processes rows each) or a
         grain dataset; default jaxseq's pipeline over cfg.data.dataset. A grain iterator's
         position is checkpointed; a plain iterable restarts from its beginning on resume.
-        Training ends early, with a final checkpoint, when the iterable runs out.
+        Training ends early, with a final checkpoint, when the iterable runs out. The loop
+        reads each batch while the step before it runs (never a batch past the last step);
+        features may be float16 (as jaxseq's pipeline sends them) or float32.
       evaluator: validation every train.eval_every steps and at the end; None: none. An
         evaluation step is always checkpointed, so that keep-best sees every score.
       callbacks: each called as callback(step, metrics) after every step.
@@ -192,6 +234,7 @@ def train(
       the padded shapes the train step was compiled for.
     """
     check_local_path(workdir, "the workdir")
+    profile = _profile_window(cfg)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if cfg.train.compilation_cache_dir:
@@ -253,26 +296,47 @@ def train(
         dynamic_ncols=True,
     )
 
-    def save(done: int, best: dict | None) -> None:
+    def save(done: int, best: dict | None, position: dict | None) -> None:
         if not bool(check_finite(state)):  # never write non-finite values
             raise JaxseqError(f"step {done}: the train state holds non-finite values")
-        position = data_iter if checkpointable else None
+        position = _Position(position) if checkpointable else None
         ckpt.save(done, state, position, {"step": done, "config": to_yaml(cfg)}, best)
 
+    def fetch(step: int) -> _Fetched:
+        """Step `step`'s batch: the host batch (timed) and its global arrays. Called right
+        after the previous step is dispatched, so that both overlap its device work."""
+        waited = time.time()
+        host = next(data_iter, None)
+        waited = time.time() - waited
+        position = data_iter.get_state() if checkpointable else None
+        if host is not None and data is not None:
+            try:
+                _check_host_batch(host, init_batch, rows, step)
+            except JaxseqError as err:
+                return _Fetched(host, None, waited, position, err)
+        batch = None if host is None else to_global(host, mesh)
+        return _Fetched(host, batch, waited, position)
+
+    tracing = False  # a train.profile_steps trace is running
     try:
+        # One batch ahead: step n + 1's batch is read and transferred while step n runs.
+        pending = fetch(start) if start < cfg.train.num_steps else None
+        waited = 0.0 if pending is None else pending.waited
         for step in bar:
-            waited = time.time()
-            host_batch = next(data_iter, None)
-            waited = time.time() - waited
-            if host_batch is None:
+            current = pending
+            if current.host is None:
                 logging.warning("train data ran out after %d steps; stopping there", step)
                 summary["data_exhausted_at"] = step
                 if step > saved:
-                    save(step, None)
+                    save(step, None, current.position)
                 break
-            if data is not None:
-                _check_host_batch(host_batch, init_batch, rows, step)
-            frames = int(host_batch["features"].shape[1])
+            if current.error is not None:
+                raise current.error
+            if profile is not None and not tracing and profile[0] <= step < profile[1]:
+                jax.profiler.start_trace(workdir / "profile")
+                tracing = True
+            global_batch = current.batch
+            frames = int(current.host["features"].shape[1])
             new_shape = frames not in flops
             if new_shape:
                 logging.info(
@@ -282,14 +346,21 @@ def train(
                     len(cfg.data.buckets),
                 )
             with sharding_context(mesh):
-                global_batch = to_global(host_batch, mesh)
                 state, metrics, streak = step_fn(state, global_batch, streak)
                 if new_shape:  # compiled by the call: the analysis is cached
                     flops[frames] = mesh.size * device_flops(
                         step_fn, abstract, global_batch, streak
                     )
-            throughput.add(flops[frames], waited)
             done = step + 1
+            if done < cfg.train.num_steps:  # not past the last step: the data stays unread
+                pending = fetch(done)
+                waited += pending.waited
+            if tracing and done == profile[1]:
+                jax.block_until_ready((state, metrics))  # the trace holds the whole step
+                jax.profiler.stop_trace()
+                tracing = False
+            throughput.add(flops[frames], waited)  # this iteration's waits for data
+            waited = 0.0
             for callback in callbacks:
                 callback(done, metrics)
             acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
@@ -331,13 +402,15 @@ def train(
                 best = None
                 if eval_metrics is not None:
                     best = {"metric": task.best_metric, "value": eval_metrics[task.best_metric]}
-                save(done, best)
+                save(done, best, current.position)
                 saved = done
             if preempted:
                 logging.warning("preempted: saved step %d; rerun the same command to resume", done)
                 summary["preempted_at"] = done
                 break
     finally:  # pending saves become durable even when a step raises
+        if tracing:
+            jax.profiler.stop_trace()
         ckpt.wait()
         ckpt.close()
         writer.close()

@@ -21,11 +21,32 @@ from jax.sharding import Mesh
 from jaxseq.config import Config, ConfigError
 from jaxseq.parallel.sharding import batch_sharding, replicated
 from jaxseq.tasks.base import STEP_KEY, Task
+from jaxseq.train.optimizer import frozen_labels
 from jaxseq.train.state import TrainState
 
 
-def make_train_step(task: Task, tx: optax.GradientTransformation, microbatches: int = 1):
+def _widen(batch: dict) -> dict:
+    """float16 fields (the stored log-mel, sent to the device at that width) as float32."""
+    return {k: v.astype(jnp.float32) if v.dtype == jnp.float16 else v for k, v in batch.items()}
+
+
+def make_train_step(
+    task: Task,
+    tx: optax.GradientTransformation,
+    microbatches: int = 1,
+    frozen: tuple[str, ...] | None = None,
+):
     """The update: loss and gradients on one batch, then the optimizer step.
+
+    Features may arrive as float16 (the records' width, halving the host-to-device transfer):
+    the step widens every float16 field to float32 first, so the loss is that of the float32
+    batch of the same values.
+
+    `frozen` (default `task.cfg.optim.freeze`, what `make_optimizer` freezes) are regexes over
+    parameter paths: those parameters enter the loss through `lax.stop_gradient`, so XLA
+    computes no gradient for them (and no backward pass at all below the lowest trained
+    layer); their gradient is zero, which is also what the optimizer makes of it, and the
+    logged "grad_norm" is that of the trained parameters.
 
     With `microbatches` > 1 the batch is split into that many interleaved microbatches whose
     gradients are accumulated in a `lax.scan` (memory of one microbatch), each weighted by its
@@ -41,8 +62,20 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, microbatches: 
     `streak` (int32 []) counts such steps in a row.
     """
 
+    patterns = task.cfg.optim.freeze if frozen is None else tuple(frozen)
+
     def loss_and_grads(params, batch, rng):
+        batch = _widen(batch)
+        if patterns:
+            held = frozen_labels(patterns)(params)  # "frozen" | "train" per leaf
+
         def loss_fn(params):
+            if patterns:
+                params = jax.tree.map(
+                    lambda p, label: jax.lax.stop_gradient(p) if label == "frozen" else p,
+                    params,
+                    held,
+                )
             return task.loss_fn(params, batch, rng, train=True)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
