@@ -102,12 +102,15 @@ def whisper_folder(tmp_path_factory, reference) -> Path:
 # first: pytest-xdist (scripts/test.sh: -n 2 --dist loadfile) hands whole files to its workers
 # in collection order, so the long ones start early and the short ones even out the finish.
 LONGEST_FIRST = (
+    "test_multiprocess_families.py",
+    "test_frozen.py",
+    "test_input_path.py",
     "test_multiprocess.py",
     "test_classify_cli.py",
     "test_train.py",
     "test_whisper_finetune.py",
     "test_train_options.py",
-    "test_multiprocess_families.py",
+    "test_compile.py",
     "test_fault_tolerance.py",
     "test_seq2seq_task.py",
     "test_tts_cli.py",
