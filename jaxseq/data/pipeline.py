@@ -273,9 +273,8 @@ def _per_process(global_size: int, process_index: int, process_count: int, what:
 
 
 def read_threads(cfg: DataConfig) -> int:
-    """Threads reading and collating training batches in each reading process:
-    `cfg.read_threads`, or when 0 the host's cores shared among the `cfg.worker_count`
-    worker processes (all of them for the main process), between 1 and 8."""
+    """Threads reading training batches per reading process: `cfg.read_threads`, or when 0
+    the cores shared among the `cfg.worker_count` workers (or the main process), 1 to 8."""
     if cfg.read_threads < 0:
         raise ValueError(f"data.read_threads={cfg.read_threads} must be >= 0 (0 = from the cores)")
     cores = (os.cpu_count() or 1) // max(1, cfg.worker_count)

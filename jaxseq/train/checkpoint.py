@@ -79,20 +79,21 @@ class Checkpointer:
         self,
         step: int,
         state: Any,
-        data_iter: grain.DatasetIterator | None,
+        position: dict | None,
         meta: dict,
         metrics: dict[str, float] | None = None,
     ) -> None:
-        """Starts an asynchronous save of `state` (and the iterator position) at `step`.
+        """Starts an asynchronous save of `state` (and the data iterator's `position`, its
+        `get_state()` after the last batch the saved state consumed) at `step`.
 
         `metrics`, when given, ({"metric", "value"}) ranks the checkpoint for keep-best.
         """
         items = {"state": ocp.args.PyTreeSave(state), "meta": ocp.args.JsonSave(meta)}
-        if data_iter is not None:
+        if position is not None:
             # One JSON file (written by process 0), not grain's file per process: the iterator's
             # state ({"step": n}) is the same on every process, and a checkpoint then restores
             # with any process count.
-            items[ITERATOR] = ocp.args.JsonSave(data_iter.get_state())
+            items[ITERATOR] = ocp.args.JsonSave(position)
         self._save(step, items, metrics)
 
     def restore(

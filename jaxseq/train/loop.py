@@ -180,17 +180,6 @@ class _Fetched:
     error: JaxseqError | None = None  # a malformed user batch: raised at its own step
 
 
-class _Position:
-    """A saved iterator position for `Checkpointer.save` (which calls `get_state()`): the
-    position after the last consumed batch, not the iterator's own, a batch further on."""
-
-    def __init__(self, state: dict):
-        self._state = state
-
-    def get_state(self) -> dict:
-        return self._state
-
-
 def _profile_window(cfg: Config) -> tuple[int, int] | None:
     """train.profile_steps as (first, stop) steps, or None; a ConfigError unless [a, b]
     with 0 <= a < b."""
@@ -299,7 +288,6 @@ def train(
     def save(done: int, best: dict | None, position: dict | None) -> None:
         if not bool(check_finite(state)):  # never write non-finite values
             raise JaxseqError(f"step {done}: the train state holds non-finite values")
-        position = _Position(position) if checkpointable else None
         ckpt.save(done, state, position, {"step": done, "config": to_yaml(cfg)}, best)
 
     def fetch(step: int) -> _Fetched:
