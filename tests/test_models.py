@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 from jaxseq.config import ModelConfig
 from jaxseq.models.ctc import CTCModel
 from jaxseq.models.encoder import subsampled_lengths
-from jaxseq.models.layers import padding_mask, sinusoidal_positions
+from jaxseq.models.layers import gelu, padding_mask, sinusoidal_positions
 from jaxseq.models.transformer import EncoderLayer
 from jaxseq.parallel import sharding
 from jaxseq.parallel.sharding import LOGICAL_RULES, MESH_AXES, logical_shardings
@@ -190,6 +190,18 @@ def ctc():
 # ---------------------------------------------------------------------------------------------
 # Tests
 # ---------------------------------------------------------------------------------------------
+
+
+def test_gelu_is_the_exact_gelu():
+    """jaxseq's erf GELU against a float64 oracle (x·Φ(x) from math.erf) and torch's exact GELU,
+    tails included, and its gradient against torch's."""
+    x = np.concatenate([np.linspace(-12, 12, 4001), [-40.0, 40.0, 0.0]]).astype(np.float32)
+    oracle = np.array([v * 0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
+    np.testing.assert_allclose(np.asarray(gelu(jnp.asarray(x))), oracle, rtol=2e-6, atol=1e-6)
+    t = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.gelu(t, approximate="none").sum().backward()
+    grad = jax.grad(lambda v: jnp.sum(gelu(v)))(jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(grad), t.grad.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_encoder_layer_matches_torch():

@@ -13,6 +13,7 @@ from jaxseq.config import ModelConfig
 from jaxseq.models.layers import (
     LayerNorm,
     constrain,
+    gelu,
     padding_mask,
     partitioned,
     remat_layer,
@@ -79,7 +80,7 @@ class ConvSubsampler(nn.Module):
                 bias_init=partitioned(nn.initializers.zeros, EMBED),
                 name=f"conv{i}",
             )(x)  # [batch, ceil(frames / stride), features]
-            x = nn.gelu(x, approximate=False)
+            x = gelu(x)
             lengths = subsampled_lengths(lengths, (stride,))
             x = x * padding_mask(lengths, x.shape[1])[:, :, None].astype(x.dtype)
         return constrain(x, BATCH, LENGTH, EMBED), lengths

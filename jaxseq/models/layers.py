@@ -113,6 +113,13 @@ def scanned_layers(
     return stack(make_layer, name=name)
 
 
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU, x · Φ(x), written as torch and openai-whisper write it:
+    0.5 · x · (1 + erf(x / √2)). (flax's `nn.gelu(approximate=False)` uses erfc, which XLA's
+    CPU backend evaluates 40% slower; the two differ by at most 6e-7 in float32.)"""
+    return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(1 / np.sqrt(2))).astype(x.dtype))
+
+
 def constrain(x: jax.Array, *axes: str | None) -> jax.Array:
     """Logical sharding constraint on an activation (a no-op outside a mesh)."""
     return nn.with_logical_constraint(x, axes)

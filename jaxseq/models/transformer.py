@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq.models.attention import MultiHeadAttention
-from jaxseq.models.layers import LayerNorm, constrain, dense
+from jaxseq.models.layers import LayerNorm, constrain, dense, gelu
 from jaxseq.parallel.sharding import BATCH, EMBED, LENGTH, MLP
 
 Dtype = Any
@@ -27,7 +27,7 @@ class MlpBlock(nn.Module):
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         features = x.shape[-1]
         h = dense(self.mlp_dim, (EMBED, MLP), self.dtype, "wi")(x)  # [batch, length, mlp]
-        h = constrain(nn.gelu(h, approximate=False), BATCH, LENGTH, MLP)
+        h = constrain(gelu(h), BATCH, LENGTH, MLP)
         h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
         out = dense(features, (MLP, EMBED), self.dtype, "wo")(h)  # [batch, length, embed]
         return constrain(out, BATCH, LENGTH, EMBED)

@@ -122,14 +122,16 @@ def make_train_step(
         finite = jnp.isfinite(loss) & jax.tree.reduce(
             jnp.logical_and, jax.tree.map(lambda g: jnp.all(jnp.isfinite(g)), grads)
         )
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-        new_state = state.replace(
-            step=state.step + 1,
-            params=jax.tree.map(keep, params, state.params),
-            opt_state=jax.tree.map(keep, opt_state, state.opt_state),
+
+        def update(params, opt_state):
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        # A branch, not a select over every parameter and moment: a skipped step costs nothing.
+        params, opt_state = jax.lax.cond(
+            finite, update, lambda *old: old, state.params, state.opt_state
         )
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads), "steps": 1.0}
         metrics["audio_frames"] = frames
         metrics = jax.tree.map(lambda m: jnp.where(finite, m, 0.0), metrics)
