@@ -47,6 +47,23 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "ctc_tiny.yaml"
 
 
+def quick_config(tiny_dataset, *extra):
+    """An in-process run's config: no evaluation, a log line per step, and one bucket as long
+    as the corpus's longest item (nothing dropped): one compiled train step."""
+    from jaxseq.config import load_config  # after the environment above is set
+
+    return load_config(
+        TINY_CONFIG,
+        [
+            f"data.dataset={tiny_dataset}",
+            "data.eval_split=''",
+            "data.buckets=[512]",
+            "train.log_every=1",
+            *extra,
+        ],
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """A prepared dataset from a tiny espeak-ng digits corpus (train/valid/test)."""

@@ -32,7 +32,7 @@ from jaxseq.train.loop import train
 from jaxseq.train.optimizer import make_optimizer
 from jaxseq.train.state import abstract_train_state, create_train_state
 from jaxseq.train.steps import make_train_step
-from tests.conftest import REPO, TINY_CONFIG
+from tests.conftest import REPO, TINY_CONFIG, quick_config
 from tests.test_multiprocess import _common, _launch, _summary
 
 
@@ -40,21 +40,6 @@ def _setup(tiny_dataset, overrides=()):
     cfg = load_config(TINY_CONFIG, [f"data.dataset={tiny_dataset}", "mesh.data=1", *overrides])
     task = build_task(cfg, load_dataset_info(tiny_dataset, "train"))
     return cfg, task, make_optimizer(cfg.optim, cfg.train.num_steps), make_mesh(cfg.mesh)
-
-
-def _quick(tiny_dataset, *extra):
-    """An in-process run's config: no evaluation, a log line per step, and one bucket as long
-    as the corpus's longest item (nothing dropped): one compiled train step."""
-    return load_config(
-        TINY_CONFIG,
-        [
-            f"data.dataset={tiny_dataset}",
-            "data.eval_split=''",
-            "data.buckets=[512]",
-            "train.log_every=1",
-            *extra,
-        ],
-    )
 
 
 def test_a_nonfinite_step_changes_nothing(tiny_dataset):
@@ -89,7 +74,7 @@ def test_consecutive_nonfinite_steps_stop_training(tiny_dataset, tmp_path, monke
         return loss * jnp.nan, metrics
 
     monkeypatch.setattr(CTCTask, "loss_fn", nan_loss)
-    cfg = _quick(tiny_dataset, "train.max_nonfinite_steps=3")
+    cfg = quick_config(tiny_dataset, "train.max_nonfinite_steps=3")
     with pytest.raises(JaxseqError, match="step 3: 3 steps in a row had a non-finite loss"):
         train(cfg, tmp_path)
     assert not list((tmp_path / "checkpoints").glob("[0-9]*"))  # nothing non-finite was saved
@@ -102,7 +87,7 @@ def test_a_failed_save_is_an_error(tiny_dataset, tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
-    cfg = _quick(tiny_dataset, "train.num_steps=2", "train.checkpoint_every=1")
+    cfg = quick_config(tiny_dataset, "train.num_steps=2", "train.checkpoint_every=1")
     with pytest.raises(JaxseqError, match=r"saving checkpoint 1 to .*checkpoints failed.*space"):
         train(cfg, tmp_path)
 
@@ -111,7 +96,7 @@ def test_a_failed_save_is_an_error(tiny_dataset, tmp_path, monkeypatch):
 
 
 def _every_second_step(tiny_dataset, num_steps):
-    return _quick(
+    return quick_config(
         tiny_dataset,
         f"train.num_steps={num_steps}",
         "train.checkpoint_every=2",

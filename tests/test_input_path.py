@@ -34,7 +34,7 @@ from jaxseq.train.optimizer import make_optimizer
 from jaxseq.train.preemption import PreemptionWatch
 from jaxseq.train.state import abstract_train_state, create_train_state
 from jaxseq.train.steps import make_train_step
-from tests.conftest import REPO, TINY_CONFIG
+from tests.conftest import REPO, TINY_CONFIG, quick_config
 
 # Wall-clock fields of a metrics.jsonl line (everything else must match between runs).
 CLOCK = (
@@ -177,18 +177,8 @@ def test_read_threads_from_the_config_or_the_cores(tiny_dataset):
 
 
 def _quick(tiny_dataset, *extra):
-    """No evaluation, a log line per step, one bucket (one compiled step)."""
-    return load_config(
-        TINY_CONFIG,
-        [
-            f"data.dataset={tiny_dataset}",
-            "data.eval_split=''",
-            "data.buckets=[512]",
-            "train.log_every=1",
-            "train.checkpoint_every=1000",
-            *extra,
-        ],
-    )
+    """`quick_config` with no checkpoint before the run's end."""
+    return quick_config(tiny_dataset, "train.checkpoint_every=1000", *extra)
 
 
 @pytest.fixture(scope="module")
