@@ -1,6 +1,7 @@
 """Multi-head attention: query/key/value projections with logical axes, decoding caches, and
 the attention itself through a fused kernel where one applies (cuDNN on a GPU, via
-`jax.nn.dot_product_attention`), else through einsums with float32 logits.
+`jax.nn.dot_product_attention`; Pallas splash attention on a TPU, `jaxseq.models.splash`),
+block by block on a CPU for long sequences, else through einsums with float32 logits.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxseq.models import splash
 from jaxseq.models.layers import constrain, partitioned
 from jaxseq.parallel.sharding import BATCH, EMBED, HEADS, KV, LENGTH
 
@@ -82,7 +84,13 @@ BLOCKED_QUERIES = 256  # at most this many queries per block
 
 
 def attention_kernel(
-    dtype: Dtype, head_dim: int, q_len: int, kv_len: int, masked: bool, backend: str | None = None
+    dtype: Dtype,
+    head_dim: int,
+    q_len: int,
+    kv_len: int,
+    masked: bool,
+    key_mask: bool = False,
+    backend: str | None = None,
 ) -> str | None:
     """The kernel `MultiHeadAttention` attends with, or None for its einsum path (XLA).
 
@@ -95,12 +103,22 @@ def attention_kernel(
       BLOCKED_MIN_LENGTH) outside a sharded mesh: the same einsums, one head and one block of
       queries at a time, so that each block's logits stay in the cache (whisper-tiny's
       encoder attention, forward and backward: 1.6x faster on 2 cores).
-    `backend` defaults to `jax.default_backend()`.
+    - "splash" (`splash.splash_attention`, Pallas splash attention) on a TPU for float32 or
+      bfloat16, a head size that is a multiple of 64 (whisper's and SpeechT5's 64, 128, ...),
+      both lengths at least one kernel block (128; shorter ones, such as a cached decoding
+      step's single query, would be mostly padding) and no mask or a key padding mask
+      (`key_mask`: [batch or 1, 1, 1, kv_len], the same keys for every query and head).
+    `masked`: whether there is a mask. `backend` defaults to `splash.target_platform()`: that
+    of the mesh's devices (TPUs for `jaxseq compile --topology`), else `jax.default_backend()`.
     """
-    backend = jax.default_backend() if backend is None else backend
+    backend = splash.target_platform() if backend is None else backend
     if backend == "cpu":
         long = min(q_len, kv_len) >= BLOCKED_MIN_LENGTH
         return "blocked" if long and jax.sharding.get_abstract_mesh().size <= 1 else None
+    if backend == "tpu":
+        supported = jnp.dtype(dtype) in (jnp.float32, jnp.bfloat16) and head_dim % 64 == 0
+        long = min(q_len, kv_len) >= splash.LANES
+        return "splash" if supported and long and (key_mask or not masked) else None
     if backend != "gpu" or jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
         return None
     if head_dim % 8 or head_dim > 128 or (masked and (q_len % 2 or kv_len % 2)):
@@ -324,11 +342,14 @@ class MultiHeadAttention(nn.Module):
 
         out = None
         if not (self.sow_weights or (self.dropout_rate > 0.0 and not deterministic)):
+            key_mask = mask is not None and mask.shape[1:3] == (1, 1)  # [b, 1, 1, kv]
             kernel = attention_kernel(
-                self.dtype, head_dim, query.shape[1], key.shape[1], mask is not None
+                self.dtype, head_dim, query.shape[1], key.shape[1], mask is not None, key_mask
             )
             if kernel == "blocked" and not is_causal and (mask is None or mask.shape[1] == 1):
                 out = blocked_attention(query, key, value, mask, scale)
+            elif kernel == "splash":  # [items, group * q, heads, head_dim]
+                out = splash.splash_attention(query, key, value, mask, is_causal, scale)
             elif kernel not in (None, "blocked"):  # [items, group * q, heads, head_dim] or None
                 out = fused_attention(query, key, value, mask, is_causal, scale, kernel)
         if out is None:

@@ -142,7 +142,10 @@ class TransformerEncoder(nn.Module):
         x = x + positions[None].astype(self.dtype)  # [batch, enc_frames, d_model]
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         valid = padding_mask(lengths, length)  # [batch, enc_frames]
-        mask = valid[:, None, None, :] & valid[:, None, :, None]  # [batch, 1, q, kv]
+        # Keys only: a padded frame's own output is never read (later layers, the heads and the
+        # cross-attention mask it out), so it may attend like any other query; the CPU's blocked
+        # and the TPU's splash kernels then take a [batch, kv] mask instead of [batch, q, kv].
+        mask = valid[:, None, None, :]  # [batch, 1, 1, enc_frames]
         layer_cls = remat_layer(EncoderLayer, self.remat, static_argnums=(3,))  # deterministic
         make_layer = functools.partial(
             layer_cls,

@@ -45,7 +45,7 @@ class EncoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
-        """x: [batch, length, embed]; mask: bool [batch, 1, length, length]."""
+        """x: [batch, length, embed]; mask: bool [batch, 1, 1 or length, length]."""
         h = LayerNorm(dtype=self.dtype, epsilon=self.epsilon, name="attn_norm")(x)
         h = MultiHeadAttention(
             self.num_heads,

@@ -96,7 +96,7 @@ class TextEncoder(nn.Module):
         x = ScaledPositions(ids.shape[1], name="positions")(x)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         valid = padding_mask(lengths, ids.shape[1])  # [batch, chars]
-        mask = valid[:, None, None, :] & valid[:, None, :, None]  # [batch, 1, q, kv]
+        mask = valid[:, None, None, :]  # [batch, 1, 1, chars]: keys only, as the audio encoder's
         layer_cls = remat_layer(EncoderLayer, self.remat, static_argnums=(3,))
         for i in range(d.encoder_layers):
             x = layer_cls(d.num_heads, d.mlp_dim, self.dtype, self.dropout_rate, name=f"layer{i}")(
@@ -206,7 +206,6 @@ class MelDecoder(nn.Module):
         x = ScaledPositions(d.max_steps, name="positions")(x, start)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         x = constrain(x, BATCH, LENGTH, EMBED)
-        causal = jnp.tril(jnp.ones((steps, steps), bool))[None, None]  # [1, 1, steps, steps]
         cross_mask = text_mask[:, None, None, :]  # [batch, 1, 1, chars]
         layer_cls = remat_layer(DecoderLayer, "none" if decode else self.remat, (5, 6))
         make_layer = functools.partial(
@@ -218,7 +217,7 @@ class MelDecoder(nn.Module):
             sow_cross_weights=True,
         )
         for i in range(d.decoder_layers):
-            x = make_layer(name=f"layer{i}")(x, encoded, causal, cross_mask, deterministic, decode)
+            x = make_layer(name=f"layer{i}")(x, encoded, None, cross_mask, deterministic, decode)
         x = LayerNorm(dtype=self.dtype, name="final_norm")(x)  # [batch, steps, d_model]
         r = d.reduction_factor
         mel = dense(r * d.n_mels, (EMBED, MEL), self.dtype, "mel_out")(x)  # [batch, steps, r*m]

@@ -114,14 +114,13 @@ class TransformerDecoder(nn.Module):
         x = embed(tokens) + positions[None].astype(self.dtype)  # [batch, length, d_model]
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         x = constrain(x, BATCH, LENGTH, EMBED)
-        causal = jnp.tril(jnp.ones((length, length), bool))[None, None]  # [1, 1, length, length]
         cross_mask = encoder_mask[:, None, None, :]  # [batch, 1, 1, enc_frames]
         # deterministic and decode are static
         layer_cls = remat_layer(DecoderLayer, "none" if decode else self.remat, (5, 6))
         make_layer = functools.partial(
             layer_cls, d.decoder_heads, d.decoder_ffn_dim, self.dtype, self.dropout_rate, False
         )
-        args = (encoded, causal, cross_mask, deterministic, decode)
+        args = (encoded, None, cross_mask, deterministic, decode)  # self-attention: causal, no mask
         if self.scan_layers:  # caches stacked too: [layers, batch, ...]
             x, _ = scanned_layers(make_layer, d.decoder_layers, len(args), "layers")(x, *args)
         else:
