@@ -21,7 +21,7 @@ import pytest
 
 from jaxseq.config import MeshConfig
 from jaxseq.models.attention import MultiHeadAttention, attention_kernel, attention_weights
-from jaxseq.models.splash import splash_attention, target_platform
+from jaxseq.models.splash import kernel_flops, splash_attention, target_platform
 from jaxseq.parallel.mesh import make_mesh
 from jaxseq.parallel.sharding import batch_sharding, logical_shardings, sharding_context
 from jaxseq.train.compile import topology_devices
@@ -162,10 +162,16 @@ def _train_step_hlo(devices, mesh_cfg: MeshConfig) -> tuple[str, str | None]:
         return jax.jit(jax.grad(loss)).lower(*args).compile().as_text(), kernel
 
 
-def test_a_tpu_train_step_attends_through_splash_on_each_shard_and_a_cpu_one_does_not():
+@pytest.fixture(scope="module")
+def tpu_step():
+    """The TPU program of `_train_step_hlo` on v5e:2x2 as data 2 x tensor 2, and its kernel."""
+    return _train_step_hlo(topology_devices("v5e:2x2"), MeshConfig(data=-1, tensor=2))
+
+
+def test_a_tpu_train_step_attends_through_splash_on_each_shard_and_a_cpu_one_does_not(tpu_step):
     """v5e:2x2 as data 2 x tensor 2: the forward, dq and dkv kernels are Mosaic custom calls
     on each device's 2 items x 2 heads of 256 (200 padded) positions x 64."""
-    hlo, kernel = _train_step_hlo(topology_devices("v5e:2x2"), MeshConfig(data=-1, tensor=2))
+    hlo, kernel = tpu_step
     assert kernel == "splash"
     calls = [line for line in hlo.splitlines() if 'custom_call_target="tpu_custom_call"' in line]
     for name in ("splash_mha_fwd", "splash_mha_dq", "splash_mha_dkv"):
@@ -173,3 +179,12 @@ def test_a_tpu_train_step_attends_through_splash_on_each_shard_and_a_cpu_one_doe
         assert "bf16[2,2,256,64]" in call, call[:300]
     hlo, kernel = _train_step_hlo(jax.devices()[:1], MeshConfig())
     assert kernel is None and "tpu_custom_call" not in hlo
+
+
+def test_the_splash_kernels_flops_are_counted_from_their_shapes(tpu_step):
+    """XLA's cost analysis does not see inside the kernels; `kernel_flops` counts each device's
+    matmuls from the calls' shapes: 2 items x 2 heads x 256 queries x 256 keys x 64, times 2
+    FLOPs a multiply-add for the forward's 2 matmuls, the dq kernel's 3 and the dkv kernel's 4."""
+    hlo, _ = tpu_step
+    assert kernel_flops(hlo) == 2 * (2 + 3 + 4) * 2 * 2 * 256 * 256 * 64
+    assert kernel_flops(_train_step_hlo(jax.devices()[:1], MeshConfig())[0]) == 0.0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -168,3 +169,29 @@ def splash_attention(
         )
     out = attend(q, k, v, kv_segments)  # [batch, heads, q_len + q_pad, head_dim]
     return out[:, :, :q_len].transpose(0, 2, 1, 3).astype(value.dtype)
+
+
+# Matmul FLOPs per batch x head x query x key x head_dim of each splash kernel: the forward
+# pass's q·k and weights·values; the backward's dq kernel recomputes q·k, then do·vᵀ and ds·k;
+# its dkv kernel recomputes q·k, then weightsᵀ·do, do·vᵀ and dsᵀ·q (2 FLOPs a multiply-add).
+_KERNEL_FLOPS = {"splash_mha_fwd": 4, "splash_mha_dq": 6, "splash_mha_dkv": 8}
+_CALL = re.compile(r'^\s*%(splash_mha_(?:fwd|dq|dkv))\S* = .*custom_call_target="tpu_custom_call"')
+_ARRAY = re.compile(r"(?:bf16|f16|f32)\[(\d+),(\d+),(\d+),(\d+)\]")
+
+
+def kernel_flops(hlo_text: str) -> float:
+    """Matmul FLOPs of the splash kernels in a compiled program's HLO text (one device's), which
+    XLA's cost analysis does not see inside: per call, from its query [batch, heads, q_len,
+    head_dim] and key [batch, heads, kv_len, head_dim] operands (the first two 4-d float ones
+    of its operand layouts), counted as if no block were masked (a causal kernel skips about
+    half). The backward kernels' recomputed q·k counts, as XLA counts rematerialized work; a
+    call in a loop body counts once, as in XLA's cost analysis."""
+    total = 0.0
+    for line in hlo_text.splitlines():
+        call = _CALL.match(line)
+        if call is None:
+            continue
+        operands = line.split("operand_layout_constraints=", 1)[1]
+        (b, h, q, d), (_, _, kv, _) = (tuple(map(int, m)) for m in _ARRAY.findall(operands)[:2])
+        total += _KERNEL_FLOPS[call.group(1)] * b * h * q * kv * d
+    return total

@@ -34,6 +34,7 @@ from jaxseq.train.chips import hbm_bytes, peak_tflops
 from jaxseq.train.optimizer import make_optimizer
 from jaxseq.train.state import abstract_train_state
 from jaxseq.train.steps import check_batch_sizes, eval_step, jit_train_step
+from jaxseq.train.throughput import compiled_flops
 
 GIB = 2.0**30
 COMPILE_DIR = "compile"  # in a workdir: one JSON report and the HLO per compiled target
@@ -94,14 +95,12 @@ def _device_bytes(tree: Any) -> int:
 def _analysis(compiled: Any, devices: int) -> dict[str, Any]:
     """Per-device memory (bytes) of a compiled program and its FLOPs over all devices."""
     mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
     out = {
         "argument_bytes": int(mem.argument_size_in_bytes),
         "output_bytes": int(mem.output_size_in_bytes),
         "alias_bytes": int(mem.alias_size_in_bytes),  # outputs written over donated arguments
         "temp_bytes": int(mem.temp_size_in_bytes),  # activations and XLA's scratch
-        "flops_per_step": float(cost.get("flops", 0.0)) * devices,
+        "flops_per_step": compiled_flops(compiled) * devices,
     }
     # What MaxText reports as the total: live arguments, outputs and temporaries at once.
     out["peak_bytes"] = (

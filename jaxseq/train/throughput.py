@@ -5,14 +5,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from jaxseq.models import splash
+
+
+def compiled_flops(compiled: Any) -> float:
+    """FLOPs one device runs in a compiled, partitioned program: XLA's cost analysis, plus the
+    matmuls of the TPU splash attention kernels, which it does not see inside
+    (`splash.kernel_flops`)."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float(cost.get("flops", 0.0))
+    hlo = compiled.as_text()
+    return flops + (splash.kernel_flops(hlo) if "tpu_custom_call" in hlo else 0.0)
+
 
 def device_flops(jitted: Any, *args: Any) -> float:
-    """FLOPs one device runs in a call of `jitted` on `args`: XLA's cost analysis of the
-    compiled, partitioned program. After a call with arguments of the same shapes and
-    shardings, lowering and compiling hit jit's caches (nothing is compiled again)."""
-    cost = jitted.lower(*args).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost.get("flops", 0.0))
+    """FLOPs one device runs in a call of `jitted` on `args` (`compiled_flops`). After a call
+    with arguments of the same shapes and shardings, lowering and compiling hit jit's caches
+    (nothing is compiled again)."""
+    return compiled_flops(jitted.lower(*args).compile())
 
 
 class Throughput:
