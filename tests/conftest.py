@@ -25,7 +25,7 @@ if os.environ.get("JAXSEQ_TEST_FAST", "1") == "1":
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         _CACHE = tempfile.mkdtemp(prefix="jaxseq-test-xla-cache-")
         os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 # librosa's numba gufuncs cache their machine code beside librosa. Two processes that compile
 # different functions of one module at the same time (the xdist workers: Griffin-Lim's phasor

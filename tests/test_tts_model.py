@@ -139,15 +139,19 @@ def _decoder_inputs(task, params, batch):
     encoded, mask = task.model.apply(
         {"params": params}, batch["labels"], batch["label_lengths"], method=TTSModel.encode
     )
-    for s in range(1, steps):
-        mel, _ = task.model.apply(
+    # Jitted: one compile per prefix length instead of one per operation of each eager pass.
+    decode = jax.jit(
+        lambda frames: task.model.apply(
             {"params": params},
-            inputs[:, :s],
+            frames,
             encoded,
             mask,
             method=TTSModel.decode,
             rngs={"dropout": jax.random.PRNGKey(0)},
-        )  # [batch, s, r, n_mels]
+        )
+    )
+    for s in range(1, steps):
+        mel, _ = decode(inputs[:, :s])  # [batch, s, r, n_mels]
         inputs = inputs.at[:, s].set(mel[:, s - 1, -1])
     return inputs
 
