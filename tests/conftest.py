@@ -1,5 +1,6 @@
 """Shared test set-up: offline hubs, and a tiny synthesized + prepared digits dataset."""
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -65,16 +66,28 @@ def quick_config(tiny_dataset, *extra):
 
 
 @pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory) -> Path:
-    """A prepared dataset from a tiny espeak-ng digits corpus (train/valid/test)."""
+def tiny_dataset(tmp_path_factory, worker_id) -> Path:
+    """A prepared dataset from a tiny espeak-ng digits corpus (train/valid/test), read-only.
+
+    Built once per test run: xdist's workers share their base temporary directory, and the
+    first worker to take the lock builds it while the others wait."""
     from jaxseq.config import load_config
     from jaxseq.data.prepare import prepare_corpus
     from jaxseq.data.synth import synthesize_corpus
 
-    root = tmp_path_factory.mktemp("tiny")
-    cfg = load_config(TINY_CONFIG)
-    synthesize_corpus(root / "audio", cfg.synth, num_workers=1, progress=False)
-    prepare_corpus(root / "audio", root / "prepared", cfg.prepare, num_workers=1, progress=False)
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if worker_id != "master" else base  # the run's, under xdist
+    root = shared / "tiny-dataset"
+    with open(shared / "tiny-dataset.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (root / "complete").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            cfg = load_config(TINY_CONFIG)
+            synthesize_corpus(root / "audio", cfg.synth, num_workers=1, progress=False)
+            prepare_corpus(
+                root / "audio", root / "prepared", cfg.prepare, num_workers=1, progress=False
+            )
+            (root / "complete").touch()
     return root / "prepared"
 
 
