@@ -65,30 +65,55 @@ def quick_config(tiny_dataset, *extra):
     )
 
 
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory, worker_id) -> Path:
-    """A prepared dataset from a tiny espeak-ng digits corpus (train/valid/test), read-only.
+def built_once(tmp_path_factory, worker_id: str, name: str, build) -> Path:
+    """The folder `name` that `build(folder)` fills, built once per test run: xdist's workers
+    share their base temporary directory, and the first worker to take the lock builds it
+    while the others wait. What is built there is read-only for the tests."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if worker_id != "master" else base  # the run's, under xdist
+    root = shared / name
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (root / ".complete").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            build(root)
+            (root / ".complete").touch()
+    return root
 
-    Built once per test run: xdist's workers share their base temporary directory, and the
-    first worker to take the lock builds it while the others wait."""
+
+def _tiny_corpus(root: Path) -> None:
     from jaxseq.config import load_config
     from jaxseq.data.prepare import prepare_corpus
     from jaxseq.data.synth import synthesize_corpus
 
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if worker_id != "master" else base  # the run's, under xdist
-    root = shared / "tiny-dataset"
-    with open(shared / "tiny-dataset.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if not (root / "complete").exists():
-            shutil.rmtree(root, ignore_errors=True)
-            cfg = load_config(TINY_CONFIG)
-            synthesize_corpus(root / "audio", cfg.synth, num_workers=1, progress=False)
-            prepare_corpus(
-                root / "audio", root / "prepared", cfg.prepare, num_workers=1, progress=False
-            )
-            (root / "complete").touch()
-    return root / "prepared"
+    cfg = load_config(TINY_CONFIG)
+    synthesize_corpus(root / "audio", cfg.synth, num_workers=1, progress=False)
+    prepare_corpus(root / "audio", root / "prepared", cfg.prepare, num_workers=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory, worker_id) -> Path:
+    """A prepared dataset from a tiny espeak-ng digits corpus (train/valid/test)."""
+    return built_once(tmp_path_factory, worker_id, "tiny-dataset", _tiny_corpus) / "prepared"
+
+
+def _speaker_corpus(root: Path) -> None:
+    from jaxseq import cli
+
+    config = str(REPO / "configs" / "classify_tiny.yaml")
+    cli.main(["synth", "--config", config, "--out", str(root / "audio")])
+    cli.main(
+        ["prepare", "--config", config, "--source", f"synth:{root / 'audio'}"]
+        + ["--out", str(root / "prepared")]
+    )
+
+
+@pytest.fixture(scope="session")
+def speaker_corpus(tmp_path_factory, worker_id) -> Path:
+    """configs/classify_tiny.yaml's corpus (digit strings with their speakers as labels),
+    synthesized and prepared by the `jaxseq synth` and `jaxseq prepare` commands: the folder
+    with audio/ and prepared/."""
+    return built_once(tmp_path_factory, worker_id, "speaker-corpus", _speaker_corpus)
 
 
 @pytest.fixture(scope="session")

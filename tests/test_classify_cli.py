@@ -30,8 +30,8 @@ def _corpus(root, *overrides):
 
 
 @pytest.fixture(scope="module")
-def speakers(tmp_path_factory):
-    return _corpus(tmp_path_factory.mktemp("speakers"))
+def speakers(speaker_corpus):
+    return speaker_corpus
 
 
 @pytest.fixture(scope="module")

@@ -20,20 +20,12 @@ from tests.conftest import REPO, TINY_CONFIG
 from tests.test_multiprocess import TIMEOUT, _env, _free_port
 
 SCRIPT = REPO / "tests" / "multiprocess_families_run.py"
-CORPUS = REPO / "configs" / "classify_tiny.yaml"  # transcripts and speaker labels
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def corpus(speaker_corpus):
     """A tiny corpus every family trains on: digit strings with their speakers as labels."""
-    from jaxseq.data.prepare import prepare_corpus
-    from jaxseq.data.synth import synthesize_corpus
-
-    root = tmp_path_factory.mktemp("families")
-    cfg = jaxseq.load_config(CORPUS)
-    synthesize_corpus(root / "audio", cfg.synth, num_workers=1, progress=False)
-    prepare_corpus(root / "audio", root / "prepared", cfg.prepare, num_workers=1, progress=False)
-    return root / "prepared"
+    return speaker_corpus / "prepared"
 
 
 @pytest.fixture(scope="module")
