@@ -184,7 +184,8 @@ def test_loss_matches_transformers(converted, hf_dir, batch):
     transformers' loss with the prompt's labels set to -100."""
     host, texts = batch
     trained = load_trained(converted)
-    loss, metrics = trained.task.loss_fn(
+    loss_fn = jax.jit(trained.task.loss_fn, static_argnames="train")
+    loss, metrics = loss_fn(
         trained.params, jax.tree.map(jnp.asarray, host), jax.random.PRNGKey(0), train=False
     )
     transcripts = [trained.task.tokenizer.encode(text).tolist() for text in texts]
