@@ -4,6 +4,7 @@ float64 NumPy (pooling), torch (cross-entropies), brute-force speaker mapping (D
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 
 import jax
@@ -52,11 +53,33 @@ def _batch(rng: np.random.Generator, lengths, label_rows):
     }
 
 
-def _task(cfg: Config) -> tuple[ClassifyTask, dict]:
+@functools.cache
+def _task(**classify) -> tuple[ClassifyTask, dict]:
+    """The task of `_cfg(**classify)` and its initial parameters (one per configuration: the
+    tests only read them)."""
+    cfg = _cfg(**classify)
     task = ClassifyTask(cfg, LabelSet(NAMES, cfg.classify.level), N_MELS)
     batch = _batch(np.random.default_rng(0), [32, 20, 9], [[0], [2], [1]])
     params = jax.jit(lambda: task.init_variables(jax.random.PRNGKey(1), batch))()
     return task, jax.tree.map(np.asarray, nn_unbox(params)["params"])
+
+
+@functools.cache
+def _logits(task: ClassifyTask):
+    """`task.logits` (evaluation), compiled once per task and batch shape."""
+    return jax.jit(task.logits)
+
+
+@functools.cache
+def _loss_and_logits(task: ClassifyTask):
+    """(`task.loss_fn` with train=False, `task.logits`) as one program: one compile per task
+    and batch shape."""
+
+    @jax.jit
+    def run(params, batch, rng):
+        return task.loss_fn(params, batch, rng, train=False), task.logits(params, batch)
+
+    return run
 
 
 def nn_unbox(tree):
@@ -66,19 +89,21 @@ def nn_unbox(tree):
 
 
 def test_sequence_head_mean_pools_valid_frames_only():
-    task, params = _task(_cfg())
+    task, params = _task()
     rng = np.random.default_rng(2)
     batch = _batch(rng, [32, 20, 9], [[0], [2], [1]])
-    logits, enc_lengths = task.logits(params, batch)
+    logits, enc_lengths = _logits(task)(params, batch)
     # Garbage in the padded frames changes nothing.
     noisy = {**batch, "features": batch["features"].copy()}
     for r, n in enumerate(batch["feature_lengths"]):
         noisy["features"][r, n:] = 1e3 * rng.normal(size=(32 - n, N_MELS))
-    np.testing.assert_allclose(task.logits(params, noisy)[0], logits, atol=1e-5)
+    np.testing.assert_allclose(_logits(task)(params, noisy)[0], logits, atol=1e-5)
     # The head is linear, so mean-then-linear equals the float64 mean of the frame head's
     # logits (same parameters) over the valid encoder frames.
     model = EncoderClassifier(task.cfg.model, len(NAMES), "frame")
-    frames, _ = model.apply({"params": params}, batch["features"], batch["feature_lengths"])
+    frames, _ = jax.jit(model.apply)(
+        {"params": params}, batch["features"], batch["feature_lengths"]
+    )
     frames = np.asarray(frames, np.float64)  # [b, enc_frames, labels]
     for r, n in enumerate(np.asarray(enc_lengths)):
         np.testing.assert_allclose(logits[r], frames[r, :n].mean(axis=0), atol=1e-5)
@@ -86,11 +111,10 @@ def test_sequence_head_mean_pools_valid_frames_only():
 
 
 def test_sequence_loss_matches_torch_and_skips_filler_rows():
-    task, params = _task(_cfg())
+    task, params = _task()
     batch = _batch(np.random.default_rng(3), [32, 20, 9], [[0], [2], [1]])
     batch["valid"] = np.array([True, True, False])
-    loss, metrics = task.loss_fn(params, batch, jax.random.PRNGKey(0), train=False)
-    logits, _ = task.logits(params, batch)
+    (loss, metrics), (logits, _) = _loss_and_logits(task)(params, batch, jax.random.PRNGKey(0))
     want = torch.nn.functional.cross_entropy(
         torch.tensor(np.asarray(logits)[:2], dtype=torch.float64), torch.tensor([0, 2])
     )
@@ -101,10 +125,9 @@ def test_sequence_loss_matches_torch_and_skips_filler_rows():
 
 
 def test_multi_label_loss_matches_torch_bce():
-    task, params = _task(_cfg(multi_label=True))
+    task, params = _task(multi_label=True)
     batch = _batch(np.random.default_rng(4), [32, 20, 9], [[0, 2], [1], [2, 1, 0]])
-    loss, metrics = task.loss_fn(params, batch, jax.random.PRNGKey(0), train=False)
-    logits, _ = task.logits(params, batch)
+    (loss, metrics), (logits, _) = _loss_and_logits(task)(params, batch, jax.random.PRNGKey(0))
     hot = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 1]], dtype=torch.float64)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(
         torch.tensor(np.asarray(logits), dtype=torch.float64), hot, reduction="sum"
@@ -114,13 +137,12 @@ def test_multi_label_loss_matches_torch_bce():
 
 
 def test_frame_loss_skips_padded_and_unlabeled_frames():
-    cfg = _cfg(level="frame")
-    task, params = _task(cfg)
+    task, params = _task(level="frame")
     rng = np.random.default_rng(5)
     rows = [rng.integers(-1, 3, size=32), rng.integers(-1, 3, size=20), rng.integers(0, 3, size=9)]
     batch = _batch(rng, [32, 20, 9], rows)
-    loss, metrics = task.loss_fn(params, batch, jax.random.PRNGKey(0), train=False)
-    logits, enc_lengths = task.logits(params, batch)
+    run = _loss_and_logits(task)
+    (loss, metrics), (logits, enc_lengths) = run(params, batch, jax.random.PRNGKey(0))
     picked_logits, picked_targets = [], []
     for r, n in enumerate(np.asarray(enc_lengths)):
         for k in range(n):
@@ -138,7 +160,7 @@ def test_frame_loss_skips_padded_and_unlabeled_frames():
     for r, n in enumerate(batch["feature_lengths"]):
         noisy["features"][r, n:] = 50.0
         noisy["labels"][r, n:] = 2
-    loss2, metrics2 = task.loss_fn(params, noisy, jax.random.PRNGKey(0), train=False)
+    (loss2, metrics2), _ = run(params, noisy, jax.random.PRNGKey(0))
     assert abs(float(loss2) - float(loss)) < 1e-5 and metrics2["tokens"] == metrics["tokens"]
 
 

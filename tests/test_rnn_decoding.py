@@ -3,6 +3,7 @@ enumeration scored by teacher forcing, and beam search with a wide enough beam o
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -36,26 +37,31 @@ def chain_step(tokens, cache, position):
     return table[tokens], {}
 
 
+def _jitted(search, step_fn, **options):
+    """`search(step_fn, cache, prompt, **options)` as one compiled program (run eagerly, every
+    operation of the Python-level loop would compile on its own)."""
+    return jax.jit(functools.partial(search, step_fn, **options))
+
+
 def test_exhaustive_finds_the_hand_computed_argmax():
     prompt = jnp.array([[START], [START2]])
-    out = exhaustive_search(chain_step, {}, prompt, max_new_tokens=3, eos_id=EOS)
+    out = _jitted(exhaustive_search, chain_step, max_new_tokens=3, eos_id=EOS)({}, prompt)
     # Item 0: P(b EOS) = 0.4 · 0.9 = 0.36 beats P(a EOS) = 0.24 and every longer sequence
     # (a b EOS = 0.162, the likeliest of them). Item 1: P(b EOS) = 0.7 · 0.9 = 0.63.
     np.testing.assert_array_equal(out.sequences, [[B, EOS, EOS], [B, EOS, EOS]])
     np.testing.assert_allclose(out.scores, np.log([0.36, 0.63]), rtol=1e-6)
     np.testing.assert_array_equal(out.lengths, [2, 2])
-    greedy = greedy_search(chain_step, {}, prompt, max_new_tokens=3, eos_id=EOS)
+    greedy = _jitted(greedy_search, chain_step, max_new_tokens=3, eos_id=EOS)({}, prompt)
     np.testing.assert_array_equal(greedy.sequences[0], [A, EOS, EOS])  # greedy misses it
-    wide = beam_search(
+    wide = _jitted(
+        beam_search,
         chain_step,
-        {},
-        prompt,
         beam_size=9,
         max_new_tokens=3,
         eos_id=EOS,
         early_stopping="never",
         length_penalty=LengthPenalty("none"),
-    )
+    )({}, prompt)
     np.testing.assert_array_equal(wide.sequences[:, 0], out.sequences)
 
 
@@ -66,10 +72,11 @@ def test_exhaustive_without_an_end_takes_the_likeliest_full_length_sequence():
     logits[:, EOS] = -np.inf
     table = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), -1)
     step = lambda tokens, cache, position: (table[tokens], cache)  # noqa: E731
-    out = exhaustive_search(step, {}, jnp.array([[3]]), max_new_tokens=3, eos_id=EOS)
+    out = _jitted(exhaustive_search, step, max_new_tokens=3, eos_id=EOS)({}, jnp.array([[3]]))
+    host = np.asarray(table)  # float32, summed in float32 as on the device
     best = max(
         itertools.product(range(1, 4), repeat=3),
-        key=lambda s: float(table[3, s[0]] + table[s[0], s[1]] + table[s[1], s[2]]),
+        key=lambda s: float(host[3, s[0]] + host[s[0], s[1]] + host[s[1], s[2]]),
     )
     np.testing.assert_array_equal(out.sequences[0], best)
     assert int(out.lengths[0]) == 3
@@ -102,7 +109,8 @@ def rnn():
     params = jax.tree.unflatten(  # wide weights: peaked, varied next-token distributions
         treedef, [jnp.asarray(rng.normal(0, 1.0, x.shape), jnp.float32) for x in leaves]
     )
-    memory, carry = model.apply({"params": params}, features, lengths, method=RNNModel.encode)
+    encode = jax.jit(functools.partial(model.apply, method=RNNModel.encode))
+    memory, carry = encode({"params": params}, features, lengths)
 
     def step_fn(tokens, cache, position):
         cache, (logits, _) = model.apply(
@@ -113,14 +121,23 @@ def rnn():
     return model, params, features, lengths, carry, step_fn
 
 
-def _scores(model, params, features, lengths, item: int, seqs: list) -> list[float]:
+@pytest.fixture(scope="module")
+def rnn_oracle(rnn):
+    """Exhaustive search on the fixture's RNN from START_ID (one compiled program)."""
+    _, _, _, _, carry, step_fn = rnn
+    prompt = jnp.full((3, 1), START_ID, jnp.int32)
+    return _jitted(exhaustive_search, step_fn, max_new_tokens=STEPS, eos_id=0)(carry, prompt)
+
+
+def _scores(apply, params, features, lengths, item: int, seqs: list) -> list[float]:
     """log P(seq) of each sequence by teacher forcing (a path independent of the step
-    function): all of them as one batch, inputs padded after each sequence (causal)."""
+    function): all of them as one batch, inputs padded after each sequence (causal).
+    `apply`: the model's (jitted) `apply`."""
     inputs = np.zeros((len(seqs), STEPS), np.int32)
     for row, seq in enumerate(seqs):
         inputs[row, : len(seq)] = (START_ID, *seq[:-1])
     n = len(seqs)
-    logits, _ = model.apply(
+    logits, _ = apply(
         {"params": params},
         np.repeat(features[item : item + 1], n, 0),
         np.repeat(lengths[item : item + 1], n, 0),
@@ -132,10 +149,10 @@ def _scores(model, params, features, lengths, item: int, seqs: list) -> list[flo
     ]
 
 
-def test_exhaustive_equals_brute_force_enumeration(rnn):
-    model, params, features, lengths, carry, step_fn = rnn
-    prompt = jnp.full((3, 1), START_ID, jnp.int32)
-    out = exhaustive_search(step_fn, carry, prompt, max_new_tokens=STEPS, eos_id=0)
+def test_exhaustive_equals_brute_force_enumeration(rnn, rnn_oracle):
+    model, params, features, lengths, _, _ = rnn
+    out = rnn_oracle
+    apply = jax.jit(model.apply)  # one compile serves the three items (the same shapes)
     # Every candidate once: cut at its first EOS, or full length without one.
     candidates = {
         s[: s.index(0) + 1] if 0 in s else s for s in itertools.product(range(VOCAB), repeat=STEPS)
@@ -143,7 +160,7 @@ def test_exhaustive_equals_brute_force_enumeration(rnn):
     assert len(candidates) == sum(4**k for k in range(STEPS)) + 4**STEPS
     for item in range(3):
         seqs = sorted(candidates)
-        scored = dict(zip(seqs, _scores(model, params, features, lengths, item, seqs), strict=True))
+        scored = dict(zip(seqs, _scores(apply, params, features, lengths, item, seqs), strict=True))
         best = max(scored, key=scored.get)
         got = tuple(int(t) for t in out.sequences[item][: int(out.lengths[item])])
         assert got == best
@@ -151,22 +168,21 @@ def test_exhaustive_equals_brute_force_enumeration(rnn):
     assert len({tuple(np.asarray(s)) for s in out.sequences}) > 1  # not one trivial answer
 
 
-def test_wide_beam_search_matches_exhaustive_search(rnn):
+def test_wide_beam_search_matches_exhaustive_search(rnn, rnn_oracle):
     _, _, _, _, carry, step_fn = rnn
     prompt = jnp.full((3, 1), START_ID, jnp.int32)
-    oracle = exhaustive_search(step_fn, carry, prompt, max_new_tokens=STEPS, eos_id=0)
+    oracle = rnn_oracle
     # (vocab - 1) ** (STEPS - 1) live prefixes at most: a beam that wide drops nothing.
     beam = (VOCAB - 1) ** (STEPS - 1)
-    out = beam_search(
+    out = _jitted(
+        beam_search,
         step_fn,
-        carry,
-        prompt,
         beam_size=beam,
         max_new_tokens=STEPS,
         eos_id=0,
         length_penalty=LengthPenalty("none"),
         early_stopping="never",
-    )
+    )(carry, prompt)
     np.testing.assert_array_equal(out.sequences[:, 0], oracle.sequences)
     np.testing.assert_array_equal(out.lengths[:, 0], oracle.lengths)
     np.testing.assert_allclose(out.scores[:, 0], oracle.scores, atol=1e-5)
@@ -175,8 +191,8 @@ def test_wide_beam_search_matches_exhaustive_search(rnn):
 
 def test_exhaustive_refuses_a_big_search():
     with pytest.raises(ValueError, match="tiny problems only"):
-        exhaustive_search(
-            chain_step, {}, jnp.array([[START]]), max_new_tokens=9, eos_id=EOS, max_rows=100
+        _jitted(exhaustive_search, chain_step, max_new_tokens=9, eos_id=EOS, max_rows=100)(
+            {}, jnp.array([[START]])
         )
 
 

@@ -6,6 +6,7 @@ loop hands the loss."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -50,6 +51,12 @@ def _random_params(model: RNNModel, seed: int = 0) -> dict:
     return jax.tree.unflatten(
         treedef, [jnp.asarray(rng.normal(0, 0.4, x.shape), jnp.float32) for x in leaves]
     )
+
+
+def _jit_apply(model: nn.Module, method=None):
+    """`model.apply` (of `method`) compiled as one program: run eagerly, every operation of
+    the model (its scans, its decoder loop) would compile on its own."""
+    return jax.jit(functools.partial(model.apply, method=method))
 
 
 def _t(x) -> torch.Tensor:
@@ -129,7 +136,7 @@ def test_model_matches_a_torch_reimplementation(cell):
     model = RNNModel(dims)
     params = _random_params(model)
     features, lengths, tokens = _inputs()
-    logits, weights = model.apply({"params": params}, features, lengths, tokens)
+    logits, weights = _jit_apply(model)({"params": params}, features, lengths, tokens)
     want_logits, want_weights = torch_reference(dims, params, features, lengths, tokens)
     np.testing.assert_allclose(logits, want_logits, atol=1e-5, rtol=0)
     np.testing.assert_allclose(weights, want_weights, atol=1e-6, rtol=0)
@@ -139,7 +146,7 @@ def test_attention_sums_to_one_over_valid_frames_and_is_zero_on_padding():
     model = RNNModel(_dims("lstm"))
     params = _random_params(model, seed=3)
     features, lengths, tokens = _inputs(frames=23)
-    _, weights = model.apply({"params": params}, features, lengths, tokens)  # [b, 5, 6]
+    _, weights = _jit_apply(model)({"params": params}, features, lengths, tokens)  # [b, 5, 6]
     valid = -(-LENGTHS // 4)  # encoder frames after the (2, 2) pyramid: [4, 2, 3]
     weights = np.asarray(weights)
     frames = np.arange(weights.shape[-1])[None, None, :]
@@ -153,12 +160,13 @@ def test_padding_and_batch_mates_change_nothing():
     model = RNNModel(_dims("gru", bidirectional=True))
     params = _random_params(model, seed=4)
     features, lengths, tokens = _inputs(frames=16)
-    logits, weights = model.apply({"params": params}, features, lengths, tokens)
+    apply = _jit_apply(model)
+    logits, weights = apply({"params": params}, features, lengths, tokens)
     longer = jnp.pad(features, ((0, 0), (0, 21), (0, 0)), constant_values=3.0)  # junk padding
-    logits2, weights2 = model.apply({"params": params}, longer, lengths, tokens)
+    logits2, weights2 = apply({"params": params}, longer, lengths, tokens)
     np.testing.assert_allclose(logits2, logits, atol=1e-6)
     np.testing.assert_allclose(weights2[..., : weights.shape[-1]], weights, atol=1e-7)
-    alone, _ = model.apply({"params": params}, features[1:2], lengths[1:2], tokens[1:2])
+    alone, _ = apply({"params": params}, features[1:2], lengths[1:2], tokens[1:2])
     np.testing.assert_allclose(alone[0], logits[1], atol=1e-6)
 
 
@@ -168,11 +176,12 @@ def test_cached_steps_equal_teacher_forcing(feeding):
     model = RNNModel(_dims("lstm", input_feeding=feeding, bidirectional=False))
     params = _random_params(model, seed=5)
     features, lengths, tokens = _inputs()
-    logits, weights = model.apply({"params": params}, features, lengths, tokens)
-    memory, carry = model.apply({"params": params}, features, lengths, method=RNNModel.encode)
+    logits, weights = _jit_apply(model)({"params": params}, features, lengths, tokens)
+    memory, carry = _jit_apply(model, RNNModel.encode)({"params": params}, features, lengths)
+    decode_step = _jit_apply(model, RNNModel.decode_step)  # one compile serves every step
     for t in range(tokens.shape[1]):
-        carry, (step_logits, step_weights) = model.apply(
-            {"params": params}, carry, tokens[:, t], memory, method=RNNModel.decode_step
+        carry, (step_logits, step_weights) = decode_step(
+            {"params": params}, carry, tokens[:, t], memory
         )
         np.testing.assert_allclose(step_logits, logits[:, t], atol=1e-6)
         np.testing.assert_allclose(step_weights, weights[:, t], atol=1e-7)
@@ -219,14 +228,25 @@ def task_and_batch():
     return task, batch, params
 
 
-def _reference_loss(task, params, batch, inputs):
-    """Mean cross-entropy (label smoothing 0 in rnn_tiny) of the targets given `inputs`."""
+@functools.partial(jax.jit, static_argnums=0)  # the task: hashed by identity
+def _reference_loss_and_logits(task, params, batch, inputs):
     _, targets, weights = task._teacher_forcing(batch)
     logits, _ = task.model.apply(
         {"params": params}, batch["features"], batch["feature_lengths"], inputs
     )
     per_token = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    return float(jnp.sum(per_token * weights) / jnp.sum(weights)), logits
+    return jnp.sum(per_token * weights) / jnp.sum(weights), logits
+
+
+def _reference_loss(task, params, batch, inputs):
+    """Mean cross-entropy (label smoothing 0 in rnn_tiny) of the targets given `inputs`."""
+    value, logits = _reference_loss_and_logits(task, params, batch, inputs)
+    return float(value), logits
+
+
+def _loss_fn(task):
+    """`task.loss_fn` in training mode, compiled as one program."""
+    return jax.jit(functools.partial(task.loss_fn, train=True))
 
 
 def test_char_tokenizer_is_one_id_per_character():
@@ -254,7 +274,7 @@ def test_scheduled_sampling_zero_is_teacher_forcing(task_and_batch):
     plain = RNNTask(dataclasses.replace(task.cfg, rnn=zero), task.tokenizer, MELS)
     for t in (plain, task):  # p = 0 configured, and p = 0 at step 0 of the linear ramp
         step = {STEP_KEY: jnp.zeros(3, jnp.int32)}
-        loss, _ = t.loss_fn(params, {**batch, **step}, jax.random.PRNGKey(0), train=True)
+        loss, _ = _loss_fn(t)(params, {**batch, **step}, jax.random.PRNGKey(0))
         assert float(loss) == pytest.approx(want, rel=1e-6)
 
 
@@ -268,7 +288,7 @@ def test_scheduled_sampling_one_feeds_the_models_own_argmax(task_and_batch):
     assert not np.array_equal(own, inputs)
     want, _ = _reference_loss(task, params, batch, own)
     step = {STEP_KEY: jnp.full(3, 4, jnp.int32)}  # the end of the ramp: p = 1
-    loss, _ = task.loss_fn(params, {**batch, **step}, jax.random.PRNGKey(0), train=True)
+    loss, _ = _loss_fn(task)(params, {**batch, **step}, jax.random.PRNGKey(0))
     assert float(loss) == pytest.approx(want, rel=1e-6)
     # The probability grows linearly with the step the loop passes.
     probs = [float(task.sampling_probability(jnp.int32(s))) for s in (0, 1, 2, 4, 9)]

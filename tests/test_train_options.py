@@ -16,9 +16,9 @@ from jaxseq.parallel.mesh import make_mesh
 from jaxseq.tasks import build_task
 from jaxseq.train.loop import train
 from jaxseq.train.optimizer import make_optimizer, param_path
-from jaxseq.train.state import create_train_state
+from jaxseq.train.state import abstract_train_state, create_train_state
 from jaxseq.train.steps import make_train_step
-from tests.conftest import REPO
+from tests.conftest import REPO, quick_config
 
 
 def _setup(tiny_dataset, config, *overrides):
@@ -49,8 +49,8 @@ def test_microbatches_equal_the_large_batch_step(tiny_dataset, config, overrides
     cfg, task, tx, mesh = _setup(tiny_dataset, config, *overrides)
     batch = _batch(task)
     results = {}
+    state = create_train_state(task, tx, batch, mesh, seed=0)  # not donated: serves every m
     for m in (1, 2, 4):
-        state = create_train_state(task, tx, batch, mesh, seed=0)
         step = jax.jit(make_train_step(task, tx, microbatches=m))
         new, metrics, _ = step(state, batch, jnp.zeros((), jnp.int32))
         results[m] = jax.device_get((new.params, new.opt_state, metrics))
@@ -66,10 +66,8 @@ def test_microbatches_equal_the_large_batch_step(tiny_dataset, config, overrides
 
 
 def test_microbatches_through_the_loop(tiny_dataset, tmp_path):
-    cfg = load_config(
-        REPO / "configs" / "ctc_tiny.yaml",
-        [f"data.dataset={tiny_dataset}", "train.num_steps=2", "train.microbatches=2"],
-    )
+    # One bucket (one compiled step for both steps) and no evaluation: the loop's part.
+    cfg = quick_config(tiny_dataset, "train.num_steps=2", "train.microbatches=2")
     assert train(cfg, tmp_path)["step"] == 2
     bad = load_config(
         REPO / "configs" / "ctc_tiny.yaml", [f"data.dataset={tiny_dataset}", "train.microbatches=3"]
@@ -95,18 +93,35 @@ def test_bf16_compute_keeps_float32_state(tiny_dataset):
     np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=2e-2)
 
 
+def _random_params(shapes: dict) -> dict:
+    """Every parameter random (biases too, zero at initialization): N(1, 0.1²) for the
+    LayerNorm scales, N(0, 0.1²) elsewhere. Drawn with numpy from the shapes alone: an
+    initialization (jax.random's threefry on every leaf) costs seconds of XLA compiles."""
+    rng = np.random.default_rng(1)
+
+    def draw(path, x):
+        mean = 1.0 if param_path(path).endswith("scale") else 0.0
+        return jnp.asarray(mean + 0.1 * rng.normal(size=x.shape), x.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
 @pytest.mark.parametrize("config", ["ctc_tiny.yaml", "seq2seq_tiny.yaml"])
 def test_remat_policies_do_not_change_the_numerics(tiny_dataset, config):
     results = {}
+    params = None
     for remat in ("none", "full", "dots"):
         cfg, task, tx, mesh = _setup(tiny_dataset, config, f"model.remat={remat}")
         batch = _batch(task)
-        state = create_train_state(task, tx, batch, mesh, seed=0)
+        shapes = abstract_train_state(task, tx, batch, mesh)[0].params  # nothing compiled
+        if params is None:  # remat changes no parameter: the same weights serve all three
+            params = _random_params(shapes)
+        assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(jnp.shape, params)
 
         def loss(params, task=task, batch=batch):
             return task.loss_fn(params, batch, jax.random.PRNGKey(0), train=True)[0]
 
-        results[remat] = jax.device_get(jax.jit(jax.value_and_grad(loss))(state.params))
+        results[remat] = jax.device_get(jax.jit(jax.value_and_grad(loss))(params))
     reference = jax.tree.leaves(results["none"])
     for remat in ("full", "dots"):
         for a, b in zip(jax.tree.leaves(results[remat]), reference, strict=True):
@@ -127,14 +142,6 @@ def _stack_layers(params: dict, num_layers: int) -> dict:
     return out
 
 
-def _perturbed(params: dict) -> dict:
-    """`params` + N(0, 0.1²) noise on every leaf (biases start at zero)."""
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    noisy = [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
-    return treedef.unflatten(noisy)
-
-
 @pytest.mark.parametrize("config", ["ctc_tiny.yaml", "seq2seq_tiny.yaml"])
 def test_scanned_layers_equal_the_loop(tiny_dataset, config):
     """model.scan_layers: the same loss, gradients, parameters after one AdamW step with weight
@@ -153,20 +160,25 @@ def test_scanned_layers_equal_the_loop(tiny_dataset, config):
     for scan in (False, True):
         cfg, task, tx, mesh = _setup(tiny_dataset, config, *overrides, f"model.scan_layers={scan}")
         batch = _batch(task)
+        shapes = abstract_train_state(task, tx, batch, mesh)[0].params  # nothing compiled
         if not scan:
-            params = create_train_state(task, tx, batch, mesh, seed=0).params
-            params = _perturbed(params)
+            params = _random_params(shapes)
         weights = _stack_layers(params, 3) if scan else params
+        assert jax.tree.structure(shapes) == jax.tree.structure(weights)
+        assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(jnp.shape, weights)
 
         def loss(p, task=task, batch=batch):
             return task.loss_fn(p, batch, jax.random.PRNGKey(0), train=True)[0]
 
         value, grads = jax.jit(jax.value_and_grad(loss))(weights)
-        shapes = create_train_state(task, tx, batch, mesh, seed=0).params
-        assert jax.tree.structure(shapes) == jax.tree.structure(weights)
+
         # The optimizer step of the train loop (clipping, AdamW with the decay mask).
-        updates, _ = jax.jit(tx.update)(grads, tx.init(weights), weights)
-        stepped = optax.apply_updates(weights, updates)
+        @jax.jit
+        def optimizer_step(grads, weights, tx=tx):
+            updates, _ = tx.update(grads, tx.init(weights), weights)
+            return optax.apply_updates(weights, updates)
+
+        stepped = optimizer_step(grads, weights)
         decoded = {}
         if config.startswith("seq2seq"):
             predict = jax.jit(task.predict_fn, static_argnums=(2, 3))
