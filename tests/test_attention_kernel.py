@@ -151,9 +151,8 @@ def random_case(rng, batch, q_len, kv_len, mask):
     leaves, biases not zero) in the modules' tree."""
     xq = to_bf16(rng.normal(size=(batch, q_len, EMBED)))
     xkv = to_bf16(rng.normal(size=(batch, kv_len, EMBED)))
-    shapes = nn.meta.unbox(
-        MultiHeadAttention(HEADS).init(jax.random.key(0), xq, xkv, mask, True)["params"]
-    )
+    init = MultiHeadAttention(HEADS).init  # its shapes only (nothing to compile)
+    shapes = nn.meta.unbox(jax.eval_shape(init, jax.random.key(0), xq, xkv, mask, True)["params"])
     params = jax.tree.map(lambda s: to_bf16(rng.normal(size=s.shape) / np.sqrt(EMBED)), shapes)
     return params, xq, xkv
 
@@ -250,14 +249,13 @@ def test_cached_self_attention_steps(dtype, route):
     _, new_state = new.apply(variables, x, x, None, True, True, mutable=["cache"])
     _, old_state = old.apply(variables, x, x, tril, True, True, mutable=["cache"])
     exact, _ = oracle(params, x, x, None, causal=True)  # [batch, length, embed]
+    # One compiled step each (traced here, under this test's route) for all the steps.
+    new_step = jax.jit(lambda v, s: new.apply(v, s, s, None, True, True, mutable=["cache"]))
+    old_step = jax.jit(lambda v, s: old.apply(v, s, s, None, True, True, mutable=["cache"]))
     for t in range(length):
         step = x[:, t : t + 1]  # [batch, 1, embed]
-        got, new_state = new.apply(
-            {**variables, **new_state}, step, step, None, True, True, mutable=["cache"]
-        )
-        want, old_state = old.apply(
-            {**variables, **old_state}, step, step, None, True, True, mutable=["cache"]
-        )
+        got, new_state = new_step({**variables, **new_state}, step)
+        want, old_state = old_step({**variables, **old_state}, step)
         check(got, want, dtype, np.abs(exact).max())
         check_oracle(got, exact[:, t : t + 1], dtype)
         jax.tree.map(np.testing.assert_array_equal, new_state, old_state)
@@ -291,11 +289,10 @@ def test_cached_cross_attention_beam_groups(dtype, route):
     check_oracle(new, exact, dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind", ["padding", "causal", "cross"])
-def test_gradients(dtype, kind, route):
-    """Gradients of <output, cotangent> for the parameters and both inputs: the new module vs
-    the old one and vs the float64 oracle's (jax.grad under jax.enable_x64)."""
+@functools.cache
+def gradient_case(kind):
+    """test_gradients' inputs for `kind` and the float64 oracle's gradients (jax.grad under
+    jax.enable_x64), computed once for every dtype and route (neither enters the oracle)."""
     rng = np.random.default_rng(5)
     q_len, kv_len = (5, 9) if kind == "cross" else (8, 8)
     valid = np.arange(kv_len)[None] < np.array([kv_len, kv_len - 3])[:, None]
@@ -304,31 +301,57 @@ def test_gradients(dtype, kind, route):
     if kind != "cross":
         xkv = xq
     cotangent = rng.normal(size=(2, q_len, EMBED))
-    causal = kind == "causal"
-    tril = np.tril(np.ones((q_len, kv_len), bool))[None, None]
-
-    def loss(module, m, p, a, b):
-        out = module.apply({"params": p}, a, b, m, True)
-        return jnp.sum(out.astype(jnp.float32) * cotangent)
-
-    args = (jax.tree.map(jnp.float32, params), jnp.float32(xq), jnp.float32(xkv))
     argnums = (0, 1) if kind != "cross" else (0, 1, 2)
-    new_fn = functools.partial(loss, MultiHeadAttention(HEADS, dtype=dtype, causal=causal), mask)
-    old_mask = mask & tril if causal else mask
-    old_fn = functools.partial(loss, OldMultiHeadAttention(HEADS, dtype=dtype), old_mask)
-    if kind != "cross":  # self-attention: one input feeds both
-        new_fn = functools.partial(lambda f, p, a, b: f(p, a, a), new_fn)
-        old_fn = functools.partial(lambda f, p, a, b: f(p, a, a), old_fn)
-    new = jax.grad(new_fn, argnums)(*args)
-    old = jax.grad(old_fn, argnums)(*args)
     with jax.enable_x64(True):
 
         def exact_fn(p, a, b):
-            out, _ = oracle(p, a, a if kind != "cross" else b, mask, causal=causal, xp=jnp)
+            out, _ = oracle(
+                p, a, a if kind != "cross" else b, mask, causal=kind == "causal", xp=jnp
+            )
             return jnp.sum(out * cotangent)
 
-        exact = jax.grad(exact_fn, argnums)(*jax.tree.map(jnp.float64, (params, xq, xkv)))
+        exact = jax.jit(jax.grad(exact_fn, argnums))(*jax.tree.map(jnp.float64, (params, xq, xkv)))
         exact = jax.tree.map(np.asarray, exact)
+    return params, xq, xkv, mask, cotangent, exact
+
+
+def gradient_loss(cotangent, module, m, p, a, b):
+    """<module's output, cotangent> for params `p`, queries `a`, keys and values `b`."""
+    out = module.apply({"params": p}, a, b, m, True)
+    return jnp.sum(out.astype(jnp.float32) * cotangent)
+
+
+@functools.cache
+def old_gradients(kind, dtype):
+    """The old module's gradients for test_gradients: the same for every route."""
+    params, xq, xkv, mask, cotangent, _ = gradient_case(kind)
+    if kind == "causal":
+        mask = mask & np.tril(np.ones((xq.shape[1], xkv.shape[1]), bool))[None, None]
+    old_fn = functools.partial(
+        gradient_loss, cotangent, OldMultiHeadAttention(HEADS, dtype=dtype), mask
+    )
+    if kind != "cross":  # self-attention: one input feeds both
+        old_fn = functools.partial(lambda f, p, a, b: f(p, a, a), old_fn)
+    argnums = (0, 1) if kind != "cross" else (0, 1, 2)
+    args = (jax.tree.map(jnp.float32, params), jnp.float32(xq), jnp.float32(xkv))
+    return jax.jit(jax.grad(old_fn, argnums))(*args)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["padding", "causal", "cross"])
+def test_gradients(dtype, kind, route):
+    """Gradients of <output, cotangent> for the parameters and both inputs: the new module vs
+    the old one and vs the float64 oracle's (jax.grad under jax.enable_x64)."""
+    params, xq, xkv, mask, cotangent, exact = gradient_case(kind)
+    causal = kind == "causal"
+    loss = functools.partial(gradient_loss, cotangent)
+    args = (jax.tree.map(jnp.float32, params), jnp.float32(xq), jnp.float32(xkv))
+    argnums = (0, 1) if kind != "cross" else (0, 1, 2)
+    new_fn = functools.partial(loss, MultiHeadAttention(HEADS, dtype=dtype, causal=causal), mask)
+    if kind != "cross":  # self-attention: one input feeds both
+        new_fn = functools.partial(lambda f, p, a, b: f(p, a, a), new_fn)
+    new = jax.jit(jax.grad(new_fn, argnums))(*args)  # traced here, under this test's route
+    old = old_gradients(kind, dtype)
     largest = max(np.abs(want).max() for want in jax.tree.leaves(exact))
     flat_exact = jax.tree_util.tree_leaves_with_path(exact)
     for got, ref, (path, want) in zip(

@@ -54,14 +54,15 @@ def case():
     valid[1, -100:] = False
     mask = valid[:, None, None, :]  # [batch, 1, 1, kv_len]
     module = MultiHeadAttention(num_heads=HEADS, dtype=jnp.bfloat16)
-    shapes = nn.meta.unbox(
-        module.init(jax.random.key(0), jnp.float32(xq), jnp.float32(xkv), mask, True)
+    shapes = nn.meta.unbox(  # shapes only: nothing to compile or compute
+        jax.eval_shape(
+            module.init, jax.random.key(0), jnp.float32(xq), jnp.float32(xkv), mask, True
+        )
     )
     # Random float32 parameters that bfloat16 holds exactly (biases included, not zeros).
     params = jax.tree.map(lambda s: to_bf16(rng.normal(size=s.shape) / np.sqrt(EMBED)), shapes)
-    out = module.apply(
-        jax.tree.map(jnp.float32, params), jnp.float32(xq), jnp.float32(xkv), mask, True
-    )
+    apply = jax.jit(lambda v, a, b, m: module.apply(v, a, b, m, True))
+    out = apply(jax.tree.map(jnp.float32, params), jnp.float32(xq), jnp.float32(xkv), mask)
     assert out.dtype == jnp.bfloat16
     return params["params"], xq, xkv, mask, np.asarray(out, np.float64)
 
@@ -103,7 +104,7 @@ def test_rnn_attention_scores_in_float32_under_bfloat16():
     mask = np.ones((BATCH, frames), bool)
     mask[1, -100:] = False
     memory = Memory(jnp.float32(keys), jnp.float32(values), jnp.asarray(mask), mask.sum(-1))
-    context, weights = attend(jnp.float32(query), memory, jnp.bfloat16)
+    context, weights = jax.jit(attend, static_argnums=2)(jnp.float32(query), memory, jnp.bfloat16)
     scores = np.einsum("bh,bth->bt", query, keys)  # float64 [batch, frames]
     assert np.abs(scores).max() > 60
     scores = np.where(mask, scores, -np.inf)

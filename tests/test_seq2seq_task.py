@@ -1,6 +1,7 @@
 """The seq2seq family through the one train loop and evaluation path."""
 
 import json
+from functools import partial
 
 import jiwer
 import numpy as np
@@ -40,6 +41,7 @@ def test_train_evaluate_transcribe(tiny_dataset, tmp_path, capsys):
             "--config",
             str(CONFIG),
             f"data.dataset={tiny_dataset}",
+            "data.buckets=[512]",  # one bucket (the corpus's longest item): one compile
             "train.log_every=1",
         ]
     )
@@ -127,28 +129,29 @@ def test_joint_ctc_attention_loss_matches_optax(tiny_dataset):
     host, _, _ = next(make_eval_batches(tiny_dataset, "valid", cfg.data, task.tokenizer))
     batch = jax.tree.map(jnp.asarray, host)
     shapes = jax.tree.map(jnp.asarray, task.dummy_batch(2, 128))
-    params = nn.meta.unbox(task.init_variables(jax.random.PRNGKey(0), shapes)["params"])
+    # Jitted: eagerly, every primitive of the model would compile on its own.
+    init = jax.jit(lambda rng, b: nn.meta.unbox(task.init_variables(rng, b)["params"]))
+    params = init(jax.random.PRNGKey(0), shapes)
     assert params["ctc_head"]["kernel"].shape == (cfg.model.d_model, task.tokenizer.size)
-    loss, metrics = task.loss_fn(params, batch, jax.random.PRNGKey(1), train=False)
+    loss_fn = jax.jit(task.loss_fn, static_argnames="train")
+    loss, metrics = loss_fn(params, batch, jax.random.PRNGKey(1), train=False)
 
     valid = host["valid"].astype(np.float32)
     width = cfg.data.max_label_length
     labels, lengths = host["labels"][:, :width], np.minimum(host["label_lengths"], width)
     inputs, targets, weights = teacher_forcing(labels, lengths, task.prompt, task.tokenizer.end_id)
-    logits, ctc_logits, enc_lengths = task.model.apply(
-        {"params": params},
-        batch["features"],
-        batch["feature_lengths"],
-        inputs,
-        method=WhisperModel.joint,
+    joint = jax.jit(partial(task.model.apply, method=WhisperModel.joint))
+    logits, ctc_logits, enc_lengths = joint(
+        {"params": params}, batch["features"], batch["feature_lengths"], inputs
     )
     weights = np.asarray(weights) * valid[:, None]
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    ce = jax.jit(optax.softmax_cross_entropy_with_integer_labels)(logits, targets)
     ce = float(jnp.sum(ce * weights) / weights.sum())
     frames = ctc_logits.shape[1]
     logit_pad = (np.arange(frames)[None] >= np.asarray(enc_lengths)[:, None]).astype(np.float32)
     label_pad = (np.arange(width)[None] >= lengths[:, None]).astype(np.float32)
-    per_utt = optax.ctc_loss(ctc_logits, logit_pad, labels, label_pad, blank_id=0)
+    ctc_loss = jax.jit(partial(optax.ctc_loss, blank_id=0))
+    per_utt = ctc_loss(ctc_logits, logit_pad, labels, label_pad)
     ctc = float(jnp.sum(per_utt * valid) / weights.sum())  # the cross-entropy's tokens
     np.testing.assert_allclose(float(loss), 0.7 * ce + 0.3 * ctc, rtol=1e-5)
     np.testing.assert_allclose(
@@ -167,6 +170,7 @@ def test_joint_ctc_attention_trains_through_the_cli(tiny_dataset, tmp_path, caps
             str(workdir),
             f"data.dataset={tiny_dataset}",
             "model.ctc_weight=0.3",
+            "data.buckets=[512]",  # one bucket (the corpus's longest item): one compile
             "train.num_steps=4",
             "train.log_every=1",
             "train.eval_every=4",

@@ -115,6 +115,16 @@ def _jax_logits(converted, features: np.ndarray, tokens: np.ndarray) -> np.ndarr
     return np.asarray(jax.jit(model.apply)({"params": params}, features, lengths, tokens))
 
 
+@pytest.fixture(scope="module")
+def encoded(converted, features):
+    """(encoder output, encoder mask) of the two utterances the decoding tests use."""
+    model, params, _ = converted
+    feats = np.concatenate([features, features[:, ::-1]])
+    lengths = jnp.full((2,), feats.shape[1])
+    encode = jax.jit(functools.partial(model.apply, method=WhisperModel.encode))
+    return encode({"params": params}, feats, lengths)
+
+
 def test_dims_from_config(converted):
     _, _, dims = converted
     assert dims == WhisperDims(
@@ -147,16 +157,14 @@ def test_teacher_forced_logits_match_transformers(hf_folder, converted, features
     assert np.abs(want[0] - want[1]).max() > 0.1  # the audio really matters
 
 
-def test_cached_decoding_matches_teacher_forcing(converted, features, tokens):
+def test_cached_decoding_matches_teacher_forcing(converted, features, tokens, encoded):
     model, params, _ = converted
     feats = np.concatenate([features, features[:, ::-1]])
-    lengths = jnp.full((2,), feats.shape[1])
     full = _jax_logits(converted, feats, tokens)  # [2, 12, vocab]
 
-    encoded, mask = jax.jit(functools.partial(model.apply, method=WhisperModel.encode))(
-        {"params": params}, feats, lengths
-    )
-    cache = init_cache(model, params, encoded, mask, max_length=16)  # longer than needed
+    encoded, mask = encoded
+    init = jax.jit(functools.partial(init_cache, model), static_argnames="max_length")
+    cache = init(params, encoded, mask, max_length=16)  # longer than needed
     step = jax.jit(functools.partial(decode_step, model))
     steps = []
     for t in range(tokens.shape[1]):
@@ -167,19 +175,22 @@ def test_cached_decoding_matches_teacher_forcing(converted, features, tokens):
     assert err <= 1e-5, err
 
 
-def test_greedy_search_follows_teacher_forced_argmax(converted, features):
+def test_greedy_search_follows_teacher_forced_argmax(converted, features, encoded):
     """jaxseq's generic greedy search over the Whisper step: every generated token is the argmax
     of the teacher-forced logits one position earlier (so prefill and positions line up)."""
     model, params, _ = converted
     feats = np.concatenate([features, features[:, ::-1]])
-    lengths = jnp.full((2,), feats.shape[1])
-    encoded, mask = model.apply({"params": params}, feats, lengths, method=WhisperModel.encode)
     prompt = jnp.array([[2, 7], [2, 9]], jnp.int32)  # two tokens: one prefill step
     steps = 8
-    cache, step_fn = search_setup(model, params, encoded, mask, prompt.shape[1] + steps)
-    out = jax.jit(
-        lambda c, p: greedy_search(step_fn, c, p, max_new_tokens=steps, eos_id=0, suppress_ids=[0])
-    )(cache, prompt)
+
+    @jax.jit  # the set-up (the cross-attention cache) and the search as one program
+    def search(params, encoded, mask, prompt):
+        cache, step_fn = search_setup(model, params, encoded, mask, prompt.shape[1] + steps)
+        return greedy_search(
+            step_fn, cache, prompt, max_new_tokens=steps, eos_id=0, suppress_ids=[0]
+        )
+
+    out = search(params, *encoded, prompt)
     assert out.sequences.shape == (2, steps) and out.lengths.tolist() == [steps, steps]
     full = np.concatenate([np.asarray(prompt), np.asarray(out.sequences)], axis=1)  # [2, 10]
     logits = _jax_logits(converted, feats, full[:, :-1])[:, 1:]  # [2, 8, vocab]
