@@ -5,18 +5,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+
 from jaxseq.models import splash
 
 
 def compiled_flops(compiled: Any) -> float:
     """FLOPs one device runs in a compiled, partitioned program: XLA's cost analysis, plus the
     matmuls of the TPU splash attention kernels, which it does not see inside
-    (`splash.kernel_flops`)."""
+    (`splash.kernel_flops`; the HLO text is rendered for TPU programs only)."""
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost.get("flops", 0.0))
-    hlo = compiled.as_text()
-    return flops + (splash.kernel_flops(hlo) if "tpu_custom_call" in hlo else 0.0)
+    shardings = jax.tree.leaves(compiled.input_shardings)
+    on_tpu = bool(shardings) and next(iter(shardings[0].device_set)).platform == "tpu"
+    return flops + (splash.kernel_flops(compiled.as_text()) if on_tpu else 0.0)
 
 
 def device_flops(jitted: Any, *args: Any) -> float:
