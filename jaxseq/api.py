@@ -140,12 +140,27 @@ class Model:
         decoder: str | None = None,
         beam_size: int | None = None,
         batch_size: int = 32,
-    ) -> list[str]:
+        return_timestamps: bool | str = False,
+        chunk_seconds: float | None = None,
+        stride_seconds: float | None = None,
+        vad: bool | None = None,
+    ) -> list[Any]:
         """Transcripts of audio files (any format librosa reads) or float waveforms
-        [samples] at `sample_rate`; a speech recognizer's workdir only."""
+        [samples] at `sample_rate`, of any length for CTC models; a speech recognizer's
+        workdir only. With `return_timestamps` (True: segments; "word": segments and words)
+        each is a dict in openai-whisper's layout (see
+        jaxseq.inference.transcribe.transcribe_waveforms)."""
         waves, _ = _waveforms(self.trained, audio)
         return transcribe_waveforms(
-            self.trained, waves, decoder=decoder, beam_size=beam_size, batch_size=batch_size
+            self.trained,
+            waves,
+            decoder=decoder,
+            beam_size=beam_size,
+            batch_size=batch_size,
+            return_timestamps=return_timestamps,
+            chunk_seconds=chunk_seconds,
+            stride_seconds=stride_seconds,
+            vad=vad,
         )
 
     def synthesize(

@@ -142,10 +142,32 @@ def _cmd_compile(args: argparse.Namespace) -> None:
 
 
 def _cmd_transcribe(args: argparse.Namespace) -> None:
+    from jaxseq.inference.formats import FORMATS, write_result
+
     model = api.load(_checkpoint(args.workdir, args.step))
-    texts = model.transcribe(args.audio, decoder=args.decoder, beam_size=args.beam_size)
-    for path, text in zip(args.audio, texts, strict=True):
-        print(f"{path}\t{text}")
+    formats = list(FORMATS) if args.output_format == "all" else [args.output_format]
+    timed = args.output_dir is not None and formats != ["txt"]
+    if timed and model.family != "ctc":
+        raise JaxseqError(
+            f"--output-format {args.output_format}: timestamps come from a CTC model's frame "
+            f"alignment, and this workdir holds a {model.family} model; use --output-format txt"
+        )
+    results = model.transcribe(
+        args.audio,
+        decoder=args.decoder,
+        beam_size=args.beam_size,
+        return_timestamps="word" if timed else False,
+        chunk_seconds=args.chunk_seconds,
+        stride_seconds=args.stride_seconds,
+        vad=args.vad,
+    )
+    for path, result in zip(args.audio, results, strict=True):
+        if isinstance(result, str):
+            result = {"text": result, "language": None, "segments": []}
+        print(f"{path}\t{result['text']}")
+        if args.output_dir is not None:
+            for written in write_result(result, args.output_dir, path.stem, formats):
+                print(f"  wrote {written}")
 
 
 def _cmd_classify(args: argparse.Namespace) -> None:
@@ -263,10 +285,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(fn=_cmd_compile)
 
-    p = sub.add_parser("transcribe", help="print transcripts of audio files")
+    p = sub.add_parser(
+        "transcribe",
+        help="transcripts of audio files of any length (CTC), with segment and word times",
+    )
     p.add_argument("--workdir", type=Path, required=True)
     p.add_argument("audio", nargs="+", type=Path)
     _decoding_args(p)
+    p.add_argument(
+        "--output-dir", type=Path, help="write NAME.<format> files here (else print only)"
+    )
+    p.add_argument(
+        "--output-format",
+        default="all",
+        choices=["txt", "json", "srt", "vtt", "tsv", "all"],
+        help="file format(s) in --output-dir; json is openai-whisper's layout (default: all)",
+    )
+    p.add_argument(
+        "--chunk-seconds",
+        type=float,
+        help="window length for long audio (default eval.chunk_seconds: the longest bucket)",
+    )
+    p.add_argument(
+        "--stride-seconds",
+        type=float,
+        help="context kept on each side of a window (default eval.stride_seconds: chunk/6)",
+    )
+    p.add_argument(
+        "--vad",
+        action=argparse.BooleanOptionalAction,
+        help="decode only the speech regions, each on its own (default eval.vad)",
+    )
     p.set_defaults(fn=_cmd_transcribe)
 
     p = sub.add_parser("classify", help="print class labels of audio files")

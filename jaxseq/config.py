@@ -306,6 +306,18 @@ class EvalConfig:
     decoder: str = "greedy"
     beam_size: int = 8
     length_penalty: float = 1.0  # seq2seq beam search: score / length ** length_penalty
+    # Text both sides go through before WER/CER: model (the training text policy: NFKC,
+    # lowercase, spaces) | whisper_english | whisper_basic (openai-whisper's normalizers, as
+    # the Open ASR Leaderboard scores) | none (spaces collapsed only)
+    normalizer: str = "model"
+    # Long recordings (transcribe): windows of chunk_seconds (0: the longest data.buckets
+    # entry, what the model trained on) overlapping by stride_seconds on each side (0: a
+    # sixth of the window; 30 s and 5 s for Whisper-sized buckets)
+    chunk_seconds: float = 0.0
+    stride_seconds: float = 0.0
+    # Decode only the speech regions of long recordings, each on its own (energy-based,
+    # jaxseq.audio.vad): for models trained on single utterances
+    vad: bool = False
 
 
 @dataclass(frozen=True)
@@ -338,6 +350,7 @@ _CHOICES = {
     "model.remat": ("none", "full", "dots"),
     "train.compute_dtype": ("float32", "bfloat16"),
     "eval.decoder": ("greedy", "prefix_beam", "beam", "exhaustive"),
+    "eval.normalizer": ("model", "whisper_english", "whisper_basic", "none"),
     "synth.preset": ("digits", "diarization"),
     "synth.label": ("", "speaker", "text"),
 }

@@ -12,9 +12,10 @@ from jaxseq.decoding.ctc import (
     ctc_batch_prefix_beam_search,
     ctc_collapse,
     ctc_greedy_decode,
-    ctc_greedy_ids,
+    ctc_greedy_path,
     ctc_prefix_beam_search,
     ctc_prefix_beam_search_nbest,
+    ctc_token_spans,
 )
 
 
@@ -56,8 +57,8 @@ def test_collapse_keeps_repeats_separated_by_blank_and_merges_others():
 def test_greedy_decode_on_hand_made_logits():
     paths = [[0, 1, 1, 0, 1, 2, 2, 0], [2, 2, 2, 2, 0, 0, 1, 1], [0] * 8]
     logits = np.stack([one_hot_logits(p, 3) for p in paths])
-    np.testing.assert_array_equal(np.asarray(ctc_greedy_ids(logits)), paths)
-    ids = ctc_greedy_ids(logits)
+    np.testing.assert_array_equal(np.asarray(ctc_greedy_path(logits)[0]), paths)
+    ids = ctc_greedy_path(logits)[0]
     assert ctc_greedy_decode(ids, [8, 6, 8]) == [[1, 1, 2], [2], []]
     assert ctc_greedy_decode(ids, [8, 8, 8], blank_id=2) == [[0, 1, 0, 1, 0], [0, 1], [0]]
 
@@ -97,7 +98,7 @@ def test_beam_search_beats_greedy_by_summing_alignments():
     # Two frames, p(blank) = 0.6, p(a) = 0.4: best path "--" -> "" (0.36), but
     # p("a") = p(aa) + p(a-) + p(-a) = 0.16 + 0.24 + 0.24 = 0.64.
     log_probs = np.log(np.array([[0.6, 0.4], [0.6, 0.4]]))
-    assert ctc_greedy_decode(ctc_greedy_ids(log_probs[None]), [2]) == [[]]
+    assert ctc_greedy_decode(ctc_greedy_path(log_probs[None])[0], [2]) == [[]]
     assert ctc_prefix_beam_search(log_probs, 2, beam_size=2) == [1]
     (best, score), *_ = ctc_prefix_beam_search_nbest(log_probs, 2, beam_size=2)
     assert best == [1] and abs(score - np.log(0.64)) < 1e-12
@@ -128,8 +129,9 @@ def test_batch_search_uses_lengths():
 
 
 def test_the_task_decodes_greedily_from_device_ids():
-    """CTCTask: greedy predict_fn returns int32 best-path ids (no [batch, frames, vocab] array
-    leaves the device), and decoding them gives the texts of the log-probs' best paths."""
+    """CTCTask: greedy predict_fn returns int32 best-path ids and their log-probabilities (no
+    [batch, frames, vocab] array leaves the device), and decoding them gives the texts of the
+    log-probs' best paths."""
     import jax
 
     from jaxseq.config import load_config
@@ -142,13 +144,36 @@ def test_the_task_decodes_greedily_from_device_ids():
     batch["features"] = np.random.default_rng(0).normal(size=batch["features"].shape)
     batch["feature_lengths"] = np.array([64, 40, 9], np.int32)
     params = task.init_variables(jax.random.PRNGKey(0), batch)["params"]
-    ids, lengths = task.predict_fn(params, batch, "greedy", 1)
+    ids, best, lengths = task.predict_fn(params, batch, "greedy", 1)
     log_probs, same = task.predict_fn(params, batch, "prefix_beam", 1)
     assert ids.dtype == np.int32 and ids.shape == log_probs.shape[:2]
     np.testing.assert_array_equal(lengths, same)
     paths = np.argmax(np.asarray(log_probs), -1)
+    np.testing.assert_allclose(best, np.max(np.asarray(log_probs), -1), rtol=1e-6, atol=1e-6)
     blank = task.tokenizer.blank_id
     rows = zip(paths, lengths, strict=True)
     expected = [task.tokenizer.decode(ctc_collapse(p, n, blank)) for p, n in rows]
-    assert task.decode((ids, lengths), "greedy", 1) == expected
+    assert task.decode((ids, best, lengths), "greedy", 1) == expected
     assert any(expected), "an all-blank output would not test the collapse"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_token_spans_are_the_collapsed_tokens_at_their_runs(seed):
+    """ctc_token_spans: the tokens of ctc_collapse, each at the frames of its run, with the
+    run's highest log-probability; checked against a frame-by-frame loop."""
+    rng = np.random.default_rng(seed)
+    frames, blank = int(rng.integers(0, 30)), int(rng.integers(3))
+    ids = rng.integers(0, 3, frames)
+    scores = rng.normal(size=frames)
+    length = int(rng.integers(0, frames + 1))
+    spans = ctc_token_spans(ids, scores, length, blank)
+    assert [s.token for s in spans] == ctc_collapse(ids, length, blank)
+    expected, t = [], 0
+    while t < length:
+        end = t
+        while end < length and ids[end] == ids[t]:
+            end += 1
+        if ids[t] != blank:
+            expected.append((int(ids[t]), t, end, float(scores[t:end].max())))
+        t = end
+    assert [tuple(s) for s in spans] == expected

@@ -1,12 +1,14 @@
 """CTC decoding: greedy (best path) and prefix beam search.
 
-The device part is ``ctc_greedy_ids`` (an argmax that jits, so that only the ids reach the
-host); collapsing and beam search run on the host in NumPy, one utterance at a time.
+The device part is ``ctc_greedy_path`` (an argmax that jits, so that only the ids and their
+log-probabilities reach the host); collapsing, the token spans that give timestamps, and beam
+search run on the host in NumPy, one utterance at a time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +16,40 @@ import numpy as np
 
 
 @jax.jit
-def ctc_greedy_ids(logits: jax.Array) -> jax.Array:
-    """Best-path ids: logits or log-probs float [batch, frames, vocab] -> int32 [batch, frames]."""
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+def ctc_greedy_path(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The best path: logits float [batch, frames, vocab] -> (ids int32 [batch, frames], each
+    frame's log-probability of its id float32 [batch, frames])."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.argmax(log_probs, axis=-1).astype(jnp.int32), jnp.max(log_probs, axis=-1)
+
+
+class TokenSpan(NamedTuple):
+    """One emitted token of a best path: frames [start, end) of its run, and the highest
+    log-probability among them (its spike's)."""
+
+    token: int
+    start: int
+    end: int
+    log_prob: float
+
+
+def ctc_token_spans(
+    ids: np.ndarray, log_probs: np.ndarray, length: int, blank_id: int = 0
+) -> list[TokenSpan]:
+    """The tokens of a best path with where they sit: ids int [frames] and log_probs float
+    [frames] (from ``ctc_greedy_path``; first ``length`` used). The tokens are exactly
+    ``ctc_collapse(ids, length, blank_id)``: a run of one id is one token, blanks none."""
+    ids, log_probs = np.asarray(ids)[:length], np.asarray(log_probs)[:length]
+    if ids.size == 0:
+        return []
+    starts = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))  # run starts
+    ends = np.append(starts[1:], ids.size)
+    best = np.maximum.reduceat(log_probs, starts)  # [runs]
+    return [
+        TokenSpan(int(ids[a]), int(a), int(b), float(p))
+        for a, b, p in zip(starts, ends, best, strict=True)
+        if ids[a] != blank_id
+    ]
 
 
 def ctc_collapse(ids: np.ndarray, length: int, blank_id: int = 0) -> list[int]:
@@ -32,7 +65,7 @@ def ctc_greedy_decode(
     ids: np.ndarray, lengths: Sequence[int] | np.ndarray, blank_id: int = 0
 ) -> list[list[int]]:
     """Greedy CTC decoding of a batch of best paths: `ids` int [batch, frames] (from
-    ``ctc_greedy_ids``, on the device), lengths [batch]."""
+    ``ctc_greedy_path``, on the device), lengths [batch]."""
     ids = np.asarray(ids)
     return [ctc_collapse(row, int(n), blank_id) for row, n in zip(ids, lengths, strict=True)]
 

@@ -53,8 +53,10 @@ class ASRScorer(Scorer):
         input_seconds: float,
     ) -> dict[str, Any]:
         refs, hyps = [r["ref"] for r in records], [r["hyp"] for r in records]
-        metrics = error_rates(error_counts(refs, hyps, context.text))
+        normalizer = task.cfg.eval.normalizer
+        metrics = error_rates(error_counts(refs, hyps, context.text, normalizer))
         metrics.update(
+            normalizer=normalizer,
             audio_seconds=input_seconds,
             decode_seconds=seconds,
             # Decoding time (prediction + loss + host decoding, compilation excluded, summed
@@ -76,13 +78,15 @@ class ASRScorer(Scorer):
         """The JSON report (metrics + every utterance) and a markdown one listing the worst."""
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({**metrics, "utterances": records}, indent=2))
-        scored = [(utterance_alignment(r["ref"], r["hyp"], text), r) for r in records]
+        normalizer = metrics.get("normalizer", "model")
+        scored = [(utterance_alignment(r["ref"], r["hyp"], text, normalizer), r) for r in records]
         scored.sort(key=lambda x: -x[0][0])
         lines = [
             f"# Evaluation: WER {metrics['wer']:.2%}, CER {metrics['cer']:.2%}",
             "",
             f"{metrics['num_utterances']} utterances scored, {metrics['num_skipped']} skipped "
             f"(listed in {path.name}); decoder {metrics['decoder']}, step {metrics['step']}; "
+            f"text normalizer {normalizer}; "
             f"real-time factor {metrics['real_time_factor']:.4f} "
             f"({metrics['decode_seconds']:.1f} s for {metrics['audio_seconds']:.1f} s of audio).",
             "",

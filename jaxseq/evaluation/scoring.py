@@ -1,8 +1,10 @@
-"""Word and character error rates with jiwer, after jaxseq's text normalization.
+"""Word and character error rates with jiwer, after text normalization.
 
-References and hypotheses both go through jaxseq.text.normalize.normalize_text (NFKC,
-optional lowercasing, whitespace collapsed) under the text policy the model was trained with.
-Counts (not rates) are what gets summed over processes; rates come from summed counts.
+References and hypotheses both go through the normalizer `eval.normalizer` names
+(jaxseq.text.normalize.scoring_normalizer): by default ("model") jaxseq's normalize_text (NFKC,
+optional lowercasing, whitespace collapsed) under the text policy the model was trained with;
+or openai-whisper's English or basic normalizer; or none. Counts (not rates) are what gets
+summed over processes; rates come from summed counts.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import jiwer
 import numpy as np
 
 from jaxseq.config import TextConfig
-from jaxseq.text.normalize import normalize_text
+from jaxseq.text.normalize import scoring_normalizer
 
 COUNT_NAMES = (
     "substitutions",
@@ -25,12 +27,16 @@ COUNT_NAMES = (
 )
 
 
-def error_counts(refs: list[str], hyps: list[str], text: TextConfig) -> np.ndarray:
-    """int64 [len(COUNT_NAMES)] word and character edit counts over all pairs."""
+def error_counts(
+    refs: list[str], hyps: list[str], text: TextConfig, normalizer: str = "model"
+) -> np.ndarray:
+    """int64 [len(COUNT_NAMES)] word and character edit counts over all pairs, both sides
+    normalized by `normalizer` (see `scoring_normalizer`; `text`: the training text policy)."""
     if not refs:
         return np.zeros(len(COUNT_NAMES), np.int64)
-    refs = [normalize_text(r, text) for r in refs]
-    hyps = [normalize_text(h, text) for h in hyps]
+    normalize = scoring_normalizer(normalizer, text)
+    refs = [normalize(r) for r in refs]
+    hyps = [normalize(h) for h in hyps]
     w = jiwer.process_words(refs, hyps)
     c = jiwer.process_characters(refs, hyps)
     return np.array(
@@ -60,7 +66,10 @@ def error_rates(counts: np.ndarray) -> dict[str, float]:
     }
 
 
-def utterance_alignment(ref: str, hyp: str, text: TextConfig) -> tuple[float, str]:
+def utterance_alignment(
+    ref: str, hyp: str, text: TextConfig, normalizer: str = "model"
+) -> tuple[float, str]:
     """(utterance WER, jiwer's printable word alignment) for one pair."""
-    out = jiwer.process_words(normalize_text(ref, text), normalize_text(hyp, text))
+    normalize = scoring_normalizer(normalizer, text)
+    out = jiwer.process_words(normalize(ref), normalize(hyp))
     return out.wer, jiwer.visualize_alignment(out, show_measures=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -29,31 +30,36 @@ def _predict_step(task: Task, mesh: Mesh, options: tuple[tuple[str, Any], ...]):
     )
 
 
-def predict_waveforms(
-    trained: Trained, waves: list[np.ndarray], *, batch_size: int = 32, **options: Any
-) -> list[Any]:
-    """`task.decode` predictions for float waveforms [samples] at the model's sample rate.
+def predicted_batches(
+    trained: Trained,
+    items: list[Any],
+    featurize: Callable[[Any], np.ndarray],
+    *,
+    batch_size: int = 32,
+    options: dict[str, Any],
+) -> Iterator[Any]:
+    """`task.predict_fn` outputs (NumPy, this process's real rows) for each batch of `items`,
+    each turned into log-mel features [frames, n_mels] by `featurize` when its batch comes.
 
-    Each process passes its own waveforms (any number, also none); all processes run the
-    same number of batches of the same shape (sizes agreed by collectives), so that a
-    recognizer can run inside a multi-process evaluation. A collective with several processes.
-    Each batch is padded to a bucket of `data.buckets` and to a power-of-two number of rows
-    (or `batch_size`), so that calls with similar audio reuse one compiled step; `options` as
-    `Task.eval_options`.
+    Each process passes its own items (any number, also none); all processes run the same
+    number of batches of the same shape (sizes agreed by collectives), so that a recognizer
+    can run inside a multi-process evaluation. A collective with several processes. Each batch
+    is padded to a bucket of `data.buckets` and to a power-of-two number of rows (or
+    `batch_size`), so that calls with similar audio reuse one compiled step; `options` as
+    `Task.eval_options` returns them.
     """
     task, mesh, count = trained.task, trained.mesh, jax.process_count()
-    options = task.eval_options(**options)
     step = _predict_step(task, mesh, tuple(sorted(options.items())))
     share = max(data_parallel_size(mesh) // count, 1)  # this process's data-parallel rows
-    most = len(waves)
+    most = len(items)
     if count > 1:
         most = int(multihost_utils.process_allgather(np.array([most])).max())
     rows = min(batch_size, max(most, 1))
     rows = min(1 << (rows - 1).bit_length(), batch_size)  # few distinct shapes: few compiles
     rows = -(-rows // share) * share  # per process, every batch
-    p, out = jax.process_index(), []
+    p = jax.process_index()
     for start in range(0, most, rows):
-        chunk = [log_mel_numpy(w, trained.frontend) for w in waves[start : start + rows]]
+        chunk = [featurize(item) for item in items[start : start + rows]]
         frames = max((len(f) for f in chunk), default=1)
         if count > 1:
             frames = int(multihost_utils.process_allgather(np.array([frames])).max())
@@ -62,7 +68,24 @@ def predict_waveforms(
         with sharding_context(mesh):
             outputs = jax.device_get(step(trained.params, to_global(host_batch, mesh)))
         mine = slice(p * rows, p * rows + len(chunk))  # this process's real rows
-        out += task.decode(
-            jax.tree.map(lambda x, mine=mine: np.asarray(x)[mine], outputs), **options
-        )
+        yield jax.tree.map(lambda x, mine=mine: np.asarray(x)[mine], outputs)
+
+
+def predict_waveforms(
+    trained: Trained, waves: list[np.ndarray], *, batch_size: int = 32, **options: Any
+) -> list[Any]:
+    """`task.decode` predictions for float waveforms [samples] at the model's sample rate,
+    batched in lockstep over the processes (see `predicted_batches`; a collective with several
+    processes); `options` as `Task.eval_options`."""
+    task = trained.task
+    options = task.eval_options(**options)
+    out = []
+    for outputs in predicted_batches(
+        trained,
+        waves,
+        lambda w: log_mel_numpy(w, trained.frontend),
+        batch_size=batch_size,
+        options=options,
+    ):
+        out += task.decode(outputs, **options)
     return out

@@ -1,14 +1,22 @@
-"""Transcripts of audio with a speech recognizer's workdir (`jaxseq transcribe`)."""
+"""Transcripts of audio with a speech recognizer's workdir (`jaxseq transcribe`).
+
+CTC models take recordings of any length: longer than one window (`eval.chunk_seconds`), a
+recording is decoded in overlapping windows whose frames are merged
+(`jaxseq.inference.ctc_longform`), and its segments and words carry times. The other families
+decode each recording in one piece.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from jaxseq.audio.io import load_audio
 from jaxseq.errors import JaxseqError
 from jaxseq.evaluation.waveforms import predict_waveforms
+from jaxseq.inference.ctc_longform import ctc_transcribe_long
 from jaxseq.tasks.base import ASRTask
 from jaxseq.train.trained import Trained, load_trained
 
@@ -20,18 +28,57 @@ def transcribe_waveforms(
     decoder: str | None = None,
     beam_size: int | None = None,
     batch_size: int = 32,
-) -> list[str]:
+    return_timestamps: bool | str = False,
+    chunk_seconds: float | None = None,
+    stride_seconds: float | None = None,
+    vad: bool | None = None,
+) -> list[Any]:
     """Transcripts of float waveforms [samples] at the model's sample rate, `batch_size` at a
-    time (decoder and beam size default to the workdir's `eval` section). Calls with the same
-    `trained` and options compile once per batch shape (feature bucket, power-of-two rows)."""
+    time (decoder, beam size, chunk, stride and vad default to the workdir's `eval` section).
+
+    Returns one text per waveform or, with `return_timestamps` True ("word": also the words),
+    one result in openai-whisper's layout: {"text", "language", "segments": [{"id", "start",
+    "end", "text", "words"}]}. Timestamps need a CTC model and greedy decoding. Calls with the
+    same `trained` and options compile once per batch shape (feature bucket, power-of-two
+    rows). A collective with several processes (each passes its own waveforms).
+    """
     if not isinstance(trained.task, ASRTask):
         raise JaxseqError(
             f"the workdir holds a {trained.cfg.model.family} model; transcribe needs a speech "
             "recognizer's workdir (ctc, seq2seq, whisper or rnn)"
         )
-    return predict_waveforms(
-        trained, waves, batch_size=batch_size, decoder=decoder, beam_size=beam_size
+    ev = trained.cfg.eval
+    if trained.cfg.model.family != "ctc":
+        if return_timestamps:
+            raise JaxseqError(
+                f"timestamps come from a CTC model's frame alignment; this workdir holds a "
+                f"{trained.cfg.model.family} model: transcribe it without timestamps"
+            )
+        return predict_waveforms(
+            trained, waves, batch_size=batch_size, decoder=decoder, beam_size=beam_size
+        )
+    decoder = decoder or ev.decoder
+    if return_timestamps and decoder != "greedy":
+        raise JaxseqError(
+            f"timestamps come from the best path: decode with decoder=greedy, not {decoder!r}"
+        )
+    results = ctc_transcribe_long(
+        trained,
+        waves,
+        decoder=decoder,
+        beam_size=int(beam_size or ev.beam_size),
+        chunk_seconds=ev.chunk_seconds if chunk_seconds is None else chunk_seconds,
+        stride_seconds=ev.stride_seconds if stride_seconds is None else stride_seconds,
+        vad=ev.vad if vad is None else vad,
+        batch_size=batch_size,
     )
+    if not return_timestamps:
+        return [r["text"] for r in results]
+    if return_timestamps != "word":
+        for r in results:
+            for segment in r["segments"]:
+                del segment["words"]
+    return results
 
 
 def transcribe(
@@ -41,8 +88,12 @@ def transcribe(
     step: int | None = None,
     decoder: str | None = None,
     beam_size: int | None = None,
-) -> list[str]:
-    """Transcripts of audio files (any format librosa reads; resampled to the model's rate)."""
+    return_timestamps: bool | str = False,
+) -> list[Any]:
+    """Transcripts of audio files (any format librosa reads; resampled to the model's rate);
+    see `transcribe_waveforms`."""
     trained = load_trained(workdir, step=step)
     waves = [load_audio(p, trained.frontend.sample_rate) for p in audio_paths]
-    return transcribe_waveforms(trained, waves, decoder=decoder, beam_size=beam_size)
+    return transcribe_waveforms(
+        trained, waves, decoder=decoder, beam_size=beam_size, return_timestamps=return_timestamps
+    )

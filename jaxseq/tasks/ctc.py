@@ -14,7 +14,7 @@ from jaxseq.config import Config
 from jaxseq.decoding.ctc import (
     ctc_batch_prefix_beam_search,
     ctc_greedy_decode,
-    ctc_greedy_ids,
+    ctc_greedy_path,
 )
 from jaxseq.errors import JaxseqError
 from jaxseq.losses.ctc import ctc_feasible, ctc_loss
@@ -93,22 +93,23 @@ class CTCTask(ASRTask):
 
     def predict_fn(
         self, params: Any, batch: Batch, decoder: str, beam_size: int
-    ) -> tuple[jax.Array, jax.Array]:
-        """Greedy: the best path's ids [batch, enc_frames] (argmax on the device: the
-        log-probs never reach the host); prefix_beam: log-probs [batch, enc_frames, vocab]
-        for the host's beam search. Both with the encoder lengths [batch]."""
+    ) -> tuple[jax.Array, ...]:
+        """Greedy: the best path's ids and their log-probabilities [batch, enc_frames] (argmax
+        on the device: the vocabulary's log-probs never reach the host); prefix_beam: log-probs
+        [batch, enc_frames, vocab] for the host's beam search. Both with the encoder lengths
+        [batch] last."""
         del beam_size  # the beam search runs in `decode`
         logits, lengths = self.model.apply(
             {"params": params}, batch["features"], batch["feature_lengths"], deterministic=True
         )
         if decoder == "greedy":
-            return ctc_greedy_ids(logits), lengths
+            return (*ctc_greedy_path(logits), lengths)
         return jax.nn.log_softmax(logits, axis=-1), lengths
 
     def decode(self, outputs: Any, decoder: str, beam_size: int) -> list[str]:
         if decoder not in DECODERS:
             raise JaxseqError(f"eval.decoder={decoder!r}: CTC decodes with one of {DECODERS}")
-        scores_or_ids, lengths = (np.asarray(x) for x in outputs)
+        scores_or_ids, lengths = np.asarray(outputs[0]), np.asarray(outputs[-1])
         blank = self.tokenizer.blank_id
         if decoder == "prefix_beam":
             ids = ctc_batch_prefix_beam_search(scores_or_ids, lengths, beam_size, blank)

@@ -4,12 +4,19 @@ Normalization: Unicode NFKC, optional lowercasing, every whitespace run collapse
 leading/trailing space stripped. Nothing else is rewritten: characters outside the charset are
 reported, never silently deleted, so a transcript either fits the vocabulary or is skipped with
 its reason.
+
+Scoring may instead use openai-whisper's normalizers (`eval.normalizer`), as published WERs
+are scored (the Open ASR Leaderboard, distil-whisper): `whisper_english` spells out
+contractions and titles, writes numbers as digits and drops punctuation; `whisper_basic` drops
+punctuation and bracketed text. Both come from the `whisper-normalizer` package, a copy of
+openai-whisper's `whisper.normalizers` without its torch dependency.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 
 from jaxseq.config import TextConfig
 
@@ -28,3 +35,24 @@ def unknown_characters(text: str, cfg: TextConfig) -> list[str]:
     """Characters of (normalized) `text` outside `cfg.charset`, sorted, without repeats."""
     allowed = set(cfg.charset)
     return sorted({c for c in text if c not in allowed})
+
+
+def scoring_normalizer(name: str, cfg: TextConfig) -> Callable[[str], str]:
+    """The function both sides of a WER/CER comparison go through (`eval.normalizer`):
+    "model" (`normalize_text` under the training text policy `cfg`), "whisper_english",
+    "whisper_basic" or "none" (whitespace collapsed only)."""
+    if name == "model":
+        return lambda text: normalize_text(text, cfg)
+    if name == "none":
+        return lambda text: _SPACES.sub(" ", text).strip()
+    if name == "whisper_english":
+        from whisper_normalizer.english import EnglishTextNormalizer
+
+        english = EnglishTextNormalizer()
+        return lambda text: _SPACES.sub(" ", english(text)).strip()
+    if name == "whisper_basic":
+        from whisper_normalizer.basic import BasicTextNormalizer
+
+        basic = BasicTextNormalizer()
+        return lambda text: _SPACES.sub(" ", basic(text)).strip()
+    raise ValueError(f"unknown normalizer {name!r}")  # the config's choices are checked

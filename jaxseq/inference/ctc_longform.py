@@ -1,0 +1,204 @@
+"""CTC transcription of recordings of any length, with segment and word timestamps.
+
+Each recording is cut into overlapping windows (`jaxseq.inference.windows`), every window's
+log-mel is computed on its own (as the model saw utterances in training), and the windows of
+all recordings are decoded as batches in lockstep over the processes. The frames each window
+keeps (its middle, without the strides) tile the recording, so they are concatenated into one
+best path per recording, which is collapsed once: a token that straddles two windows is
+emitted once, by the window whose middle holds its frames.
+
+Times come from the frame alignment: a token sits at the frames of its run in the best path,
+a word spans its characters' runs, and a segment is a run of words without a pause of
+`segment_pause` seconds or more between them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from jaxseq.audio.frontend import log_mel_numpy
+from jaxseq.audio.vad import speech_regions
+from jaxseq.decoding.ctc import TokenSpan, ctc_prefix_beam_search, ctc_token_spans
+from jaxseq.errors import JaxseqError
+from jaxseq.evaluation.waveforms import predicted_batches
+from jaxseq.inference.windows import Window, plan_windows
+from jaxseq.train.trained import Trained
+
+SEGMENT_PAUSE = 0.5  # seconds between two words that start a new segment
+
+
+def frame_period(trained: Trained) -> int:
+    """Samples per encoder frame: the feature hop times the conv stem's strides."""
+    return trained.frontend.hop_length * math.prod(trained.cfg.model.subsample_strides)
+
+
+def window_samples(trained: Trained, chunk_seconds: float, stride_seconds: float) -> tuple:
+    """(chunk, stride) in samples, each a whole number of encoder frames, so that the windows'
+    frames line up. Zeros mean the defaults: the longest bucket the model was trained on, and
+    a sixth of the chunk on each side (30 s and 5 s for 3,000-frame buckets)."""
+    period, rate = frame_period(trained), trained.frontend.sample_rate
+    if chunk_seconds <= 0:
+        chunk = trained.cfg.data.buckets[-1] * trained.frontend.hop_length
+    else:
+        chunk = round(chunk_seconds * rate)
+    chunk = max(chunk // period, 1) * period
+    stride = chunk / 6 if stride_seconds <= 0 else stride_seconds * rate
+    return chunk, int(stride // period) * period
+
+
+def _features(trained: Trained, audio: np.ndarray) -> np.ndarray:
+    """A window's log-mel [frames, n_mels]; a window too short for one STFT frame (the last
+    one, with strides of 0) is padded with silence."""
+    least = trained.frontend.n_fft
+    if len(audio) < least:
+        audio = np.pad(audio, (0, least - len(audio)))
+    return log_mel_numpy(audio, trained.frontend)
+
+
+def ctc_transcribe_long(
+    trained: Trained,
+    waves: list[np.ndarray],
+    *,
+    decoder: str,
+    beam_size: int,
+    chunk_seconds: float = 0.0,
+    stride_seconds: float = 0.0,
+    vad: bool = False,
+    batch_size: int = 32,
+    segment_pause: float = SEGMENT_PAUSE,
+) -> list[dict[str, Any]]:
+    """Transcripts of float waveforms [samples] of any length at the model's sample rate, in
+    openai-whisper's layout: {"text", "language", "segments": [{"id", "start", "end", "text",
+    "words": [{"word", "start", "end", "probability"}]}]} (times in seconds).
+
+    With `vad`, only the speech regions (`jaxseq.audio.vad.speech_regions`) are decoded, each
+    on its own, as a model trained on single utterances needs; else the whole recording.
+    Greedy decoding gives the times; prefix_beam decodes the concatenated windows' log-probs
+    and gives the text alone ("segments" empty). A collective with several processes: every
+    process calls it, with its own waveforms (any number, also none).
+    """
+    chunk, stride = window_samples(trained, chunk_seconds, stride_seconds)
+    period, rate = frame_period(trained), trained.frontend.sample_rate
+    regions = [
+        speech_regions(w, rate) if vad else [(0, len(w))] for w in waves
+    ]  # per recording: sample ranges decoded apart
+    plans = [
+        [
+            [
+                w._replace(start=w.start + a, end=w.end + a)
+                for w in plan_windows(b - a, chunk, stride)
+            ]
+            for a, b in recording
+        ]
+        for recording in regions
+    ]
+    items = [
+        (i, window) for i, recording in enumerate(plans) for plan in recording for window in plan
+    ]
+    options = trained.task.eval_options(decoder=decoder, beam_size=beam_size)
+    outputs: list[tuple[Any, ...]] = []  # per window: (ids or log-probs, [best log-probs])
+    for batch in predicted_batches(
+        trained,
+        items,
+        lambda item: _features(trained, waves[item[0]][item[1].start : item[1].end]),
+        batch_size=batch_size,
+        options=options,
+    ):
+        *arrays, lengths = batch
+        for row, length in enumerate(lengths):
+            outputs.append(tuple(a[row, : int(length)] for a in arrays))
+    tokenizer, blank = trained.task.tokenizer, trained.task.tokenizer.blank_id
+    results, done = [], 0
+    for recording in plans:
+        texts, words = [], []
+        for plan in recording:
+            parts = outputs[done : done + len(plan)]
+            done += len(plan)
+            kept = [_kept(window, part, period) for window, part in zip(plan, parts, strict=True)]
+            joined = [np.concatenate(arrays) for arrays in zip(*kept, strict=True)]
+            if options["decoder"] == "prefix_beam":
+                (log_probs,) = joined  # [frames, vocab]
+                best = ctc_prefix_beam_search(log_probs, len(log_probs), beam_size, blank)
+                texts.append(tokenizer.decode(best).strip())
+                continue
+            ids, scores = joined  # [frames] each
+            spans = ctc_token_spans(ids, scores, len(ids), blank)
+            words += _words(tokenizer, spans, plan[0].start, period, rate, segment_pause)
+        segments = _segments(words, segment_pause)
+        texts += [s["text"] for s in segments]
+        results.append(
+            {"text": " ".join(t for t in texts if t), "language": None, "segments": segments}
+        )
+    return results
+
+
+def _kept(window: Window, arrays: tuple[np.ndarray, ...], period: int) -> tuple[np.ndarray, ...]:
+    """The frames of a window's middle: drops the frames of its left and right strides."""
+    length = len(arrays[0])
+    expected = -(-(window.end - window.start) // period)
+    if abs(length - expected) > 1:
+        raise JaxseqError(
+            f"a window of {window.end - window.start} samples gave {length} encoder frames, "
+            f"not about {expected} (one per {period} samples): long-form CTC needs "
+            "model.subsample_strides to match the encoder"
+        )
+    first, last = window.left // period, length - window.right // period
+    return tuple(a[first:last] for a in arrays)
+
+
+def _words(
+    tokenizer: Any, spans: list[TokenSpan], start: int, period: int, rate: int, pause: float
+) -> list[dict[str, Any]]:
+    """Words of characters between spaces or pauses of `pause` seconds (a model trained on
+    single utterances emits no space between two of them): each from its first character's
+    run to its last one's, with the mean of their spikes' probabilities. Frame f is at
+    sample `start` + f * `period`."""
+    words, current = [], []
+
+    def seconds(frame: int) -> float:
+        return round((start + frame * period) / rate, 3)
+
+    for span in [*spans, None]:
+        char = None if span is None else tokenizer.decode([span.token])
+        paused = (
+            bool(current)
+            and span is not None
+            and (span.start - current[-1][1].end) * period / rate >= pause
+        )
+        if span is not None and char.strip() and not paused:
+            current.append((char, span))
+            continue
+        if current:
+            words.append(
+                {
+                    "word": " " + "".join(c for c, _ in current),
+                    "start": seconds(current[0][1].start),
+                    "end": seconds(current[-1][1].end),
+                    "probability": float(np.mean([math.exp(s.log_prob) for _, s in current])),
+                }
+            )
+        current = [(char, span)] if paused and char.strip() else []
+    return words
+
+
+def _segments(words: list[dict[str, Any]], pause: float) -> list[dict[str, Any]]:
+    """Runs of words with no pause of `pause` seconds or more inside."""
+    groups: list[list[dict[str, Any]]] = []
+    for word in words:
+        if groups and word["start"] - groups[-1][-1]["end"] < pause:
+            groups[-1].append(word)
+        else:
+            groups.append([word])
+    return [
+        {
+            "id": i,
+            "start": group[0]["start"],
+            "end": group[-1]["end"],
+            "text": "".join(w["word"] for w in group).strip(),
+            "words": group,
+        }
+        for i, group in enumerate(groups)
+    ]
