@@ -16,7 +16,7 @@ def speech_regions(
     wave: np.ndarray,
     sample_rate: int,
     *,
-    top_db: float = 40.0,
+    top_db: float = 60.0,
     min_silence: float = 0.3,
     pad: float = 0.1,
 ) -> list[tuple[int, int]]:

@@ -9,7 +9,7 @@ emitted once, by the window whose middle holds its frames.
 
 Times come from the frame alignment: a token sits at the frames of its run in the best path,
 a word spans its characters' runs, and a segment is a run of words without a pause of
-`segment_pause` seconds or more between them.
+`segment_pause` seconds or more between them (and, with VAD, within one speech region).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def ctc_transcribe_long(
     tokenizer, blank = trained.task.tokenizer, trained.task.tokenizer.blank_id
     results, done = [], 0
     for recording in plans:
-        texts, words = [], []
+        texts, segments = [], []
         for plan in recording:
             parts = outputs[done : done + len(plan)]
             done += len(plan)
@@ -126,8 +126,10 @@ def ctc_transcribe_long(
                 continue
             ids, scores = joined  # [frames] each
             spans = ctc_token_spans(ids, scores, len(ids), blank)
-            words += _words(tokenizer, spans, plan[0].start, period, rate, segment_pause)
-        segments = _segments(words, segment_pause)
+            words = _words(tokenizer, spans, plan[0].start, period, rate, segment_pause)
+            segments += _segments(words, segment_pause)  # none across two regions
+        for i, segment in enumerate(segments):
+            segment["id"] = i
         texts += [s["text"] for s in segments]
         results.append(
             {"text": " ".join(t for t in texts if t), "language": None, "segments": segments}
@@ -194,11 +196,11 @@ def _segments(words: list[dict[str, Any]], pause: float) -> list[dict[str, Any]]
             groups.append([word])
     return [
         {
-            "id": i,
+            "id": 0,  # numbered by the caller
             "start": group[0]["start"],
             "end": group[-1]["end"],
             "text": "".join(w["word"] for w in group).strip(),
             "words": group,
         }
-        for i, group in enumerate(groups)
+        for group in groups
     ]
