@@ -25,6 +25,7 @@ from jaxseq.errors import JaxseqError
 from jaxseq.evaluation.loop import evaluate_split, scorer_for
 from jaxseq.evaluation.workdir import evaluate_trained
 from jaxseq.inference.classify import classify_waveforms
+from jaxseq.inference.manifest_job import transcribe_manifest
 from jaxseq.inference.synthesize import synthesize_audio
 from jaxseq.inference.transcribe import transcribe_waveforms
 from jaxseq.tasks.base import Task
@@ -161,6 +162,29 @@ class Model:
             chunk_seconds=chunk_seconds,
             stride_seconds=stride_seconds,
             vad=vad,
+        )
+
+    def transcribe_manifest(
+        self,
+        manifest: str | Path,
+        out_dir: str | Path,
+        *,
+        batch_size: int = 32,
+        return_timestamps: bool | str = False,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Transcribes a manifest's audio into OUT_DIR/results.jsonl (resumable: a rerun
+        skips the ids already there) and returns OUT_DIR/report.json's contents: counts, the
+        unreadable files with their reasons, WER/CER where the manifest has text. `options`:
+        decoder, beam_size, chunk_seconds, stride_seconds, vad. A collective: call on every
+        process (see jaxseq.inference.manifest_job)."""
+        return transcribe_manifest(
+            self.trained,
+            manifest,
+            out_dir,
+            batch_size=batch_size,
+            return_timestamps=return_timestamps,
+            **options,
         )
 
     def synthesize(

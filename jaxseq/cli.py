@@ -144,7 +144,33 @@ def _cmd_compile(args: argparse.Namespace) -> None:
 def _cmd_transcribe(args: argparse.Namespace) -> None:
     from jaxseq.inference.formats import FORMATS, write_result
 
-    model = api.load(_checkpoint(args.workdir, args.step))
+    _init_distributed(args)
+    model = api.load(_checkpoint(args.workdir, args.step), overrides=tuple(args.set or ()))
+    options = {
+        "decoder": args.decoder,
+        "beam_size": args.beam_size,
+        "chunk_seconds": args.chunk_seconds,
+        "stride_seconds": args.stride_seconds,
+        "vad": args.vad,
+    }
+    if args.manifest is not None:
+        if args.audio or args.output_dir is None:
+            raise JaxseqError(
+                "transcribe --manifest writes OUT/results.jsonl: give --output-dir OUT, and no "
+                "audio files besides the manifest"
+            )
+        report = model.transcribe_manifest(
+            args.manifest,
+            args.output_dir,
+            return_timestamps="word" if model.family == "ctc" else False,
+            **options,
+        )
+        print(json.dumps({k: v for k, v in report.items() if k != "skipped"}, indent=1))
+        for item in report["skipped"]:
+            print(f"skipped {item['id']} ({item['audio']}): {item['reason']}")
+        return
+    if not args.audio:
+        raise JaxseqError("transcribe: give audio files, or --manifest M.jsonl --output-dir OUT")
     formats = list(FORMATS) if args.output_format == "all" else [args.output_format]
     timed = args.output_dir is not None and formats != ["txt"]
     if timed and model.family != "ctc":
@@ -152,15 +178,7 @@ def _cmd_transcribe(args: argparse.Namespace) -> None:
             f"--output-format {args.output_format}: timestamps come from a CTC model's frame "
             f"alignment, and this workdir holds a {model.family} model; use --output-format txt"
         )
-    results = model.transcribe(
-        args.audio,
-        decoder=args.decoder,
-        beam_size=args.beam_size,
-        return_timestamps="word" if timed else False,
-        chunk_seconds=args.chunk_seconds,
-        stride_seconds=args.stride_seconds,
-        vad=args.vad,
-    )
+    results = model.transcribe(args.audio, return_timestamps="word" if timed else False, **options)
     for path, result in zip(args.audio, results, strict=True):
         if isinstance(result, str):
             result = {"text": result, "language": None, "segments": []}
@@ -290,8 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="transcripts of audio files of any length (CTC), with segment and word times",
     )
     p.add_argument("--workdir", type=Path, required=True)
-    p.add_argument("audio", nargs="+", type=Path)
+    p.add_argument("audio", nargs="*", type=Path)
     _decoding_args(p)
+    p.add_argument(
+        "--manifest",
+        type=Path,
+        help="a JSONL manifest of audio files: OUTPUT_DIR/results.jsonl (resumable) and "
+        "report.json (WER where it has text)",
+    )
     p.add_argument(
         "--output-dir", type=Path, help="write NAME.<format> files here (else print only)"
     )
@@ -316,6 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="decode only the speech regions, each on its own (default eval.vad)",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="config override, e.g. eval.normalizer=whisper_english",
+    )
+    _add_distributed_args(p)
     p.set_defaults(fn=_cmd_transcribe)
 
     p = sub.add_parser("classify", help="print class labels of audio files")

@@ -1,5 +1,6 @@
 """Run by tests/test_multiprocess_families.py as 1 process (8 CPU devices) or 2 (4 each):
-every family's evaluation of an uneven split, and the tokenizer files each process ends with.
+every family's evaluation of an uneven split, the tokenizer files each process ends with, and
+a CTC transcription job over a manifest (OUT/job/).
 
 The test split has 8 items and data.eval_batch_size is 16: one global batch, process 0
 holding all 8 items and process 1 none (only fillers), the most uneven split there is.
@@ -58,8 +59,32 @@ def main(out: Path, dataset: str, asr_workdir: str) -> None:
             "metrics": {k: v for k, v in metrics.items() if k not in TIMING},
             "records": records,
         }
+        if family == "ctc":
+            transcribe_job(cfg, task, mesh, state.params, dataset, out, p)
     if p == 0:
         (out / "result.json").write_text(json.dumps(results, indent=1, default=float))
+
+
+def transcribe_job(cfg, task, mesh, params, dataset: str, out: Path, p: int) -> None:
+    """A manifest job (`jaxseq transcribe --manifest`) over the test split's 8 recordings and a
+    missing file, 4 items per process and group: the second group (1 item) is process 0's
+    alone. Writes OUT/job/results.jsonl."""
+    from jaxseq.config import FrontendConfig, TextConfig
+    from jaxseq.data.pipeline import load_dataset_info
+    from jaxseq.inference.manifest_job import transcribe_manifest
+    from jaxseq.train.trained import Trained
+
+    info = load_dataset_info(dataset, "train")
+    frontend, text = FrontendConfig(**info["frontend"]), TextConfig(**info["text"])
+    trained = Trained(cfg, task, mesh, params, 0, frontend, text)
+    audio = Path(dataset).parent / "audio" / "test"
+    lines = [json.loads(line) for line in (audio / "manifest.jsonl").read_text().splitlines()]
+    for line in lines:
+        line["audio"] = str(audio / line["audio"])
+    lines.insert(3, {"id": "gone", "audio": str(audio / "missing.wav"), "text": "one"})
+    manifest = out / f"manifest-p{p}.jsonl"  # the same lines for every process
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    transcribe_manifest(trained, manifest, out / "job", batch_size=4, return_timestamps="word")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Long-form CTC transcription: windows that tile the recording, merging that loses and
 duplicates nothing at window boundaries, word and segment times against known answers, the
-output formats read back by real parsers, and the energy VAD's regions.
+output formats read back by real parsers, the energy VAD's regions, and a resumable
+transcription job over a manifest with bad files in it.
 
 The known answers come from a frame-local stand-in recognizer (`ToneCTC`): each letter is a
 tone whose frequency names it, and the stand-in emits, per encoder frame, the letter of the
@@ -17,9 +18,11 @@ import jax.numpy as jnp
 import librosa
 import numpy as np
 import pytest
+import soundfile as sf
 import srt
 import webvtt
 
+from jaxseq.api import Model
 from jaxseq.audio.vad import speech_regions
 from jaxseq.config import load_config
 from jaxseq.errors import JaxseqError
@@ -200,3 +203,68 @@ def test_srt_vtt_tsv_json_and_txt_parse_back(tmp_path):
         "3661007\t3662500\tef",
     ]
     assert render(RESULT, "txt") == "ab cd\nef\n"
+
+
+@pytest.fixture(scope="module")
+def tone_manifest(tmp_path_factory) -> tuple:
+    """A manifest of tone recordings (with and without references), a corrupt file and a
+    missing one: (manifest path, {id: reference or None})."""
+    folder = tmp_path_factory.mktemp("tones")
+    lines, refs = [], {}
+    for i in range(9):
+        sentences = [SENTENCES[i % 5], SENTENCES[(i + 2) % 5]]
+        wave, _ = tone_recording(sentences, seed=10 + i)
+        sf.write(folder / f"r{i}.wav", wave, RATE)
+        line = {"id": f"r{i}", "audio": f"r{i}.wav"}
+        if i % 3:  # some items have no transcript: transcribed, not scored
+            line["text"] = " ".join(sentences)
+        refs[f"r{i}"] = line.get("text")
+        lines.append(line)
+    (folder / "bad.wav").write_bytes(b"RIFF\x00\x00not audio")
+    lines.insert(4, {"id": "bad", "audio": "bad.wav", "text": "a"})
+    lines.append({"id": "gone", "audio": "missing.wav"})
+    manifest = folder / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return manifest, refs
+
+
+def test_a_manifest_job_lists_bad_files_scores_what_has_text_and_resumes(
+    trained, tone_manifest, tmp_path
+):
+    manifest, refs = tone_manifest
+    model = Model(trained, tmp_path)
+    report = model.transcribe_manifest(
+        manifest, tmp_path / "job", batch_size=2, vad=True, return_timestamps="word"
+    )
+    straight = (tmp_path / "job" / "results.jsonl").read_bytes()
+    rows = [json.loads(line) for line in straight.decode().splitlines()]
+    assert [r["id"] for r in rows] == [
+        json.loads(line)["id"] for line in manifest.read_text().splitlines()
+    ]  # every item, in manifest order
+    errors = {r["id"]: r["error"] for r in rows if "error" in r}
+    assert list(errors) == ["bad", "gone"]  # listed with their reasons; the job went on
+    assert "bad.wav" in errors["bad"] and "missing.wav" in errors["gone"]
+    assert errors["gone"].startswith("audio file not found")
+    for r in rows:
+        if r["id"] in errors:
+            continue
+        i = int(r["id"][1:])
+        assert r["text"] == f"{SENTENCES[i % 5]} {SENTENCES[(i + 2) % 5]}"
+        assert r.get("ref") == refs[r["id"]] and r["segments"][0]["words"]
+    assert report["num_items"] == 11 and report["num_skipped"] == 2
+    assert report["num_scored"] == 6 and report["wer"] == 0.0 and report["normalizer"] == "model"
+    assert [s["id"] for s in report["skipped"]] == ["bad", "gone"]
+    assert report["audio_seconds"] == pytest.approx(sum(r.get("seconds", 0) for r in rows))
+
+    # Killed while writing its third group: two groups' lines and a torn one are on disk.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    cut = straight.split(b"\n")
+    (resumed / "results.jsonl").write_bytes(b"\n".join(cut[:4]) + b"\n" + cut[4][:30])
+    again = model.transcribe_manifest(
+        manifest, resumed, batch_size=2, vad=True, return_timestamps="word"
+    )
+    assert (resumed / "results.jsonl").read_bytes() == straight
+    assert again["new_items"] == 7 and again["wer"] == report["wer"]
+    assert model.transcribe_manifest(manifest, resumed, batch_size=2)["new_items"] == 0
+    assert (resumed / "results.jsonl").read_bytes() == straight

@@ -86,6 +86,24 @@ def test_every_family_evaluates_an_uneven_split_like_one_process(corpus, asr_wor
             assert got["records"] == want["records"], family
     assert "cer" in two["tts"]["metrics"]  # the recognizer ran in both processes
 
+    # The transcription job: every item in manifest order, the missing file listed, the same
+    # transcripts and times (word probabilities to float32 rounding) as one process.
+    rows = [
+        [json.loads(line) for line in (tmp_path / run / "job" / "results.jsonl").open()]
+        for run in ("one", "two")
+    ]
+    assert [r["id"] for r in rows[1]] == [r["id"] for r in rows[0]] and len(rows[0]) == 9
+    assert [r["id"] for r in rows[1] if "error" in r] == ["gone"]
+    for got, want in zip(*rows, strict=True):
+        assert _without_probabilities(got) == _without_probabilities(want)
+        words = [
+            (w, v)
+            for s, t in zip(got.get("segments", []), want.get("segments", []), strict=True)
+            for w, v in zip(s["words"], t["words"], strict=True)
+        ]
+        for w, v in words:
+            assert w["probability"] == pytest.approx(v["probability"], rel=1e-5, abs=1e-6)
+
     # Tokenizers learned from data (BPE: seq2seq, rnn) are process 0's, read back by process 1.
     for family in two:
         p0, p1 = (tmp_path / "two" / f"tokenizers-p{i}" / family for i in range(2))
@@ -93,6 +111,14 @@ def test_every_family_evaluates_an_uneven_split_like_one_process(corpus, asr_wor
         assert files and files == sorted(f.name for f in p1.iterdir())
         match, mismatch, errors = filecmp.cmpfiles(p0, p1, files, shallow=False)
         assert (mismatch, errors) == ([], []), family
+
+
+def _without_probabilities(row: dict) -> dict:
+    row = json.loads(json.dumps(row))
+    for segment in row.get("segments", []):
+        for word in segment["words"]:
+            del word["probability"]
+    return row
 
 
 def test_only_process_zero_builds_a_shared_file(monkeypatch, tmp_path):

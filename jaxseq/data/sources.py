@@ -126,15 +126,16 @@ class ManifestSource:
     `speaker`, `label` (a string, or a list of strings for a multi-label item; see
     `parse_label`) and `segments` (labelled time spans in seconds; see `parse_segments`).
     Relative audio paths resolve against the manifest's folder. Blank lines are ignored. Ids
-    must be unique.
+    must be unique. With `require_text=False` (audio to transcribe) `text` may be left out.
 
     Raises:
       SourceError: naming `path:line` for a line that is not a JSON object, lacks `audio` or
         `text`, has a value of the wrong type, a bad label or segment, or repeats an id.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, require_text: bool = True):
         self.path = Path(path)
+        self.require_text = require_text
         self.spec = f"manifest:{path}"
         if not self.path.is_file():
             raise SourceError(f"manifest not found: {self.path}. Check the path after 'manifest:'.")
@@ -173,6 +174,8 @@ class ManifestSource:
         for key in ("audio", "text"):
             if key == "text" and "text" not in obj and (obj.get("label") or obj.get("segments")):
                 continue  # a classification item needs no transcript (its text stays None)
+            if key == "text" and "text" not in obj and not self.require_text:
+                continue  # audio to transcribe (its text stays None)
             if not isinstance(obj.get(key), str):
                 raise self._error(lineno, f'"{key}" must be a string (got {obj.get(key)!r})')
         if not obj["audio"]:
