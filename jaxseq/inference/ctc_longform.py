@@ -1,11 +1,10 @@
 """CTC transcription of recordings of any length, with segment and word timestamps.
 
-Each recording is cut into overlapping windows (`jaxseq.inference.windows`), every window's
-log-mel is computed on its own (as the model saw utterances in training), and the windows of
-all recordings are decoded as batches in lockstep over the processes. The frames each window
-keeps (its middle, without the strides) tile the recording, so they are concatenated into one
-best path per recording, which is collapsed once: a token that straddles two windows is
-emitted once, by the window whose middle holds its frames.
+The windows of each recording (or of each speech region) are decoded by
+`jaxseq.inference.longform.decode_windows`. The frames each window keeps (its middle, without
+the strides) tile the recording, so they are concatenated into one best path per recording,
+which is collapsed once: a token that straddles two windows is emitted once, by the window
+whose middle holds its frames.
 
 Times come from the frame alignment: a token sits at the frames of its run in the best path,
 a word spans its characters' runs, and a segment is a run of words without a pause of
@@ -19,12 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from jaxseq.audio.frontend import log_mel_numpy
-from jaxseq.audio.vad import speech_regions
 from jaxseq.decoding.ctc import TokenSpan, ctc_prefix_beam_search, ctc_token_spans
 from jaxseq.errors import JaxseqError
-from jaxseq.evaluation.waveforms import predicted_batches
-from jaxseq.inference.windows import Window, plan_windows
+from jaxseq.inference.longform import decode_windows
+from jaxseq.inference.windows import Window
 from jaxseq.train.trained import Trained
 
 SEGMENT_PAUSE = 0.5  # seconds between two words that start a new segment
@@ -33,29 +30,6 @@ SEGMENT_PAUSE = 0.5  # seconds between two words that start a new segment
 def frame_period(trained: Trained) -> int:
     """Samples per encoder frame: the feature hop times the conv stem's strides."""
     return trained.frontend.hop_length * math.prod(trained.cfg.model.subsample_strides)
-
-
-def window_samples(trained: Trained, chunk_seconds: float, stride_seconds: float) -> tuple:
-    """(chunk, stride) in samples, each a whole number of encoder frames, so that the windows'
-    frames line up. Zeros mean the defaults: the longest bucket the model was trained on, and
-    a sixth of the chunk on each side (30 s and 5 s for 3,000-frame buckets)."""
-    period, rate = frame_period(trained), trained.frontend.sample_rate
-    if chunk_seconds <= 0:
-        chunk = trained.cfg.data.buckets[-1] * trained.frontend.hop_length
-    else:
-        chunk = round(chunk_seconds * rate)
-    chunk = max(chunk // period, 1) * period
-    stride = chunk / 6 if stride_seconds <= 0 else stride_seconds * rate
-    return chunk, int(stride // period) * period
-
-
-def _features(trained: Trained, audio: np.ndarray) -> np.ndarray:
-    """A window's log-mel [frames, n_mels]; a window too short for one STFT frame (the last
-    one, with strides of 0) is padded with silence."""
-    least = trained.frontend.n_fft
-    if len(audio) < least:
-        audio = np.pad(audio, (0, least - len(audio)))
-    return log_mel_numpy(audio, trained.frontend)
 
 
 def ctc_transcribe_long(
@@ -80,44 +54,24 @@ def ctc_transcribe_long(
     and gives the text alone ("segments" empty). A collective with several processes: every
     process calls it, with its own waveforms (any number, also none).
     """
-    chunk, stride = window_samples(trained, chunk_seconds, stride_seconds)
     period, rate = frame_period(trained), trained.frontend.sample_rate
-    regions = [
-        speech_regions(w, rate) if vad else [(0, len(w))] for w in waves
-    ]  # per recording: sample ranges decoded apart
-    plans = [
-        [
-            [
-                w._replace(start=w.start + a, end=w.end + a)
-                for w in plan_windows(b - a, chunk, stride)
-            ]
-            for a, b in recording
-        ]
-        for recording in regions
-    ]
-    items = [
-        (i, window) for i, recording in enumerate(plans) for plan in recording for window in plan
-    ]
     options = trained.task.eval_options(decoder=decoder, beam_size=beam_size)
-    outputs: list[tuple[Any, ...]] = []  # per window: (ids or log-probs, [best log-probs])
-    for batch in predicted_batches(
+    decoded = decode_windows(
         trained,
-        items,
-        lambda item: _features(trained, waves[item[0]][item[1].start : item[1].end]),
-        batch_size=batch_size,
+        waves,
         options=options,
-    ):
-        *arrays, lengths = batch
-        for row, length in enumerate(lengths):
-            outputs.append(tuple(a[row, : int(length)] for a in arrays))
+        period=period,
+        chunk_seconds=chunk_seconds,
+        stride_seconds=stride_seconds,
+        vad=vad,
+        batch_size=batch_size,
+    )
     tokenizer, blank = trained.task.tokenizer, trained.task.tokenizer.blank_id
-    results, done = [], 0
-    for recording in plans:
+    results = []
+    for regions in decoded:
         texts, segments = [], []
-        for plan in recording:
-            parts = outputs[done : done + len(plan)]
-            done += len(plan)
-            kept = [_kept(window, part, period) for window, part in zip(plan, parts, strict=True)]
+        for plan, rows in regions:
+            kept = [_kept(window, row, period) for window, row in zip(plan, rows, strict=True)]
             joined = [np.concatenate(arrays) for arrays in zip(*kept, strict=True)]
             if options["decoder"] == "prefix_beam":
                 (log_probs,) = joined  # [frames, vocab]
@@ -137,9 +91,11 @@ def ctc_transcribe_long(
     return results
 
 
-def _kept(window: Window, arrays: tuple[np.ndarray, ...], period: int) -> tuple[np.ndarray, ...]:
-    """The frames of a window's middle: drops the frames of its left and right strides."""
-    length = len(arrays[0])
+def _kept(window: Window, row: tuple[np.ndarray, ...], period: int) -> tuple[np.ndarray, ...]:
+    """The frames of a window's middle, from its predict_fn row (arrays over frames, then the
+    encoder length): drops the padding and the frames of its left and right strides."""
+    *arrays, length = row
+    length = int(length)
     expected = -(-(window.end - window.start) // period)
     if abs(length - expected) > 1:
         raise JaxseqError(

@@ -1,9 +1,10 @@
 """Transcripts of audio with a speech recognizer's workdir (`jaxseq transcribe`).
 
-CTC models take recordings of any length: longer than one window (`eval.chunk_seconds`), a
-recording is decoded in overlapping windows whose frames are merged
-(`jaxseq.inference.ctc_longform`), and its segments and words carry times. The other families
-decode each recording in one piece.
+CTC and seq2seq (Whisper) models take recordings of any length: longer than one window
+(`eval.chunk_seconds`), a recording is decoded in overlapping windows, merged on the frame
+alignment for CTC (`jaxseq.inference.ctc_longform`, whose segments and words carry times) and
+on the tokens for seq2seq (`jaxseq.inference.seq2seq_longform`, the text alone). The RNN
+family decodes each recording in one piece.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from jaxseq.audio.io import load_audio
 from jaxseq.errors import JaxseqError
 from jaxseq.evaluation.waveforms import predict_waveforms
 from jaxseq.inference.ctc_longform import ctc_transcribe_long
+from jaxseq.inference.seq2seq_longform import seq2seq_transcribe_long
 from jaxseq.tasks.base import ASRTask
+from jaxseq.tasks.seq2seq import Seq2SeqTask
 from jaxseq.train.trained import Trained, load_trained
 
 
@@ -48,11 +51,21 @@ def transcribe_waveforms(
             "recognizer's workdir (ctc, seq2seq, whisper or rnn)"
         )
     ev = trained.cfg.eval
+    windows = {
+        "chunk_seconds": ev.chunk_seconds if chunk_seconds is None else chunk_seconds,
+        "stride_seconds": ev.stride_seconds if stride_seconds is None else stride_seconds,
+        "vad": ev.vad if vad is None else vad,
+        "batch_size": batch_size,
+    }
     if trained.cfg.model.family != "ctc":
         if return_timestamps:
             raise JaxseqError(
                 f"timestamps come from a CTC model's frame alignment; this workdir holds a "
                 f"{trained.cfg.model.family} model: transcribe it without timestamps"
+            )
+        if isinstance(trained.task, Seq2SeqTask):
+            return seq2seq_transcribe_long(
+                trained, waves, decoder=decoder, beam_size=beam_size, **windows
             )
         return predict_waveforms(
             trained, waves, batch_size=batch_size, decoder=decoder, beam_size=beam_size
@@ -63,14 +76,7 @@ def transcribe_waveforms(
             f"timestamps come from the best path: decode with decoder=greedy, not {decoder!r}"
         )
     results = ctc_transcribe_long(
-        trained,
-        waves,
-        decoder=decoder,
-        beam_size=int(beam_size or ev.beam_size),
-        chunk_seconds=ev.chunk_seconds if chunk_seconds is None else chunk_seconds,
-        stride_seconds=ev.stride_seconds if stride_seconds is None else stride_seconds,
-        vad=ev.vad if vad is None else vad,
-        batch_size=batch_size,
+        trained, waves, decoder=decoder, beam_size=int(beam_size or ev.beam_size), **windows
     )
     if not return_timestamps:
         return [r["text"] for r in results]

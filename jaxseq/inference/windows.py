@@ -48,3 +48,23 @@ def plan_windows(num_samples: int, chunk: int, stride: int) -> list[Window]:
         if last:
             break
     return windows
+
+
+def window_samples(
+    chunk_seconds: float, stride_seconds: float, longest: int, rate: int, period: int
+) -> tuple[int, int]:
+    """(chunk, stride) in samples, each a whole number of `period` samples (a model's frame),
+    so that windows start on frame boundaries. Zeros mean the defaults: `longest` samples
+    (what the model trained on), and a sixth of the chunk on each side."""
+    chunk = longest if chunk_seconds <= 0 else round(chunk_seconds * rate)
+    chunk = max(chunk // period, 1) * period
+    stride = chunk / 6 if stride_seconds <= 0 else stride_seconds * rate
+    return chunk, int(stride // period) * period
+
+
+def region_windows(regions: list[tuple[int, int]], chunk: int, stride: int) -> list[list[Window]]:
+    """`plan_windows` over each region [start, end) of a recording, in recording samples."""
+    return [
+        [w._replace(start=w.start + a, end=w.end + a) for w in plan_windows(b - a, chunk, stride)]
+        for a, b in regions
+    ]

@@ -103,7 +103,7 @@ class Seq2SeqTask(ASRTask):
 
     Trained from scratch with a BPE vocabulary; `jaxseq.tasks.whisper.WhisperTask` is the same
     model with OpenAI's tokenizer, prompt and 30-second inputs. The hooks that differ are
-    `prompt`, `suppress_ids`, `begin_suppress_ids`, `_source` and `_text`.
+    `prompt`, `suppress_ids`, `begin_suppress_ids`, `_source` and `ids_to_text`.
     """
 
     family = "seq2seq"
@@ -160,7 +160,7 @@ class Seq2SeqTask(ASRTask):
         """The encoder's input from a batch's features [batch, frames, n_mels] and lengths."""
         return features, lengths
 
-    def _text(self, ids: np.ndarray) -> str:
+    def ids_to_text(self, ids: np.ndarray) -> str:
         """A hypothesis' text from its generated ids (end token excluded)."""
         return self.tokenizer.decode(ids)
 
@@ -304,9 +304,11 @@ class Seq2SeqTask(ASRTask):
             **options,
         )
 
-    def decode(self, outputs: Any, decoder: str, beam_size: int) -> list[str]:
+    def hypothesis_ids(self, outputs: Any) -> list[np.ndarray]:
+        """Each row's generated ids from `predict_fn` outputs, end tokens dropped."""
         sequences, lengths = (np.asarray(x) for x in outputs)
         end = self.tokenizer.end_id
-        return [
-            self._text(seq[:n][seq[:n] != end]) for seq, n in zip(sequences, lengths, strict=True)
-        ]
+        return [seq[:n][seq[:n] != end] for seq, n in zip(sequences, lengths, strict=True)]
+
+    def decode(self, outputs: Any, decoder: str, beam_size: int) -> list[str]:
+        return [self.ids_to_text(ids) for ids in self.hypothesis_ids(outputs)]

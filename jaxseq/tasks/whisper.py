@@ -160,5 +160,5 @@ class WhisperTask(Seq2SeqTask):
     def _source(self, features: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
         return pad_like_whisper(features, lengths, self.dims.num_frames)
 
-    def _text(self, ids: np.ndarray) -> str:
+    def ids_to_text(self, ids: np.ndarray) -> str:
         return self.tokenizer.decode(ids).strip()
