@@ -127,29 +127,11 @@ def reference():
 @pytest.fixture(scope="session")
 def whisper_folder(tmp_path_factory, reference) -> Path:
     """A checkpoint folder with the real multilingual tokenizer.json, derived offline from the
-    tiktoken vocabulary openai-whisper ships (transformers' TikTokenConverter)."""
-    import whisper.tokenizer
-    from tokenizers import processors
-    from transformers.convert_slow_tokenizer import TikTokenConverter
+    tiktoken vocabulary openai-whisper ships (tests/hf_whisper.py)."""
+    from tests.hf_whisper import write_whisper_tokenizer
 
-    encoding = reference.encoding
-    ranks = Path(whisper.tokenizer.__file__).parent / "assets" / "multilingual.tiktoken"
-    tok = TikTokenConverter(
-        vocab_file=str(ranks),
-        pattern=encoding._pat_str,
-        extra_special_tokens=encoding._special_tokens,
-    ).converted()
-    # HF's Whisper files wrap encodings in <|startoftranscript|><|notimestamps|> ... <|endoftext|>:
-    # encode must not add them.
-    tok.post_processor = processors.TemplateProcessing(
-        single="<|startoftranscript|> <|notimestamps|> $A <|endoftext|>",
-        special_tokens=[
-            (t, tok.token_to_id(t))
-            for t in ["<|startoftranscript|>", "<|notimestamps|>", "<|endoftext|>"]
-        ],
-    )
     folder = tmp_path_factory.mktemp("whisper")
-    tok.save(str(folder / "tokenizer.json"))
+    write_whisper_tokenizer(folder, reference.encoding)
     return folder
 
 

@@ -1,6 +1,9 @@
-"""Small random transformers Whisper models for the reference tests (built offline)."""
+"""Small random transformers Whisper models for the reference tests and benchmarks, and
+Whisper's real tokenizer for them (all built offline)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import transformers
@@ -30,3 +33,35 @@ def random_whisper(
         for name, p in model.named_parameters():
             p.normal_(1.0 if "layer_norm.weight" in name else 0.0, std)
     return model
+
+
+def write_whisper_tokenizer(folder: Path | str, encoding=None) -> Path:
+    """Writes FOLDER/tokenizer.json: Whisper's multilingual tokenizer, derived from the
+    tiktoken vocabulary openai-whisper ships (transformers' TikTokenConverter), wrapping
+    encodings in <|startoftranscript|><|notimestamps|> ... <|endoftext|> as HF's files do.
+    `encoding`: openai-whisper's tiktoken Encoding (default: its multilingual one)."""
+    import whisper.tokenizer
+    from tokenizers import processors
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    if encoding is None:
+        encoding = whisper.tokenizer.get_tokenizer(multilingual=True).encoding
+    ranks = Path(whisper.tokenizer.__file__).parent / "assets" / "multilingual.tiktoken"
+    tok = TikTokenConverter(
+        vocab_file=str(ranks),
+        pattern=encoding._pat_str,
+        extra_special_tokens=encoding._special_tokens,
+    ).converted()
+    # HF's Whisper files wrap encodings in <|startoftranscript|><|notimestamps|> ... <|endoftext|>:
+    # encode must not add them.
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|startoftranscript|> <|notimestamps|> $A <|endoftext|>",
+        special_tokens=[
+            (t, tok.token_to_id(t))
+            for t in ["<|startoftranscript|>", "<|notimestamps|>", "<|endoftext|>"]
+        ],
+    )
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    path = Path(folder) / "tokenizer.json"
+    tok.save(str(path))
+    return path

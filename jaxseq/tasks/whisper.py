@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -159,6 +160,12 @@ class WhisperTask(Seq2SeqTask):
 
     def _source(self, features: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
         return pad_like_whisper(features, lengths, self.dims.num_frames)
+
+    def hypothesis_ids(self, outputs: Any) -> list[np.ndarray]:
+        """Each row's text tokens: the special ones (language, task, timestamps) dropped, as
+        transformers' pipeline drops them before it merges the tokens of overlapping windows."""
+        special = np.asarray(sorted(self.tokenizer.special_ids))
+        return [ids[~np.isin(ids, special)] for ids in super().hypothesis_ids(outputs)]
 
     def ids_to_text(self, ids: np.ndarray) -> str:
         return self.tokenizer.decode(ids).strip()
