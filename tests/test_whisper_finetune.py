@@ -437,7 +437,7 @@ def test_chunked_long_form_matches_transformers_pipeline(converted, hf_dir, tmp_
             },
         )["text"]
     assert ours == theirs.strip()
-    assert len(ours.split()) > 10  # several windows' worth of text, merged
+    assert len(ours) > 60  # several windows' worth of text, merged
 
 
 def trained_model(workdir):
