@@ -20,8 +20,10 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.hf_whisper
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -33,6 +35,7 @@ from jaxseq.convert import load_hf_whisper  # noqa: E402
 from jaxseq.convert.hf_generate import plain_config_kwargs, plain_generate_kwargs  # noqa: E402
 from jaxseq.decoding.beam_search import LengthPenalty, beam_search  # noqa: E402
 from jaxseq.models.whisper import WhisperModel, search_setup  # noqa: E402
+from tests.hf_whisper import WHISPER_TINY, random_whisper  # noqa: E402
 
 BATCH, BEAMS, NEW_TOKENS = 8, 4, 64
 EOS, START = 50257, 50258
@@ -41,30 +44,16 @@ EOS, START = 50257, 50258
 def build_model(seed: int = 0) -> transformers.WhisperForConditionalGeneration:
     """A random whisper-tiny-sized model; weights redrawn wider than HF's init (std 0.02), so the
     next-token distributions are peaked and float32 rounding does not decide between near-ties."""
-    config = transformers.WhisperConfig(
-        vocab_size=51865,
-        num_mel_bins=80,
-        d_model=384,
-        encoder_layers=4,
-        decoder_layers=4,
-        encoder_attention_heads=6,
-        decoder_attention_heads=6,
-        encoder_ffn_dim=1536,
-        decoder_ffn_dim=1536,
-        max_source_positions=1500,
-        max_target_positions=448,
+    return random_whisper(
+        0.1,
+        seed=seed,
+        **WHISPER_TINY,
         pad_token_id=EOS,
         bos_token_id=EOS,
         eos_token_id=EOS,
         decoder_start_token_id=START,
         **plain_config_kwargs(),
     )
-    torch.manual_seed(seed)
-    model = transformers.WhisperForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(1.0 if "layer_norm.weight" in name else 0.0, 0.1)
-    return model
 
 
 def hf_generate(model, features: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,7 @@ from jaxseq import cli  # noqa: E402
 from jaxseq.audio.espeak import synthesize  # noqa: E402
 from jaxseq.audio.io import to_mono_resampled  # noqa: E402
 from jaxseq.text.whisper_tokenizer import WhisperTokenizer  # noqa: E402
-from tests.hf_whisper import random_whisper, write_whisper_tokenizer  # noqa: E402
+from tests.hf_whisper import WHISPER_TINY, random_whisper, write_whisper_tokenizer  # noqa: E402
 
 RATE = 16000
 EOT, SOT, EN, TRANSCRIBE, NO_TIMESTAMPS = 50257, 50258, 50259, 50359, 50363
@@ -72,16 +72,7 @@ def build(folder: Path) -> transformers.WhisperForConditionalGeneration:
     config (the end token suppressed)."""
     model = random_whisper(
         0.1,
-        vocab_size=51865,
-        d_model=384,
-        encoder_layers=4,
-        decoder_layers=4,
-        encoder_attention_heads=6,
-        decoder_attention_heads=6,
-        encoder_ffn_dim=1536,
-        decoder_ffn_dim=1536,
-        max_source_positions=1500,
-        max_target_positions=448,
+        **WHISPER_TINY,
         pad_token_id=EOT,
         bos_token_id=EOT,
         eos_token_id=EOT,
