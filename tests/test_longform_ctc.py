@@ -118,7 +118,7 @@ def tone_recording(sentences: list[str], seed: int) -> tuple[np.ndarray, list[di
 SENTENCES = ["bad cafe", "dab ace fed", "cab", "face bead deaf gab", "bag egad"]
 
 
-@pytest.mark.parametrize("stride", [0.24, 0.48, 0.0])
+@pytest.mark.parametrize("stride", [0.24, 0.0])
 def test_chunked_decoding_equals_one_window_wherever_the_windows_cut(trained, stride):
     wave, truth = tone_recording(SENTENCES * 3, seed=0)
     assert len(wave) / RATE > 10 * 2.0  # many windows of 2 s

@@ -75,7 +75,8 @@ def ctc_transcribe_long(
             joined = [np.concatenate(arrays) for arrays in zip(*kept, strict=True)]
             if options["decoder"] == "prefix_beam":
                 (log_probs,) = joined  # [frames, vocab]
-                best = ctc_prefix_beam_search(log_probs, len(log_probs), beam_size, blank)
+                beams = options["beam_size"]
+                best = ctc_prefix_beam_search(log_probs, len(log_probs), beams, blank)
                 texts.append(tokenizer.decode(best).strip())
                 continue
             ids, scores = joined  # [frames] each
