@@ -9,19 +9,17 @@ family decodes each recording in one piece.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from jaxseq.audio.io import load_audio
 from jaxseq.errors import JaxseqError
 from jaxseq.evaluation.waveforms import predict_waveforms
 from jaxseq.inference.ctc_longform import ctc_transcribe_long
 from jaxseq.inference.seq2seq_longform import seq2seq_transcribe_long
 from jaxseq.tasks.base import ASRTask
 from jaxseq.tasks.seq2seq import Seq2SeqTask
-from jaxseq.train.trained import Trained, load_trained
+from jaxseq.train.trained import Trained
 
 
 def transcribe_waveforms(
@@ -85,21 +83,3 @@ def transcribe_waveforms(
             for segment in r["segments"]:
                 del segment["words"]
     return results
-
-
-def transcribe(
-    workdir: str | Path,
-    audio_paths: list[str | Path],
-    *,
-    step: int | None = None,
-    decoder: str | None = None,
-    beam_size: int | None = None,
-    return_timestamps: bool | str = False,
-) -> list[Any]:
-    """Transcripts of audio files (any format librosa reads; resampled to the model's rate);
-    see `transcribe_waveforms`."""
-    trained = load_trained(workdir, step=step)
-    waves = [load_audio(p, trained.frontend.sample_rate) for p in audio_paths]
-    return transcribe_waveforms(
-        trained, waves, decoder=decoder, beam_size=beam_size, return_timestamps=return_timestamps
-    )

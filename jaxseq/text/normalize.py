@@ -14,6 +14,7 @@ openai-whisper's `whisper.normalizers` without its torch dependency.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Callable
@@ -37,22 +38,23 @@ def unknown_characters(text: str, cfg: TextConfig) -> list[str]:
     return sorted({c for c in text if c not in allowed})
 
 
+@functools.cache
 def scoring_normalizer(name: str, cfg: TextConfig) -> Callable[[str], str]:
     """The function both sides of a WER/CER comparison go through (`eval.normalizer`):
     "model" (`normalize_text` under the training text policy `cfg`), "whisper_english",
-    "whisper_basic" or "none" (whitespace collapsed only)."""
+    "whisper_basic" or "none" (whitespace collapsed only). Built once per (name, policy)."""
     if name == "model":
-        return lambda text: normalize_text(text, cfg)
-    if name == "none":
-        return lambda text: _SPACES.sub(" ", text).strip()
+        return functools.partial(normalize_text, cfg=cfg)
     if name == "whisper_english":
         from whisper_normalizer.english import EnglishTextNormalizer
 
-        english = EnglishTextNormalizer()
-        return lambda text: _SPACES.sub(" ", english(text)).strip()
-    if name == "whisper_basic":
+        base: Callable[[str], str] = EnglishTextNormalizer()
+    elif name == "whisper_basic":
         from whisper_normalizer.basic import BasicTextNormalizer
 
-        basic = BasicTextNormalizer()
-        return lambda text: _SPACES.sub(" ", basic(text)).strip()
-    raise ValueError(f"unknown normalizer {name!r}")  # the config's choices are checked
+        base = BasicTextNormalizer()
+    elif name == "none":
+        base = str
+    else:
+        raise ValueError(f"unknown normalizer {name!r}")  # the config's choices are checked
+    return lambda text: _SPACES.sub(" ", base(text)).strip()
