@@ -142,15 +142,23 @@ class Model:
         beam_size: int | None = None,
         batch_size: int = 32,
         return_timestamps: bool | str = False,
+        return_language: bool = False,
+        language: str | None = None,
+        task: str | None = None,
         chunk_seconds: float | None = None,
         stride_seconds: float | None = None,
         vad: bool | None = None,
     ) -> list[Any]:
         """Transcripts of audio files (any format librosa reads) or float waveforms
-        [samples] at `sample_rate`, of any length for CTC models; a speech recognizer's
-        workdir only. With `return_timestamps` (True: segments; "word": segments and words)
-        each is a dict in openai-whisper's layout (see
-        jaxseq.inference.transcribe.transcribe_waveforms)."""
+        [samples] at `sample_rate`, of any length; a speech recognizer's workdir only. With
+        `return_timestamps` (True: segments; "word": segments and words; CTC models) or
+        `return_language`, each is a dict in openai-whisper's layout, {"text", "language",
+        "segments"} (see jaxseq.inference.transcribe.transcribe_waveforms).
+
+        Whisper models: `language` is the spoken language's code, or "auto" to detect it on
+        each recording's first 30 s (the dicts' "language" says which); `task` is
+        "transcribe" or "translate" (into English); both default to the workdir's
+        model.language and model.task."""
         waves, _ = _waveforms(self.trained, audio)
         return transcribe_waveforms(
             self.trained,
@@ -159,6 +167,9 @@ class Model:
             beam_size=beam_size,
             batch_size=batch_size,
             return_timestamps=return_timestamps,
+            return_language=return_language,
+            language=language,
+            task=task,
             chunk_seconds=chunk_seconds,
             stride_seconds=stride_seconds,
             vad=vad,
@@ -176,8 +187,8 @@ class Model:
         """Transcribes a manifest's audio into OUT_DIR/results.jsonl (resumable: a rerun
         skips the ids already there) and returns OUT_DIR/report.json's contents: counts, the
         unreadable files with their reasons, WER/CER where the manifest has text. `options`:
-        decoder, beam_size, chunk_seconds, stride_seconds, vad. A collective: call on every
-        process (see jaxseq.inference.manifest_job)."""
+        decoder, beam_size, language, task, chunk_seconds, stride_seconds, vad. A collective:
+        call on every process (see jaxseq.inference.manifest_job)."""
         return transcribe_manifest(
             self.trained,
             manifest,

@@ -145,7 +145,12 @@ def _cmd_transcribe(args: argparse.Namespace) -> None:
     from jaxseq.inference.formats import FORMATS, write_result
 
     _init_distributed(args)
-    model = api.load(_checkpoint(args.workdir, args.step), overrides=tuple(args.set or ()))
+    overrides = list(args.set or ())
+    if args.language is not None:
+        overrides.append(f"model.language={args.language}")
+    if args.task is not None:
+        overrides.append(f"model.task={args.task}")
+    model = api.load(_checkpoint(args.workdir, args.step), overrides=overrides)
     options = {
         "decoder": args.decoder,
         "beam_size": args.beam_size,
@@ -172,16 +177,21 @@ def _cmd_transcribe(args: argparse.Namespace) -> None:
     if not args.audio:
         raise JaxseqError("transcribe: give audio files, or --manifest M.jsonl --output-dir OUT")
     formats = list(FORMATS) if args.output_format == "all" else [args.output_format]
-    timed = args.output_dir is not None and formats != ["txt"]
+    timed = args.output_dir is not None and not set(formats) <= {"txt", "json"}
     if timed and model.family != "ctc":
         raise JaxseqError(
-            f"--output-format {args.output_format}: timestamps come from a CTC model's frame "
-            f"alignment, and this workdir holds a {model.family} model; use --output-format txt"
+            f"--output-format {args.output_format}: srt, vtt and tsv need timestamps, which "
+            f"come from a CTC model's frame alignment, and this workdir holds a {model.family} "
+            "model; use --output-format txt or json"
         )
-    results = model.transcribe(args.audio, return_timestamps="word" if timed else False, **options)
+    timed = args.output_dir is not None and model.family == "ctc" and formats != ["txt"]
+    results = model.transcribe(
+        args.audio,
+        return_timestamps="word" if timed else False,
+        return_language=True,
+        **options,
+    )
     for path, result in zip(args.audio, results, strict=True):
-        if isinstance(result, str):
-            result = {"text": result, "language": None, "segments": []}
         print(f"{path}\t{result['text']}")
         if args.output_dir is not None:
             for written in write_result(result, args.output_dir, path.stem, formats):
@@ -305,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "transcribe",
-        help="transcripts of audio files of any length (CTC), with segment and word times",
+        help="transcripts of audio files of any length, with segment and word times (CTC) "
+        "or the detected language (Whisper)",
     )
     p.add_argument("--workdir", type=Path, required=True)
     p.add_argument("audio", nargs="*", type=Path)
@@ -339,6 +350,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--vad",
         action=argparse.BooleanOptionalAction,
         help="decode only the speech regions, each on its own (default eval.vad)",
+    )
+    p.add_argument(
+        "--language",
+        metavar="CODE|auto",
+        help="Whisper: the spoken language (en, de, ...), or auto to detect it on each "
+        "recording's first 30 s (sets model.language)",
+    )
+    p.add_argument(
+        "--task",
+        choices=["transcribe", "translate"],
+        help="Whisper: transcribe, or translate into English (sets model.task)",
     )
     p.add_argument(
         "--set",

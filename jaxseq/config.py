@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,8 +144,11 @@ class ModelConfig:
     vocab_size: int = 51865  # embedding rows: 51865 multilingual, 51864 English-only, 51866 v3
     max_target_positions: int = 448  # decoder positions: prompt + transcript + end token
     tokenizer: str = ""  # folder with Whisper's tokenizer.json; "" = train.init_from
-    language: str = "en"  # prompt language of multilingual checkpoints
-    task: str = "transcribe"  # or "translate"
+    # The spoken language of multilingual checkpoints' prompt: a code (en, de, zh, ...) or
+    # "auto", detected on each recording's first 30 s when transcribing (English-only
+    # checkpoints: en, their prompt has no language token).
+    language: str = "en"
+    task: str = "transcribe"  # or "translate" (into English)
 
 
 @dataclass(frozen=True)
@@ -397,6 +401,13 @@ def _check_choices(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), name)
         if value not in choices:
             raise ConfigError(f"config key '{key}' is {value!r}; choose one of {list(choices)}")
+    # The checkpoint's tokenizer says which codes exist (jaxseq.tasks.whisper); names like
+    # "german" are not codes.
+    if cfg.model.language != "auto" and not re.fullmatch(r"[a-z]{2,3}", cfg.model.language):
+        raise ConfigError(
+            f"config key 'model.language' is {cfg.model.language!r}; give a Whisper language "
+            "code (en, de, zh, haw, ...) or auto (detected per recording)"
+        )
     if cfg.eval.decoder == "exhaustive" and cfg.model.family != "rnn":
         raise ConfigError(
             f"config key 'eval.decoder' is 'exhaustive', which only model.family=rnn decodes "

@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 
 StepFn = Callable[[jax.Array, Any, jax.Array], tuple[jax.Array, Any]]
+Rules = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]  # (log_probs, generated, t)
 EarlyStopping = bool | Literal["never"]
 
 
@@ -119,16 +120,21 @@ def _prefill(step_fn: StepFn, cache: Any, prompt: jax.Array) -> Any:
     return cache
 
 
-def _log_probs(step_fn: StepFn, tokens, cache, position, first, suppress_ids, begin_suppress_ids):
-    """One model step with suppressed ids at -inf (`begin_suppress_ids` too where the traced
-    bool `first` holds): -> (float32 [n, vocab], cache)."""
+def _log_probs(
+    step_fn: StepFn, tokens, cache, position, t, suppress_ids, begin_suppress_ids, rules, generated
+):
+    """One model step with suppressed ids at -inf (`begin_suppress_ids` too at the first step,
+    where the traced step index `t` is 0), then `rules(log_probs, generated, t)` if given
+    (`generated`: int32 [n, steps], the tokens so far): -> (float32 [n, vocab], cache)."""
     log_probs, cache = step_fn(tokens, cache, position)
     log_probs = log_probs.astype(jnp.float32)
     if suppress_ids:
         log_probs = log_probs.at[:, jnp.asarray(suppress_ids, jnp.int32)].set(-jnp.inf)
     if begin_suppress_ids:
         begin = log_probs.at[:, jnp.asarray(begin_suppress_ids, jnp.int32)].set(-jnp.inf)
-        log_probs = jnp.where(first, begin, log_probs)
+        log_probs = jnp.where(t == 0, begin, log_probs)
+    if rules is not None:
+        log_probs = rules(log_probs, generated, t)
     return log_probs, cache
 
 
@@ -142,6 +148,7 @@ def greedy_search(
     pad_id: int | None = None,
     suppress_ids: Sequence[int] = (),
     begin_suppress_ids: Sequence[int] = (),
+    rules: Rules | None = None,
 ) -> GreedySearchOutput:
     """The argmax path; a hypothesis stops at its first EOS (kept) and is padded after it.
 
@@ -155,6 +162,9 @@ def greedy_search(
       suppress_ids: ids whose log-prob is -inf at every step.
       begin_suppress_ids: ids whose log-prob is -inf at the first step (transformers'
         ``SuppressTokensAtBeginLogitsProcessor``, e.g. Whisper's blank and end-of-text).
+      rules: a static, hashable callable (log_probs [n, vocab], generated int32 [n, steps], t)
+        -> log_probs, applied after the suppression at every step (e.g. Whisper's
+        `jaxseq.decoding.timestamp_rules.TimestampRules`).
     Returns:
       GreedySearchOutput (sequences [batch, max_new_tokens], scores [batch], lengths [batch]).
     """
@@ -168,7 +178,15 @@ def greedy_search(
         # lengths int32 [batch]; seqs int32 [batch, max_new_tokens]
         t, tokens, cache, done, score, lengths, seqs = carry
         log_probs, cache = _log_probs(
-            step_fn, tokens, cache, prompt_len - 1 + t, t == 0, suppress_ids, begin_suppress_ids
+            step_fn,
+            tokens,
+            cache,
+            prompt_len - 1 + t,
+            t,
+            suppress_ids,
+            begin_suppress_ids,
+            rules,
+            seqs,
         )
         best = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)  # [batch]
         best_lp = jnp.take_along_axis(log_probs, best[:, None], axis=-1)[:, 0]
@@ -208,6 +226,7 @@ def beam_search(
     pad_id: int | None = None,
     suppress_ids: Sequence[int] = (),
     begin_suppress_ids: Sequence[int] = (),
+    rules: Rules | None = None,
 ) -> BeamSearchOutput:
     """Beam search with transformers' semantics (module docstring); jit-able as a whole.
 
@@ -216,7 +235,8 @@ def beam_search(
       init_cache: pytree, leading axis ``batch`` on every leaf (repeated per beam here).
       prompt: int32 [batch, prompt_len >= 1], shared by all beams of an item.
       beam_size, max_new_tokens, eos_id, length_penalty, early_stopping, pad_id, suppress_ids,
-        begin_suppress_ids: static Python values, as in ``greedy_search``. A float
+        begin_suppress_ids, rules: static Python values, as in ``greedy_search`` (the rules see
+        each beam's own tokens). A float
         ``length_penalty`` is ``LengthPenalty.transformers(alpha)``.
     Returns:
       BeamSearchOutput (sequences [batch, beam_size, max_new_tokens], scores and lengths
@@ -252,7 +272,15 @@ def beam_search(
         # (raw sums), fin_scores (penalized) float32 [batch, k]; fin_lens int32 [batch, k];
         # fin_mask bool [batch, k] (slot holds a hypothesis); open_ bool [batch] (may add more)
         log_probs, cache = _log_probs(
-            step_fn, tokens, cache, prompt_len - 1 + t, t == 0, suppress_ids, begin_suppress_ids
+            step_fn,
+            tokens,
+            cache,
+            prompt_len - 1 + t,
+            t,
+            suppress_ids,
+            begin_suppress_ids,
+            rules,
+            live_seqs.reshape(batch * k, steps),
         )
         vocab = log_probs.shape[-1]
         cand = live_scores[:, :, None] + log_probs.reshape(batch, k, vocab)

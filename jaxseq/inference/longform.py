@@ -25,7 +25,7 @@ from jaxseq.train.trained import Trained
 Decoded = list[list[tuple[list[Window], list[Any]]]]
 
 
-def _features(trained: Trained, audio: np.ndarray) -> np.ndarray:
+def window_features(trained: Trained, audio: np.ndarray) -> np.ndarray:
     """A window's log-mel [frames, n_mels]; a window too short for one STFT frame (the last
     one, with strides of 0) is padded with silence."""
     least = trained.frontend.n_fft
@@ -64,7 +64,7 @@ def decode_windows(
     for batch in predicted_batches(
         trained,
         items,
-        lambda item: _features(trained, waves[item[0]][item[1].start : item[1].end]),
+        lambda item: window_features(trained, waves[item[0]][item[1].start : item[1].end]),
         batch_size=batch_size,
         options=options,
     ):

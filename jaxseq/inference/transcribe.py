@@ -3,8 +3,9 @@
 CTC and seq2seq (Whisper) models take recordings of any length: longer than one window
 (`eval.chunk_seconds`), a recording is decoded in overlapping windows, merged on the frame
 alignment for CTC (`jaxseq.inference.ctc_longform`, whose segments and words carry times) and
-on the tokens for seq2seq (`jaxseq.inference.seq2seq_longform`, the text alone). The RNN
-family decodes each recording in one piece.
+on the tokens for seq2seq (`jaxseq.inference.seq2seq_longform`, the text alone, in the given
+or detected language: `jaxseq.inference.language`). The RNN family decodes each recording in
+one piece.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def transcribe_waveforms(
     beam_size: int | None = None,
     batch_size: int = 32,
     return_timestamps: bool | str = False,
+    return_language: bool = False,
+    language: str | None = None,
+    task: str | None = None,
     chunk_seconds: float | None = None,
     stride_seconds: float | None = None,
     vad: bool | None = None,
@@ -37,16 +41,26 @@ def transcribe_waveforms(
     """Transcripts of float waveforms [samples] at the model's sample rate, `batch_size` at a
     time (decoder, beam size, chunk, stride and vad default to the workdir's `eval` section).
 
-    Returns one text per waveform or, with `return_timestamps` True ("word": also the words),
-    one result in openai-whisper's layout: {"text", "language", "segments": [{"id", "start",
-    "end", "text", "words"}]}. Timestamps need a CTC model and greedy decoding. Calls with the
-    same `trained` and options compile once per batch shape (feature bucket, power-of-two
-    rows). A collective with several processes (each passes its own waveforms).
+    Returns one text per waveform or, with `return_timestamps` True ("word": also the words) or
+    `return_language`, one result in openai-whisper's layout: {"text", "language", "segments":
+    [{"id", "start", "end", "text", "words"}]}. Timestamps need a CTC model and greedy
+    decoding (without them "segments" is empty). "language" is a Whisper model's spoken
+    language, given or detected (None for the other families). `language` (a code, or "auto":
+    detected on each recording's first 30 s) and `task` ("transcribe", "translate") choose a
+    Whisper model's prompt, by default model.language and model.task. Calls with the same
+    `trained` and options compile once per batch shape (feature bucket, power-of-two rows) and
+    prompt. A collective with several processes (each passes its own waveforms).
     """
+    family = trained.cfg.model.family
     if not isinstance(trained.task, ASRTask):
         raise JaxseqError(
-            f"the workdir holds a {trained.cfg.model.family} model; transcribe needs a speech "
+            f"the workdir holds a {family} model; transcribe needs a speech "
             "recognizer's workdir (ctc, seq2seq, whisper or rnn)"
+        )
+    if (language is not None or task is not None) and not isinstance(trained.task, Seq2SeqTask):
+        raise JaxseqError(
+            f"language and task choose a Whisper model's prompt; this workdir holds a {family} "
+            "model: transcribe it without them"
         )
     ev = trained.cfg.eval
     windows = {
@@ -55,19 +69,28 @@ def transcribe_waveforms(
         "vad": ev.vad if vad is None else vad,
         "batch_size": batch_size,
     }
-    if trained.cfg.model.family != "ctc":
+    if family != "ctc":
         if return_timestamps:
             raise JaxseqError(
                 f"timestamps come from a CTC model's frame alignment; this workdir holds a "
-                f"{trained.cfg.model.family} model: transcribe it without timestamps"
+                f"{family} model: transcribe it without timestamps"
             )
         if isinstance(trained.task, Seq2SeqTask):
-            return seq2seq_transcribe_long(
-                trained, waves, decoder=decoder, beam_size=beam_size, **windows
+            results = seq2seq_transcribe_long(
+                trained,
+                waves,
+                decoder=decoder,
+                beam_size=beam_size,
+                language=language,
+                task=task,
+                **windows,
             )
-        return predict_waveforms(
-            trained, waves, batch_size=batch_size, decoder=decoder, beam_size=beam_size
-        )
+        else:
+            texts = predict_waveforms(
+                trained, waves, batch_size=batch_size, decoder=decoder, beam_size=beam_size
+            )
+            results = [{"text": t, "language": None, "segments": []} for t in texts]
+        return results if return_language else [r["text"] for r in results]
     decoder = decoder or ev.decoder
     if return_timestamps and decoder != "greedy":
         raise JaxseqError(
@@ -77,6 +100,8 @@ def transcribe_waveforms(
         trained, waves, decoder=decoder, beam_size=int(beam_size or ev.beam_size), **windows
     )
     if not return_timestamps:
+        if return_language:
+            return [{**r, "segments": []} for r in results]
         return [r["text"] for r in results]
     if return_timestamps != "word":
         for r in results:

@@ -80,6 +80,7 @@ class TransformerDecoder(nn.Module):
     dtype: Dtype = jnp.float32
     remat: str = "none"  # a layers.REMAT_POLICIES key (training only; cached decoding never)
     scan_layers: bool = False  # the layers as one nn.scan (parameters and caches stacked)
+    sow_cross_weights: bool = False  # keep each layer's cross-attention weights (word timing)
 
     @nn.compact
     def __call__(
@@ -118,7 +119,13 @@ class TransformerDecoder(nn.Module):
         # deterministic and decode are static
         layer_cls = remat_layer(DecoderLayer, "none" if decode else self.remat, (5, 6))
         make_layer = functools.partial(
-            layer_cls, d.decoder_heads, d.decoder_ffn_dim, self.dtype, self.dropout_rate, False
+            layer_cls,
+            d.decoder_heads,
+            d.decoder_ffn_dim,
+            self.dtype,
+            self.dropout_rate,
+            False,
+            self.sow_cross_weights,
         )
         args = (encoded, None, cross_mask, deterministic, decode)  # self-attention: causal, no mask
         if self.scan_layers:  # caches stacked too: [layers, batch, ...]
@@ -144,6 +151,9 @@ class WhisperModel(nn.Module):
     ctc_vocab: int = 0
     remat: str = "none"  # a layers.REMAT_POLICIES key
     scan_layers: bool = False  # encoder and decoder layers as nn.scans (not HF-convertible)
+    # Keep the decoder's cross-attention weights, float32 [batch, heads, tokens, enc_frames]
+    # per layer, in the "intermediates" collection (`jaxseq.inference.word_timing`).
+    sow_cross_weights: bool = False
 
     def setup(self):
         d = self.dims
@@ -161,7 +171,7 @@ class WhisperModel(nn.Module):
             scan_layers=self.scan_layers,
         )
         self.decoder = TransformerDecoder(
-            d, self.dropout_rate, self.dtype, self.remat, self.scan_layers
+            d, self.dropout_rate, self.dtype, self.remat, self.scan_layers, self.sow_cross_weights
         )
         if self.ctc_vocab:
             self.ctc_head = dense(self.ctc_vocab, (EMBED, VOCAB), self.dtype, None)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import grain
@@ -103,10 +104,16 @@ class Seq2SeqTask(ASRTask):
 
     Trained from scratch with a BPE vocabulary; `jaxseq.tasks.whisper.WhisperTask` is the same
     model with OpenAI's tokenizer, prompt and 30-second inputs. The hooks that differ are
-    `prompt`, `suppress_ids`, `begin_suppress_ids`, `_source` and `ids_to_text`.
+    `prompt`, `prompt_for`, `language`, `language_ids`, `suppress_ids`, `begin_suppress_ids`,
+    `_source` and `ids_to_text`.
     """
 
     family = "seq2seq"
+    # The prompt's language: a code, "auto" (Whisper: detected per recording by
+    # `jaxseq.inference.language`), or None for a model whose prompt has no language token.
+    language: str | None = None
+    # The language tokens a prompt may hold, {code: id} in id order; empty: none.
+    language_ids: Mapping[str, int] = MappingProxyType({})
 
     def __init__(self, cfg: Config, tokenizer: Any, n_mels: int, dims: WhisperDims | None = None):
         self.cfg = cfg
@@ -145,6 +152,16 @@ class Seq2SeqTask(ASRTask):
     def prompt(self) -> tuple[int, ...]:
         """The tokens every decoder input starts with."""
         return (self.tokenizer.start_id,)
+
+    def prompt_for(self, language: str | None = None, task: str | None = None) -> tuple[int, ...]:
+        """The prompt for a spoken language and a task (Whisper's transcribe or translate); a
+        model trained here has neither, so both must be None (its `prompt`)."""
+        if language is not None or task is not None:
+            raise JaxseqError(
+                f"model.family={self.family} has no language or task tokens (language="
+                f"{language!r}, task={task!r}); those choose a Whisper checkpoint's prompt"
+            )
+        return self.prompt
 
     @property
     def suppress_ids(self) -> tuple[int, ...]:
@@ -270,8 +287,20 @@ class Seq2SeqTask(ASRTask):
             metrics["ctc_nll"] = jnp.sum(per_utt * valid)
         return loss, {**metrics, "labels_truncated": truncated}
 
-    def predict_fn(self, params: Any, batch: Batch, decoder: str, beam_size: int) -> Any:
-        """Token ids [batch, max_new_tokens] and lengths (EOS included) of the best hypothesis."""
+    def predict_fn(
+        self,
+        params: Any,
+        batch: Batch,
+        decoder: str,
+        beam_size: int,
+        prompt: tuple[int, ...] | None = None,
+    ) -> Any:
+        """Token ids [batch, max_new_tokens] and lengths (EOS included) of the best hypothesis.
+
+        `prompt`, static like the decoder: the tokens every hypothesis starts from (default
+        `self.prompt`; `prompt_for` gives a Whisper prompt for another language or task).
+        """
+        prompt = self.prompt if prompt is None else tuple(prompt)
         if decoder not in DECODERS:
             raise JaxseqError(f"eval.decoder={decoder!r}: seq2seq decodes with one of {DECODERS}")
         self._check_source_length(batch["features"].shape[1])
@@ -281,13 +310,13 @@ class Seq2SeqTask(ASRTask):
         )  # [batch, enc_frames, d_model], [batch, enc_frames]
         # No transcript was trained longer than data.max_label_length tokens (+ the end token).
         max_new = min(
-            self.dims.max_target_positions - len(self.prompt), self.cfg.data.max_label_length + 1
+            self.dims.max_target_positions - len(prompt), self.cfg.data.max_label_length + 1
         )
         # The self-attention caches hold the prompt and the generated tokens, no more.
-        cache, step_fn = search_setup(self.model, params, encoded, mask, len(self.prompt) + max_new)
-        prompt = jnp.broadcast_to(
-            jnp.asarray(self.prompt, jnp.int32), (encoded.shape[0], len(self.prompt))
-        )
+        cache, step_fn = search_setup(self.model, params, encoded, mask, len(prompt) + max_new)
+        given = jnp.broadcast_to(
+            jnp.asarray(prompt, jnp.int32), (encoded.shape[0], len(prompt))
+        )  # [batch, P]
         options = dict(
             max_new_tokens=max_new,
             eos_id=self.tokenizer.end_id,
@@ -298,7 +327,7 @@ class Seq2SeqTask(ASRTask):
             decoder,
             step_fn,
             cache,
-            prompt,
+            given,
             beam_size=beam_size,
             length_penalty=self.cfg.eval.length_penalty,
             **options,

@@ -5,7 +5,10 @@ What differs from the from-scratch `seq2seq` family, as openai-whisper and trans
     tokenizer and generation files, copied by `jaxseq convert` and on to every workdir);
   * decoder inputs start with `<|startoftranscript|><|en|><|transcribe|><|notimestamps|>`
     (`model.language`, `model.task`; English-only checkpoints have just the first and last);
-    the prompt is given, so training puts no weight on it;
+    the prompt is given, so training puts no weight on it. `model.language=auto` detects each
+    recording's language when transcribing (`jaxseq.inference.language`) and decodes it with
+    that language's prompt (`prompt_for`, a static option of `predict_fn`); training and
+    evaluation, which need the transcripts' language, refuse it;
   * decoding suppresses the generation config's `suppress_tokens` (plus every task and
     start token) at every step and its `begin_suppress_tokens` at the first;
   * every input is padded to 30 s (`2 * max_source_positions` frames) with log-mel silence and
@@ -26,12 +29,23 @@ import numpy as np
 
 from jaxseq.config import Config
 from jaxseq.errors import JaxseqError
+from jaxseq.tasks.base import Batch, Metrics
 from jaxseq.tasks.registry import register
 from jaxseq.tasks.seq2seq import Seq2SeqTask, model_dims
 from jaxseq.text.whisper_tokenizer import WhisperTokenizer
 
 TOKENIZER_DIR = "tokenizer"  # in a workdir: the checkpoint's tokenizer and generation files
 MULTILINGUAL_VOCAB = 51865  # openai-whisper: multilingual iff n_vocab >= 51865
+TASKS = ("transcribe", "translate")
+AUTO = "auto"  # model.language: detect each recording's language
+
+
+def language_tokens(tokenizer: WhisperTokenizer) -> dict[str, int]:
+    """{code: id} of the language tokens, in id order: the `<|xx|>` tokens between
+    `<|startoftranscript|>` and `<|translate|>` (openai-whisper's `all_language_tokens`: 99,
+    100 for large-v3)."""
+    ids = range(tokenizer.sot_id + 1, tokenizer.translate_id)
+    return {tokenizer.decode([i], skip_special=False)[2:-2]: i for i in ids}
 
 
 def pad_like_whisper(
@@ -104,11 +118,13 @@ class WhisperTask(Seq2SeqTask):
             end_id=tokenizer.eot_id,
         )
         dims = dataclasses.replace(dims, bos_token_id=tokenizer.eot_id)
-        self._prompt = tuple(
-            tokenizer.prompt_ids(m.language, m.task)
-            if m.vocab_size >= MULTILINGUAL_VOCAB
-            else tokenizer.prompt_ids(None, None)
-        )
+        self.tokenizer = tokenizer  # for prompt_for; Seq2SeqTask.__init__ checks the prompt
+        self.multilingual = m.vocab_size >= MULTILINGUAL_VOCAB
+        # An English-only checkpoint's prompt has no language token: nothing to detect.
+        self.language_ids = language_tokens(tokenizer) if self.multilingual else {}
+        self.language, self.speech_task = m.language, m.task
+        # With auto: the English prompt, for shapes only (see `prompt`).
+        self._prompt = self.prompt_for("en" if m.language == AUTO else m.language)
         self._suppress = tokenizer.suppress_ids()
         self._begin_suppress = tokenizer.begin_suppress_ids()
         super().__init__(cfg, tokenizer, n_mels, dims)
@@ -148,7 +164,65 @@ class WhisperTask(Seq2SeqTask):
 
     @property
     def prompt(self) -> tuple[int, ...]:
+        """`prompt_for(model.language, model.task)`. With model.language=auto the language is
+        known per recording only: this is then the English prompt, of the same length, for
+        shapes (initialization, the label limit); `loss_fn`, and `predict_fn` without a
+        prompt, refuse auto."""
         return self._prompt
+
+    def prompt_for(self, language: str | None = None, task: str | None = None) -> tuple[int, ...]:
+        """`<|startoftranscript|><|xx|><|task|><|notimestamps|>` for a language code and a task,
+        by default model.language (not auto) and model.task. An English-only checkpoint's is
+        `<|startoftranscript|><|notimestamps|>`: its language is en and its task transcribe,
+        anything else is an error (as transformers' `generate` refuses them)."""
+        language, task = language or self.language, task or self.speech_task
+        if task not in TASKS:
+            raise JaxseqError(f"Whisper task {task!r}: choose one of {list(TASKS)}")
+        if language == AUTO:
+            raise JaxseqError(
+                "language auto: a prompt holds one language; detect each recording's first "
+                "(jaxseq.inference.language.recording_languages)"
+            )
+        if not self.multilingual:
+            if (language, task) != ("en", "transcribe"):
+                raise JaxseqError(
+                    f"language {language!r} with task {task!r}: this English-only checkpoint "
+                    f"(a vocabulary under {MULTILINGUAL_VOCAB} tokens) only transcribes English; "
+                    "use language en (or auto) and task transcribe"
+                )
+            return tuple(self.tokenizer.prompt_ids(None, None))
+        if language not in self.language_ids:
+            raise JaxseqError(
+                f"language {language!r} is none of this checkpoint's language codes "
+                f"({', '.join(self.language_ids)}) nor auto"
+            )
+        return tuple(self.tokenizer.prompt_ids(language, task))
+
+    def _require_language(self, what: str) -> None:
+        if self.language == AUTO:
+            raise JaxseqError(
+                f"model.language=auto detects each recording's language when transcribing "
+                f"(jaxseq transcribe, Model.transcribe); {what} needs the language of the "
+                "audio: set model.language to its code (e.g. en)"
+            )
+
+    def loss_fn(
+        self, params: Any, batch: Batch, rng: jax.Array, train: bool
+    ) -> tuple[jax.Array, Metrics]:
+        self._require_language("the loss (training, evaluation)")
+        return super().loss_fn(params, batch, rng, train)
+
+    def predict_fn(
+        self,
+        params: Any,
+        batch: Batch,
+        decoder: str,
+        beam_size: int,
+        prompt: tuple[int, ...] | None = None,
+    ) -> Any:
+        if prompt is None:
+            self._require_language("decoding without a prompt (evaluation)")
+        return super().predict_fn(params, batch, decoder, beam_size, prompt)
 
     @property
     def suppress_ids(self) -> tuple[int, ...]:

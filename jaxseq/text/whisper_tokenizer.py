@@ -141,6 +141,11 @@ class WhisperTokenizer:
         return self.eot_id
 
     @property
+    def generation_config(self) -> dict:
+        """The checkpoint's `generation_config.json` (empty without one)."""
+        return dict(self._gen)
+
+    @property
     def special_ids(self) -> frozenset[int]:
         """Every `<|...|>` token: end-of-text, task, languages, timestamps."""
         return self._special

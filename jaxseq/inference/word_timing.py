@@ -1,0 +1,323 @@
+"""Word times for a seq2seq (Whisper) transcript from the decoder's cross-attention.
+
+openai-whisper's `timing.find_alignment`, step by step: the transcript is fed back to the
+decoder once (teacher forcing) after the start sequence and `<|notimestamps|>`; the
+cross-attention weights of the alignment heads (the checkpoint's `alignment_heads`, else every
+head of the upper half of the layers) are renormalized over the audio's frames, standardized
+over the tokens, median-filtered along time (width 7) and averaged over the heads. Dynamic
+time warping (librosa's) finds the monotonic path of tokens over encoder frames (20 ms each)
+that follows the attention; a token starts where the path first reaches it, and a word spans
+its tokens. Each word's probability is the mean of its tokens' probabilities over the text
+vocabulary.
+"""
+
+from __future__ import annotations
+
+import functools
+import string
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import librosa
+import numpy as np
+
+from jaxseq.models.whisper import WhisperModel
+from jaxseq.text.whisper_tokenizer import WhisperTokenizer
+
+SECONDS_PER_FRAME = 0.02  # one encoder frame: two 10 ms log-mel hops
+MEDIAN_WIDTH = 7
+NO_SPACE_LANGUAGES = ("zh", "ja", "th", "lo", "my", "yue")
+
+
+def alignment_heads(
+    tokenizer: WhisperTokenizer, layers: int, heads: int
+) -> tuple[tuple[int, int], ...]:
+    """(layer, head) pairs whose cross-attention aligns tokens with audio: the checkpoint's
+    `generation_config.json` `alignment_heads`, else every head of the upper half of the
+    decoder layers (openai-whisper's default)."""
+    given = tokenizer.generation_config.get("alignment_heads")
+    if given:
+        return tuple((int(layer), int(head)) for layer, head in given)
+    return tuple((layer, head) for layer in range(layers // 2, layers) for head in range(heads))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
+def _attend(
+    model: WhisperModel,
+    params: Any,
+    features: jax.Array,
+    tokens: jax.Array,
+    frames: jax.Array,
+    heads: tuple[tuple[int, int], ...],
+    text_vocab: int,
+) -> tuple[jax.Array, jax.Array]:
+    """Teacher-forced pass over one window.
+
+    Args:
+      features: float32 [1, num_frames, n_mels] (the padded window); tokens: int32 [1, T].
+      frames: int32 [], the audio's encoder frames (weights past them are dropped).
+    Returns:
+      weights float32 [heads, T, enc_frames] (zero past `frames`, renormalized over the rest),
+      and log-probs float32 [T, text_vocab] over the text tokens.
+    """
+    lengths = jnp.full((1,), features.shape[1], jnp.int32)
+    logits, state = model.clone(sow_cross_weights=True).apply(
+        {"params": params}, features, lengths, tokens, mutable=["intermediates"]
+    )  # [1, T, vocab]
+    sown = state["intermediates"]["decoder"]  # layer -> cross_attn -> weights: ([1, h, T, enc],)
+    weights = jnp.stack(
+        [sown[f"layer{layer}"]["cross_attn"]["weights"][0][0, head] for layer, head in heads]
+    )  # [heads, T, enc_frames]
+    kept = jnp.arange(weights.shape[-1]) < frames
+    weights = jnp.where(kept, weights, 0.0)
+    weights = weights / jnp.sum(weights, axis=-1, keepdims=True)  # the softmax over kept frames
+    log_probs = jax.nn.log_softmax(logits[0, :, :text_vocab], axis=-1)  # [T, text_vocab]
+    return weights, log_probs
+
+
+def _median_filter(x: np.ndarray, width: int) -> np.ndarray:
+    """Median over a sliding window of `width` along the last axis, edges reflected."""
+    pad = width // 2
+    if x.shape[-1] <= pad:
+        return x
+    padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, width, axis=-1)
+    return np.median(windows, axis=-1)
+
+
+def dtw_path(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The minimal-cost monotonic path through `cost` [tokens, frames] from (0, 0) to the
+    last cell with steps (1, 1), (1, 0) and (0, 1) (librosa's DTW): (token indices, frame
+    indices), one entry per step."""
+    _, path = librosa.sequence.dtw(
+        C=cost.astype(np.float64), step_sizes_sigma=np.array([[1, 1], [1, 0], [0, 1]])
+    )
+    path = path[::-1]  # librosa backtracks from the end
+    return path[:, 0], path[:, 1]
+
+
+def split_to_word_tokens(
+    tokenizer: WhisperTokenizer, tokens: Sequence[int], language: str | None = "en"
+) -> tuple[list[str], list[list[int]]]:
+    """Words and their tokens, as openai-whisper's `Tokenizer.split_to_word_tokens`: tokens
+    are grouped into whole characters, then (except in languages written without spaces)
+    into words that start at a space, a punctuation mark or a special token."""
+    full = tokenizer.decode(tokens, skip_special=False)
+    pieces, piece_tokens, current, offset = [], [], [], 0
+    for token in tokens:
+        current.append(int(token))
+        decoded = tokenizer.decode(current, skip_special=False)
+        cut = decoded.find("\ufffd")
+        if cut < 0 or full[offset + cut] == "\ufffd":  # a whole character (or a real U+FFFD)
+            pieces.append(decoded)
+            piece_tokens.append(current)
+            current, offset = [], offset + len(decoded)
+    if language in NO_SPACE_LANGUAGES:
+        return pieces, piece_tokens
+    words, word_tokens = [], []
+    for piece, ids in zip(pieces, piece_tokens, strict=True):
+        starts_word = (
+            ids[0] >= tokenizer.eot_id
+            or piece.startswith(" ")
+            or piece.strip() in string.punctuation
+        )
+        if starts_word or not words:
+            words.append(piece)
+            word_tokens.append(list(ids))
+        else:
+            words[-1] += piece
+            word_tokens[-1].extend(ids)
+    return words, word_tokens
+
+
+def find_alignment(
+    model: WhisperModel,
+    params: Any,
+    tokenizer: WhisperTokenizer,
+    features: np.ndarray,
+    num_frames: int,
+    text_tokens: Sequence[int],
+    start_sequence: Sequence[int],
+    *,
+    heads: tuple[tuple[int, int], ...] | None = None,
+    language: str | None = "en",
+    median_width: int = MEDIAN_WIDTH,
+) -> list[dict]:
+    """Words of `text_tokens` with their times in the window.
+
+    Args:
+      features: float32 [dims.num_frames, n_mels], one window's log-mel (padded as the model
+        expects it).
+      num_frames: the log-mel frames that hold audio (the rest is padding).
+      text_tokens: the transcript's text ids (no special token).
+      start_sequence: the decoder's start sequence before `<|notimestamps|>`, e.g.
+        `<|startoftranscript|><|en|><|transcribe|>`.
+      heads: alignment (layer, head) pairs (default `alignment_heads`).
+    Returns:
+      [{"word", "tokens", "start", "end", "probability"}], seconds from the window's start.
+    """
+    if len(text_tokens) == 0:
+        return []
+    d = model.dims
+    if model.scan_layers:
+        raise ValueError("word timing reads each decoder layer's attention: not scan_layers")
+    if heads is None:
+        heads = alignment_heads(tokenizer, d.decoder_layers, d.decoder_heads)
+    eot = tokenizer.eot_id
+    prefix = [*start_sequence, tokenizer.no_timestamps_id]
+    tokens = np.asarray([[*prefix, *text_tokens, eot]], np.int32)  # [1, T]
+    weights, log_probs = _attend(
+        model,
+        params,
+        jnp.asarray(features, jnp.float32)[None],
+        jnp.asarray(tokens),
+        jnp.int32(num_frames // 2),
+        tuple(heads),
+        eot,
+    )
+    kept = num_frames // 2
+    weights = np.asarray(weights, np.float64)[:, :, :kept]  # [heads, T, kept]
+    mean = weights.mean(axis=-2, keepdims=True)
+    std = weights.std(axis=-2, keepdims=True)
+    matrix = _median_filter((weights - mean) / std, median_width).mean(axis=0)  # [T, kept]
+    matrix = matrix[len(start_sequence) : -1]  # the rows that predict the text and eot
+    text_index, time_index = dtw_path(-matrix)
+
+    words, word_tokens = split_to_word_tokens(tokenizer, [*text_tokens, eot], language)
+    if len(word_tokens) <= 1:
+        return []
+    boundaries = np.pad(np.cumsum([len(t) for t in word_tokens[:-1]]), (1, 0))
+    jumps = np.pad(np.diff(text_index), (1, 0), constant_values=1).astype(bool)
+    jump_times = time_index[jumps] * SECONDS_PER_FRAME  # each token's first frame
+    rows = np.arange(len(prefix) - 1, len(prefix) - 1 + len(text_tokens))
+    probs = np.exp(np.asarray(log_probs)[rows, np.asarray(text_tokens)])
+    return [
+        {
+            "word": word,
+            "tokens": ids,
+            "start": float(jump_times[i]),
+            "end": float(jump_times[j]),
+            "probability": float(np.mean(probs[i:j])),
+        }
+        for word, ids, i, j in zip(
+            words[:-1], word_tokens[:-1], boundaries[:-1], boundaries[1:], strict=True
+        )
+    ]
+
+
+PREPEND_PUNCTUATIONS = "\"'“¿([{-"
+APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
+SENTENCE_ENDS = ".。!！?？"
+
+
+def merge_punctuations(words: list[dict]) -> list[dict]:
+    """Opening marks joined to the word after them and closing marks to the word before
+    (openai-whisper's `merge_punctuations`); an emptied entry keeps its place with word ""."""
+    words = [dict(w, tokens=list(w["tokens"])) for w in words]
+    i, j = len(words) - 2, len(words) - 1
+    while i >= 0:
+        before, after = words[i], words[j]
+        if before["word"].startswith(" ") and before["word"].strip() in PREPEND_PUNCTUATIONS:
+            after["word"], after["tokens"] = (
+                before["word"] + after["word"],
+                before["tokens"] + after["tokens"],
+            )
+            before["word"], before["tokens"] = "", []
+        else:
+            j = i
+        i -= 1
+    i, j = 0, 1
+    while j < len(words):
+        before, after = words[i], words[j]
+        if not before["word"].endswith(" ") and after["word"] in APPEND_PUNCTUATIONS:
+            before["word"], before["tokens"] = (
+                before["word"] + after["word"],
+                before["tokens"] + after["tokens"],
+            )
+            after["word"], after["tokens"] = "", []
+        else:
+            i = j
+        j += 1
+    return words
+
+
+def add_word_timestamps(
+    segments: list[dict],
+    alignment: list[dict],
+    *,
+    time_offset: float,
+    last_speech_timestamp: float,
+    eot_id: int,
+) -> tuple[list[dict], float]:
+    """The window's segments with their "words", as openai-whisper's `add_word_timestamps`.
+
+    Args:
+      segments: one window's segments, each with "tokens", "start" and "end" (seconds in the
+        recording); `alignment`: `find_alignment` over all their text tokens, in order.
+      time_offset: the window's start in the recording (seconds).
+      last_speech_timestamp: the end of the last word before this window.
+    Returns:
+      (segments with "words" [{"word", "start", "end", "probability"}] and starts and ends
+      moved to their words where the words are more precise, the new last speech timestamp).
+
+    Words longer than twice the median word (at most 0.7 s) are cut at sentence ends and
+    after long pauses, and a segment's start and end prefer the word times unless those
+    are implausibly long, as openai-whisper does.
+    """
+    alignment = [dict(w) for w in alignment]
+    durations = np.array([w["end"] - w["start"] for w in alignment])
+    durations = durations[durations.nonzero()]
+    median = min(0.7, float(np.median(durations))) if len(durations) else 0.0
+    longest = median * 2
+    if len(durations):  # long words at sentence boundaries are cut
+        for i in range(1, len(alignment)):
+            if alignment[i]["end"] - alignment[i]["start"] > longest:
+                if alignment[i]["word"] in SENTENCE_ENDS:
+                    alignment[i]["end"] = alignment[i]["start"] + longest
+                elif alignment[i - 1]["word"] in SENTENCE_ENDS:
+                    alignment[i]["start"] = alignment[i]["end"] - longest
+    alignment = merge_punctuations(alignment)
+
+    out, index = [], 0
+    for segment in segments:
+        segment = dict(segment)
+        wanted = sum(1 for t in segment["tokens"] if t < eot_id)
+        saved, words = 0, []
+        while index < len(alignment) and saved < wanted:
+            timing = alignment[index]
+            if timing["word"]:
+                words.append(
+                    {
+                        "word": timing["word"],
+                        "start": round(time_offset + timing["start"], 2),
+                        "end": round(time_offset + timing["end"], 2),
+                        "probability": timing["probability"],
+                    }
+                )
+            saved += len(timing["tokens"])
+            index += 1
+        if words:
+            first, last = words[0], words[-1]
+            # After a pause, the first word (and the second) is at most twice the median.
+            if first["end"] - last_speech_timestamp > median * 4 and (
+                first["end"] - first["start"] > longest
+                or (len(words) > 1 and words[1]["end"] - first["start"] > longest * 2)
+            ):
+                if len(words) > 1 and words[1]["end"] - words[1]["start"] > longest:
+                    boundary = max(words[1]["end"] / 2, words[1]["end"] - longest)
+                    first["end"] = words[1]["start"] = boundary
+                first["start"] = max(0, first["end"] - longest)
+            if segment["start"] < first["end"] and segment["start"] - 0.5 > first["start"]:
+                first["start"] = max(0, min(first["end"] - median, segment["start"]))
+            else:
+                segment["start"] = first["start"]
+            if segment["end"] > last["start"] and segment["end"] + 0.5 < last["end"]:
+                last["end"] = max(last["start"] + median, segment["end"])
+            else:
+                segment["end"] = last["end"]
+            last_speech_timestamp = segment["end"]
+        segment["words"] = words
+        out.append(segment)
+    return out, last_speech_timestamp
