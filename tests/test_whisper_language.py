@@ -231,6 +231,24 @@ def test_cli_language_and_task_in_the_json(converted, lang_dir, tmp_path, capsys
             result = json.loads((out / f"{path.stem}.json").read_text())
             expected = {"text": text, "language": id_to_code[int(sequence[1])], "segments": []}
             assert result == expected
+    # A manifest job records each item's detected language beside its text.
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps({"id": p.stem, "audio": str(p)}) + "\n" for p in paths))
+    job = ["transcribe", "--workdir", str(converted), "--decoder", "greedy", "--language", "auto"]
+    cli.main([*job, "--manifest", str(manifest), "--output-dir", str(tmp_path / "job")])
+    capsys.readouterr()
+    lines = (tmp_path / "job" / "results.jsonl").read_text().splitlines()
+    theirs = _generate(lang_dir[1], waves, task="transcribe")
+    assert [json.loads(line) for line in lines] == [
+        {
+            "id": p.stem,
+            "audio": str(p),
+            "seconds": round(len(w) / RATE, 3),
+            "text": t,
+            "language": id_to_code[int(s[1])],
+        }
+        for p, w, s, t in zip(paths, waves, theirs, _texts(trained, theirs), strict=True)
+    ]
     subtitles = ["transcribe", "--workdir", str(converted), "--output-format", "srt"]
     with pytest.raises(SystemExit):  # Whisper decodes no timestamps here: no subtitles
         cli.main([*subtitles, "--output-dir", str(tmp_path), str(paths[0])])

@@ -48,15 +48,18 @@ def _lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def _record(item: dict[str, Any], wave_or_error: Any, output: Any, rate: int) -> dict:
+def _record(
+    item: dict[str, Any], wave_or_error: Any, output: Any, rate: int, timestamps: bool
+) -> dict:
     record: dict[str, Any] = {"id": item["id"], "audio": item["audio_path"]}
     if isinstance(wave_or_error, str):
         return {**record, "error": wave_or_error}
     record["seconds"] = round(len(wave_or_error) / rate, 3)
-    if isinstance(output, str):
-        record["text"] = output
-    else:
-        record.update(text=output["text"], segments=output["segments"])
+    record["text"] = output["text"]
+    if output["language"] is not None:  # a Whisper model's, given or detected
+        record["language"] = output["language"]
+    if timestamps:
+        record["segments"] = output["segments"]
     if item["text"] is not None:
         record["ref"] = item["text"]
     return record
@@ -107,11 +110,18 @@ def transcribe_manifest(
                 waves,
                 batch_size=batch_size,
                 return_timestamps=return_timestamps,
+                return_language=True,
                 **options,
             )
         )
         records = [
-            _record(item, w, None if isinstance(w, str) else next(outputs), rate)
+            _record(
+                item,
+                w,
+                None if isinstance(w, str) else next(outputs),
+                rate,
+                bool(return_timestamps),
+            )
             for item, w in zip(mine, loaded, strict=True)
         ]
         gathered = gather_records(records, [len(records)])  # manifest order
