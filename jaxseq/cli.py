@@ -177,17 +177,24 @@ def _cmd_transcribe(args: argparse.Namespace) -> None:
     if not args.audio:
         raise JaxseqError("transcribe: give audio files, or --manifest M.jsonl --output-dir OUT")
     formats = list(FORMATS) if args.output_format == "all" else [args.output_format]
-    timed = args.output_dir is not None and not set(formats) <= {"txt", "json"}
-    if timed and model.family != "ctc":
+    subtitles = args.output_dir is not None and not set(formats) <= {"txt", "json"}
+    if subtitles and model.family not in ("ctc", "whisper"):
         raise JaxseqError(
             f"--output-format {args.output_format}: srt, vtt and tsv need timestamps, which "
-            f"come from a CTC model's frame alignment, and this workdir holds a {model.family} "
-            "model; use --output-format txt or json"
+            "come from a CTC model's frame alignment or a Whisper model's timestamp tokens, "
+            f"and this workdir holds a {model.family} model; use --output-format txt or json"
         )
-    timed = args.output_dir is not None and model.family == "ctc" and formats != ["txt"]
+    # Segment and word times whenever they are written, for CTC and sequential Whisper;
+    # chunked Whisper is decoded with timestamp tokens (segment times) for subtitles only.
+    written = args.output_dir is not None and formats != ["txt"]
+    sequential = model.trained.cfg.eval.longform == "sequential"
+    if model.family == "ctc" or (model.family == "whisper" and sequential):
+        timestamps = "word" if written else False
+    else:
+        timestamps = subtitles
     results = model.transcribe(
         args.audio,
-        return_timestamps="word" if timed else False,
+        return_timestamps=timestamps,
         return_language=True,
         **options,
     )

@@ -322,6 +322,20 @@ class EvalConfig:
     # Decode only the speech regions of long recordings, each on its own (energy-based,
     # jaxseq.audio.vad): for models trained on single utterances
     vad: bool = False
+    # Whisper's long recordings: chunked (the windows above, merged on their tokens: the text
+    # alone) | sequential (openai-whisper's and transformers' long-form algorithm: 30 s
+    # windows one after another, each starting at the last timestamp the previous one wrote;
+    # segments with times; jaxseq.inference.whisper_sequential). Sequential only: the
+    # temperatures tried in turn while a window's decoding is too repetitive (its tokens'
+    # zlib compression ratio) or improbable (average log-prob) by these thresholds (null: off), a
+    # window skipped as silence where <|nospeech|> is likelier than no_speech_threshold and
+    # the decoding improbable, and each window prompted with the earlier text.
+    longform: str = "chunked"
+    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    compression_ratio_threshold: float | None = 2.4
+    logprob_threshold: float | None = -1.0
+    no_speech_threshold: float | None = 0.6
+    condition_on_previous_text: bool = True
 
 
 @dataclass(frozen=True)
@@ -355,6 +369,7 @@ _CHOICES = {
     "train.compute_dtype": ("float32", "bfloat16"),
     "eval.decoder": ("greedy", "prefix_beam", "beam", "exhaustive"),
     "eval.normalizer": ("model", "whisper_english", "whisper_basic", "none"),
+    "eval.longform": ("chunked", "sequential"),
     "synth.preset": ("digits", "diarization"),
     "synth.label": ("", "speaker", "text"),
 }
@@ -412,6 +427,23 @@ def _check_choices(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'eval.decoder' is 'exhaustive', which only model.family=rnn decodes "
             f"with (model.family={cfg.model.family}); choose greedy or the family's beam search"
+        )
+    ev = cfg.eval
+    if ev.longform == "sequential" and cfg.model.family != "whisper":
+        raise ConfigError(
+            f"config key 'eval.longform' is 'sequential', which seeks by a Whisper "
+            f"checkpoint's timestamp tokens; model.family={cfg.model.family} has none: use "
+            "eval.longform=chunked"
+        )
+    if not ev.temperatures or min(ev.temperatures) < 0:
+        raise ConfigError(
+            f"config key 'eval.temperatures' is {list(ev.temperatures)}; give one or more "
+            "temperatures >= 0 (0: greedy), e.g. [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]"
+        )
+    if ev.no_speech_threshold is not None and not 0 <= ev.no_speech_threshold <= 1:
+        raise ConfigError(
+            f"config key 'eval.no_speech_threshold' is {ev.no_speech_threshold}; give a "
+            "probability in [0, 1], or null for no silence skipping"
         )
 
 

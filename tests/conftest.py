@@ -140,6 +140,7 @@ def whisper_folder(tmp_path_factory, reference) -> Path:
 # in collection order, so the long ones start early and the short ones even out the finish.
 LONGEST_FIRST = (
     "test_multiprocess_families.py",
+    "test_whisper_sequential.py",
     "test_frozen.py",
     "test_input_path.py",
     "test_multiprocess.py",

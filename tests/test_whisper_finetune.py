@@ -390,11 +390,8 @@ def test_example_finetune_from_script(hf_dir, tiny_dataset, tmp_path):
     assert load_trained(workdir / "run").step == 6
 
 
-def test_chunked_long_form_matches_transformers_pipeline(converted, hf_dir, tmp_path):
-    """A 15 s recording (six espeak-ng utterances with pauses) in 6 s windows with 1 s strides:
-    jaxseq's chunked transcript equals transformers' `pipeline("automatic-speech-recognition",
-    chunk_length_s=6, stride_length_s=1, batch_size=4)` on the same weights, whose windows,
-    greedy decoding and token merge it follows."""
+def _long_recording() -> np.ndarray:
+    """15 s of six espeak-ng utterances with 0.75 s pauses (windows at 0, 4, 8 and 12 s)."""
     parts = []
     for text, voice, words_per_minute in [
         ("one two three four", "en-us", 110),
@@ -407,12 +404,13 @@ def test_chunked_long_form_matches_transformers_pipeline(converted, hf_dir, tmp_
         wave, rate = synthesize(text, voice=voice, rate=words_per_minute)
         parts += [to_mono_resampled(wave[:, None], rate, 16000), np.zeros(12000, np.float32)]
     audio = np.concatenate(parts).astype(np.float32)
-    assert 14 < len(audio) / 16000 < 30  # windows at 0, 4, 8 and 12 s
-    trained = load_trained(converted)
-    max_new = min(TARGET_POSITIONS - 4, trained.cfg.data.max_label_length + 1)
-    (ours,) = trained_model(converted).transcribe(
-        [audio], decoder="greedy", chunk_seconds=6, stride_seconds=1, batch_size=4
-    )
+    assert 14 < len(audio) / 16000 < 30
+    return audio
+
+
+def _pipeline_transcribe(hf_dir, audio: np.ndarray, max_new: int, **kwargs) -> dict:
+    """transformers' `pipeline("automatic-speech-recognition", chunk_length_s=6,
+    stride_length_s=1, batch_size=4)`, greedy, English."""
     tokenizer = transformers.WhisperTokenizerFast.from_pretrained(hf_dir[0])
     tokenizer.pad_token = "<|endoftext|>"  # the tokenizer.json built offline names none
     pipe = transformers.pipeline(
@@ -425,19 +423,37 @@ def test_chunked_long_form_matches_transformers_pipeline(converted, hf_dir, tmp_
         batch_size=4,
         device="cpu",
     )
+    generate = {"language": "en", "task": "transcribe", "max_new_tokens": max_new}
     with torch.inference_mode():
-        theirs = pipe(
-            audio,
-            generate_kwargs={
-                "language": "en",
-                "task": "transcribe",
-                "max_new_tokens": max_new,
-                "num_beams": 1,
-                "do_sample": False,
-            },
-        )["text"]
+        return pipe(
+            audio, generate_kwargs={**generate, "num_beams": 1, "do_sample": False}, **kwargs
+        )
+
+
+def test_chunked_long_form_matches_transformers_pipeline(converted, hf_dir):
+    """A 15 s recording in 6 s windows with 1 s strides: jaxseq's chunked transcript equals
+    transformers' pipeline's on the same weights, whose windows, greedy decoding and token
+    merge it follows; with timestamps, so do the segments, merged on the timestamp tokens."""
+    audio = _long_recording()
+    trained = load_trained(converted)
+    max_new = min(TARGET_POSITIONS - 4, trained.cfg.data.max_label_length + 1)
+    model = trained_model(converted)
+    options = dict(decoder="greedy", chunk_seconds=6, stride_seconds=1, batch_size=4)
+    (ours,) = model.transcribe([audio], **options)
+    theirs = _pipeline_transcribe(hf_dir, audio, max_new)["text"]
     assert ours == theirs.strip()
     assert len(ours) > 60  # several windows' worth of text, merged
+
+    # With timestamps (a 3-token prompt: one more new token). This random model writes one
+    # timestamp and then text, so the segment opens in a right stride and never closes: jaxseq
+    # gives it the recording's start and end where transformers has None.
+    (timed,) = model.transcribe([audio], return_timestamps=True, **options)
+    chunks = _pipeline_transcribe(hf_dir, audio, max_new + 1, return_timestamps=True)["chunks"]
+    assert [(s["start"], s["end"], s["text"]) for s in timed["segments"]] == [
+        (c["timestamp"][0] or 0.0, c["timestamp"][1] or round(len(audio) / 16000, 2), c["text"])
+        for c in chunks
+    ]
+    assert timed["text"] == "".join(c["text"] for c in chunks).strip() and len(chunks) == 1
 
 
 def trained_model(workdir):

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import soundfile
+import srt
 import torch
 
 from jaxseq import cli
@@ -249,10 +250,15 @@ def test_cli_language_and_task_in_the_json(converted, lang_dir, tmp_path, capsys
         }
         for p, w, s, t in zip(paths, waves, theirs, _texts(trained, theirs), strict=True)
     ]
+    # Subtitles: decoded with timestamp tokens, a cue per segment.
     subtitles = ["transcribe", "--workdir", str(converted), "--output-format", "srt"]
-    with pytest.raises(SystemExit):  # Whisper decodes no timestamps here: no subtitles
-        cli.main([*subtitles, "--output-dir", str(tmp_path), str(paths[0])])
-    assert "use --output-format txt or json" in capsys.readouterr().err
+    cli.main([*subtitles, "--output-dir", str(tmp_path / "srt"), *map(str, paths)])
+    timed = finetune.trained_model(converted).transcribe(paths, return_timestamps=True)
+    cues = [list(srt.parse((tmp_path / "srt" / f"{p.stem}.srt").read_text())) for p in paths]
+    assert [[c.content for c in cs] for cs in cues] == [
+        [s["text"].strip() for s in r["segments"]] for r in timed
+    ]
+    assert sum(map(len, cues)) > 0 and all(c.start <= c.end for cs in cues for c in cs)
 
 
 def test_language_errors_name_the_problem(converted):

@@ -18,6 +18,7 @@ from jaxseq.errors import JaxseqError
 from jaxseq.evaluation.waveforms import predict_waveforms
 from jaxseq.inference.ctc_longform import ctc_transcribe_long
 from jaxseq.inference.seq2seq_longform import seq2seq_transcribe_long
+from jaxseq.inference.whisper_sequential import transcribe_sequential
 from jaxseq.tasks.base import ASRTask
 from jaxseq.tasks.seq2seq import Seq2SeqTask
 from jaxseq.train.trained import Trained
@@ -43,8 +44,12 @@ def transcribe_waveforms(
 
     Returns one text per waveform or, with `return_timestamps` True ("word": also the words) or
     `return_language`, one result in openai-whisper's layout: {"text", "language", "segments":
-    [{"id", "start", "end", "text", "words"}]}. Timestamps need a CTC model and greedy
-    decoding (without them "segments" is empty). "language" is a Whisper model's spoken
+    [{"id", "start", "end", "text", "words"}]}. Timestamps need a CTC model decoded greedily
+    (segments and words from the frame alignment) or a Whisper model (segments from its
+    timestamp tokens, merged over the windows as transformers' pipeline merges them); without
+    them "segments" is empty. With `eval.longform=sequential` a Whisper model transcribes
+    window after window by its timestamps (`jaxseq.inference.whisper_sequential`), and its
+    dicts always hold segments with times. "language" is a Whisper model's spoken
     language, given or detected (None for the other families). `language` (a code, or "auto":
     detected on each recording's first 30 s) and `task` ("transcribe", "translate") choose a
     Whisper model's prompt, by default model.language and model.task. Calls with the same
@@ -63,6 +68,17 @@ def transcribe_waveforms(
             "model: transcribe it without them"
         )
     ev = trained.cfg.eval
+    if ev.longform == "sequential":  # Whisper only (config check): segments with times
+        return transcribe_sequential(
+            trained,
+            waves,
+            decoder=decoder,
+            return_timestamps=return_timestamps,
+            return_language=return_language,
+            language=language,
+            task=task,
+            batch_size=batch_size,
+        )
     windows = {
         "chunk_seconds": ev.chunk_seconds if chunk_seconds is None else chunk_seconds,
         "stride_seconds": ev.stride_seconds if stride_seconds is None else stride_seconds,
@@ -70,10 +86,16 @@ def transcribe_waveforms(
         "batch_size": batch_size,
     }
     if family != "ctc":
-        if return_timestamps:
+        if return_timestamps and family != "whisper":
             raise JaxseqError(
-                f"timestamps come from a CTC model's frame alignment; this workdir holds a "
-                f"{family} model: transcribe it without timestamps"
+                f"timestamps come from a CTC model's frame alignment or a Whisper model's "
+                f"timestamp tokens; this workdir holds a {family} model: transcribe it without "
+                "timestamps"
+            )
+        if return_timestamps == "word":
+            raise JaxseqError(
+                "word times of a Whisper model come with sequential decoding: set "
+                "eval.longform=sequential (chunked decoding gives segment times)"
             )
         if isinstance(trained.task, Seq2SeqTask):
             results = seq2seq_transcribe_long(
@@ -83,8 +105,11 @@ def transcribe_waveforms(
                 beam_size=beam_size,
                 language=language,
                 task=task,
+                timestamps=bool(return_timestamps),
                 **windows,
             )
+            if return_timestamps:
+                return results
         else:
             texts = predict_waveforms(
                 trained, waves, batch_size=batch_size, decoder=decoder, beam_size=beam_size

@@ -43,38 +43,51 @@ def alignment_heads(
     return tuple((layer, head) for layer in range(layers // 2, layers) for head in range(heads))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6))
-def _attend(
+def alignment_weights(
     model: WhisperModel,
     params: Any,
     features: jax.Array,
     tokens: jax.Array,
     frames: jax.Array,
+    *,
     heads: tuple[tuple[int, int], ...],
     text_vocab: int,
 ) -> tuple[jax.Array, jax.Array]:
-    """Teacher-forced pass over one window.
+    """Device side (jit it): teacher-forced passes over windows.
 
     Args:
-      features: float32 [1, num_frames, n_mels] (the padded window); tokens: int32 [1, T].
-      frames: int32 [], the audio's encoder frames (weights past them are dropped).
+      features: float32 [rows, num_frames, n_mels] (padded windows).
+      tokens: int32 [rows, T], each row's start sequence, `<|notimestamps|>`, text and
+        end-of-text, padded after it (the decoder is causal: padding changes nothing before).
+      frames: int32 [rows], each window's encoder frames that hold audio.
     Returns:
-      weights float32 [heads, T, enc_frames] (zero past `frames`, renormalized over the rest),
-      and log-probs float32 [T, text_vocab] over the text tokens.
+      weights float32 [rows, heads, T, enc_frames] (zero past `frames`, renormalized over the
+      rest: the softmax over the audio alone), and float32 [rows, T] the probability, over the
+      text vocabulary, of each row's next token (position t: of tokens[t + 1]; the last: 0).
     """
-    lengths = jnp.full((1,), features.shape[1], jnp.int32)
+    lengths = jnp.full(features.shape[:1], features.shape[1], jnp.int32)
     logits, state = model.clone(sow_cross_weights=True).apply(
         {"params": params}, features, lengths, tokens, mutable=["intermediates"]
-    )  # [1, T, vocab]
-    sown = state["intermediates"]["decoder"]  # layer -> cross_attn -> weights: ([1, h, T, enc],)
+    )  # [rows, T, vocab]
+    sown = state["intermediates"]["decoder"]  # layer -> cross_attn -> weights: ([r, h, T, e],)
     weights = jnp.stack(
-        [sown[f"layer{layer}"]["cross_attn"]["weights"][0][0, head] for layer, head in heads]
-    )  # [heads, T, enc_frames]
-    kept = jnp.arange(weights.shape[-1]) < frames
+        [sown[f"layer{layer}"]["cross_attn"]["weights"][0][:, head] for layer, head in heads],
+        axis=1,
+    )  # [rows, heads, T, enc_frames]
+    kept = jnp.arange(weights.shape[-1]) < frames[:, None, None, None]
     weights = jnp.where(kept, weights, 0.0)
-    weights = weights / jnp.sum(weights, axis=-1, keepdims=True)  # the softmax over kept frames
-    log_probs = jax.nn.log_softmax(logits[0, :, :text_vocab], axis=-1)  # [T, text_vocab]
-    return weights, log_probs
+    weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
+    log_probs = jax.nn.log_softmax(logits[:, :, :text_vocab], axis=-1)  # [rows, T, text_vocab]
+    following = jnp.minimum(jnp.roll(tokens, -1, axis=1), text_vocab - 1)  # [rows, T]
+    probs = jnp.exp(jnp.take_along_axis(log_probs, following[..., None], axis=-1)[..., 0])
+    return weights, probs.at[:, -1].set(0.0)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
+def _attend(model, params, features, tokens, frames, heads, text_vocab):
+    return alignment_weights(
+        model, params, features, tokens, frames, heads=heads, text_vocab=text_vocab
+    )
 
 
 def _median_filter(x: np.ndarray, width: int) -> np.ndarray:
@@ -145,7 +158,8 @@ def find_alignment(
     language: str | None = "en",
     median_width: int = MEDIAN_WIDTH,
 ) -> list[dict]:
-    """Words of `text_tokens` with their times in the window.
+    """Words of `text_tokens` with their times in the window (one window, in this process;
+    `align_words` is the host side alone, for batched weights).
 
     Args:
       features: float32 [dims.num_frames, n_mels], one window's log-mel (padded as the model
@@ -165,41 +179,75 @@ def find_alignment(
         raise ValueError("word timing reads each decoder layer's attention: not scan_layers")
     if heads is None:
         heads = alignment_heads(tokenizer, d.decoder_layers, d.decoder_heads)
-    eot = tokenizer.eot_id
-    prefix = [*start_sequence, tokenizer.no_timestamps_id]
-    tokens = np.asarray([[*prefix, *text_tokens, eot]], np.int32)  # [1, T]
-    weights, log_probs = _attend(
+    tokens = alignment_tokens(tokenizer, text_tokens, start_sequence)
+    weights, probs = _attend(
         model,
         params,
         jnp.asarray(features, jnp.float32)[None],
-        jnp.asarray(tokens),
-        jnp.int32(num_frames // 2),
+        jnp.asarray(tokens)[None],
+        jnp.asarray([num_frames // 2], jnp.int32),
         tuple(heads),
-        eot,
+        tokenizer.eot_id,
     )
+    return align_words(
+        np.asarray(weights[0]),
+        np.asarray(probs[0]),
+        tokenizer,
+        num_frames,
+        text_tokens,
+        len(start_sequence),
+        language=language,
+        median_width=median_width,
+    )
+
+
+def alignment_tokens(
+    tokenizer: WhisperTokenizer, text_tokens: Sequence[int], start_sequence: Sequence[int]
+) -> np.ndarray:
+    """int32 [T]: the start sequence, `<|notimestamps|>`, the text and end-of-text."""
+    ids = [*start_sequence, tokenizer.no_timestamps_id, *text_tokens, tokenizer.eot_id]
+    return np.asarray(ids, np.int32)
+
+
+def align_words(
+    weights: np.ndarray,
+    probs: np.ndarray,
+    tokenizer: WhisperTokenizer,
+    num_frames: int,
+    text_tokens: Sequence[int],
+    start_length: int,
+    *,
+    language: str | None = "en",
+    median_width: int = MEDIAN_WIDTH,
+) -> list[dict]:
+    """Host side of `find_alignment`, from one row of `alignment_weights` (weights [heads,
+    >= T, enc_frames], next-token probabilities [>= T]; padding past T ignored)."""
+    if len(text_tokens) == 0:
+        return []
+    length = start_length + 1 + len(text_tokens) + 1  # T
     kept = num_frames // 2
-    weights = np.asarray(weights, np.float64)[:, :, :kept]  # [heads, T, kept]
+    weights = np.asarray(weights, np.float64)[:, :length, :kept]  # [heads, T, kept]
     mean = weights.mean(axis=-2, keepdims=True)
     std = weights.std(axis=-2, keepdims=True)
     matrix = _median_filter((weights - mean) / std, median_width).mean(axis=0)  # [T, kept]
-    matrix = matrix[len(start_sequence) : -1]  # the rows that predict the text and eot
+    matrix = matrix[start_length:-1]  # the rows that predict the text and end-of-text
     text_index, time_index = dtw_path(-matrix)
 
+    eot = tokenizer.eot_id
     words, word_tokens = split_to_word_tokens(tokenizer, [*text_tokens, eot], language)
     if len(word_tokens) <= 1:
         return []
     boundaries = np.pad(np.cumsum([len(t) for t in word_tokens[:-1]]), (1, 0))
     jumps = np.pad(np.diff(text_index), (1, 0), constant_values=1).astype(bool)
     jump_times = time_index[jumps] * SECONDS_PER_FRAME  # each token's first frame
-    rows = np.arange(len(prefix) - 1, len(prefix) - 1 + len(text_tokens))
-    probs = np.exp(np.asarray(log_probs)[rows, np.asarray(text_tokens)])
+    token_probs = np.asarray(probs)[start_length : start_length + len(text_tokens)]
     return [
         {
             "word": word,
             "tokens": ids,
             "start": float(jump_times[i]),
             "end": float(jump_times[j]),
-            "probability": float(np.mean(probs[i:j])),
+            "probability": float(np.mean(token_probs[i:j])),
         }
         for word, ids, i, j in zip(
             words[:-1], word_tokens[:-1], boundaries[:-1], boundaries[1:], strict=True

@@ -153,15 +153,26 @@ class Seq2SeqTask(ASRTask):
         """The tokens every decoder input starts with."""
         return (self.tokenizer.start_id,)
 
-    def prompt_for(self, language: str | None = None, task: str | None = None) -> tuple[int, ...]:
-        """The prompt for a spoken language and a task (Whisper's transcribe or translate); a
-        model trained here has neither, so both must be None (its `prompt`)."""
+    def prompt_for(
+        self, language: str | None = None, task: str | None = None, timestamps: bool = False
+    ) -> tuple[int, ...]:
+        """The prompt for a spoken language and a task (Whisper's transcribe or translate), with
+        or without timestamps; a model trained here has none of them, so both must be None and
+        `timestamps` False (its `prompt`)."""
+        if timestamps:
+            self.timestamp_rules()  # raises: no timestamp tokens
         if language is not None or task is not None:
             raise JaxseqError(
                 f"model.family={self.family} has no language or task tokens (language="
                 f"{language!r}, task={task!r}); those choose a Whisper checkpoint's prompt"
             )
         return self.prompt
+
+    def timestamp_rules(self) -> Any:
+        """The rules of timestamp-token decoding; a model trained here has no timestamp tokens."""
+        raise JaxseqError(
+            f"model.family={self.family} has no timestamp tokens: decode it without timestamps"
+        )
 
     @property
     def suppress_ids(self) -> tuple[int, ...]:
@@ -294,11 +305,13 @@ class Seq2SeqTask(ASRTask):
         decoder: str,
         beam_size: int,
         prompt: tuple[int, ...] | None = None,
+        timestamps: bool = False,
     ) -> Any:
         """Token ids [batch, max_new_tokens] and lengths (EOS included) of the best hypothesis.
 
         `prompt`, static like the decoder: the tokens every hypothesis starts from (default
         `self.prompt`; `prompt_for` gives a Whisper prompt for another language or task).
+        `timestamps`: decode under `timestamp_rules` (a prompt without `<|notimestamps|>`).
         """
         prompt = self.prompt if prompt is None else tuple(prompt)
         if decoder not in DECODERS:
@@ -322,6 +335,7 @@ class Seq2SeqTask(ASRTask):
             eos_id=self.tokenizer.end_id,
             suppress_ids=self.suppress_ids,
             begin_suppress_ids=self.begin_suppress_ids,
+            rules=self.timestamp_rules() if timestamps else None,
         )
         return best_sequences(
             decoder,

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseq.config import Config
+from jaxseq.decoding.timestamp_rules import TimestampRules
 from jaxseq.errors import JaxseqError
 from jaxseq.tasks.base import Batch, Metrics
 from jaxseq.tasks.registry import register
@@ -170,9 +171,12 @@ class WhisperTask(Seq2SeqTask):
         prompt, refuse auto."""
         return self._prompt
 
-    def prompt_for(self, language: str | None = None, task: str | None = None) -> tuple[int, ...]:
+    def prompt_for(
+        self, language: str | None = None, task: str | None = None, timestamps: bool = False
+    ) -> tuple[int, ...]:
         """`<|startoftranscript|><|xx|><|task|><|notimestamps|>` for a language code and a task,
-        by default model.language (not auto) and model.task. An English-only checkpoint's is
+        by default model.language (not auto) and model.task; with `timestamps` the same
+        without `<|notimestamps|>`. An English-only checkpoint's is
         `<|startoftranscript|><|notimestamps|>`: its language is en and its task transcribe,
         anything else is an error (as transformers' `generate` refuses them)."""
         language, task = language or self.language, task or self.speech_task
@@ -190,13 +194,21 @@ class WhisperTask(Seq2SeqTask):
                     f"(a vocabulary under {MULTILINGUAL_VOCAB} tokens) only transcribes English; "
                     "use language en (or auto) and task transcribe"
                 )
-            return tuple(self.tokenizer.prompt_ids(None, None))
+            return tuple(self.tokenizer.prompt_ids(None, None, timestamps))
         if language not in self.language_ids:
             raise JaxseqError(
                 f"language {language!r} is none of this checkpoint's language codes "
                 f"({', '.join(self.language_ids)}) nor auto"
             )
-        return tuple(self.tokenizer.prompt_ids(language, task))
+        return tuple(self.tokenizer.prompt_ids(language, task, timestamps))
+
+    def timestamp_rules(self) -> TimestampRules:
+        """Whisper's timestamp-token rules for this tokenizer, the first timestamp at most the
+        generation config's `max_initial_timestamp_index` steps in (no limit without one, as
+        transformers' `generate`)."""
+        t = self.tokenizer
+        limit = t.generation_config.get("max_initial_timestamp_index")
+        return TimestampRules(t.timestamp_begin, t.no_timestamps_id, t.eot_id, limit)
 
     def _require_language(self, what: str) -> None:
         if self.language == AUTO:
@@ -219,10 +231,11 @@ class WhisperTask(Seq2SeqTask):
         decoder: str,
         beam_size: int,
         prompt: tuple[int, ...] | None = None,
+        timestamps: bool = False,
     ) -> Any:
         if prompt is None:
             self._require_language("decoding without a prompt (evaluation)")
-        return super().predict_fn(params, batch, decoder, beam_size, prompt)
+        return super().predict_fn(params, batch, decoder, beam_size, prompt, timestamps)
 
     @property
     def suppress_ids(self) -> tuple[int, ...]:
