@@ -72,6 +72,8 @@ from jaxseq.train.trained import Trained
 log = logging.getLogger(__name__)
 
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
 def decode_rows(task: WhisperTask, params: Any, batch: dict[str, jax.Array]) -> dict:
     """Device side: one window per row, decoded after its own prompt (jit it).
 
