@@ -120,14 +120,18 @@ def _prefill(step_fn: StepFn, cache: Any, prompt: jax.Array) -> Any:
     return cache
 
 
-def _log_probs(
-    step_fn: StepFn, tokens, cache, position, t, suppress_ids, begin_suppress_ids, rules, generated
-):
-    """One model step with suppressed ids at -inf (`begin_suppress_ids` too at the first step,
-    where the traced step index `t` is 0), then `rules(log_probs, generated, t)` if given
-    (`generated`: int32 [n, steps], the tokens so far): -> (float32 [n, vocab], cache)."""
-    log_probs, cache = step_fn(tokens, cache, position)
-    log_probs = log_probs.astype(jnp.float32)
+def process_log_probs(
+    log_probs: jax.Array,
+    t: jax.Array,
+    suppress_ids: Sequence[int],
+    begin_suppress_ids: Sequence[int],
+    rules: Rules | None,
+    generated: jax.Array,
+) -> jax.Array:
+    """A step's log-probs float32 [n, vocab] with suppressed ids at -inf (`begin_suppress_ids`
+    too at the first step, where the traced step index `t` is 0), then
+    `rules(log_probs, generated, t)` if given (`generated`: int32 [n, steps], the tokens so
+    far): transformers' order."""
     if suppress_ids:
         log_probs = log_probs.at[:, jnp.asarray(suppress_ids, jnp.int32)].set(-jnp.inf)
     if begin_suppress_ids:
@@ -135,6 +139,17 @@ def _log_probs(
         log_probs = jnp.where(t == 0, begin, log_probs)
     if rules is not None:
         log_probs = rules(log_probs, generated, t)
+    return log_probs
+
+
+def _log_probs(
+    step_fn: StepFn, tokens, cache, position, t, suppress_ids, begin_suppress_ids, rules, generated
+):
+    """One model step, processed (`process_log_probs`): -> (float32 [n, vocab], cache)."""
+    log_probs, cache = step_fn(tokens, cache, position)
+    log_probs = process_log_probs(
+        log_probs.astype(jnp.float32), t, suppress_ids, begin_suppress_ids, rules, generated
+    )
     return log_probs, cache
 
 

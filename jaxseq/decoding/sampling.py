@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxseq.decoding.beam_search import Rules, StepFn
+from jaxseq.decoding.beam_search import Rules, StepFn, process_log_probs
 
 
 class SampleOutput(NamedTuple):
@@ -31,18 +31,6 @@ class SampleOutput(NamedTuple):
     length: jax.Array  # int32 [], generated tokens, EOS included
     sum_log_prob: jax.Array  # float32 [], the tokens' renormalized log-probs, EOS included
     probe: jax.Array  # float32 [vocab], the model's raw log-probs after position `probe_at`
-
-
-def _process(log_probs, t, suppress_ids, begin_suppress_ids, rules, generated):
-    """Suppression, first-step suppression and rules, as `beam_search` applies them."""
-    if suppress_ids:
-        log_probs = log_probs.at[:, jnp.asarray(suppress_ids, jnp.int32)].set(-jnp.inf)
-    if begin_suppress_ids:
-        begin = log_probs.at[:, jnp.asarray(begin_suppress_ids, jnp.int32)].set(-jnp.inf)
-        log_probs = jnp.where(t == 0, begin, log_probs)
-    if rules is not None:
-        log_probs = rules(log_probs, generated, t)
-    return log_probs  # [1, vocab]
 
 
 def sample_after_prompt(
@@ -106,7 +94,9 @@ def sample_after_prompt(
         raw, cache = step_fn(token[None], cache, position)  # [1, vocab]
         raw = raw.astype(jnp.float32)
         probe = jnp.where(position == probe_at, raw[0], probe)
-        processed = _process(raw, t, suppress_ids, begin_suppress_ids, rules, seqs[None])[0]
+        processed = process_log_probs(raw, t, suppress_ids, begin_suppress_ids, rules, seqs[None])[
+            0
+        ]
         scaled = processed / jnp.maximum(temperature, 1e-6)
         drawn = jax.random.categorical(jax.random.fold_in(key, t), scaled)
         best = jnp.where(temperature > 0, drawn, jnp.argmax(processed)).astype(jnp.int32)
