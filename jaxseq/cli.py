@@ -186,10 +186,10 @@ def _cmd_transcribe(args: argparse.Namespace) -> None:
         )
     # Segment and word times whenever they are written, for CTC and sequential Whisper;
     # chunked Whisper is decoded with timestamp tokens (segment times) for subtitles only.
-    written = args.output_dir is not None and formats != ["txt"]
+    timed = args.output_dir is not None and formats != ["txt"]
     sequential = model.trained.cfg.eval.longform == "sequential"
     if model.family == "ctc" or (model.family == "whisper" and sequential):
-        timestamps = "word" if written else False
+        timestamps = "word" if timed else False
     else:
         timestamps = subtitles
     results = model.transcribe(

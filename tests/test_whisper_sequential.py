@@ -38,7 +38,7 @@ from jaxseq.errors import JaxseqError
 from jaxseq.inference.formats import FORMATS, write_result
 from jaxseq.inference.longform import window_features
 from jaxseq.inference.whisper_sequential import sequential_transcribe
-from jaxseq.inference.word_timing import add_word_timestamps, find_alignment
+from jaxseq.inference.word_timing import add_word_timestamps
 from jaxseq.text.whisper_tokenizer import WhisperTokenizer
 from jaxseq.train.trained import load_trained
 from tests import test_whisper_finetune as finetune
@@ -46,6 +46,7 @@ from tests.conftest import REPO
 from tests.hf_whisper import random_whisper
 from tests.test_multiprocess import TIMEOUT, _env, _free_port
 from tests.test_transcribe_compiles_once import Lowerings, random_trained
+from tests.test_word_timing import find_alignment
 from tests.whisper_sequential_run import RATE, RECORDINGS, recording
 
 EOT, SOT, EN, TRANSCRIBE = finetune.EOT, finetune.SOT, finetune.EN, finetune.TRANSCRIBE

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import jax
@@ -21,9 +22,11 @@ from jaxseq.config import FrontendConfig
 from jaxseq.convert import load_hf_whisper
 from jaxseq.inference.word_timing import (
     add_word_timestamps,
+    align_words,
     alignment_heads,
+    alignment_tokens,
+    alignment_weights,
     dtw_path,
-    find_alignment,
     split_to_word_tokens,
 )
 from jaxseq.models.whisper import WhisperModel
@@ -33,6 +36,30 @@ from tests.hf_whisper import random_whisper, write_whisper_tokenizer
 SOURCE_POSITIONS = 200  # 400 log-mel frames: 4 s windows
 HEADS = [[1, 0], [1, 2], [0, 3]]  # the checkpoint's alignment heads (layer, head)
 TEXT = " one two, three four five six"
+
+
+@functools.cache
+def _weights_fn(model: WhisperModel, heads: tuple, text_vocab: int):
+    return jax.jit(functools.partial(alignment_weights, model, heads=heads, text_vocab=text_vocab))
+
+
+def find_alignment(model, params, tok, mel, num_frames, text_tokens, start_sequence):
+    """openai-whisper's `find_alignment` for one window, from jaxseq's pieces: the
+    teacher-forced pass (`alignment_weights`) on one row, then `align_words`."""
+    d = model.dims
+    heads = alignment_heads(tok, d.decoder_layers, d.decoder_heads)
+    tokens = alignment_tokens(tok, text_tokens, start_sequence)
+    weights, probs = _weights_fn(model, heads, tok.eot_id)(
+        params, jnp.asarray(mel)[None], jnp.asarray(tokens)[None], jnp.asarray([num_frames // 2])
+    )
+    return align_words(
+        np.asarray(weights[0]),
+        np.asarray(probs[0]),
+        tok,
+        num_frames,
+        text_tokens,
+        len(start_sequence),
+    )
 
 
 def _openai_state(hf_state: dict) -> dict:

@@ -55,13 +55,7 @@ from jaxseq.inference.whisper_segments import (
     previous_tokens,
     window_segments,
 )
-from jaxseq.inference.word_timing import (
-    add_word_timestamps,
-    align_words,
-    alignment_heads,
-    alignment_tokens,
-    alignment_weights,
-)
+from jaxseq.inference.word_timing import AlignWindow, add_word_timestamps, align_windows
 from jaxseq.models.whisper import WhisperModel, search_setup
 from jaxseq.parallel.batch import to_global
 from jaxseq.parallel.mesh import data_parallel_size
@@ -151,62 +145,24 @@ def _decode_step(task: WhisperTask, mesh: Mesh):
     return jax.jit(functools.partial(decode_rows, task), out_shardings=replicated(mesh))
 
 
-@functools.cache
-def _align_step(task: WhisperTask, mesh: Mesh):
-    """`word_timing.alignment_weights` for the task's alignment heads, jitted once per
-    (task, mesh): one compilation per (rows, tokens) shape."""
-    d = task.dims
-    heads = alignment_heads(task.tokenizer, d.decoder_layers, d.decoder_heads)
-    return jax.jit(
-        functools.partial(
-            alignment_weights, task.model, heads=heads, text_vocab=task.tokenizer.eot_id
-        ),
-        out_shardings=replicated(mesh),
-    )
-
-
-def _align_round(
-    trained: Trained, slots: list, host_features: np.ndarray, fresh: dict[int, tuple]
-) -> None:
+def _align_round(trained: Trained, slots: list, host: dict, rows: int, fresh: dict) -> None:
     """Word times for the segments each slot's window just added (`fresh`: slot -> (seek,
-    frames, first new segment)), as openai-whisper's `add_word_timestamps`: one teacher-forced
-    pass over every row (a collective: every process runs it each round)."""
-    task, mesh = trained.task, trained.mesh
-    tok, rows = task.tokenizer, len(slots)
-    texts = {
-        s: [t for seg in slots[s].segments[first:] for t in seg["tokens"] if t < tok.eot_id]
-        for s, (_, _, first) in fresh.items()
-    }
-    sequences = {s: alignment_tokens(tok, texts[s], slots[s].init) for s in fresh}
-    longest = max((len(t) for t in sequences.values()), default=1)
-    if jax.process_count() > 1:
-        longest = int(multihost_utils.process_allgather(np.array([longest])).max())
-    width = min(1 << (longest - 1).bit_length(), task.dims.max_target_positions)
-    tokens = np.full((rows, width), tok.eot_id, np.int32)
-    frames = np.ones(rows, np.int32)
-    for s, ids in sequences.items():
-        tokens[s, : len(ids)] = ids
-        frames[s] = max(fresh[s][1] // 2, 1)
-    host = {"features": host_features, "tokens": tokens, "frames": frames}
-    with sharding_context(mesh):
-        batch = to_global(host, mesh)
-        weights, probs = jax.device_get(
-            _align_step(task, mesh)(
-                trained.params, batch["features"], batch["tokens"], batch["frames"]
-            )
+    frames, first new segment)), as openai-whisper's `add_word_timestamps`: one
+    teacher-forced pass for all of them (a collective: every process runs it each round)."""
+    tok = trained.task.tokenizer
+    windows = [
+        AlignWindow(
+            host["features"][s],
+            frames,
+            [t for seg in slots[s].segments[first:] for t in seg["tokens"] if t < tok.eot_id],
+            slots[s].init,
+            slots[s].language,
         )
-    p = jax.process_index()
-    for s, (seek, num_frames, first) in fresh.items():
+        for s, (_, frames, first) in fresh.items()
+    ]
+    aligned = align_windows(trained, windows, rows)
+    for alignment, (s, (seek, _, first)) in zip(aligned, fresh.items(), strict=True):
         rec = slots[s]
-        alignment = align_words(
-            weights[p * rows + s],
-            probs[p * rows + s],
-            tok,
-            num_frames,
-            texts[s],
-            len(rec.init),
-            language=rec.language,
-        )
         timed, rec.last_speech = add_word_timestamps(
             rec.segments[first:],
             alignment,
@@ -477,7 +433,7 @@ def sequential_transcribe(
                     fresh[s] = (before, frames, count)
                 bar.update(min(rec.seek, len(rec.features)) - before)
         if word_timestamps:
-            _align_round(trained, slots, host["features"], fresh)
+            _align_round(trained, slots, host, rows, fresh)
     bar.close()
     return [_result(r, model, c) for r, c in zip(recordings, codes, strict=True)]
 

@@ -16,15 +16,20 @@ from __future__ import annotations
 import functools
 import string
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import librosa
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
 from jaxseq.models.whisper import WhisperModel
+from jaxseq.parallel.batch import to_global
+from jaxseq.parallel.sharding import replicated, sharding_context
 from jaxseq.text.whisper_tokenizer import WhisperTokenizer
+from jaxseq.train.trained import Trained
 
 SECONDS_PER_FRAME = 0.02  # one encoder frame: two 10 ms log-mel hops
 MEDIAN_WIDTH = 7
@@ -83,13 +88,6 @@ def alignment_weights(
     return weights, probs.at[:, -1].set(0.0)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6))
-def _attend(model, params, features, tokens, frames, heads, text_vocab):
-    return alignment_weights(
-        model, params, features, tokens, frames, heads=heads, text_vocab=text_vocab
-    )
-
-
 def _median_filter(x: np.ndarray, width: int) -> np.ndarray:
     """Median over a sliding window of `width` along the last axis, edges reflected."""
     pad = width // 2
@@ -145,62 +143,6 @@ def split_to_word_tokens(
     return words, word_tokens
 
 
-def find_alignment(
-    model: WhisperModel,
-    params: Any,
-    tokenizer: WhisperTokenizer,
-    features: np.ndarray,
-    num_frames: int,
-    text_tokens: Sequence[int],
-    start_sequence: Sequence[int],
-    *,
-    heads: tuple[tuple[int, int], ...] | None = None,
-    language: str | None = "en",
-    median_width: int = MEDIAN_WIDTH,
-) -> list[dict]:
-    """Words of `text_tokens` with their times in the window (one window, in this process;
-    `align_words` is the host side alone, for batched weights).
-
-    Args:
-      features: float32 [dims.num_frames, n_mels], one window's log-mel (padded as the model
-        expects it).
-      num_frames: the log-mel frames that hold audio (the rest is padding).
-      text_tokens: the transcript's text ids (no special token).
-      start_sequence: the decoder's start sequence before `<|notimestamps|>`, e.g.
-        `<|startoftranscript|><|en|><|transcribe|>`.
-      heads: alignment (layer, head) pairs (default `alignment_heads`).
-    Returns:
-      [{"word", "tokens", "start", "end", "probability"}], seconds from the window's start.
-    """
-    if len(text_tokens) == 0:
-        return []
-    d = model.dims
-    if model.scan_layers:
-        raise ValueError("word timing reads each decoder layer's attention: not scan_layers")
-    if heads is None:
-        heads = alignment_heads(tokenizer, d.decoder_layers, d.decoder_heads)
-    tokens = alignment_tokens(tokenizer, text_tokens, start_sequence)
-    weights, probs = _attend(
-        model,
-        params,
-        jnp.asarray(features, jnp.float32)[None],
-        jnp.asarray(tokens)[None],
-        jnp.asarray([num_frames // 2], jnp.int32),
-        tuple(heads),
-        tokenizer.eot_id,
-    )
-    return align_words(
-        np.asarray(weights[0]),
-        np.asarray(probs[0]),
-        tokenizer,
-        num_frames,
-        text_tokens,
-        len(start_sequence),
-        language=language,
-        median_width=median_width,
-    )
-
-
 def alignment_tokens(
     tokenizer: WhisperTokenizer, text_tokens: Sequence[int], start_sequence: Sequence[int]
 ) -> np.ndarray:
@@ -220,8 +162,9 @@ def align_words(
     language: str | None = "en",
     median_width: int = MEDIAN_WIDTH,
 ) -> list[dict]:
-    """Host side of `find_alignment`, from one row of `alignment_weights` (weights [heads,
-    >= T, enc_frames], next-token probabilities [>= T]; padding past T ignored)."""
+    """Words of `text_tokens` with their times in the window: the host side of openai-whisper's
+    `find_alignment`, from one row of `alignment_weights` (weights [heads, >= T, enc_frames],
+    next-token probabilities [>= T]; padding past T ignored)."""
     if len(text_tokens) == 0:
         return []
     length = start_length + 1 + len(text_tokens) + 1  # T
@@ -252,6 +195,76 @@ def align_words(
         for word, ids, i, j in zip(
             words[:-1], word_tokens[:-1], boundaries[:-1], boundaries[1:], strict=True
         )
+    ]
+
+
+class AlignWindow(NamedTuple):
+    """One window to align: its log-mel float32 [dims.num_frames, n_mels] (padded as the
+    model takes it), the log-mel frames that hold audio, the text ids, the decoder's start
+    sequence before `<|notimestamps|>` and the language (for splitting words)."""
+
+    features: np.ndarray
+    num_frames: int
+    text_tokens: Sequence[int]
+    start_sequence: Sequence[int]
+    language: str | None
+
+
+@functools.cache
+def _align_step(task: Any, mesh: Mesh):
+    """`alignment_weights` for a Whisper task's alignment heads, jitted once per (task, mesh):
+    one compilation per (rows, tokens) shape."""
+    d = task.dims
+    heads = alignment_heads(task.tokenizer, d.decoder_layers, d.decoder_heads)
+    step = functools.partial(
+        alignment_weights, task.model, heads=heads, text_vocab=task.tokenizer.eot_id
+    )
+    return jax.jit(step, out_shardings=replicated(mesh))
+
+
+def align_windows(trained: Trained, windows: Sequence[AlignWindow], rows: int) -> list[list[dict]]:
+    """`align_words` of each window, [{"word", "tokens", "start", "end", "probability"}] in
+    seconds from its start, all in one teacher-forced pass of `rows` rows (>= len(windows),
+    a whole number of this process's data-parallel share).
+
+    A collective with several processes: every process calls it with its own windows (any
+    number up to `rows`, also none), and nothing runs where no process has one.
+    """
+    task, mesh = trained.task, trained.mesh
+    tok = task.tokenizer
+    sequences = [alignment_tokens(tok, w.text_tokens, w.start_sequence) for w in windows]
+    longest = max((len(t) for t in sequences), default=0)
+    if jax.process_count() > 1:
+        longest = int(multihost_utils.process_allgather(np.array([longest])).max())
+    if longest == 0:
+        return []
+    width = min(1 << (longest - 1).bit_length(), task.dims.max_target_positions)
+    features = np.zeros((rows, task.dims.num_frames, trained.frontend.n_mels), np.float32)
+    tokens = np.full((rows, width), tok.eot_id, np.int32)
+    frames = np.ones(rows, np.int32)  # [rows] encoder frames with audio
+    for r, (window, ids) in enumerate(zip(windows, sequences, strict=True)):
+        features[r], tokens[r, : len(ids)] = window.features, ids
+        frames[r] = max(window.num_frames // 2, 1)
+    host = {"features": features, "tokens": tokens, "frames": frames}
+    with sharding_context(mesh):
+        batch = to_global(host, mesh)
+        weights, probs = jax.device_get(
+            _align_step(task, mesh)(
+                trained.params, batch["features"], batch["tokens"], batch["frames"]
+            )
+        )
+    first = jax.process_index() * rows  # this process's rows
+    return [
+        align_words(
+            weights[first + r],
+            probs[first + r],
+            tok,
+            w.num_frames,
+            w.text_tokens,
+            len(w.start_sequence),
+            language=w.language,
+        )
+        for r, w in enumerate(windows)
     ]
 
 
@@ -303,7 +316,7 @@ def add_word_timestamps(
 
     Args:
       segments: one window's segments, each with "tokens", "start" and "end" (seconds in the
-        recording); `alignment`: `find_alignment` over all their text tokens, in order.
+        recording); `alignment`: `align_words` over all their text tokens, in order.
       time_offset: the window's start in the recording (seconds).
       last_speech_timestamp: the end of the last word before this window.
     Returns:
