@@ -178,17 +178,19 @@ def _cmd_transcribe(args: argparse.Namespace) -> None:
         raise JaxseqError("transcribe: give audio files, or --manifest M.jsonl --output-dir OUT")
     formats = list(FORMATS) if args.output_format == "all" else [args.output_format]
     subtitles = args.output_dir is not None and not set(formats) <= {"txt", "json"}
-    if subtitles and model.family not in ("ctc", "whisper"):
+    stamped = getattr(model.trained.task, "has_timestamps", False)  # timestamp tokens
+    if subtitles and not (model.family == "ctc" or stamped):
         raise JaxseqError(
             f"--output-format {args.output_format}: srt, vtt and tsv need timestamps, which "
-            "come from a CTC model's frame alignment or a Whisper model's timestamp tokens, "
-            f"and this workdir holds a {model.family} model; use --output-format txt or json"
+            "come from a CTC model's frame alignment or a seq2seq model's timestamp tokens "
+            "(Whisper, or trained with model.timestamps=true), and this workdir holds a "
+            f"{model.family} model without them; use --output-format txt or json"
         )
-    # Segment and word times whenever they are written, for CTC and sequential Whisper;
+    # Segment and word times whenever they are written, for CTC and sequential seq2seq;
     # chunked Whisper is decoded with timestamp tokens (segment times) for subtitles only.
     timed = args.output_dir is not None and formats != ["txt"]
     sequential = model.trained.cfg.eval.longform == "sequential"
-    if model.family == "ctc" or (model.family == "whisper" and sequential):
+    if model.family == "ctc" or (stamped and sequential):
         timestamps = "word" if timed else False
     else:
         timestamps = subtitles

@@ -98,6 +98,9 @@ class DataConfig:
     # Threads reading and collating batches in each reading process (the main one, or each
     # worker); 0 = os.cpu_count() shared among the workers, at most 8.
     read_threads: int = 0
+    # Training windows that join up to this many consecutive utterances, cut at the largest
+    # bucket (seq2seq with model.timestamps: how a model learns long-form; jaxseq.data.packing).
+    pack_utterances: int = 1
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,10 @@ class ModelConfig:
     # of a linear head on the encoder over the same tokens (blank = the pad id), both summed
     # over the batch and divided by its target tokens (end tokens included); 0 = no head.
     ctc_weight: float = 0.0
+    # seq2seq: Whisper-style timed targets, `<|start|> text <|end|>` per utterance (timestamp
+    # tokens of 20 ms after the BPE pieces), so the model can transcribe long recordings
+    # sequentially and give segment and word times (jaxseq.text.timed_targets).
+    timestamps: bool = False
     # whisper only (OpenAI's architecture, tokenizer and prompt; `jaxseq convert` writes these)
     vocab_size: int = 51865  # embedding rows: 51865 multilingual, 51864 English-only, 51866 v3
     max_target_positions: int = 448  # decoder positions: prompt + transcript + end token
@@ -429,11 +436,19 @@ def _check_choices(cfg: Config) -> None:
             f"with (model.family={cfg.model.family}); choose greedy or the family's beam search"
         )
     ev = cfg.eval
-    if ev.longform == "sequential" and cfg.model.family != "whisper":
+    timed = cfg.model.family == "whisper" or (
+        cfg.model.family == "seq2seq" and cfg.model.timestamps
+    )
+    if ev.longform == "sequential" and not timed:
         raise ConfigError(
-            f"config key 'eval.longform' is 'sequential', which seeks by a Whisper "
-            f"checkpoint's timestamp tokens; model.family={cfg.model.family} has none: use "
-            "eval.longform=chunked"
+            f"config key 'eval.longform' is 'sequential', which seeks by timestamp tokens; "
+            f"model.family={cfg.model.family} has none (a Whisper checkpoint, or seq2seq with "
+            "model.timestamps=true, has them): use eval.longform=chunked"
+        )
+    if cfg.data.pack_utterances < 1:
+        raise ConfigError(
+            f"config key 'data.pack_utterances' is {cfg.data.pack_utterances}; give 1 (one "
+            "utterance per training item) or more"
         )
     if not ev.temperatures or min(ev.temperatures) < 0:
         raise ConfigError(

@@ -27,6 +27,7 @@ MODEL_KEY_FAMILIES = {
     "bpe_vocab_size": ("seq2seq", "rnn"),
     "label_smoothing": ("seq2seq", "whisper", "rnn"),
     "ctc_weight": ("seq2seq",),
+    "timestamps": ("seq2seq",),
     "vocab_size": ("whisper",),
     "max_target_positions": ("whisper",),
     "tokenizer": ("whisper",),

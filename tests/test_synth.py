@@ -18,6 +18,7 @@ from jaxseq.audio import espeak
 from jaxseq.config import PrepareConfig, SynthConfig
 from jaxseq.data.prepare import prepare_corpus
 from jaxseq.data.records import decode_record
+from jaxseq.data.sources import ManifestSource
 from jaxseq.data.synth import DIGIT_WORDS, VOICES, split_voices, synthesize_corpus
 
 SPLITS = ("train", "valid", "test")
@@ -71,7 +72,7 @@ def test_unknown_voice_raises(voice):
 
 
 _ISOLATED = """
-import hashlib, sys
+import hashlib, json, sys
 from jaxseq.audio import espeak
 requests = [("four two", "en-us+m3", 150, 40), ("nine", "en+klatt2", 200, 70)]
 if sys.argv[1] == "other-first":
@@ -80,6 +81,9 @@ waves, sr = espeak.synthesize_isolated(requests, seed=7)
 again, _ = espeak.synthesize_isolated(requests, seed=7)
 assert sr == 22050 and all((a == b).all() for a, b in zip(waves, again, strict=True))
 print(hashlib.sha256(b"".join(w.tobytes() for w in waves)).hexdigest(), [w.size for w in waves])
+timed, words, _ = espeak.synthesize_isolated_words(requests, seed=7)  # the same samples
+assert all((a == b).all() for a, b in zip(waves, timed, strict=True))
+print(json.dumps([[[w.text, w.offset, w.start, w.end] for w in ws] for ws in words]))
 espeak.synthesize("five six")
 try:
     espeak.synthesize_isolated(requests)
@@ -98,10 +102,14 @@ def _run_isolated(mode: str) -> list[str]:
 def test_synthesize_isolated_is_reproducible_across_processes():
     first = _run_isolated("fresh")
     second = _run_isolated("other-first")  # another history in the parent: same samples
-    assert first == second and len(first) == 2
-    assert first[1] == "refused after synthesize"
+    assert first == second and len(first) == 3
+    assert first[2] == "refused after synthesize"
     sizes = json.loads(first[0].split(" ", 1)[1])
     assert sizes[0] > 0 and sizes[1] > 0
+    words = json.loads(first[1])  # per request [text, offset, start, end] per word
+    assert [[w[:2] for w in ws] for ws in words] == [[["four", 0], ["two", 5]], [["nine", 0]]]
+    for ws, size in zip(words, sizes, strict=True):
+        assert all(0 <= start < end <= size for _, _, start, end in ws)
 
 
 def test_voice_inventory_and_splits():
@@ -151,7 +159,7 @@ def test_corpus_layout_and_contents(corpus):
         speakers[split] = {r["speaker"] for r in records}
         assert speakers[split] <= set(voices[split])
         for r in records:
-            assert set(r) == {"id", "audio", "text", "speaker"}
+            assert set(r) == {"id", "audio", "text", "speaker", "words"}
             assert r["audio"] == f"wav/{r['id']}.wav"
             tokens = r["text"].split(" ")
             assert 1 <= len(tokens) <= 7 and set(tokens) <= set(DIGIT_WORDS)
@@ -170,6 +178,46 @@ def test_corpus_layout_and_contents(corpus):
     assert 0.15 < np.median(per_word) < 0.8
     settings = json.loads((out_dir / "corpus.json").read_text())
     assert settings["splits"] == counts and settings["voices"] == voices
+
+
+def test_corpus_word_times(corpus):
+    """The manifest's words, read back against the wavs: in the text's order, within the speech
+    (not the 0.1 s pads), each holding speech, and every burst of energy that
+    librosa.effects.split finds on its own (35 dB, its own framing) within the words, none in a
+    pause between two words, to half its frame and a hop (its frames straddle an edge) and 2 ms;
+    the first and last words start and end with the speech (to 0.15 s: a word's weak edges,
+    such as an "s", can be 35-40 dB down)."""
+    _, manifests = corpus
+    sr = 16000
+    tol = (256 // 2 + 64) / sr + 0.002
+    for manifest in manifests.values():
+        for r in _read_manifest(manifest):
+            assert [w["word"] for w in r["words"]] == r["text"].split(" ")
+            wave, _ = sf.read(manifest.parent / r["audio"], dtype="float32")
+            starts = np.array([w["start"] for w in r["words"]])
+            ends = np.array([w["end"] for w in r["words"]])
+            assert np.all(starts < ends) and np.all(ends[:-1] <= starts[1:])
+            assert starts[0] >= 0.1 and ends[-1] <= wave.size / sr - 0.1 + 1e-4
+            for start, end in zip(starts, ends, strict=True):
+                assert np.sqrt(np.mean(wave[round(start * sr) : round(end * sr)] ** 2)) > 0.01
+            pauses = [
+                (a + tol, b - tol)
+                for a, b in zip(ends[:-1], starts[1:], strict=True)
+                if b - a > 2 * tol
+            ]
+            bursts = librosa.effects.split(wave, top_db=35, frame_length=256, hop_length=64) / sr
+            for lo, hi in bursts:
+                assert starts[0] - tol <= lo and hi <= ends[-1] + tol, (r["id"], lo, hi)
+                assert not any(lo < b and a < hi for a, b in pauses), (r["id"], lo, hi)
+            assert abs(bursts[0][0] - starts[0]) < 0.15 and abs(bursts[-1][1] - ends[-1]) < 0.15
+
+
+def test_digits_manifest_with_words_parses(corpus):
+    """`prepare` reads manifests with ManifestSource, which takes the words as an extra key."""
+    _, manifests = corpus
+    source = ManifestSource(manifests["test"])
+    records = _read_manifest(manifests["test"])
+    assert [item["text"] for item in source] == [r["text"] for r in records]
 
 
 def test_corpus_is_deterministic(corpus, tmp_path):

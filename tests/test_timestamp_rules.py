@@ -83,3 +83,41 @@ def test_greedy_search_applies_the_rules():
     first = np.asarray(out.sequences)[0]
     assert TIMESTAMP_BEGIN <= first[0] <= TIMESTAMP_BEGIN + 2  # forced, within max_initial
     assert (first[1:] == 7).all()  # then text, the model's choice
+
+
+def test_rules_on_a_bpe_layout_equal_transformers_on_the_same_vocabulary_reordered():
+    """A BPE tokenizer's layout (pad, start, end, unk, pieces, timestamps) under `text_ids`
+    gives transformers' masks once its ids are reordered into Whisper's layout (pieces, end,
+    the other specials, timestamps); pad plays `<|notimestamps|>` and is never likely."""
+    pieces_end = 44  # pieces 4..43, timestamps 44..95
+    whisper_id = np.empty(VOCAB, np.int64)  # BPE id -> Whisper-layout id
+    whisper_id[4:pieces_end] = np.arange(pieces_end - 4)
+    whisper_id[[2, 1, 3, 0]] = pieces_end - 4 + np.arange(4)  # end, start, unk, pad
+    whisper_id[pieces_end:] = np.arange(pieces_end, VOCAB)
+    rules = TimestampRules(pieces_end, None, 2, None, text_ids=(4, pieces_end))
+    config = GenerationConfig(
+        no_timestamps_token_id=int(whisper_id[0]), eos_token_id=int(whisper_id[2])
+    )
+    reference = WhisperTimeStampLogitsProcessor(config, begin_index=1)
+    rng = np.random.default_rng(7)
+    rows, seen_pair = 16, 0
+    generated = np.full((rows, STEPS), 2, np.int32)
+    apply = jax.jit(rules)
+    for t in range(STEPS):
+        logits = rng.standard_normal((rows, VOCAB)) * 2.0
+        logits[:, pieces_end:] += rng.choice([-2.0, 0.0, 3.0], size=(rows, 1))
+        logits[:, 0] = -np.inf
+        log_probs = np.asarray(jax.nn.log_softmax(jnp.asarray(logits, jnp.float32)))
+        got = np.asarray(apply(jnp.asarray(log_probs), jnp.asarray(generated), jnp.int32(t)))
+        reordered = np.empty_like(log_probs)
+        reordered[:, whisper_id] = log_probs
+        history = np.concatenate(
+            [np.full((rows, 1), whisper_id[1]), whisper_id[generated[:, :t]]], 1
+        )
+        want = reference(torch.tensor(history), torch.tensor(reordered)).numpy()[:, whisper_id]
+        np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want), err_msg=f"step {t}")
+        np.testing.assert_allclose(got[np.isfinite(want)], want[np.isfinite(want)], rtol=1e-6)
+        generated[:, t] = np.argmax(want, axis=-1)
+        if t >= 1:
+            seen_pair += int(np.sum((generated[:, t - 1 : t + 1] >= pieces_end).all(1)))
+    assert seen_pair > 5

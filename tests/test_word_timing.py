@@ -39,8 +39,8 @@ TEXT = " one two, three four five six"
 
 
 @functools.cache
-def _weights_fn(model: WhisperModel, heads: tuple, text_vocab: int):
-    return jax.jit(functools.partial(alignment_weights, model, heads=heads, text_vocab=text_vocab))
+def _weights_fn(model: WhisperModel, heads: tuple, text_ids: tuple[int, int]):
+    return jax.jit(functools.partial(alignment_weights, model, heads=heads, text_ids=text_ids))
 
 
 def find_alignment(model, params, tok, mel, num_frames, text_tokens, start_sequence):
@@ -49,7 +49,7 @@ def find_alignment(model, params, tok, mel, num_frames, text_tokens, start_seque
     d = model.dims
     heads = alignment_heads(tok, d.decoder_layers, d.decoder_heads)
     tokens = alignment_tokens(tok, text_tokens, start_sequence)
-    weights, probs = _weights_fn(model, heads, tok.eot_id)(
+    weights, probs = _weights_fn(model, heads, tok.text_ids)(
         params, jnp.asarray(mel)[None], jnp.asarray(tokens)[None], jnp.asarray([num_frames // 2])
     )
     return align_words(
@@ -57,8 +57,7 @@ def find_alignment(model, params, tok, mel, num_frames, text_tokens, start_seque
         np.asarray(probs[0]),
         tok,
         num_frames,
-        text_tokens,
-        len(start_sequence),
+        tokens,
     )
 
 
@@ -192,7 +191,7 @@ def test_segment_words_match_openai_whisper(models):
         model, params, tok, mel, frames, [*first, *second], oai_tok.sot_sequence
     )
     got, last = add_word_timestamps(
-        segments, alignment, time_offset=1.0, last_speech_timestamp=0.3, eot_id=tok.eot_id
+        segments, alignment, time_offset=1.0, last_speech_timestamp=0.3, text_ids=tok.text_ids
     )
     assert (
         [[w["word"] for w in s["words"]] for s in got]

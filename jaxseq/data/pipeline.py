@@ -8,6 +8,9 @@ features are read to plan):
     ──► cut into global batches ──► seeded shuffle of the batch order
     ──► each global batch padded to the bucket of its longest item
 
+With `data.pack_utterances` > 1 (seq2seq with timed targets) the plan's items are windows that
+join consecutive utterances, one starting at each kept item (`jaxseq.data.packing`).
+
 Every process computes the same plan and reads rows `[p*b:(p+1)*b]` of each global batch, so at
 every step all processes share one padded shape (one global `jax.Array` per field) and read
 disjoint items. The plan is a grain `MapDataset` indexed by step, reading and collating a
@@ -31,6 +34,7 @@ import grain
 import numpy as np
 
 from jaxseq.config import DataConfig
+from jaxseq.data.packing import NO_RECORD, join_window, plan_windows
 from jaxseq.data.records import decode_record, index_name, read_index
 
 Batch = dict[str, np.ndarray]
@@ -130,13 +134,16 @@ def epoch_batches(
 class _TrainPlan(grain.MapDataset):
     """Step → this process's slice of that step's global batch (infinite, random access).
 
-    Element: {"records": int64 [b] record numbers, "length": padded frames T (a bucket)}.
+    Element: {"records": int64 [b] record numbers, "length": padded frames T (a bucket)}; with
+    `cfg.pack_utterances` > 1, "records" is int64 [b, P]: each row a window's record numbers,
+    `NO_RECORD` after its last, and "gaps" int64 [b, P] the pause in frames before each.
     """
 
     def __init__(
         self,
         kept: np.ndarray,
         num_frames: np.ndarray,
+        label_lengths: np.ndarray,
         cfg: DataConfig,
         seed: int,
         process_index: int,
@@ -145,6 +152,7 @@ class _TrainPlan(grain.MapDataset):
         super().__init__()
         self._kept = kept  # int64 [K]
         self._frames = num_frames[kept]  # int32 [K]
+        self._labels = label_lengths[kept]  # int32 [K]
         self._cfg = cfg
         self._seed = seed
         self._rows = slice(process_index * per_process, (process_index + 1) * per_process)
@@ -157,11 +165,25 @@ class _TrainPlan(grain.MapDataset):
     def __str__(self) -> str:
         return f"_TrainPlan(kept={len(self._kept)}, batches_per_epoch={self.batches_per_epoch})"
 
-    def _plan(self, epoch: int) -> np.ndarray:
+    def _plan(self, epoch: int) -> tuple:
+        """(batches int64 [num_batches, B] of item positions, frames [items], and windows
+        [items, P] of kept positions and their gaps [items, P], or None) for one epoch."""
         plan = self._plans.get(epoch)
         if plan is None:
             c = self._cfg
-            plan = epoch_batches(self._frames, c.batch_size, c.sort_pool_batches, self._seed, epoch)
+            frames, windows = self._frames, None
+            if c.pack_utterances > 1:
+                *windows, frames = plan_windows(
+                    self._frames,
+                    self._labels,
+                    c.pack_utterances,
+                    max(c.buckets),
+                    c.max_label_length,
+                    self._seed,
+                    epoch,
+                )
+            batches = epoch_batches(frames, c.batch_size, c.sort_pool_batches, self._seed, epoch)
+            plan = (batches, frames, windows)
             self._plans = {epoch: plan, **{e: p for e, p in self._plans.items() if e == epoch - 1}}
         return plan
 
@@ -169,9 +191,15 @@ class _TrainPlan(grain.MapDataset):
         if isinstance(step, slice):
             return self.slice(step)
         epoch, i = divmod(int(step), self.batches_per_epoch)
-        batch = self._plan(epoch)[i]  # [B] positions in kept
-        length = bucket_length(int(self._frames[batch].max()), self._cfg.buckets)
-        return {"records": self._kept[batch[self._rows]], "length": length}
+        batches, frames, windows = self._plan(epoch)
+        batch = batches[i]  # [B] positions in kept (or windows)
+        length = bucket_length(int(frames[batch].max()), self._cfg.buckets)
+        mine = batch[self._rows]
+        if windows is None:
+            return {"records": self._kept[mine], "length": length}
+        slots, gaps = windows[0][mine], windows[1][mine]  # [b, P] each
+        records = np.where(slots == NO_RECORD, NO_RECORD, self._kept[np.maximum(slots, 0)])
+        return {"records": records, "gaps": gaps, "length": length}
 
 
 def _collate(
@@ -185,17 +213,27 @@ def _collate(
     Returns: features float16 [rows, length, n_mels] (the records' own width), feature_lengths
       int32 [rows], labels int32 [rows, label_width], label_lengths int32 [rows].
     """
-    encode_record = getattr(vocab, "encode_record", None)
+    encode_record = getattr(vocab, "encode_record", None) or (lambda r: vocab.encode(r["text"]))
+    items = [(rec["id"], rec["features"], encode_record(rec)) for rec in records]
+    return _pad(items, rows, length, label_width, n_mels)
+
+
+def _pad(
+    items: list[tuple[str, np.ndarray, np.ndarray]],
+    rows: int,
+    length: int,
+    label_width: int,
+    n_mels: int,
+) -> Batch:
+    """`_collate`'s batch from (id, features [frames, n_mels], label ids [n]) per row."""
     features = np.zeros((rows, length, n_mels), np.float16)  # [b, T, n_mels]
     feature_lengths = np.zeros((rows,), np.int32)
     labels = np.zeros((rows, label_width), np.int32)  # [b, L]
     label_lengths = np.zeros((rows,), np.int32)
-    for r, rec in enumerate(records):
-        feats = rec["features"]
-        ids = encode_record(rec) if encode_record else vocab.encode(rec["text"])
+    for r, (item, feats, ids) in enumerate(items):
         if len(feats) > length or len(ids) > label_width:
             raise ValueError(
-                f"record {rec['id']!r} has {len(feats)} frames and {len(ids)} label ids, but the "
+                f"record {item!r} has {len(feats)} frames and {len(ids)} label ids, but the "
                 f"split index planned at most {length} and {label_width}: the index is stale or "
                 "the vocabulary does not map one character to one id; re-run `jaxseq prepare`"
             )
@@ -251,15 +289,19 @@ class _ReadTrainBatch(grain.transforms.Map):
         self._rows, self._max_label_length = rows, max_label_length
 
     def map(self, element: dict[str, Any]) -> Batch:
-        records = self._split.read(element["records"])
-        return _collate(
-            records,
-            self._rows,
-            element["length"],
-            self._max_label_length,
-            self._split.n_mels,
-            self._vocab,
-        )
+        numbers, length = element["records"], element["length"]
+        if numbers.ndim == 1:
+            records = self._split.read(numbers)
+            return _collate(
+                records, self._rows, length, self._max_label_length, self._split.n_mels, self._vocab
+            )
+        windows = []  # rows of joined records (data.pack_utterances)
+        for row, gaps in zip(numbers, element["gaps"], strict=True):
+            used = row != NO_RECORD
+            records = self._split.read(row[used])
+            total = sum(len(r["features"]) for r in records) + int(gaps.sum())
+            windows.append(join_window(records, gaps[used], min(total, length), self._vocab))
+        return _pad(windows, self._rows, length, self._max_label_length, self._split.n_mels)
 
 
 def _per_process(global_size: int, process_index: int, process_count: int, what: str) -> int:
@@ -336,7 +378,15 @@ def make_train_iterator(
             f"{data.name}: only {len(kept)} items pass the length filter, fewer than one global "
             f"batch of {cfg.batch_size}; lower data.batch_size or check data.buckets"
         )
-    plan = _TrainPlan(kept, data.index["num_frames"], cfg, seed, process_index, b)
+    if cfg.pack_utterances > 1 and not hasattr(vocab, "encode_window"):
+        raise ValueError(
+            f"data.pack_utterances={cfg.pack_utterances} joins utterances into windows with timed "
+            "targets, which this model's tokenizer cannot write: use model.family=seq2seq with "
+            "model.timestamps=true, or data.pack_utterances=1"
+        )
+    plan = _TrainPlan(
+        kept, data.index["num_frames"], index["text_lengths"], cfg, seed, process_index, b
+    )
     read = _ReadTrainBatch(data, vocab, b, cfg.max_label_length)
     return TrainIterator(plan, read, cfg, dropped)
 

@@ -11,7 +11,8 @@ Presets (`synth.preset`):
 
   digits       one voice says `synth.words` digit words; `synth.label` = "speaker" or "text"
                adds the voice or the text as the manifest's `label` (speaker ID, word
-               classification with words=[1, 1]).
+               classification with words=[1, 1]). The manifest's `words` give where each word
+               is spoken, from espeak-ng's word events (`jaxseq.audio.espeak.word_extents`).
   diarization  `synth.turns` turns by different voices of the split, each `synth.words` digit
                words with its own rate and pitch, trimmed and joined with `_PAD_SECONDS` of
                silence between and around them; the manifest's `segments` give each turn's
@@ -21,7 +22,9 @@ Layout written under `out_dir`:
 
     corpus.json                  settings and per-split counts (used to skip finished splits)
     {split}/manifest.jsonl       per line {"id", "audio": "wav/<id>.wav", "text", "speaker"},
-                                 plus "label" (digits with synth.label set), or "segments":
+                                 plus (digits) "words": [{"word", "start", "end"}, ...] in
+                                 seconds of the wav (rounded to 1e-4) and "label" (with
+                                 synth.label set), or "segments":
                                  [{"start": s, "end": s, "label": voice}, ...] in seconds
                                  (rounded to 1e-4) and "speaker": the voices joined by ","
                                  (diarization)
@@ -37,10 +40,14 @@ import os
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from jaxseq.config import SynthConfig
+
+if TYPE_CHECKING:
+    from jaxseq.audio.espeak import Word
 
 DIGIT_WORDS = ("zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -65,7 +72,7 @@ LABELS = ("", "speaker", "text")
 _SPLIT_FRACTIONS = {"train": 0.7, "valid": 0.1}  # the test split gets the rest
 _TRIM_TOP_DB = 40.0
 _PAD_SECONDS = 0.1
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: digits manifests have words
 _CHUNK = 32  # utterances per task sent to a worker
 
 
@@ -152,14 +159,47 @@ def _utterance(cfg: SynthConfig, split: str, index: int, voices: Sequence[str]) 
     return {"id": f"{split}-{index:06d}", "turns": turns}
 
 
-def _manifest_record(cfg: SynthConfig, utt: dict, audio: str, segments: list[dict]) -> dict:
+def _manifest_record(
+    cfg: SynthConfig, utt: dict, audio: str, segments: list[dict], words: list[dict]
+) -> dict:
     texts, voices = zip(*[(text, voice) for text, voice, _, _ in utt["turns"]], strict=True)
     record = {"id": utt["id"], "audio": audio, "text": " ".join(texts), "speaker": ",".join(voices)}
     if cfg.preset == "diarization":
         record["segments"] = segments
-    elif cfg.label:
-        record["label"] = record["speaker" if cfg.label == "speaker" else "text"]
+    else:
+        record["words"] = words
+        if cfg.label:
+            record["label"] = record["speaker" if cfg.label == "speaker" else "text"]
     return record
+
+
+def _word_times(
+    text: str, words: list[Word], kept: tuple[int, int], sr: int, start: float
+) -> list[dict]:
+    """The manifest's words of one turn, in seconds of the written wav.
+
+    Args:
+      text: the turn's text (digit words joined by spaces).
+      words: espeak-ng's `Word`s of the turn's waveform as synthesized, at `sr`.
+      kept: the samples [lo, hi) of that waveform that librosa.effects.trim kept.
+      sr: the synthesis's sample rate.
+      start: where the trimmed turn starts in the written wav, in seconds. Resampling keeps
+        times, so sample s of the synthesis is at start + (s - lo) / sr there.
+
+    Raises:
+      RuntimeError: when espeak-ng's words are not the words of `text`.
+    """
+    if [w.text for w in words] != text.split(" "):
+        raise RuntimeError(f"espeak-ng spoke the words {[w.text for w in words]} for {text!r}")
+    lo, hi = int(kept[0]), int(kept[1])
+    return [
+        {
+            "word": w.text,
+            "start": round(start + (min(max(w.start, lo), hi) - lo) / sr, 4),
+            "end": round(start + (min(max(w.end, lo), hi) - lo) / sr, 4),
+        }
+        for w in words
+    ]
 
 
 def _render(job: tuple[str, str, SynthConfig, list[str], list[int]]) -> list[dict]:
@@ -171,25 +211,29 @@ def _render(job: tuple[str, str, SynthConfig, list[str], list[int]]) -> list[dic
     import librosa
     import soundfile as sf
 
-    from jaxseq.audio.espeak import synthesize_isolated
+    from jaxseq.audio.espeak import synthesize_isolated_words
 
     split_dir, split, cfg, voices, indices = job
     seed, sample_rate = cfg.seed, cfg.sample_rate
     utts = [_utterance(cfg, split, index, voices) for index in indices]
     requests = [turn for utt in utts for turn in utt["turns"]]
     noise_seed = np.random.SeedSequence([seed, SPLITS.index(split), indices[0]]).generate_state(1)
-    waves, sr = synthesize_isolated(requests, seed=int(noise_seed[0]))
-    waves = iter(waves)
+    waves, words, sr = synthesize_isolated_words(
+        requests, seed=int(noise_seed[0]), top_db=_TRIM_TOP_DB
+    )
+    spoken = zip(waves, words, strict=True)
     pad = np.zeros(round(_PAD_SECONDS * sample_rate), np.float32)
     records = []
     for utt in utts:
-        pieces, segments, offset = [pad], [], pad.size  # offset: samples so far
+        pieces, segments, timed, offset = [pad], [], [], pad.size  # offset: samples so far
         for turn in utt["turns"]:
-            wave, _ = librosa.effects.trim(next(waves), top_db=_TRIM_TOP_DB)
+            wave, turn_words = next(spoken)
+            wave, kept = librosa.effects.trim(wave, top_db=_TRIM_TOP_DB)
             if wave.size == 0:
                 raise RuntimeError(f"espeak-ng produced silence for {utt['id']}: {turn}")
             wave = librosa.resample(wave, orig_sr=sr, target_sr=sample_rate)
             start, offset = offset, offset + wave.size
+            timed += _word_times(turn[0], turn_words, kept, sr, start / sample_rate)
             segments.append(
                 {
                     "start": round(start / sample_rate, 4),
@@ -203,7 +247,7 @@ def _render(job: tuple[str, str, SynthConfig, list[str], list[int]]) -> list[dic
         pcm = np.round(np.clip(wave, -1.0, 1.0) * 32767.0).astype(np.int16)
         audio = f"wav/{utt['id']}.wav"
         sf.write(Path(split_dir) / audio, pcm, sample_rate, subtype="PCM_16", format="WAV")
-        records.append(_manifest_record(cfg, utt, audio, segments))
+        records.append(_manifest_record(cfg, utt, audio, segments, timed))
     return records
 
 

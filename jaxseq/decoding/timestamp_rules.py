@@ -30,16 +30,20 @@ class TimestampRules:
 
     Attributes:
       timestamp_begin: id of `<|0.00|>` (every id from it up is a timestamp).
-      no_timestamps_id: id of `<|notimestamps|>`.
-      eos_id: id of `<|endoftext|>` (the ids below it are text).
+      no_timestamps_id: id of `<|notimestamps|>`, or None where there is none (a seq2seq
+        model trained here with timestamps).
+      eos_id: id of `<|endoftext|>`.
       max_initial_index: the latest first timestamp, in steps after `<|0.00|>` (the generation
         config's `max_initial_timestamp_index`, 50 = 1 s), or None for no limit.
+      text_ids: the [first, last + 1) ids of text, None for Whisper's [0, eos_id) (a BPE
+        tokenizer's pieces lie between its special ids and its timestamps).
     """
 
     timestamp_begin: int
-    no_timestamps_id: int
+    no_timestamps_id: int | None
     eos_id: int
     max_initial_index: int | None = 50
+    text_ids: tuple[int, int] | None = None
 
     def __call__(self, log_probs: jax.Array, generated: jax.Array, t: jax.Array) -> jax.Array:
         """`log_probs` with the ids the rules forbid at -inf.
@@ -55,7 +59,10 @@ class TimestampRules:
         n, vocab = log_probs.shape
         ids = jnp.arange(vocab)[None, :]  # [1, vocab]
         is_time = ids >= self.timestamp_begin
-        log_probs = jnp.where(ids == self.no_timestamps_id, -jnp.inf, log_probs)
+        if self.no_timestamps_id is not None:
+            log_probs = jnp.where(ids == self.no_timestamps_id, -jnp.inf, log_probs)
+        first_text, end_text = self.text_ids or (0, self.eos_id)
+        is_text = (ids >= first_text) & (ids < end_text)
 
         column = jnp.arange(generated.shape[1])[None, :]  # [1, steps]
         written = column < t
@@ -65,7 +72,7 @@ class TimestampRules:
         penultimate_was_time = (t < 2) | (penultimate >= self.timestamp_begin)
         pair_done = (last_was_time & penultimate_was_time)[:, None]  # must write text
         lone = (last_was_time & ~penultimate_was_time)[:, None]  # a timestamp or the end
-        forbidden = (pair_done & is_time) | (lone & (ids < self.eos_id))
+        forbidden = (pair_done & is_time) | (lone & is_text)
 
         # Timestamps never decrease; after a pair (or text) the next one must be later.
         times = jnp.where(written & (generated >= self.timestamp_begin), generated, -1)

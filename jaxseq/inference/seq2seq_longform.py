@@ -4,8 +4,9 @@ The windows of each recording (or of each speech region) are decoded by
 `jaxseq.inference.longform.decode_windows`, each as an utterance of its own (a Whisper window
 padded to 30 s). Their token sequences are merged where consecutive windows agree
 (`jaxseq.inference.merge`, the method of transformers' chunked Whisper pipeline), and the
-regions' texts are joined. The text alone: timestamps need timestamp tokens, which this path
-does not decode.
+regions' texts are joined. With timestamps (a Whisper checkpoint's, or a model trained here
+with `model.timestamps`), the windows are merged on their timestamp tokens instead, and the
+segments carry times.
 
 A Whisper recording is decoded with the prompt of its language: the given one, or with
 "auto" the one detected on its first 30 s (`jaxseq.inference.language`); the recordings of
@@ -96,15 +97,17 @@ def seq2seq_transcribe_long(
     """Transcripts of float waveforms [samples] of any length at the model's sample rate
     (windows of `chunk_seconds`, default the longest bucket: 30 s for Whisper, overlapping by
     `stride_seconds` on each side, default a sixth of the window), in openai-whisper's layout:
-    {"text", "language", "segments"}. With `timestamps` (Whisper) the windows are decoded
-    with timestamp tokens and merged on them, and "segments" holds {"id", "start", "end",
-    "text"}; else it is empty and the windows' tokens are merged where they overlap.
+    {"text", "language", "segments"}. With `timestamps` (Whisper; always for a model trained
+    with model.timestamps) the windows are decoded with timestamp tokens and merged on them,
+    and "segments" holds {"id", "start", "end", "text"}; else it is empty and the windows'
+    tokens are merged where they overlap.
 
     `language` (a code or "auto") and `task` ("transcribe" or "translate") choose a Whisper
     prompt, by default model.language and model.task; "language" is the prompt's (None for a
     model trained here). A collective with several processes: every process calls it, with
     its own waveforms (any number, also none)."""
     model = trained.task
+    timestamps = timestamps or model.timed  # such a model writes them whatever is asked
     languages, order = recording_languages(trained, waves, language, batch_size=batch_size)
     rate = trained.frontend.sample_rate
     results: list[dict[str, Any]] = [{}] * len(waves)

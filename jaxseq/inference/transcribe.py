@@ -3,9 +3,9 @@
 CTC and seq2seq (Whisper) models take recordings of any length: longer than one window
 (`eval.chunk_seconds`), a recording is decoded in overlapping windows, merged on the frame
 alignment for CTC (`jaxseq.inference.ctc_longform`, whose segments and words carry times) and
-on the tokens for seq2seq (`jaxseq.inference.seq2seq_longform`, the text alone, in the given
-or detected language: `jaxseq.inference.language`). The RNN family decodes each recording in
-one piece.
+on the tokens for seq2seq (`jaxseq.inference.seq2seq_longform`, on timestamp tokens where the
+model has them, in the given or detected language: `jaxseq.inference.language`). The RNN
+family decodes each recording in one piece.
 """
 
 from __future__ import annotations
@@ -45,16 +45,18 @@ def transcribe_waveforms(
     Returns one text per waveform or, with `return_timestamps` True ("word": also the words) or
     `return_language`, one result in openai-whisper's layout: {"text", "language", "segments":
     [{"id", "start", "end", "text", "words"}]}. Timestamps need a CTC model decoded greedily
-    (segments and words from the frame alignment) or a Whisper model (segments from its
-    timestamp tokens, merged over the windows as transformers' pipeline merges them); without
-    them "segments" is empty. With `eval.longform=sequential` a Whisper model transcribes
-    window after window by its timestamps (`jaxseq.inference.whisper_sequential`), and its
-    dicts always hold segments with times. "language" is a Whisper model's spoken
-    language, given or detected (None for the other families). `language` (a code, or "auto":
-    detected on each recording's first 30 s) and `task` ("transcribe", "translate") choose a
-    Whisper model's prompt, by default model.language and model.task. Calls with the same
-    `trained` and options compile once per batch shape (feature bucket, power-of-two rows) and
-    prompt. A collective with several processes (each passes its own waveforms).
+    (segments and words from the frame alignment) or a seq2seq model with timestamp tokens
+    (segments, merged over the windows as transformers' pipeline merges them); without
+    them "segments" is empty (a seq2seq model trained with model.timestamps=true is decoded
+    with its timestamps either way). With `eval.longform=sequential` a model with timestamp
+    tokens transcribes window after window by its timestamps
+    (`jaxseq.inference.whisper_sequential`), and its dicts always hold segments with times.
+    "language" is a Whisper model's spoken language, given or detected (None for the other
+    families). `language` (a code, or "auto": detected on each recording's first 30 s) and
+    `task` ("transcribe", "translate") choose a Whisper model's prompt, by default
+    model.language and model.task. Calls with the same `trained` and options compile once per
+    batch shape (feature bucket, power-of-two rows) and prompt. A collective with several
+    processes (each passes its own waveforms).
     """
     family = trained.cfg.model.family
     if not isinstance(trained.task, ASRTask):
@@ -68,7 +70,7 @@ def transcribe_waveforms(
             "model: transcribe it without them"
         )
     ev = trained.cfg.eval
-    if ev.longform == "sequential":  # Whisper only (config check): segments with times
+    if ev.longform == "sequential":  # timestamp tokens only (config check): segments with times
         return transcribe_sequential(
             trained,
             waves,
@@ -86,15 +88,15 @@ def transcribe_waveforms(
         "batch_size": batch_size,
     }
     if family != "ctc":
-        if return_timestamps and family != "whisper":
+        if return_timestamps and not getattr(trained.task, "has_timestamps", False):
             raise JaxseqError(
-                f"timestamps come from a CTC model's frame alignment or a Whisper model's "
-                f"timestamp tokens; this workdir holds a {family} model: transcribe it without "
-                "timestamps"
+                f"timestamps come from a CTC model's frame alignment or a seq2seq model's "
+                f"timestamp tokens (Whisper, or trained with model.timestamps=true); this "
+                f"workdir holds a {family} model without them: transcribe it without timestamps"
             )
         if return_timestamps == "word":
             raise JaxseqError(
-                "word times of a Whisper model come with sequential decoding: set "
+                "word times of a seq2seq model come with sequential decoding: set "
                 "eval.longform=sequential (chunked decoding gives segment times)"
             )
         if isinstance(trained.task, Seq2SeqTask):

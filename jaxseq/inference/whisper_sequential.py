@@ -55,11 +55,17 @@ from jaxseq.inference.whisper_segments import (
     previous_tokens,
     window_segments,
 )
-from jaxseq.inference.word_timing import AlignWindow, add_word_timestamps, align_windows
+from jaxseq.inference.word_timing import (
+    AlignWindow,
+    add_word_timestamps,
+    align_windows,
+    is_text,
+)
 from jaxseq.models.whisper import WhisperModel, search_setup
 from jaxseq.parallel.batch import to_global
 from jaxseq.parallel.mesh import data_parallel_size
 from jaxseq.parallel.sharding import replicated, sharding_context
+from jaxseq.tasks.seq2seq import Seq2SeqTask
 from jaxseq.tasks.whisper import WhisperTask
 from jaxseq.train.trained import Trained
 
@@ -68,11 +74,13 @@ log = logging.getLogger(__name__)
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
-def decode_rows(task: WhisperTask, params: Any, batch: dict[str, jax.Array]) -> dict:
+def decode_rows(task: Seq2SeqTask, params: Any, batch: dict[str, jax.Array]) -> dict:
     """Device side: one window per row, decoded after its own prompt (jit it).
 
     Args:
-      batch: features float32 [rows, frames, n_mels] (the model's window); prompt int32
+      batch: features float32 [rows, frames, n_mels] (the model's window), frames int32
+        [rows] (the frames the encoder attends to: all for Whisper, which never masks; those
+        with audio for a model trained here, as in training); prompt int32
         [rows, max_target_positions], each row's prompt in its first prompt_len entries;
         prompt_len, limit (most new tokens), probe_at (the position of
         `<|startoftranscript|>`) int32 [rows]; temperature float32 [rows]; seed int32 [rows, 4]
@@ -83,12 +91,12 @@ def decode_rows(task: WhisperTask, params: Any, batch: dict[str, jax.Array]) -> 
       [rows] (the softmax of the raw logits after `<|startoftranscript|>`).
     """
     dims, tok = task.dims, task.tokenizer
-    features = batch["features"]
-    lengths = jnp.full(features.shape[:1], features.shape[1], jnp.int32)  # Whisper never masks
     encoded, mask = task.model.apply(
-        {"params": params}, features, lengths, method=WhisperModel.encode
+        {"params": params}, batch["features"], batch["frames"], method=WhisperModel.encode
     )  # [rows, enc_frames, d_model], [rows, enc_frames]
-    no_speech = tok.no_speech_id if tok.no_speech_id is not None else tok.no_timestamps_id - 1
+    no_speech = tok.no_speech_id
+    if no_speech is None and tok.no_timestamps_id is not None:
+        no_speech = tok.no_timestamps_id - 1  # <|nocaptions|> in older checkpoints
     options = dict(
         max_new_tokens=dims.max_target_positions - 1,
         vocab_size=dims.vocab_size,
@@ -117,7 +125,9 @@ def decode_rows(task: WhisperTask, params: Any, batch: dict[str, jax.Array]) -> 
             probe_at=probe_at,
             **options,
         )
-        return out.tokens, out.length, out.sum_log_prob, jnp.exp(out.probe[no_speech])
+        # A model trained here has no <|nospeech|>: its windows are never skipped as silent.
+        silent = jnp.exp(out.probe[no_speech]) if no_speech is not None else jnp.float32(0)
+        return out.tokens, out.length, out.sum_log_prob, silent
 
     # Each row is a batch of one inside the map: no logical constraints on its batch axis.
     with nn.logical_axis_rules(()):
@@ -140,7 +150,7 @@ def decode_rows(task: WhisperTask, params: Any, batch: dict[str, jax.Array]) -> 
 
 
 @functools.cache
-def _decode_step(task: WhisperTask, mesh: Mesh):
+def _decode_step(task: Seq2SeqTask, mesh: Mesh):
     """`decode_rows` jitted once per (task, mesh): one compilation per number of rows."""
     return jax.jit(functools.partial(decode_rows, task), out_shardings=replicated(mesh))
 
@@ -154,7 +164,7 @@ def _align_round(trained: Trained, slots: list, host: dict, rows: int, fresh: di
         AlignWindow(
             host["features"][s],
             frames,
-            [t for seg in slots[s].segments[first:] for t in seg["tokens"] if t < tok.eot_id],
+            [t for seg in slots[s].segments[first:] for t in seg["tokens"]],
             slots[s].init,
             slots[s].language,
         )
@@ -168,7 +178,7 @@ def _align_round(trained: Trained, slots: list, host: dict, rows: int, fresh: di
             alignment,
             time_offset=seek * FRAME_SECONDS,
             last_speech_timestamp=rec.last_speech,
-            eot_id=tok.eot_id,
+            text_ids=tok.text_ids,
         )
         rec.segments[first:] = timed
 
@@ -178,6 +188,7 @@ class _Recording:
     """One recording's progress through its windows."""
 
     features: np.ndarray  # float32 [frames, n_mels], the whole recording
+    seconds: float  # its duration
     init: tuple[int, ...]  # <|startoftranscript|><|xx|><|task|> (no <|notimestamps|>)
     stream: int  # this recording's PRNG stream
     condition: bool  # condition the next window on the earlier segments
@@ -194,10 +205,10 @@ class _Recording:
         return self.seek >= len(self.features)
 
 
-def _next_prompt(rec: _Recording, task: WhisperTask) -> tuple[int, ...]:
+def _next_prompt(rec: _Recording, task: Seq2SeqTask) -> tuple[int, ...]:
     """The next window's prompt: `<|startofprev|>` and the earlier segments' last tokens while
     conditioning, then the start sequence (`_prepare_decoder_input_ids`)."""
-    if not (rec.condition and rec.segments):
+    if not (rec.condition and rec.segments and task.tokenizer.sot_prev_id is not None):
         return rec.init
     tok = task.tokenizer
     cut = task.dims.max_target_positions // 2 - 1
@@ -205,7 +216,7 @@ def _next_prompt(rec: _Recording, task: WhisperTask) -> tuple[int, ...]:
     return (tok.sot_prev_id, *earlier, *rec.init)
 
 
-def _row(rec: _Recording, task: WhisperTask, temperatures, max_new: int | None) -> dict:
+def _row(rec: _Recording, task: Seq2SeqTask, temperatures, max_new: int | None) -> dict:
     """A host row for the recording's current window and attempt."""
     dims, tok = task.dims, task.tokenizer
     size = dims.num_frames
@@ -219,6 +230,7 @@ def _row(rec: _Recording, task: WhisperTask, temperatures, max_new: int | None) 
         limit = min(limit, max_new)
     return {
         "features": window,
+        "frames": np.int32(size if isinstance(task, WhisperTask) else frames),
         "prompt": prompt,
         "prompt_len": np.int32(len(rec.prompt)),
         "limit": np.int32(limit),
@@ -228,11 +240,12 @@ def _row(rec: _Recording, task: WhisperTask, temperatures, max_new: int | None) 
     }
 
 
-def _filler(task: WhisperTask, n_mels: int) -> dict:
+def _filler(task: Seq2SeqTask, n_mels: int) -> dict:
     """A row that decodes nothing (no recording left for it)."""
     dims = task.dims
     return {
         "features": np.zeros((dims.num_frames, n_mels), np.float32),
+        "frames": np.int32(dims.num_frames),
         "prompt": np.full(dims.max_target_positions, task.tokenizer.sot_id, np.int32),
         "prompt_len": np.int32(1),
         "limit": np.int32(0),
@@ -243,7 +256,7 @@ def _filler(task: WhisperTask, n_mels: int) -> dict:
 
 
 def _advance(
-    rec: _Recording, out: dict, task: WhisperTask, temperatures, thresholds: dict, condition: bool
+    rec: _Recording, out: dict, task: Seq2SeqTask, temperatures, thresholds: dict, condition: bool
 ) -> None:
     """Takes a decoded row: retries at the next temperature, skips the window, or adds its
     segments and moves `seek` on (`generate_with_fallback` and the long-form loop)."""
@@ -276,7 +289,7 @@ def _advance(
         tokens, timestamp_begin=tok.timestamp_begin, seek=rec.seek, window_frames=frames
     )
     for segment in segments:
-        text = [t for t in segment["tokens"] if t < tok.eot_id]
+        text = [t for t in segment["tokens"] if is_text(tok, t)]
         rec.segments.append({"seek": rec.seek, **segment, "text": tok.decode(text), **stats})
     if step <= 0:  # the last pair at <|0.00|>: transformers would decode this window forever
         log.warning("a window at frame %d ended at its own start; moving on a window", rec.seek)
@@ -285,23 +298,37 @@ def _advance(
     rec.prompt = _next_prompt(rec, task)
 
 
-def _result(rec: _Recording, task: WhisperTask, language: str | None) -> dict[str, Any]:
+def _result(rec: _Recording, task: Seq2SeqTask, language: str | None) -> dict[str, Any]:
     """openai-whisper's layout: {"text", "language", "segments": [{"id", "seek", "start",
     "end", "text", "tokens", "temperature", "avg_logprob", "compression_ratio",
-    "no_speech_prob"}]}."""
+    "no_speech_prob"}]}; times past the recording's end (a last window padded with silence
+    can have them) are moved to it, as chunked decoding does."""
+
+    def within(seconds: float) -> float:
+        return min(seconds, rec.seconds)
+
     segments = [
         {
             "id": i,
             "seek": s["seek"],
-            "start": s["start"],
-            "end": s["end"],
+            "start": within(s["start"]),
+            "end": within(s["end"]),
             "text": s["text"],
             "tokens": s["tokens"],
             "temperature": s["temperature"],
             "avg_logprob": s["avg_logprob"],
             "compression_ratio": s["compression_ratio"],
             "no_speech_prob": s["no_speech_prob"],
-            **({"words": s["words"]} if "words" in s else {}),
+            **(
+                {
+                    "words": [
+                        w | {"start": within(w["start"]), "end": within(w["end"])}
+                        for w in s["words"]
+                    ]
+                }
+                if "words" in s
+                else {}
+            ),
         }
         for i, s in enumerate(rec.segments)
     ]
@@ -367,11 +394,13 @@ def sequential_transcribe(
     number, also none). One compilation per number of rows.
     """
     model = trained.task
-    if not isinstance(model, WhisperTask):
+    if not getattr(model, "has_timestamps", False):
         raise JaxseqError(
-            f"eval.longform=sequential seeks by Whisper's timestamp tokens, and this workdir's "
+            f"eval.longform=sequential seeks by timestamp tokens, and this workdir's "
             f"model.family={trained.cfg.model.family} model has none: use eval.longform=chunked"
         )
+    if condition_on_previous_text and model.tokenizer.sot_prev_id is None:
+        log.info("the model has no <|startofprev|>: windows are not conditioned on earlier text")
     temperatures = tuple(float(t) for t in temperatures)
     if not temperatures or min(temperatures) < 0:
         raise JaxseqError(f"temperatures {temperatures}: give one or more, each >= 0")
@@ -385,6 +414,7 @@ def sequential_transcribe(
         recordings.append(
             _Recording(
                 features=window_features(trained, np.asarray(wave)),  # the whole recording
+                seconds=len(wave) / trained.frontend.sample_rate,
                 init=init,
                 stream=i,
                 condition=condition_on_previous_text,

@@ -1,7 +1,9 @@
 """Word times for a seq2seq (Whisper) transcript from the decoder's cross-attention.
 
 openai-whisper's `timing.find_alignment`, step by step: the transcript is fed back to the
-decoder once (teacher forcing) after the start sequence and `<|notimestamps|>`; the
+decoder once (teacher forcing) after the start sequence and `<|notimestamps|>` (a model
+trained here with timestamps, which has no `<|notimestamps|>`, is fed its own timed tokens,
+and the rows of its text tokens are kept); the
 cross-attention weights of the alignment heads (the checkpoint's `alignment_heads`, else every
 head of the upper half of the layers) are renormalized over the audio's frames, standardized
 over the tokens, median-filtered along time (width 7) and averaged over the heads. Dynamic
@@ -28,6 +30,8 @@ from jax.sharding import Mesh
 from jaxseq.models.whisper import WhisperModel
 from jaxseq.parallel.batch import to_global
 from jaxseq.parallel.sharding import replicated, sharding_context
+from jaxseq.tasks.whisper import WhisperTask
+from jaxseq.text.bpe import BpeTokenizer
 from jaxseq.text.whisper_tokenizer import WhisperTokenizer
 from jaxseq.train.trained import Trained
 
@@ -54,23 +58,28 @@ def alignment_weights(
     features: jax.Array,
     tokens: jax.Array,
     frames: jax.Array,
+    lengths: jax.Array | None = None,
     *,
     heads: tuple[tuple[int, int], ...],
-    text_vocab: int,
+    text_ids: tuple[int, int],
 ) -> tuple[jax.Array, jax.Array]:
     """Device side (jit it): teacher-forced passes over windows.
 
     Args:
       features: float32 [rows, num_frames, n_mels] (padded windows).
-      tokens: int32 [rows, T], each row's start sequence, `<|notimestamps|>`, text and
-        end-of-text, padded after it (the decoder is causal: padding changes nothing before).
+      tokens: int32 [rows, T], each row's `alignment_tokens`, padded after them (the decoder
+        is causal: padding changes nothing before).
       frames: int32 [rows], each window's encoder frames that hold audio.
+      lengths: int32 [rows], the log-mel frames the encoder attends to; None: all (Whisper
+        never masks; a model trained here masks what is not audio, as in training).
+      text_ids: [first, last + 1) of the text vocabulary.
     Returns:
       weights float32 [rows, heads, T, enc_frames] (zero past `frames`, renormalized over the
       rest: the softmax over the audio alone), and float32 [rows, T] the probability, over the
       text vocabulary, of each row's next token (position t: of tokens[t + 1]; the last: 0).
     """
-    lengths = jnp.full(features.shape[:1], features.shape[1], jnp.int32)
+    if lengths is None:
+        lengths = jnp.full(features.shape[:1], features.shape[1], jnp.int32)
     logits, state = model.clone(sow_cross_weights=True).apply(
         {"params": params}, features, lengths, tokens, mutable=["intermediates"]
     )  # [rows, T, vocab]
@@ -82,8 +91,9 @@ def alignment_weights(
     kept = jnp.arange(weights.shape[-1]) < frames[:, None, None, None]
     weights = jnp.where(kept, weights, 0.0)
     weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
-    log_probs = jax.nn.log_softmax(logits[:, :, :text_vocab], axis=-1)  # [rows, T, text_vocab]
-    following = jnp.minimum(jnp.roll(tokens, -1, axis=1), text_vocab - 1)  # [rows, T]
+    first, end = text_ids
+    log_probs = jax.nn.log_softmax(logits[:, :, first:end], axis=-1)  # [rows, T, text vocab]
+    following = jnp.clip(jnp.roll(tokens, -1, axis=1) - first, 0, end - first - 1)  # [rows, T]
     probs = jnp.exp(jnp.take_along_axis(log_probs, following[..., None], axis=-1)[..., 0])
     return weights, probs.at[:, -1].set(0.0)
 
@@ -110,11 +120,15 @@ def dtw_path(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def split_to_word_tokens(
-    tokenizer: WhisperTokenizer, tokens: Sequence[int], language: str | None = "en"
+    tokenizer: WhisperTokenizer | BpeTokenizer, tokens: Sequence[int], language: str | None = "en"
 ) -> tuple[list[str], list[list[int]]]:
     """Words and their tokens, as openai-whisper's `Tokenizer.split_to_word_tokens`: tokens
     are grouped into whole characters, then (except in languages written without spaces)
-    into words that start at a space, a punctuation mark or a special token."""
+    into words that start at a space, a punctuation mark or a special token. A BPE
+    tokenizer's words start at a piece that starts with `▁` or at a special token, and are
+    written with a leading space, as Whisper's."""
+    if isinstance(tokenizer, BpeTokenizer):
+        return _bpe_word_tokens(tokenizer, tokens)
     full = tokenizer.decode(tokens, skip_special=False)
     pieces, piece_tokens, current, offset = [], [], [], 0
     for token in tokens:
@@ -143,38 +157,75 @@ def split_to_word_tokens(
     return words, word_tokens
 
 
+def _bpe_word_tokens(
+    tokenizer: BpeTokenizer, tokens: Sequence[int]
+) -> tuple[list[str], list[list[int]]]:
+    """`split_to_word_tokens` for a BPE tokenizer (metaspace `▁` marks a word's start)."""
+    first, end = tokenizer.text_ids
+    words: list[str] = []
+    word_tokens: list[list[int]] = []
+    for token in tokens:
+        token = int(token)
+        text = first <= token < end
+        piece = tokenizer.token(token) if text else ""
+        if not text or piece.startswith("▁") or not words:
+            words.append(piece.replace("▁", " "))
+            word_tokens.append([token])
+        else:
+            words[-1] += piece.replace("▁", " ")
+            word_tokens[-1].append(token)
+    return words, word_tokens
+
+
+def is_text(tokenizer: WhisperTokenizer | BpeTokenizer, token: int) -> bool:
+    """Whether `token` is a text token (not a special or a timestamp)."""
+    first, end = tokenizer.text_ids
+    return first <= token < end
+
+
 def alignment_tokens(
-    tokenizer: WhisperTokenizer, text_tokens: Sequence[int], start_sequence: Sequence[int]
+    tokenizer: WhisperTokenizer | BpeTokenizer,
+    tokens: Sequence[int],
+    start_sequence: Sequence[int],
 ) -> np.ndarray:
-    """int32 [T]: the start sequence, `<|notimestamps|>`, the text and end-of-text."""
-    ids = [*start_sequence, tokenizer.no_timestamps_id, *text_tokens, tokenizer.eot_id]
-    return np.asarray(ids, np.int32)
+    """int32 [T], what the decoder is fed to align `tokens` (a window's decoded tokens):
+    Whisper's start sequence, `<|notimestamps|>`, the text tokens and end-of-text; for a
+    tokenizer without `<|notimestamps|>`, the start sequence, all of `tokens` (timestamps
+    included, as the model was trained) and end-of-text."""
+    if tokenizer.no_timestamps_id is None:
+        middle = [int(t) for t in tokens if t != tokenizer.eot_id]
+    else:
+        middle = [tokenizer.no_timestamps_id, *(t for t in tokens if is_text(tokenizer, t))]
+    return np.asarray([*start_sequence, *middle, tokenizer.eot_id], np.int32)
 
 
 def align_words(
     weights: np.ndarray,
     probs: np.ndarray,
-    tokenizer: WhisperTokenizer,
+    tokenizer: WhisperTokenizer | BpeTokenizer,
     num_frames: int,
-    text_tokens: Sequence[int],
-    start_length: int,
+    tokens: np.ndarray,
     *,
     language: str | None = "en",
     median_width: int = MEDIAN_WIDTH,
 ) -> list[dict]:
-    """Words of `text_tokens` with their times in the window: the host side of openai-whisper's
-    `find_alignment`, from one row of `alignment_weights` (weights [heads, >= T, enc_frames],
-    next-token probabilities [>= T]; padding past T ignored)."""
-    if len(text_tokens) == 0:
+    """Words of the text of `tokens` (`alignment_tokens`, T of them) with their times in the
+    window: the host side of openai-whisper's `find_alignment`, from one row of
+    `alignment_weights` (weights [heads, >= T, enc_frames], next-token probabilities [>= T];
+    padding past T ignored)."""
+    tokens = np.asarray(tokens)
+    positions = [p for p in range(1, len(tokens)) if is_text(tokenizer, int(tokens[p]))]
+    if not positions:
         return []
-    length = start_length + 1 + len(text_tokens) + 1  # T
+    text_tokens = [int(tokens[p]) for p in positions]
+    # The rows that predict each text token, and the row after the last (its end).
+    rows = np.asarray([p - 1 for p in positions] + [positions[-1]])
     kept = num_frames // 2
-    weights = np.asarray(weights, np.float64)[:, :length, :kept]  # [heads, T, kept]
+    weights = np.asarray(weights, np.float64)[:, : len(tokens), :kept]  # [heads, T, kept]
     mean = weights.mean(axis=-2, keepdims=True)
     std = weights.std(axis=-2, keepdims=True)
     matrix = _median_filter((weights - mean) / std, median_width).mean(axis=0)  # [T, kept]
-    matrix = matrix[start_length:-1]  # the rows that predict the text and end-of-text
-    text_index, time_index = dtw_path(-matrix)
+    text_index, time_index = dtw_path(-matrix[rows])
 
     eot = tokenizer.eot_id
     words, word_tokens = split_to_word_tokens(tokenizer, [*text_tokens, eot], language)
@@ -183,7 +234,7 @@ def align_words(
     boundaries = np.pad(np.cumsum([len(t) for t in word_tokens[:-1]]), (1, 0))
     jumps = np.pad(np.diff(text_index), (1, 0), constant_values=1).astype(bool)
     jump_times = time_index[jumps] * SECONDS_PER_FRAME  # each token's first frame
-    token_probs = np.asarray(probs)[start_length : start_length + len(text_tokens)]
+    token_probs = np.asarray(probs)[rows[:-1]]
     return [
         {
             "word": word,
@@ -200,12 +251,13 @@ def align_words(
 
 class AlignWindow(NamedTuple):
     """One window to align: its log-mel float32 [dims.num_frames, n_mels] (padded as the
-    model takes it), the log-mel frames that hold audio, the text ids, the decoder's start
-    sequence before `<|notimestamps|>` and the language (for splitting words)."""
+    model takes it), the log-mel frames that hold audio, the decoded ids of its segments
+    (text and timestamps), the decoder's start sequence before `<|notimestamps|>` and the
+    language (for splitting words)."""
 
     features: np.ndarray
     num_frames: int
-    text_tokens: Sequence[int]
+    tokens: Sequence[int]
     start_sequence: Sequence[int]
     language: str | None
 
@@ -217,7 +269,7 @@ def _align_step(task: Any, mesh: Mesh):
     d = task.dims
     heads = alignment_heads(task.tokenizer, d.decoder_layers, d.decoder_heads)
     step = functools.partial(
-        alignment_weights, task.model, heads=heads, text_vocab=task.tokenizer.eot_id
+        alignment_weights, task.model, heads=heads, text_ids=task.tokenizer.text_ids
     )
     return jax.jit(step, out_shardings=replicated(mesh))
 
@@ -232,7 +284,7 @@ def align_windows(trained: Trained, windows: Sequence[AlignWindow], rows: int) -
     """
     task, mesh = trained.task, trained.mesh
     tok = task.tokenizer
-    sequences = [alignment_tokens(tok, w.text_tokens, w.start_sequence) for w in windows]
+    sequences = [alignment_tokens(tok, w.tokens, w.start_sequence) for w in windows]
     longest = max((len(t) for t in sequences), default=0)
     if jax.process_count() > 1:
         longest = int(multihost_utils.process_allgather(np.array([longest])).max())
@@ -242,15 +294,24 @@ def align_windows(trained: Trained, windows: Sequence[AlignWindow], rows: int) -
     features = np.zeros((rows, task.dims.num_frames, trained.frontend.n_mels), np.float32)
     tokens = np.full((rows, width), tok.eot_id, np.int32)
     frames = np.ones(rows, np.int32)  # [rows] encoder frames with audio
+    # The log-mel frames the encoder attends to: all for Whisper, the audio for a model
+    # trained here (as `whisper_sequential` decodes them).
+    lengths = np.full(rows, task.dims.num_frames, np.int32)
     for r, (window, ids) in enumerate(zip(windows, sequences, strict=True)):
         features[r], tokens[r, : len(ids)] = window.features, ids
         frames[r] = max(window.num_frames // 2, 1)
-    host = {"features": features, "tokens": tokens, "frames": frames}
+        if not isinstance(task, WhisperTask):
+            lengths[r] = window.num_frames
+    host = {"features": features, "tokens": tokens, "frames": frames, "lengths": lengths}
     with sharding_context(mesh):
         batch = to_global(host, mesh)
         weights, probs = jax.device_get(
             _align_step(task, mesh)(
-                trained.params, batch["features"], batch["tokens"], batch["frames"]
+                trained.params,
+                batch["features"],
+                batch["tokens"],
+                batch["frames"],
+                batch["lengths"],
             )
         )
     first = jax.process_index() * rows  # this process's rows
@@ -260,11 +321,10 @@ def align_windows(trained: Trained, windows: Sequence[AlignWindow], rows: int) -
             probs[first + r],
             tok,
             w.num_frames,
-            w.text_tokens,
-            len(w.start_sequence),
+            ids,
             language=w.language,
         )
-        for r, w in enumerate(windows)
+        for r, (w, ids) in enumerate(zip(windows, sequences, strict=True))
     ]
 
 
@@ -310,7 +370,7 @@ def add_word_timestamps(
     *,
     time_offset: float,
     last_speech_timestamp: float,
-    eot_id: int,
+    text_ids: tuple[int, int],
 ) -> tuple[list[dict], float]:
     """The window's segments with their "words", as openai-whisper's `add_word_timestamps`.
 
@@ -319,6 +379,7 @@ def add_word_timestamps(
         recording); `alignment`: `align_words` over all their text tokens, in order.
       time_offset: the window's start in the recording (seconds).
       last_speech_timestamp: the end of the last word before this window.
+      text_ids: [first, last + 1) of the text ids (the tokenizer's `text_ids`).
     Returns:
       (segments with "words" [{"word", "start", "end", "probability"}] and starts and ends
       moved to their words where the words are more precise, the new last speech timestamp).
@@ -344,7 +405,7 @@ def add_word_timestamps(
     out, index = [], 0
     for segment in segments:
         segment = dict(segment)
-        wanted = sum(1 for t in segment["tokens"] if t < eot_id)
+        wanted = sum(1 for t in segment["tokens"] if text_ids[0] <= t < text_ids[1])
         saved, words = 0, []
         while index < len(alignment) and saved < wanted:
             timing = alignment[index]

@@ -16,6 +16,7 @@ from jaxseq.audio.specaugment import spec_augment
 from jaxseq.config import Config, ModelConfig
 from jaxseq.data.records import decode_record
 from jaxseq.decoding.beam_search import best_sequences
+from jaxseq.decoding.timestamp_rules import TimestampRules
 from jaxseq.errors import JaxseqError
 from jaxseq.losses.cross_entropy import smoothed_cross_entropy
 from jaxseq.losses.ctc import ctc_loss
@@ -23,7 +24,8 @@ from jaxseq.models.whisper import WhisperDims, WhisperModel, search_setup
 from jaxseq.parallel.shared_files import built_on_process_zero
 from jaxseq.tasks.base import ASRTask, Batch, Metrics
 from jaxseq.tasks.registry import register
-from jaxseq.text.bpe import BpeTokenizer, placeholder_bpe, train_bpe
+from jaxseq.text.bpe import SPECIALS, BpeTokenizer, placeholder_bpe, train_bpe
+from jaxseq.text.timed_targets import FRAMES_PER_STEP, TIME_STEP
 
 TOKENIZER_FILE = "tokenizer.json"
 DECODERS = ("greedy", "beam")
@@ -98,6 +100,14 @@ def model_dims(
     )
 
 
+def _with_timestamps(tokenizer: BpeTokenizer, cfg: Config) -> BpeTokenizer:
+    """The tokenizer with a timestamp token per encoder frame of the model's context (0 s up to
+    model.max_source_positions x 20 ms) when model.timestamps is on."""
+    if not cfg.model.timestamps:
+        return tokenizer
+    return tokenizer.with_timestamps(cfg.model.max_source_positions + 1)
+
+
 @register
 class Seq2SeqTask(ASRTask):
     """Conv stem + Transformer encoder, causal decoder with cross-attention, tied output layer.
@@ -153,12 +163,24 @@ class Seq2SeqTask(ASRTask):
         """The tokens every decoder input starts with."""
         return (self.tokenizer.start_id,)
 
+    @property
+    def has_timestamps(self) -> bool:
+        """Whether the tokenizer has timestamp tokens (Whisper's, or model.timestamps)."""
+        return getattr(self.tokenizer, "timestamp_begin", None) is not None
+
+    @property
+    def timed(self) -> bool:
+        """Whether the model was trained on timed targets alone (model.timestamps): it always
+        decodes under `timestamp_rules`."""
+        return self.cfg.model.timestamps
+
     def prompt_for(
         self, language: str | None = None, task: str | None = None, timestamps: bool = False
     ) -> tuple[int, ...]:
         """The prompt for a spoken language and a task (Whisper's transcribe or translate), with
-        or without timestamps; a model trained here has none of them, so both must be None and
-        `timestamps` False (its `prompt`)."""
+        or without timestamps; a model trained here has no language or task tokens, so both
+        must be None, and `timestamps` needs model.timestamps (the prompt is `prompt` either
+        way)."""
         if timestamps:
             self.timestamp_rules()  # raises: no timestamp tokens
         if language is not None or task is not None:
@@ -169,15 +191,24 @@ class Seq2SeqTask(ASRTask):
         return self.prompt
 
     def timestamp_rules(self) -> Any:
-        """The rules of timestamp-token decoding; a model trained here has no timestamp tokens."""
-        raise JaxseqError(
-            f"model.family={self.family} has no timestamp tokens: decode it without timestamps"
-        )
+        """The rules of timestamp-token decoding (its text ids are the BPE pieces, and the
+        first timestamp may come anywhere); JaxseqError without timestamp tokens."""
+        begin = getattr(self.tokenizer, "timestamp_begin", None)
+        if begin is None:
+            raise JaxseqError(
+                f"model.family={self.family} was trained without timestamp tokens: decode it "
+                "without timestamps, or train it with model.timestamps=true"
+            )
+        end = self.tokenizer.end_id
+        return TimestampRules(begin, None, end, None, text_ids=(len(SPECIALS), begin))
 
     @property
     def suppress_ids(self) -> tuple[int, ...]:
-        """Ids never generated."""
-        return ()
+        """Ids never generated: with timestamps, the specials that are never targets (pad,
+        start, unk), which the timestamp rules would otherwise leave open after a pair."""
+        if not self.timed:
+            return ()
+        return tuple(i for i in sorted(self.tokenizer.special_ids) if i != self.tokenizer.end_id)
 
     @property
     def begin_suppress_ids(self) -> tuple[int, ...]:
@@ -197,9 +228,18 @@ class Seq2SeqTask(ASRTask):
         """A task whose BPE vocabulary is trained on the training split's transcripts (on
         process 0, shared with the others through `workdir`)."""
         texts = split_texts(cfg.data.dataset, info, cfg.data.train_split)
+        if cfg.model.timestamps:
+            frontend = info["frontend"]
+            step = FRAMES_PER_STEP * frontend["hop_length"] / frontend["sample_rate"]
+            if abs(step - TIME_STEP) > 1e-9:
+                raise JaxseqError(
+                    f"model.timestamps needs 10 ms feature frames (timestamps of {TIME_STEP} s "
+                    f"are two frames); {cfg.data.dataset} was prepared with hop_length="
+                    f"{frontend['hop_length']} at {frontend['sample_rate']} Hz"
+                )
         tokenizer = built_on_process_zero(
             None if workdir is None else workdir / TOKENIZER_FILE,
-            lambda: train_bpe(texts, cfg.model.bpe_vocab_size),
+            lambda: _with_timestamps(train_bpe(texts, cfg.model.bpe_vocab_size), cfg),
             BpeTokenizer.save,
             BpeTokenizer.load,
         )
@@ -210,11 +250,19 @@ class Seq2SeqTask(ASRTask):
     @classmethod
     def from_config(cls, cfg: Config) -> Seq2SeqTask:
         """A BPE vocabulary of model.bpe_vocab_size placeholder pieces (for `jaxseq compile`)."""
-        return cls(cfg, placeholder_bpe(cfg.model.bpe_vocab_size), cfg.prepare.frontend.n_mels)
+        tokenizer = _with_timestamps(placeholder_bpe(cfg.model.bpe_vocab_size), cfg)
+        return cls(cfg, tokenizer, cfg.prepare.frontend.n_mels)
 
     @classmethod
     def from_workdir(cls, cfg: Config, workdir: Path, n_mels: int) -> Seq2SeqTask:
-        return cls(cfg, BpeTokenizer.load(Path(workdir) / TOKENIZER_FILE), n_mels)
+        tokenizer = BpeTokenizer.load(Path(workdir) / TOKENIZER_FILE)
+        if cfg.model.timestamps != (tokenizer.timestamp_begin is not None):
+            raise JaxseqError(
+                f"model.timestamps={cfg.model.timestamps} but {workdir}/{TOKENIZER_FILE} has "
+                f"{tokenizer.num_timestamps} timestamp tokens: the config and the workdir's "
+                "tokenizer disagree; use the workdir's config.yaml"
+            )
+        return cls(cfg, tokenizer, n_mels)
 
     def save_tokenizer(self, workdir: Path) -> None:
         self.tokenizer.save(Path(workdir) / TOKENIZER_FILE)
@@ -224,7 +272,8 @@ class Seq2SeqTask(ASRTask):
         texts = self._texts.get((str(dataset_dir), split))
         if texts is None:
             texts = split_texts(dataset_dir, info, split)
-        return np.array([len(self.tokenizer.encode(t)) for t in texts], np.int32)
+        stamps = 2 if self.timed else 0  # <|start|> text <|end|>
+        return np.array([len(self.tokenizer.encode(t)) + stamps for t in texts], np.int32)
 
     def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
         inputs, _, _ = teacher_forcing(
@@ -311,7 +360,8 @@ class Seq2SeqTask(ASRTask):
 
         `prompt`, static like the decoder: the tokens every hypothesis starts from (default
         `self.prompt`; `prompt_for` gives a Whisper prompt for another language or task).
-        `timestamps`: decode under `timestamp_rules` (a prompt without `<|notimestamps|>`).
+        `timestamps`: decode under `timestamp_rules` (a prompt without `<|notimestamps|>`);
+        a model trained with timestamps always is.
         """
         prompt = self.prompt if prompt is None else tuple(prompt)
         if decoder not in DECODERS:
@@ -335,7 +385,7 @@ class Seq2SeqTask(ASRTask):
             eos_id=self.tokenizer.end_id,
             suppress_ids=self.suppress_ids,
             begin_suppress_ids=self.begin_suppress_ids,
-            rules=self.timestamp_rules() if timestamps else None,
+            rules=self.timestamp_rules() if timestamps or self.timed else None,
         )
         return best_sequences(
             decoder,

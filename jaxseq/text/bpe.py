@@ -6,6 +6,10 @@ SentencePiece), so `decode(encode(text)) == text` for normalized text (see
 ids: `<pad>` = 0, `<s>` = 1 (start), `</s>` = 2 (end), `<unk>` = 3. A character never seen in
 training encodes to `<unk>`, which `decode` drops like every special token. The whole tokenizer
 is one JSON file (the `tokenizers` format), `tokenizer.json` in a workdir.
+
+A tokenizer for a model trained with timestamps (`model.timestamps`) also has Whisper-style
+timestamp tokens `<|0.00|>`, `<|0.02|>`, ... after every other id (`with_timestamps`), one per
+20 ms; its `encode_record` builds timed targets (`jaxseq.text.timed_targets`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from jaxseq.errors import JaxseqError
+from jaxseq.text.timed_targets import time_token, timed_window
 
 PAD, START, END, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)  # their ids are their positions here
@@ -88,13 +93,74 @@ class BpeTokenizer:
     def special_ids(self) -> frozenset[int]:
         return frozenset(range(len(SPECIALS)))
 
+    @property
+    def text_ids(self) -> tuple[int, int]:
+        """[first, last + 1) of the text ids: the pieces, between the specials and any
+        timestamps."""
+        begin = self.timestamp_begin
+        return len(SPECIALS), self.size if begin is None else begin
+
+    # Whisper's names (`jaxseq.text.whisper_tokenizer`), which long-form decoding and word
+    # timing read: the end and start ids, and the special tokens a BPE tokenizer lacks.
+    @property
+    def eot_id(self) -> int:
+        return self.end_id
+
+    @property
+    def sot_id(self) -> int:
+        return self.start_id
+
+    sot_prev_id = no_timestamps_id = no_speech_id = None  # no conditioning, no no-speech token
+
+    @property
+    def generation_config(self) -> dict:
+        """No checkpoint settings (word timing uses the upper half of the decoder's heads)."""
+        return {}
+
     def prompt_ids(self) -> list[int]:
         """The decoder's start sequence: `[start_id]`."""
         return [self.start_id]
 
+    @property
+    def timestamp_begin(self) -> int | None:
+        """Id of `<|0.00|>` (every id from it up is a timestamp), or None without timestamps."""
+        return self._tok.token_to_id(time_token(0))
+
+    @property
+    def num_timestamps(self) -> int:
+        """How many timestamp tokens (0 without timestamps)."""
+        begin = self.timestamp_begin
+        return 0 if begin is None else self.size - begin
+
+    def with_timestamps(self, count: int) -> BpeTokenizer:
+        """This tokenizer with `count` timestamp tokens `<|0.00|>` .. after its other ids."""
+        if self.timestamp_begin is not None:
+            raise JaxseqError("the tokenizer already has timestamp tokens")
+        tok = Tokenizer.from_str(self._tok.to_str())
+        tok.add_special_tokens([time_token(i) for i in range(count)])
+        return BpeTokenizer(tok)
+
     def encode(self, text: str) -> np.ndarray:
         """int32 [n] ids of `text`, without start/end; unseen characters become `<unk>`."""
         return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+
+    def encode_record(self, record: dict) -> np.ndarray:
+        """The targets of a prepared record (what the input pipeline calls): `encode(text)`, or
+        with timestamps `<|start|> text <|end|>` around the speech (`timed_window`)."""
+        if self.timestamp_begin is None:
+            return self.encode(record["text"])
+        return self.encode_window([record], len(record["features"]))
+
+    def encode_window(self, records: list[dict], frames: int) -> np.ndarray:
+        """Timed targets int32 [n] of `records` joined into one window cut at `frames` feature
+        frames (`jaxseq.text.timed_targets.timed_window`); needs timestamp tokens."""
+        begin = self.timestamp_begin
+        if begin is None:
+            raise JaxseqError(
+                "joining utterances into windows (data.pack_utterances > 1) needs timed targets: "
+                "set model.timestamps=true (family seq2seq)"
+            )
+        return timed_window(records, frames, self.encode, begin, self.num_timestamps)
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         """Text of `ids` [n], skipping every special id (pad, start, end, unk)."""

@@ -150,6 +150,11 @@ class WhisperTokenizer:
         """Every `<|...|>` token: end-of-text, task, languages, timestamps."""
         return self._special
 
+    @property
+    def text_ids(self) -> tuple[int, int]:
+        """[first, last + 1) of the text ids: every id below end-of-text."""
+        return 0, self.eot_id
+
     def language_id(self, language: str) -> int:
         """Id of `<|language|>`, e.g. "en" -> 50259."""
         i = self._tok.token_to_id(f"<|{language}|>")
