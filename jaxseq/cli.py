@@ -15,6 +15,7 @@ from pathlib import Path
 
 from jaxseq import api
 from jaxseq.errors import JaxseqError
+from jaxseq.tasks.base import ASRTask
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -158,6 +159,11 @@ def _cmd_transcribe(args: argparse.Namespace) -> None:
         "stride_seconds": args.stride_seconds,
         "vad": args.vad,
     }
+    # Times from a CTC model's alignment, or a seq2seq model's timestamp tokens decoded
+    # sequentially (which gives words too).
+    stamped = isinstance(model.trained.task, ASRTask) and model.trained.task.has_timestamps
+    sequential = model.trained.cfg.eval.longform == "sequential"
+    words = model.family == "ctc" or (stamped and sequential)
     if args.manifest is not None:
         if args.audio or args.output_dir is None:
             raise JaxseqError(
@@ -167,7 +173,7 @@ def _cmd_transcribe(args: argparse.Namespace) -> None:
         report = model.transcribe_manifest(
             args.manifest,
             args.output_dir,
-            return_timestamps="word" if model.family == "ctc" else False,
+            return_timestamps="word" if words else False,
             **options,
         )
         print(json.dumps({k: v for k, v in report.items() if k != "skipped"}, indent=1))
@@ -178,7 +184,6 @@ def _cmd_transcribe(args: argparse.Namespace) -> None:
         raise JaxseqError("transcribe: give audio files, or --manifest M.jsonl --output-dir OUT")
     formats = list(FORMATS) if args.output_format == "all" else [args.output_format]
     subtitles = args.output_dir is not None and not set(formats) <= {"txt", "json"}
-    stamped = getattr(model.trained.task, "has_timestamps", False)  # timestamp tokens
     if subtitles and not (model.family == "ctc" or stamped):
         raise JaxseqError(
             f"--output-format {args.output_format}: srt, vtt and tsv need timestamps, which "
@@ -187,13 +192,10 @@ def _cmd_transcribe(args: argparse.Namespace) -> None:
             f"{model.family} model without them; use --output-format txt or json"
         )
     # Segment and word times whenever they are written, for CTC and sequential seq2seq;
-    # chunked Whisper is decoded with timestamp tokens (segment times) for subtitles only.
+    # chunked Whisper is decoded with timestamp tokens (segment times) for subtitles only (a
+    # model trained with model.timestamps always is).
     timed = args.output_dir is not None and formats != ["txt"]
-    sequential = model.trained.cfg.eval.longform == "sequential"
-    if model.family == "ctc" or (stamped and sequential):
-        timestamps = "word" if timed else False
-    else:
-        timestamps = subtitles
+    timestamps = ("word" if timed else False) if words else subtitles
     results = model.transcribe(
         args.audio,
         return_timestamps=timestamps,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf import errors as oc_errors
 
+from jaxseq.config_checks import check_values
 from jaxseq.config_families import check_family_keys
 from jaxseq.errors import ConfigError
 
@@ -363,25 +363,6 @@ class Config:
     synth: SynthConfig = field(default_factory=SynthConfig)
 
 
-_CHOICES = {
-    "rnn.cell": ("lstm", "gru"),
-    "rnn.tokenizer": ("char", "bpe"),
-    "classify.encoder": ("ast", "transformer"),
-    "classify.level": ("sequence", "frame"),
-    "classify.pooling": ("cls", "mean"),
-    "tts.spectrogram_loss": ("l1", "mse", "l1+mse"),
-    "model.task": ("transcribe", "translate"),
-    "mesh.preset": ("custom", "data", "fsdp", "fsdp_tensor"),
-    "model.remat": ("none", "full", "dots"),
-    "train.compute_dtype": ("float32", "bfloat16"),
-    "eval.decoder": ("greedy", "prefix_beam", "beam", "exhaustive"),
-    "eval.normalizer": ("model", "whisper_english", "whisper_basic", "none"),
-    "eval.longform": ("chunked", "sequential"),
-    "synth.preset": ("digits", "diarization"),
-    "synth.label": ("", "speaker", "text"),
-}
-
-
 def _valid_keys(node: Any, prefix: str = "") -> list[str]:
     keys = []
     for f in dataclasses.fields(node):
@@ -417,51 +398,6 @@ def check_local_path(value: str | Path, what: str) -> None:
         )
 
 
-def _check_choices(cfg: Config) -> None:
-    for key, choices in _CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value not in choices:
-            raise ConfigError(f"config key '{key}' is {value!r}; choose one of {list(choices)}")
-    # The checkpoint's tokenizer says which codes exist (jaxseq.tasks.whisper); names like
-    # "german" are not codes.
-    if cfg.model.language != "auto" and not re.fullmatch(r"[a-z]{2,3}", cfg.model.language):
-        raise ConfigError(
-            f"config key 'model.language' is {cfg.model.language!r}; give a Whisper language "
-            "code (en, de, zh, haw, ...) or auto (detected per recording)"
-        )
-    if cfg.eval.decoder == "exhaustive" and cfg.model.family != "rnn":
-        raise ConfigError(
-            f"config key 'eval.decoder' is 'exhaustive', which only model.family=rnn decodes "
-            f"with (model.family={cfg.model.family}); choose greedy or the family's beam search"
-        )
-    ev = cfg.eval
-    timed = cfg.model.family == "whisper" or (
-        cfg.model.family == "seq2seq" and cfg.model.timestamps
-    )
-    if ev.longform == "sequential" and not timed:
-        raise ConfigError(
-            f"config key 'eval.longform' is 'sequential', which seeks by timestamp tokens; "
-            f"model.family={cfg.model.family} has none (a Whisper checkpoint, or seq2seq with "
-            "model.timestamps=true, has them): use eval.longform=chunked"
-        )
-    if cfg.data.pack_utterances < 1:
-        raise ConfigError(
-            f"config key 'data.pack_utterances' is {cfg.data.pack_utterances}; give 1 (one "
-            "utterance per training item) or more"
-        )
-    if not ev.temperatures or min(ev.temperatures) < 0:
-        raise ConfigError(
-            f"config key 'eval.temperatures' is {list(ev.temperatures)}; give one or more "
-            "temperatures >= 0 (0: greedy), e.g. [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]"
-        )
-    if ev.no_speech_threshold is not None and not 0 <= ev.no_speech_threshold <= 1:
-        raise ConfigError(
-            f"config key 'eval.no_speech_threshold' is {ev.no_speech_threshold}; give a "
-            "probability in [0, 1], or null for no silence skipping"
-        )
-
-
 def load_config(
     path: str | Path | dict | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> Config:
@@ -486,7 +422,7 @@ def load_config(
         merged = _merge(base, path, overrides, given, "the config dict")
     cfg = OmegaConf.to_object(merged)
     cfg = _freeze(cfg)
-    _check_choices(cfg)
+    check_values(cfg)
     check_family_keys(cfg)
     for key in LOCAL_PATH_KEYS:
         section, name = key.split(".")

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "jaxseq"
 
 # Lowest first; a module may import its own layer and the layers before it.
 LAYERS = [
-    {"errors", "config", "config_families"},
+    {"errors", "config", "config_checks", "config_families"},
     {"audio", "text", "parallel"},
     {"data"},
     {"models", "losses", "decoding"},

@@ -88,7 +88,7 @@ def transcribe_waveforms(
         "batch_size": batch_size,
     }
     if family != "ctc":
-        if return_timestamps and not getattr(trained.task, "has_timestamps", False):
+        if return_timestamps and not trained.task.has_timestamps:
             raise JaxseqError(
                 f"timestamps come from a CTC model's frame alignment or a seq2seq model's "
                 f"timestamp tokens (Whisper, or trained with model.timestamps=true); this "

@@ -66,7 +66,6 @@ from jaxseq.parallel.batch import to_global
 from jaxseq.parallel.mesh import data_parallel_size
 from jaxseq.parallel.sharding import replicated, sharding_context
 from jaxseq.tasks.seq2seq import Seq2SeqTask
-from jaxseq.tasks.whisper import WhisperTask
 from jaxseq.train.trained import Trained
 
 log = logging.getLogger(__name__)
@@ -230,7 +229,7 @@ def _row(rec: _Recording, task: Seq2SeqTask, temperatures, max_new: int | None) 
         limit = min(limit, max_new)
     return {
         "features": window,
-        "frames": np.int32(size if isinstance(task, WhisperTask) else frames),
+        "frames": np.int32(size if task.attends_to_padding else frames),
         "prompt": prompt,
         "prompt_len": np.int32(len(rec.prompt)),
         "limit": np.int32(limit),
@@ -394,7 +393,7 @@ def sequential_transcribe(
     number, also none). One compilation per number of rows.
     """
     model = trained.task
-    if not getattr(model, "has_timestamps", False):
+    if not model.has_timestamps:
         raise JaxseqError(
             f"eval.longform=sequential seeks by timestamp tokens, and this workdir's "
             f"model.family={trained.cfg.model.family} model has none: use eval.longform=chunked"

@@ -30,7 +30,6 @@ from jax.sharding import Mesh
 from jaxseq.models.whisper import WhisperModel
 from jaxseq.parallel.batch import to_global
 from jaxseq.parallel.sharding import replicated, sharding_context
-from jaxseq.tasks.whisper import WhisperTask
 from jaxseq.text.bpe import BpeTokenizer
 from jaxseq.text.whisper_tokenizer import WhisperTokenizer
 from jaxseq.train.trained import Trained
@@ -300,7 +299,7 @@ def align_windows(trained: Trained, windows: Sequence[AlignWindow], rows: int) -
     for r, (window, ids) in enumerate(zip(windows, sequences, strict=True)):
         features[r], tokens[r, : len(ids)] = window.features, ids
         frames[r] = max(window.num_frames // 2, 1)
-        if not isinstance(task, WhisperTask):
+        if not task.attends_to_padding:
             lengths[r] = window.num_frames
     host = {"features": features, "tokens": tokens, "frames": frames, "lengths": lengths}
     with sharding_context(mesh):

@@ -157,6 +157,8 @@ class ASRTask(Task):
     """A speech recognizer: predictions decoded to text and scored by WER/CER."""
 
     metric_kind = "asr"
+    # Whether the recognizer writes timestamp tokens (segment times decoded, not aligned).
+    has_timestamps: bool = False
 
     def eval_options(self, decoder: str | None = None, beam_size: int | None = None) -> dict:
         """decoder and beam_size, by default the config's `eval` section's."""

@@ -124,6 +124,9 @@ class Seq2SeqTask(ASRTask):
     language: str | None = None
     # The language tokens a prompt may hold, {code: id} in id order; empty: none.
     language_ids: Mapping[str, int] = MappingProxyType({})
+    # Whether the encoder attends to every frame of a window, padding included (Whisper,
+    # trained on zero-padded 30 s windows), rather than to the audio alone (as trained here).
+    attends_to_padding: bool = False
 
     def __init__(self, cfg: Config, tokenizer: Any, n_mels: int, dims: WhisperDims | None = None):
         self.cfg = cfg

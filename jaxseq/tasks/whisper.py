@@ -93,6 +93,7 @@ class WhisperTask(Seq2SeqTask):
     """`Seq2SeqTask` with Whisper's tokenizer, prompt, token suppression and input padding."""
 
     family = "whisper"
+    attends_to_padding = True
 
     def __init__(self, cfg: Config, tokenizer: WhisperTokenizer, n_mels: int, source: Path):
         m = cfg.model
