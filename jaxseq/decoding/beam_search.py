@@ -48,6 +48,7 @@ from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 StepFn = Callable[[jax.Array, Any, jax.Array], tuple[jax.Array, Any]]
 Rules = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]  # (log_probs, generated, t)
@@ -132,14 +133,35 @@ def process_log_probs(
     too at the first step, where the traced step index `t` is 0), then
     `rules(log_probs, generated, t)` if given (`generated`: int32 [n, steps], the tokens so
     far): transformers' order."""
-    if suppress_ids:
-        log_probs = log_probs.at[:, jnp.asarray(suppress_ids, jnp.int32)].set(-jnp.inf)
-    if begin_suppress_ids:
-        begin = log_probs.at[:, jnp.asarray(begin_suppress_ids, jnp.int32)].set(-jnp.inf)
-        log_probs = jnp.where(t == 0, begin, log_probs)
+    # One select against a [vocab] mask (a constant), fused into the consumers, rather than
+    # scatters into [n, vocab] copies: the same values in fewer passes over the log-probs.
+    vocab = log_probs.shape[-1]
+    if suppress_ids or begin_suppress_ids:
+        mask = jnp.asarray(_id_mask(suppress_ids, vocab))  # bool [vocab]
+        if begin_suppress_ids:
+            mask = mask | ((t == 0) & jnp.asarray(_id_mask(begin_suppress_ids, vocab)))
+        log_probs = jnp.where(mask, -jnp.inf, log_probs)
     if rules is not None:
         log_probs = rules(log_probs, generated, t)
     return log_probs
+
+
+def _id_mask(ids: Sequence[int], vocab: int) -> np.ndarray:
+    """bool [vocab], True at `ids` (negative ids count from the end, ids out of range are
+    ignored: where `.at[:, ids].set` would write)."""
+    mask = np.zeros(vocab, bool)
+    mask[[i for i in ids if -vocab <= i < vocab]] = True
+    return mask
+
+
+def first_argmax(x: jax.Array) -> jax.Array:
+    """`jnp.argmax(x, axis=-1)` (int32 [...], the first index of the maximum; a NaN counts as
+    the maximum) as a max and a min-index reduction, which XLA's CPU backend vectorizes, not
+    as one variadic (value, index) reduction, which it does not."""
+    top = jnp.max(x, axis=-1, keepdims=True)
+    index = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    hit = (x == top) | jnp.isnan(x)
+    return jnp.min(jnp.where(hit, index, x.shape[-1]), axis=-1)
 
 
 def _log_probs(
@@ -203,7 +225,7 @@ def greedy_search(
             rules,
             seqs,
         )
-        best = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)  # [batch]
+        best = first_argmax(log_probs)  # [batch]
         best_lp = jnp.take_along_axis(log_probs, best[:, None], axis=-1)[:, 0]
         seqs = seqs.at[:, t].set(jnp.where(done, pad_id, best))
         score = score + jnp.where(done, 0.0, best_lp)

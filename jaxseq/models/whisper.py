@@ -289,6 +289,18 @@ _SELF = ("cached_key", "cached_value")  # per hypothesis: repeated and reordered
 _CROSS = ("cross_key", "cross_value")  # per utterance: shared by every beam of an item
 
 
+def _heads_major(x: jax.Array) -> jax.Array:
+    """[..., frames, heads, head_dim] -> [..., heads, head_dim, frames]."""
+    n = x.ndim
+    return jnp.transpose(x, (*range(n - 3), n - 2, n - 1, n - 3))
+
+
+def _frames_major(x: jax.Array) -> jax.Array:
+    """The inverse of `_heads_major`."""
+    n = x.ndim
+    return jnp.transpose(x, (*range(n - 3), n - 1, n - 3, n - 2))
+
+
 def _select(cache: Any, names: tuple[str, ...]) -> Any:
     flat = traverse_util.flatten_dict(cache)
     return traverse_util.unflatten_dict({k: v for k, v in flat.items() if k[-1] in names})
@@ -325,12 +337,23 @@ def search_setup(
     # Scanned layers stack the caches [layers, batch, ...]; the search wants batch first.
     layers = model.dims.decoder_layers if model.scan_layers else None
     swap = (lambda x: jnp.swapaxes(x, 0, 1)) if layers else (lambda x: x)
+    heads_major = jax.default_backend() == "cpu"
+    if heads_major:
+        # XLA's CPU backend wants the cached step's attention operands [batch, heads,
+        # head_dim, frames] and, left alone, transposes every layer's loop-invariant keys and
+        # values into that layout at every step of the search (8 copies of 18 MB a step for
+        # whisper-tiny's 8 windows of 1500 frames: about half the step). So they are
+        # transposed once, here; inside the step the transpose back and the dot's cancel.
+        # The barrier keeps XLA from sinking this transpose back into the loop.
+        cross = jax.lax.optimization_barrier(jax.tree.map(_heads_major, cross))
 
     def step_fn(tokens: jax.Array, cache: dict, position: jax.Array) -> tuple[jax.Array, dict]:
         position = jnp.asarray(position, jnp.int32)
         flat = {
             **traverse_util.flatten_dict(jax.tree.map(swap, cache)),
-            **traverse_util.flatten_dict(cross),
+            **traverse_util.flatten_dict(
+                jax.tree.map(_frames_major, cross) if heads_major else cross
+            ),
         }
         index = position if layers is None else jnp.full((layers,), position)
         for path in [k for k in flat if k[-1] == "cached_key"]:
