@@ -6,9 +6,10 @@ With `data.pack_utterances = P > 1`, each kept training item starts one window p
 the item, then the items after it in a seeded order of the epoch, up to a seeded number
 1..P of them, while their timed targets fit `data.max_label_length`, each after a seeded pause
 of 0..`MAX_GAP_FRAMES` (its first frame, its leading silence, repeated: recordings pause
-longer than single utterances' margins); the window is cut at the largest bucket. So an epoch
-still has one window per kept item (the plan's batch count does not change), and an item also
-appears inside other items' windows.
+longer than single utterances' margins, and a long-form window starts anywhere in a pause,
+so that where the first speech starts varies too); the window is cut at the largest bucket.
+So an epoch still has one window per kept item (the plan's batch count does not change), and
+an item also appears inside other items' windows.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def plan_windows(
 
     Returns:
       windows: int64 [K, P] positions in the kept items, `NO_RECORD` after a window's last.
-      gaps: int64 [K, P] the pause in frames before each (0 before the first).
+      gaps: int64 [K, P] the pause in frames before each.
       lengths: int64 [K] each window's frames, min(total, max_frames).
     """
     rng = np.random.default_rng([seed, epoch, 1])
@@ -52,7 +53,6 @@ def plan_windows(
     after[order] = np.roll(order, -1)  # the next item in this epoch's order
     sizes = rng.integers(1, pack + 1, num)
     gaps = rng.integers(0, MAX_GAP_FRAMES + 1, (num, pack))
-    gaps[:, 0] = 0
     windows = np.full((num, pack), NO_RECORD, np.int64)
     lengths = np.zeros(num, np.int64)
     for first in range(num):

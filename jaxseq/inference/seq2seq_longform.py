@@ -62,7 +62,7 @@ def _segments(
             timestamp_begin=tokenizer.timestamp_begin,
             special_ids=tokenizer.special_ids,
             time_precision=TIME_PRECISION,
-            decode=tokenizer.decode,
+            decode=model.segment_text,
         ):
             start = previous_end if seg["start"] is None else seg["start"] + offset
             end = plan[-1].end / rate if seg["end"] is None else seg["end"] + offset

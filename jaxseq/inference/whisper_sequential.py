@@ -289,7 +289,7 @@ def _advance(
     )
     for segment in segments:
         text = [t for t in segment["tokens"] if is_text(tok, t)]
-        rec.segments.append({"seek": rec.seek, **segment, "text": tok.decode(text), **stats})
+        rec.segments.append({"seek": rec.seek, **segment, "text": task.segment_text(text), **stats})
     if step <= 0:  # the last pair at <|0.00|>: transformers would decode this window forever
         log.warning("a window at frame %d ended at its own start; moving on a window", rec.seek)
         step = frames

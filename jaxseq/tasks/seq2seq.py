@@ -226,6 +226,13 @@ class Seq2SeqTask(ASRTask):
         """A hypothesis' text from its generated ids (end token excluded)."""
         return self.tokenizer.decode(ids)
 
+    def segment_text(self, ids: list[int]) -> str:
+        """A timed segment's text from its text ids as Whisper writes it, with the space
+        before its first word, so that segments joined back to back read as the whole text
+        (a BPE decoding drops that space)."""
+        text = self.tokenizer.decode(ids)
+        return f" {text}" if text else text
+
     @classmethod
     def from_dataset(cls, cfg: Config, info: dict, workdir: Path | None = None) -> Seq2SeqTask:
         """A task whose BPE vocabulary is trained on the training split's transcripts (on

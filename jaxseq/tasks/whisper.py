@@ -257,3 +257,6 @@ class WhisperTask(Seq2SeqTask):
 
     def ids_to_text(self, ids: np.ndarray) -> str:
         return self.tokenizer.decode(ids).strip()
+
+    def segment_text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)  # its byte-level pieces keep their spaces
