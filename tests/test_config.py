@@ -18,6 +18,7 @@ EXPECTED_PARAMS = {
     "ctc_base": (35e6, 45e6),
     "seq2seq_tiny": (0.01e6, 0.1e6),
     "seq2seq_digits": (1.5e6, 2.5e6),
+    "seq2seq_timestamps": (1.5e6, 2.5e6),
     "tts_tiny": (0.01e6, 0.2e6),
     "tts_digits": (3.9e6, 4.0e6),
     "rnn_tiny": (0.01e6, 0.1e6),
