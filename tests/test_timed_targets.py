@@ -17,7 +17,8 @@ from jaxseq import api, cli
 from jaxseq.audio.frontend import log_mel_numpy
 from jaxseq.config import ConfigError, DataConfig, load_config
 from jaxseq.data.packing import MAX_GAP_FRAMES, NO_RECORD, plan_windows
-from jaxseq.data.pipeline import _Split, load_dataset_info, make_train_iterator
+from jaxseq.data.pipeline import load_dataset_info, make_train_iterator
+from jaxseq.data.reading import Split
 from jaxseq.errors import JaxseqError
 from jaxseq.inference.word_timing import split_to_word_tokens
 from jaxseq.tasks.seq2seq import Seq2SeqTask
@@ -145,7 +146,7 @@ def test_packed_batches_join_the_planned_records(tiny_dataset):
     )
     element = data._plan[0]
     batch = next(data)
-    split = _Split(tiny_dataset, "train")
+    split = Split(tiny_dataset, "train")
     joined = 0
     for r, (row, gaps) in enumerate(zip(element["records"], element["gaps"], strict=True)):
         records = split.read(row[row != NO_RECORD])

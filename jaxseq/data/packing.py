@@ -15,12 +15,20 @@ an item also appears inside other items' windows.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 NO_RECORD = -1  # a window's unused slots
 MAX_GAP_FRAMES = 100  # the longest pause added before a joined utterance: 1 s of 10 ms frames
+
+
+class Windows(NamedTuple):
+    """One epoch's windows (see `plan_windows`)."""
+
+    records: np.ndarray  # int64 [K, P] positions in the kept items, NO_RECORD after the last
+    gaps: np.ndarray  # int64 [K, P] the pause in frames before each
+    lengths: np.ndarray  # int64 [K] each window's frames, min(total, max_frames)
 
 
 def plan_windows(
@@ -31,7 +39,7 @@ def plan_windows(
     max_label_length: int,
     seed: int,
     epoch: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> Windows:
     """One epoch's windows over the kept items.
 
     Args:
@@ -42,9 +50,7 @@ def plan_windows(
       seed, epoch: the window sizes and the order are functions of these alone.
 
     Returns:
-      windows: int64 [K, P] positions in the kept items, `NO_RECORD` after a window's last.
-      gaps: int64 [K, P] the pause in frames before each.
-      lengths: int64 [K] each window's frames, min(total, max_frames).
+      `Windows`: one per kept item, starting with it.
     """
     rng = np.random.default_rng([seed, epoch, 1])
     num = len(frames)
@@ -66,7 +72,7 @@ def plan_windows(
             item = after[item]
         lengths[first] = min(total, max_frames)
     gaps[windows == NO_RECORD] = 0
-    return windows, gaps, lengths
+    return Windows(windows, gaps, lengths)
 
 
 def join_window(

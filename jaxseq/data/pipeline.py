@@ -21,7 +21,6 @@ next batch, bit for bit, whatever the worker count.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -34,10 +33,8 @@ import grain
 import numpy as np
 
 from jaxseq.config import DataConfig
-from jaxseq.data.packing import NO_RECORD, join_window, plan_windows
-from jaxseq.data.records import decode_record, index_name, read_index
-
-Batch = dict[str, np.ndarray]
+from jaxseq.data.packing import NO_RECORD, Windows, join_window, plan_windows
+from jaxseq.data.reading import Batch, Split, collate, load_dataset_info, pad_batch
 
 # Reasons a training item is dropped (the values of `dropped[i]["reason"]`).
 EMPTY_TEXT = "empty_text"
@@ -45,26 +42,6 @@ TOO_MANY_FRAMES = "frames_over_max_bucket"
 LABEL_TOO_LONG = "label_over_max_label_length"
 
 _EVAL_LABEL_MULTIPLE = 32  # eval labels longer than max_label_length pad to a multiple of this
-
-
-def load_dataset_info(dataset_dir: str | Path, split: str | None = None) -> dict[str, Any]:
-    """Reads `dataset.json` of a prepared dataset folder.
-
-    Raises:
-      FileNotFoundError: naming the folder when it or its `dataset.json` is missing.
-      ValueError: when `split` is given and the dataset has no such split (lists the splits).
-    """
-    path = Path(dataset_dir) / "dataset.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{dataset_dir} is not a prepared dataset: {path} is missing "
-            "(run `jaxseq prepare` to write one)"
-        )
-    info = json.loads(path.read_text())
-    if split is not None and split not in info.get("splits", {}):
-        available = sorted(info.get("splits", {}))
-        raise ValueError(f"dataset {dataset_dir} has no split {split!r}; available: {available}")
-    return info
 
 
 def bucket_length(num_frames: int, buckets: tuple[int, ...]) -> int:
@@ -165,15 +142,15 @@ class _TrainPlan(grain.MapDataset):
     def __str__(self) -> str:
         return f"_TrainPlan(kept={len(self._kept)}, batches_per_epoch={self.batches_per_epoch})"
 
-    def _plan(self, epoch: int) -> tuple:
-        """(batches int64 [num_batches, B] of item positions, frames [items], and windows
-        [items, P] of kept positions and their gaps [items, P], or None) for one epoch."""
+    def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray, Windows | None]:
+        """(batches int64 [num_batches, B] of item positions, frames [items], and the
+        `Windows` when utterances are joined, else None) for one epoch."""
         plan = self._plans.get(epoch)
         if plan is None:
             c = self._cfg
             frames, windows = self._frames, None
             if c.pack_utterances > 1:
-                *windows, frames = plan_windows(
+                windows = plan_windows(
                     self._frames,
                     self._labels,
                     c.pack_utterances,
@@ -182,6 +159,7 @@ class _TrainPlan(grain.MapDataset):
                     self._seed,
                     epoch,
                 )
+                frames = windows.lengths
             batches = epoch_batches(frames, c.batch_size, c.sort_pool_batches, self._seed, epoch)
             plan = (batches, frames, windows)
             self._plans = {epoch: plan, **{e: p for e, p in self._plans.items() if e == epoch - 1}}
@@ -197,94 +175,15 @@ class _TrainPlan(grain.MapDataset):
         mine = batch[self._rows]
         if windows is None:
             return {"records": self._kept[mine], "length": length}
-        slots, gaps = windows[0][mine], windows[1][mine]  # [b, P] each
+        slots, gaps = windows.records[mine], windows.gaps[mine]  # [b, P] each
         records = np.where(slots == NO_RECORD, NO_RECORD, self._kept[np.maximum(slots, 0)])
         return {"records": records, "gaps": gaps, "length": length}
-
-
-def _collate(
-    records: list[dict[str, Any]], rows: int, length: int, label_width: int, n_mels: int, vocab
-) -> Batch:
-    """Pads decoded records into one batch; rows beyond `len(records)` stay zero (fillers).
-
-    The labels are `vocab.encode(record["text"])`, or `vocab.encode_record(record)` when the
-    vocabulary reads its targets from other record fields (jaxseq.data.labels.LabelSet).
-
-    Returns: features float16 [rows, length, n_mels] (the records' own width), feature_lengths
-      int32 [rows], labels int32 [rows, label_width], label_lengths int32 [rows].
-    """
-    encode_record = getattr(vocab, "encode_record", None) or (lambda r: vocab.encode(r["text"]))
-    items = [(rec["id"], rec["features"], encode_record(rec)) for rec in records]
-    return _pad(items, rows, length, label_width, n_mels)
-
-
-def _pad(
-    items: list[tuple[str, np.ndarray, np.ndarray]],
-    rows: int,
-    length: int,
-    label_width: int,
-    n_mels: int,
-) -> Batch:
-    """`_collate`'s batch from (id, features [frames, n_mels], label ids [n]) per row."""
-    features = np.zeros((rows, length, n_mels), np.float16)  # [b, T, n_mels]
-    feature_lengths = np.zeros((rows,), np.int32)
-    labels = np.zeros((rows, label_width), np.int32)  # [b, L]
-    label_lengths = np.zeros((rows,), np.int32)
-    for r, (item, feats, ids) in enumerate(items):
-        if len(feats) > length or len(ids) > label_width:
-            raise ValueError(
-                f"record {item!r} has {len(feats)} frames and {len(ids)} label ids, but the "
-                f"split index planned at most {length} and {label_width}: the index is stale or "
-                "the vocabulary does not map one character to one id; re-run `jaxseq prepare`"
-            )
-        features[r, : len(feats)] = feats  # stored float16
-        feature_lengths[r] = len(feats)
-        labels[r, : len(ids)] = ids
-        label_lengths[r] = len(ids)
-    return {
-        "features": features,
-        "feature_lengths": feature_lengths,
-        "labels": labels,
-        "label_lengths": label_lengths,
-    }
-
-
-class _Split:
-    """A split's shards (one grain ArrayRecord source) and its index; picklable."""
-
-    def __init__(self, dataset_dir: str | Path, split: str):
-        info = load_dataset_info(dataset_dir, split)
-        folder = Path(dataset_dir)
-        paths = [str(folder / name) for name in info["splits"][split]["shards"]]
-        for path in [*paths, str(folder / index_name(split))]:
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"dataset {dataset_dir}: file {path} is missing")
-        self.name = f"{dataset_dir}:{split}"
-        self.n_mels = int(info["frontend"]["n_mels"])
-        self.index = read_index(folder / index_name(split))
-        self.source = grain.sources.ArrayRecordDataSource(paths)
-        if len(self.source) != len(self.index["ids"]):
-            raise ValueError(
-                f"{self.name}: the shards hold {len(self.source)} records but the index lists "
-                f"{len(self.index['ids'])}; re-run `jaxseq prepare`"
-            )
-
-    def read(self, records: np.ndarray) -> list[dict[str, Any]]:
-        """Decoded records for record numbers `records` [n], checked against the index ids."""
-        out = [decode_record(self.source[int(k)]) for k in records]
-        for k, rec in zip(records, out, strict=True):
-            if rec["id"] != self.index["ids"][k]:
-                raise ValueError(
-                    f"{self.name}: record {k} has id {rec['id']!r} but the index says "
-                    f"{self.index['ids'][k]!r}; re-run `jaxseq prepare`"
-                )
-        return out
 
 
 class _ReadTrainBatch(grain.transforms.Map):
     """Plan element → host batch (module level so grain worker processes can unpickle it)."""
 
-    def __init__(self, split: _Split, vocab, rows: int, max_label_length: int):
+    def __init__(self, split: Split, vocab, rows: int, max_label_length: int):
         self._split, self._vocab = split, vocab
         self._rows, self._max_label_length = rows, max_label_length
 
@@ -292,7 +191,7 @@ class _ReadTrainBatch(grain.transforms.Map):
         numbers, length = element["records"], element["length"]
         if numbers.ndim == 1:
             records = self._split.read(numbers)
-            return _collate(
+            return collate(
                 records, self._rows, length, self._max_label_length, self._split.n_mels, self._vocab
             )
         windows = []  # rows of joined records (data.pack_utterances)
@@ -301,7 +200,7 @@ class _ReadTrainBatch(grain.transforms.Map):
             records = self._split.read(row[used])
             total = sum(len(r["features"]) for r in records) + int(gaps.sum())
             windows.append(join_window(records, gaps[used], min(total, length), self._vocab))
-        return _pad(windows, self._rows, length, self._max_label_length, self._split.n_mels)
+        return pad_batch(windows, self._rows, length, self._max_label_length, self._split.n_mels)
 
 
 def _per_process(global_size: int, process_index: int, process_count: int, what: str) -> int:
@@ -367,7 +266,7 @@ def make_train_iterator(
       `num_kept` and `batches_per_epoch`: see `TrainIterator`.
     """
     b = _per_process(cfg.batch_size, process_index, process_count, "batch_size")
-    data = _Split(dataset_dir, split)
+    data = Split(dataset_dir, split)
     index = data.index
     if label_lengths is not None:
         index = {**index, "text_lengths": np.asarray(label_lengths, np.int32)}
@@ -516,7 +415,7 @@ def make_eval_batches(
       ids, texts: lists of b strings for this process's rows ("" for fillers).
     """
     b = _per_process(cfg.eval_batch_size, process_index, process_count, "eval_batch_size")
-    data = _Split(dataset_dir, split)
+    data = Split(dataset_dir, split)
     frames = data.index["num_frames"]
     if label_lengths is not None:
         label_lengths = np.asarray(label_lengths, np.int32)
@@ -541,7 +440,7 @@ def make_eval_batches(
         label_width = cfg.max_label_length
         if longest_label > label_width:
             label_width = math.ceil(longest_label / _EVAL_LABEL_MULTIPLE) * _EVAL_LABEL_MULTIPLE
-        batch = _collate(records, b, length, label_width, data.n_mels, vocab)
+        batch = collate(records, b, length, label_width, data.n_mels, vocab)
         # float32: host-side scorers and plots read the reference features (TTS distortion)
         batch["features"] = batch["features"].astype(np.float32)
         batch["valid"] = np.arange(b) < len(records)
