@@ -171,4 +171,8 @@ def test_greedy_search_matches_transformers(models, features):
     # Scores: HF's per-step scores (logits; no processor is active) → summed log-probs.
     log_probs = torch.log_softmax(torch.stack(hf.scores, 1), -1).numpy()  # [batch, steps, vocab]
     want_scores = [sum(log_probs[b, t, tok] for t, tok in enumerate(w)) for b, w in enumerate(want)]
-    np.testing.assert_allclose(np.asarray(ours.scores), want_scores, rtol=0, atol=1e-4)
+    # A sum of float32 log-probs: each token's may differ by ~1e-5 between XLA and PyTorch (the
+    # summation order depends on the CPU's vector width), so the bound grows with the length.
+    atol = np.array([1e-5 * len(w) for w in want]) + 1e-5
+    err = np.abs(np.asarray(ours.scores) - np.asarray(want_scores))
+    assert np.all(err <= atol), (err, atol)
