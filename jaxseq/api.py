@@ -151,8 +151,8 @@ class Model:
     ) -> list[Any]:
         """Transcripts of audio files (any format librosa reads) or float waveforms
         [samples] at `sample_rate`, of any length; a speech recognizer's workdir only. With
-        `return_timestamps` (True: segments, CTC and Whisper models; "word": also the words,
-        CTC models) or
+        `return_timestamps` (True: segments; "word": also the words; CTC models, Whisper and
+        seq2seq models trained with timestamps) or
         `return_language`, each is a dict in openai-whisper's layout, {"text", "language",
         "segments"} (see jaxseq.inference.transcribe.transcribe_waveforms).
 

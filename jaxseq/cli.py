@@ -16,6 +16,7 @@ from pathlib import Path
 from jaxseq import api
 from jaxseq.errors import JaxseqError
 from jaxseq.tasks.base import ASRTask
+from jaxseq.tasks.seq2seq import Seq2SeqTask
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -159,11 +160,15 @@ def _cmd_transcribe(args: argparse.Namespace) -> None:
         "stride_seconds": args.stride_seconds,
         "vad": args.vad,
     }
-    # Times from a CTC model's alignment, or a seq2seq model's timestamp tokens decoded
-    # sequentially (which gives words too).
-    stamped = isinstance(model.trained.task, ASRTask) and model.trained.task.has_timestamps
+    # Times from a CTC model's alignment, or a seq2seq model's timestamp tokens (words from
+    # its cross-attention) where it decodes with them: sequentially, or always (a model
+    # trained with model.timestamps); chunked Whisper decodes with them for subtitles only.
+    task = model.trained.task
+    stamped = isinstance(task, ASRTask) and task.has_timestamps
     sequential = model.trained.cfg.eval.longform == "sequential"
-    words = model.family == "ctc" or (stamped and sequential)
+    words = model.family == "ctc" or (
+        isinstance(task, Seq2SeqTask) and stamped and (sequential or task.timed)
+    )
     if args.manifest is not None:
         if args.audio or args.output_dir is None:
             raise JaxseqError(
@@ -191,11 +196,10 @@ def _cmd_transcribe(args: argparse.Namespace) -> None:
             "(Whisper, or trained with model.timestamps=true), and this workdir holds a "
             f"{model.family} model without them; use --output-format txt or json"
         )
-    # Segment and word times whenever they are written, for CTC and sequential seq2seq;
-    # chunked Whisper is decoded with timestamp tokens (segment times) for subtitles only (a
-    # model trained with model.timestamps always is).
+    # Segment and word times whenever they are written (json, srt, vtt, tsv) where `words`,
+    # else (chunked Whisper) with subtitles.
     timed = args.output_dir is not None and formats != ["txt"]
-    timestamps = ("word" if timed else False) if words else subtitles
+    timestamps = "word" if (timed if words else subtitles) else False
     results = model.transcribe(
         args.audio,
         return_timestamps=timestamps,

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxseq.inference.chunked_words import add_chunked_word_timestamps
 from jaxseq.inference.language import recording_languages
 from jaxseq.inference.longform import decode_windows
 from jaxseq.inference.merge import merge_overlapping
@@ -43,7 +44,7 @@ def _text(model: Seq2SeqTask, regions: list[tuple[list[Window], list[Any]]]) -> 
 def _segments(
     model: Seq2SeqTask, regions: list[tuple[list[Window], list[Any]]], rate: int, seconds: float
 ) -> list[dict[str, Any]]:
-    """One recording's segments, {"id", "start", "end", "text"}, from windows decoded with
+    """One recording's segments, {"id", "start", "end", "text", "tokens"}, from windows decoded with
     timestamps: each region's merged on its timestamp tokens (`timestamp_merge`), its times
     moved to the region's start. A segment whose start timestamp fell in a stride starts where
     the one before it ended (or the region starts); one no timestamp closed ends with its
@@ -75,6 +76,7 @@ def _segments(
                     "start": round(start, 2),
                     "end": round(previous_end, 2),
                     "text": seg["text"],
+                    "tokens": seg["tokens"],
                 }
             )
     return segments
@@ -92,22 +94,25 @@ def seq2seq_transcribe_long(
     stride_seconds: float = 0.0,
     vad: bool = False,
     batch_size: int = 32,
-    timestamps: bool = False,
+    timestamps: bool | str = False,
 ) -> list[dict[str, Any]]:
     """Transcripts of float waveforms [samples] of any length at the model's sample rate
     (windows of `chunk_seconds`, default the longest bucket: 30 s for Whisper, overlapping by
     `stride_seconds` on each side, default a sixth of the window), in openai-whisper's layout:
     {"text", "language", "segments"}. With `timestamps` (Whisper; always for a model trained
     with model.timestamps) the windows are decoded with timestamp tokens and merged on them,
-    and "segments" holds {"id", "start", "end", "text"}; else it is empty and the windows'
-    tokens are merged where they overlap.
+    and "segments" holds {"id", "start", "end", "text", "tokens"} (its text ids, as
+    openai-whisper's segments hold theirs); else it is empty and the windows'
+    tokens are merged where they overlap. `timestamps="word"` also gives each segment its
+    "words" (`jaxseq.inference.chunked_words`).
 
     `language` (a code or "auto") and `task` ("transcribe" or "translate") choose a Whisper
     prompt, by default model.language and model.task; "language" is the prompt's (None for a
     model trained here). A collective with several processes: every process calls it, with
     its own waveforms (any number, also none)."""
     model = trained.task
-    timestamps = timestamps or model.timed  # such a model writes them whatever is asked
+    words = timestamps == "word"
+    timestamps = bool(timestamps) or model.timed  # such a model writes them whatever is asked
     languages, order = recording_languages(trained, waves, language, batch_size=batch_size)
     rate = trained.frontend.sample_rate
     results: list[dict[str, Any]] = [{}] * len(waves)
@@ -134,4 +139,6 @@ def seq2seq_transcribe_long(
             else:
                 segments, text = [], _text(model, regions)
             results[i] = {"text": text, "language": code, "segments": segments}
+    if words:
+        add_chunked_word_timestamps(trained, waves, results, task=task, batch_size=batch_size)
     return results

@@ -36,8 +36,9 @@ def merge_timestamped_windows(
     time_precision: float,
     decode: Callable[[list[int]], str],
 ) -> list[dict[str, Any]]:
-    """Segments {"start", "end", "text"} (seconds in the recording; "end" None for text that
-    no timestamp closed) from consecutive windows and their generated tokens.
+    """Segments {"start", "end", "text", "tokens"} (seconds in the recording; "end" None for
+    text that no timestamp closed; its text ids) from consecutive windows and their generated
+    tokens.
 
     Args:
       windows: each window with its generated ids (timestamps, text, special tokens; the
@@ -54,8 +55,10 @@ def merge_timestamped_windows(
 
     def close(end: float | None) -> None:
         nonlocal segment, carried
-        text = decode(merge_overlapping(carried))
-        segments.append({"start": segment["start"], "end": end, "text": text})
+        tokens = merge_overlapping(carried)
+        segments.append(
+            {"start": segment["start"], "end": end, "text": decode(tokens), "tokens": tokens}
+        )
         segment, carried = {"start": None, "end": None}, []
 
     for window, ids in windows:

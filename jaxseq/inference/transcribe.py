@@ -46,7 +46,8 @@ def transcribe_waveforms(
     `return_language`, one result in openai-whisper's layout: {"text", "language", "segments":
     [{"id", "start", "end", "text", "words"}]}. Timestamps need a CTC model decoded greedily
     (segments and words from the frame alignment) or a seq2seq model with timestamp tokens
-    (segments, merged over the windows as transformers' pipeline merges them); without
+    (segments, merged over the windows as transformers' pipeline merges them; words aligned
+    on the merged segments' text, `jaxseq.inference.chunked_words`); without
     them "segments" is empty (a seq2seq model trained with model.timestamps=true is decoded
     with its timestamps either way). With `eval.longform=sequential` a model with timestamp
     tokens transcribes window after window by its timestamps
@@ -94,11 +95,6 @@ def transcribe_waveforms(
                 f"timestamp tokens (Whisper, or trained with model.timestamps=true); this "
                 f"workdir holds a {family} model without them: transcribe it without timestamps"
             )
-        if return_timestamps == "word":
-            raise JaxseqError(
-                "word times of a seq2seq model come with sequential decoding: set "
-                "eval.longform=sequential (chunked decoding gives segment times)"
-            )
         if isinstance(trained.task, Seq2SeqTask):
             results = seq2seq_transcribe_long(
                 trained,
@@ -107,7 +103,7 @@ def transcribe_waveforms(
                 beam_size=beam_size,
                 language=language,
                 task=task,
-                timestamps=bool(return_timestamps),
+                timestamps=return_timestamps,
                 **windows,
             )
             if return_timestamps:

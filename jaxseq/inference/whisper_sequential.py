@@ -19,10 +19,10 @@ tokens, segments and times:
     `jaxseq.inference.whisper_segments`).
 
 Device side, every window of a round is one row of a `jax.vmap`ped decode
-(`jaxseq.decoding.sampling.sample_after_prompt`): rows hold different recordings, prompt
-lengths and temperatures, and the program is compiled once per number of rows. Rows are filled
-from each process's own recordings, and all processes run the same rounds (how many is agreed
-by a collective each round), so the jitted calls stay in lockstep as
+(`jaxseq.inference.sequential_rows`): rows hold different recordings, prompt lengths and
+temperatures, and the program is compiled once per number of rows. Rows are filled from each
+process's own recordings, and all processes run the same rounds (how many is agreed by a
+collective each round), so the jitted calls stay in lockstep as
 `jaxseq.evaluation.waveforms.predicted_batches` keeps them. Sampling at temperature > 0 draws
 with jax's PRNG, not torch's: those tokens cannot equal transformers', and transformers also
 cuts sampling to the top 50 tokens by default, openai-whisper and this module do not.
@@ -31,23 +31,19 @@ cuts sampling to the top 50 tokens by default, openai-whisper and this module do
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from collections.abc import Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
 from tqdm import tqdm
 
-from jaxseq.decoding.sampling import sample_after_prompt
 from jaxseq.errors import JaxseqError
 from jaxseq.inference.language import recording_languages
 from jaxseq.inference.longform import window_features
+from jaxseq.inference.sequential_rows import jitted_decode_rows
 from jaxseq.inference.whisper_segments import (
     FRAME_SECONDS,
     compression_ratio,
@@ -61,97 +57,15 @@ from jaxseq.inference.word_timing import (
     align_windows,
     is_text,
 )
-from jaxseq.models.whisper import WhisperModel, search_setup
 from jaxseq.parallel.batch import to_global
-from jaxseq.parallel.mesh import data_parallel_size
-from jaxseq.parallel.sharding import replicated, sharding_context
+from jaxseq.parallel.mesh import rows_per_process
+from jaxseq.parallel.sharding import sharding_context
 from jaxseq.tasks.seq2seq import Seq2SeqTask
 from jaxseq.train.trained import Trained
 
 log = logging.getLogger(__name__)
 
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-
-
-def decode_rows(task: Seq2SeqTask, params: Any, batch: dict[str, jax.Array]) -> dict:
-    """Device side: one window per row, decoded after its own prompt (jit it).
-
-    Args:
-      batch: features float32 [rows, frames, n_mels] (the model's window), frames int32
-        [rows] (the frames the encoder attends to: all for Whisper, which never masks; those
-        with audio for a model trained here, as in training); prompt int32
-        [rows, max_target_positions], each row's prompt in its first prompt_len entries;
-        prompt_len, limit (most new tokens), probe_at (the position of
-        `<|startoftranscript|>`) int32 [rows]; temperature float32 [rows]; seed int32 [rows, 4]
-        (each row's PRNG stream: folded into a key).
-    Returns:
-      tokens int32 [rows, max_target_positions - 1] (end-of-text after the end), length int32
-      [rows] (end-of-text included), sum_log_prob float32 [rows], no_speech_prob float32
-      [rows] (the softmax of the raw logits after `<|startoftranscript|>`).
-    """
-    dims, tok = task.dims, task.tokenizer
-    encoded, mask = task.model.apply(
-        {"params": params}, batch["features"], batch["frames"], method=WhisperModel.encode
-    )  # [rows, enc_frames, d_model], [rows, enc_frames]
-    no_speech = tok.no_speech_id
-    if no_speech is None and tok.no_timestamps_id is not None:
-        no_speech = tok.no_timestamps_id - 1  # <|nocaptions|> in older checkpoints
-    options = dict(
-        max_new_tokens=dims.max_target_positions - 1,
-        vocab_size=dims.vocab_size,
-        eos_id=tok.eot_id,
-        suppress_ids=task.suppress_ids,
-        begin_suppress_ids=task.begin_suppress_ids,
-        rules=task.timestamp_rules(),
-    )
-
-    def one(encoded, mask, prompt, prompt_len, limit, probe_at, temperature, seed):
-        # encoded [enc_frames, d_model]; mask [enc_frames]; prompt [max_target_positions]
-        cache, step_fn = search_setup(
-            task.model, params, encoded[None], mask[None], dims.max_target_positions
-        )
-        key = jax.random.PRNGKey(0)
-        for part in seed:  # [4]
-            key = jax.random.fold_in(key, part)
-        out = sample_after_prompt(
-            step_fn,
-            cache,
-            prompt,
-            prompt_len,
-            limit=limit,
-            temperature=temperature,
-            key=key,
-            probe_at=probe_at,
-            **options,
-        )
-        # A model trained here has no <|nospeech|>: its windows are never skipped as silent.
-        silent = jnp.exp(out.probe[no_speech]) if no_speech is not None else jnp.float32(0)
-        return out.tokens, out.length, out.sum_log_prob, silent
-
-    # Each row is a batch of one inside the map: no logical constraints on its batch axis.
-    with nn.logical_axis_rules(()):
-        tokens, length, score, no_speech_prob = jax.vmap(one)(
-            encoded,
-            mask,
-            batch["prompt"],
-            batch["prompt_len"],
-            batch["limit"],
-            batch["probe_at"],
-            batch["temperature"],
-            batch["seed"],
-        )
-    return {
-        "tokens": tokens,
-        "length": length,
-        "sum_log_prob": score,
-        "no_speech_prob": no_speech_prob,
-    }
-
-
-@functools.cache
-def _decode_step(task: Seq2SeqTask, mesh: Mesh):
-    """`decode_rows` jitted once per (task, mesh): one compilation per number of rows."""
-    return jax.jit(functools.partial(decode_rows, task), out_shardings=replicated(mesh))
 
 
 def _align_round(trained: Trained, slots: list, host: dict, rows: int, fresh: dict) -> None:
@@ -339,19 +253,6 @@ def _result(rec: _Recording, task: Seq2SeqTask, language: str | None) -> dict[st
     }
 
 
-def _rows_per_process(count: int, batch_size: int, mesh: Mesh) -> int:
-    """Rows each process decodes per round: its recordings up to `batch_size` (agreed over
-    the processes, a power of two for few compilations), a whole number of its data-parallel
-    share of the mesh."""
-    most = count
-    if jax.process_count() > 1:
-        most = int(multihost_utils.process_allgather(np.array([count])).max())
-    rows = min(batch_size, max(most, 1))
-    rows = min(1 << (rows - 1).bit_length(), batch_size)
-    share = max(data_parallel_size(mesh) // jax.process_count(), 1)
-    return -(-rows // share) * share
-
-
 def sequential_transcribe(
     trained: Trained,
     waves: Sequence[np.ndarray],
@@ -426,8 +327,8 @@ def sequential_transcribe(
         logprob_threshold=logprob_threshold,
         no_speech_threshold=no_speech_threshold,
     )
-    rows = _rows_per_process(len(recordings), batch_size, trained.mesh)
-    step = _decode_step(model, trained.mesh)
+    rows = rows_per_process(len(recordings), batch_size, trained.mesh)
+    step = jitted_decode_rows(model, trained.mesh)
     waiting = [r for r in recordings if not r.done]
     slots: list[_Recording | None] = [None] * rows
     p, n_mels = jax.process_index(), trained.frontend.n_mels

@@ -8,7 +8,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental import mesh_utils
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import AxisType, Mesh
 
 from jaxseq.config import ConfigError, MeshConfig
@@ -104,3 +104,16 @@ def _dcn_shape(shape: tuple[int, int, int], num_slices: int) -> tuple[int, int, 
 def data_parallel_size(mesh: Mesh) -> int:
     """How many ways the batch axis is split."""
     return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def rows_per_process(count: int, batch_size: int, mesh: Mesh) -> int:
+    """Rows each process runs per round of a collective loop over items: its `count` items up
+    to `batch_size` (agreed over the processes, a power of two for few compilations), a whole
+    number of its data-parallel share of the mesh."""
+    most = count
+    if jax.process_count() > 1:
+        most = int(multihost_utils.process_allgather(np.array([count])).max())
+    rows = min(batch_size, max(most, 1))
+    rows = min(1 << (rows - 1).bit_length(), batch_size)
+    share = max(data_parallel_size(mesh) // jax.process_count(), 1)
+    return -(-rows // share) * share
