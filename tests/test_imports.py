@@ -4,6 +4,7 @@ only the layers below it (docs/architecture.md). Function-level imports count to
 from __future__ import annotations
 
 import ast
+import inspect
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,14 @@ def test_imports_point_down_the_layers(layer):
         if LAYER[_layer(t)] > LAYER[layer]
     )
     assert upward == []
+
+
+def test_the_api_names_are_not_shadowed_by_subpackages():
+    """`jaxseq.train` is the function after `jaxseq.train.*` modules are imported (a lazily
+    imported API name would be shadowed by the subpackage of the same name)."""
+    import jaxseq
+    import jaxseq.train.steps  # noqa: F401
+
+    for name in jaxseq.__all__:
+        assert not inspect.ismodule(getattr(jaxseq, name)), name
+    assert callable(jaxseq.train) and jaxseq.train.__module__ == "jaxseq.api"
