@@ -11,6 +11,13 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# PyTorch (the transformers and openai-whisper references) and NumPy's BLAS on one thread, here
+# and in every subprocess: the references are tiny models whose ops are too small to split,
+# and with two OpenMP threads on the 2-core test machine, beside the other xdist worker and
+# XLA's own threads, a thread waits for one that is not running (transformers' long-form
+# generate of 40 s: 20 CPU seconds with two threads, 1.4 with one, the same results).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 # libtpu (the tpu extra, for `jaxseq compile --topology`) takes a lock file per machine; the
 # test processes only compile for TPU topologies, so several may load it at once.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")

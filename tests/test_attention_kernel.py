@@ -157,9 +157,21 @@ def random_case(rng, batch, q_len, kv_len, mask):
     return params, xq, xkv
 
 
-def apply(module, params, *args, **kwargs):
-    """`module` applied with float32 `params` (float64 leaves in)."""
-    return module.apply({"params": jax.tree.map(jnp.float32, params)}, *args, **kwargs)
+def apply_each(params, calls, rngs=None):
+    """The outputs of `calls`, each (module, inputs_q, inputs_kv, mask, deterministic[, dict of
+    keyword arguments to `apply`]), with float32 `params` (float64 leaves in) and `rngs`: all
+    in one compiled program, traced here under the test's route (eagerly, every primitive
+    would compile on its own; compiling dominates these tiny modules)."""
+    statics = [(call[0], call[4], call[5] if len(call) > 5 else {}) for call in calls]
+    arrays = [call[1:4] for call in calls]  # [(inputs_q, inputs_kv, mask), ...]
+
+    def fn(p, arrays, rngs):
+        return [
+            module.apply({"params": p}, *args, det, rngs=rngs, **kwargs)
+            for (module, det, kwargs), args in zip(statics, arrays, strict=True)
+        ]
+
+    return jax.jit(fn)(jax.tree.map(jnp.float32, params), arrays, rngs)
 
 
 def f64(x) -> np.ndarray:
@@ -191,8 +203,13 @@ def test_padding_mask_self_attention(dtype, route):
     valid = np.arange(12)[None] < np.array([12, 7, 1])[:, None]  # [batch, length]
     mask = valid[:, None, None, :] & valid[:, None, :, None]  # [batch, 1, q, kv]
     params, x, _ = random_case(rng, 3, 12, 12, mask)
-    new = apply(MultiHeadAttention(HEADS, dtype=dtype), params, x, x, mask, True)
-    old = apply(OldMultiHeadAttention(HEADS, dtype=dtype), params, x, x, mask, True)
+    new, old = apply_each(
+        params,
+        [
+            (MultiHeadAttention(HEADS, dtype=dtype), x, x, mask, True),
+            (OldMultiHeadAttention(HEADS, dtype=dtype), x, x, mask, True),
+        ],
+    )
     exact, _ = oracle(params, x, x, mask)
     assert new.dtype == dtype
     check(new, old, dtype, np.abs(exact).max())
@@ -209,11 +226,17 @@ def test_causal_self_attention(dtype, route):
     tril = np.tril(np.ones((10, 10), bool))[None, None]  # [1, 1, q, kv]
     params, x, _ = random_case(rng, 2, 10, 10, pad)
     causal = MultiHeadAttention(HEADS, dtype=dtype, causal=True)
+    calls = []
     for mask in (None, pad):
-        new = apply(causal, params, x, x, mask, True)
         full = tril if mask is None else tril & mask
-        old = apply(OldMultiHeadAttention(HEADS, dtype=dtype), params, x, x, full, True)
-        by_mask = apply(MultiHeadAttention(HEADS, dtype=dtype), params, x, x, full, True)
+        calls += [
+            (causal, x, x, mask, True),
+            (OldMultiHeadAttention(HEADS, dtype=dtype), x, x, full, True),
+            (MultiHeadAttention(HEADS, dtype=dtype), x, x, full, True),
+        ]
+    outs = apply_each(params, calls)
+    for i, mask in enumerate((None, pad)):
+        new, old, by_mask = outs[3 * i : 3 * i + 3]
         exact, _ = oracle(params, x, x, mask, causal=True)
         check(new, old, dtype, np.abs(exact).max())
         check(by_mask, old, dtype, np.abs(exact).max())
@@ -227,8 +250,13 @@ def test_cross_attention(dtype, route):
     valid = np.arange(9)[None] < np.array([9, 4, 2])[:, None]
     mask = valid[:, None, None, :]
     params, xq, xkv = random_case(rng, 3, 5, 9, mask)
-    new = apply(MultiHeadAttention(HEADS, dtype=dtype), params, xq, xkv, mask, True)
-    old = apply(OldMultiHeadAttention(HEADS, dtype=dtype), params, xq, xkv, mask, True)
+    new, old = apply_each(
+        params,
+        [
+            (MultiHeadAttention(HEADS, dtype=dtype), xq, xkv, mask, True),
+            (OldMultiHeadAttention(HEADS, dtype=dtype), xq, xkv, mask, True),
+        ],
+    )
     exact, _ = oracle(params, xq, xkv, mask)
     check(new, old, dtype, np.abs(exact).max())
     check_oracle(new, exact, dtype)
@@ -246,16 +274,21 @@ def test_cached_self_attention_steps(dtype, route):
     new = MultiHeadAttention(HEADS, dtype=dtype, cache="self", causal=True)
     old = OldMultiHeadAttention(HEADS, dtype=dtype, cache="self")
     variables = {"params": jax.tree.map(jnp.float32, params)}
-    _, new_state = new.apply(variables, x, x, None, True, True, mutable=["cache"])
-    _, old_state = old.apply(variables, x, x, tril, True, True, mutable=["cache"])
+    cached = {"decode": True, "mutable": ["cache"]}
+    (_, new_state), (_, old_state) = apply_each(
+        params, [(new, x, x, None, True, cached), (old, x, x, tril, True, cached)]
+    )  # the first decode=True call creates the caches
     exact, _ = oracle(params, x, x, None, causal=True)  # [batch, length, embed]
-    # One compiled step each (traced here, under this test's route) for all the steps.
-    new_step = jax.jit(lambda v, s: new.apply(v, s, s, None, True, True, mutable=["cache"]))
-    old_step = jax.jit(lambda v, s: old.apply(v, s, s, None, True, True, mutable=["cache"]))
+
+    # One compiled program (traced here, under this test's route) steps both, for every step.
+    @jax.jit
+    def steps(new_state, old_state, s):  # s: [batch, 1, embed]
+        new_out = new.apply({**variables, **new_state}, s, s, None, True, True, mutable=["cache"])
+        old_out = old.apply({**variables, **old_state}, s, s, None, True, True, mutable=["cache"])
+        return new_out, old_out
+
     for t in range(length):
-        step = x[:, t : t + 1]  # [batch, 1, embed]
-        got, new_state = new_step({**variables, **new_state}, step)
-        want, old_state = old_step({**variables, **old_state}, step)
+        (got, new_state), (want, old_state) = steps(new_state, old_state, x[:, t : t + 1])
         check(got, want, dtype, np.abs(exact).max())
         check_oracle(got, exact[:, t : t + 1], dtype)
         jax.tree.map(np.testing.assert_array_equal, new_state, old_state)
@@ -272,16 +305,25 @@ def test_cached_cross_attention_beam_groups(dtype, route):
     params, _, xkv = random_case(rng, items, 1, 8, mask)
     xq = to_bf16(rng.normal(size=(items * beams, 1, EMBED)))  # [items * beams, 1, embed]
     variables = {"params": jax.tree.map(jnp.float32, params)}
-    outs = []
-    for cls in (MultiHeadAttention, OldMultiHeadAttention):
-        module = cls(HEADS, dtype=dtype, cache="cross")
-        _, state = module.apply(variables, xq[::beams], xkv, mask, True, True, mutable=["cache"])
-        out, later = module.apply(
-            {**variables, **state}, xq, None, mask, True, True, mutable=["cache"]
-        )
+
+    @jax.jit  # one compiled program (traced here, under this test's route) for both modules
+    def decode(variables, xq, xkv, mask):
+        outs = []
+        for cls in (MultiHeadAttention, OldMultiHeadAttention):
+            module = cls(HEADS, dtype=dtype, cache="cross")
+            _, state = module.apply(
+                variables, xq[::beams], xkv, mask, True, True, mutable=["cache"]
+            )
+            out, later = module.apply(
+                {**variables, **state}, xq, None, mask, True, True, mutable=["cache"]
+            )
+            outs.append((out, state, later))
+        return outs
+
+    outs = decode(variables, xq, xkv, mask)
+    for _, state, later in outs:
         jax.tree.map(np.testing.assert_array_equal, later, state)  # read, never rewritten
-        outs.append((out, state))
-    (new, new_state), (old, old_state) = outs
+    (new, new_state, _), (old, old_state, _) = outs
     jax.tree.map(np.testing.assert_array_equal, new_state, old_state)
     exact, _ = oracle(params, xq, xkv, mask, group=beams)
     assert new.shape == (items * beams, 1, EMBED)
@@ -378,9 +420,21 @@ def test_weights_paths_sow_and_dropout(dtype, route):
     params, xq, xkv = random_case(rng, 2, 4, 7, mask)
     exact, exact_w = oracle(params, xq, xkv, mask)
     scale = np.abs(exact).max()
-    fused = apply(MultiHeadAttention(HEADS, dtype=dtype), params, xq, xkv, mask, True)
+    rngs = {"dropout": jax.random.key(7)}
     sowing = MultiHeadAttention(HEADS, dtype=dtype, sow_weights=True)
-    out, state = apply(sowing, params, xq, xkv, mask, True, mutable=["intermediates"])
+    dropped = MultiHeadAttention(HEADS, dtype=dtype, dropout_rate=0.3)
+    old_dropped = OldMultiHeadAttention(HEADS, dtype=dtype, dropout_rate=0.3)
+    fused, (out, state), new, old, kept = apply_each(
+        params,
+        [
+            (MultiHeadAttention(HEADS, dtype=dtype), xq, xkv, mask, True),
+            (sowing, xq, xkv, mask, True, {"mutable": ["intermediates"]}),
+            (dropped, xq, xkv, mask, False),  # training: dropout on the weights
+            (old_dropped, xq, xkv, mask, False),
+            (dropped, xq, xkv, mask, True),
+        ],
+        rngs,
+    )
     (weights,) = state["intermediates"]["weights"]  # float32 [batch, heads, q, kv]
     check(out, fused, dtype, scale)
     check_oracle(out, exact, dtype)
@@ -388,14 +442,8 @@ def test_weights_paths_sow_and_dropout(dtype, route):
     atol = 1e-6 if dtype == jnp.float32 else 2**-7  # bfloat16 projections move the weights
     np.testing.assert_allclose(f64(weights), exact_w, rtol=0, atol=atol)
 
-    rngs = {"dropout": jax.random.key(7)}
-    dropped = MultiHeadAttention(HEADS, dtype=dtype, dropout_rate=0.3)
-    old_dropped = OldMultiHeadAttention(HEADS, dtype=dtype, dropout_rate=0.3)
-    new = apply(dropped, params, xq, xkv, mask, False, rngs=rngs)
-    old = apply(old_dropped, params, xq, xkv, mask, False, rngs=rngs)
     check(new, old, dtype, scale)
     assert np.abs(f64(new) - f64(fused)).max() > 0.05 * scale  # dropout did act
-    kept = apply(dropped, params, xq, xkv, mask, True, rngs=rngs)
     check(kept, fused, dtype, scale)
 
 
@@ -407,7 +455,8 @@ def test_fused_attention_function(kernel):
     rng = np.random.default_rng(8)
     q, k, v = (rng.normal(size=(2, 6, 3, 8)) for _ in range(3))
     mask = np.arange(6)[None, None, None, :] < np.array([6, 2])[:, None, None, None]
-    got = fused_attention(*(jnp.float32(t) for t in (q, k, v)), mask, True, 0.3, kernel)
+    attend = jax.jit(lambda q, k, v, mask: fused_attention(q, k, v, mask, True, 0.3, kernel))
+    got = attend(*(jnp.float32(t) for t in (q, k, v)), mask)
     if kernel == "cudnn":
         assert jax.default_backend() == "cpu" and got is None
         return
@@ -429,7 +478,8 @@ def test_fused_attention_bfloat16_logits_in_float32():
     k = np.concatenate([k] * 64, axis=1)  # [2, 256, 2, 16]: many keys near the top logit
     k = to_bf16(k + 0.1 * rng.normal(size=k.shape))
     v = to_bf16(rng.normal(size=k.shape))
-    got = f64(fused_attention(*(jnp.bfloat16(t) for t in (q, k, v)), None, False, 0.25, "xla"))
+    attend = jax.jit(lambda q, k, v: fused_attention(q, k, v, None, False, 0.25, "xla"))
+    got = f64(attend(*(jnp.bfloat16(t) for t in (q, k, v))))
 
     def attention(logits):
         weights = np.exp(logits - logits.max(-1, keepdims=True))
@@ -461,10 +511,23 @@ def test_attention_kernel_picks_cudnn_only_where_it_applies():
     assert attention_kernel(jnp.float32, 64, 1500, 64, True, backend="cpu") is None
 
 
+# (q_len, BLOCKED_QUERIES, mask). The mask picks `blocked_attention`'s path: none (one all-true
+# key row shared by every item), keys (a key row per item) or queries_and_keys (mask rows
+# padded and split into blocks with the queries). 3 blocks of 3 with the last one padded runs
+# all three; the block layout only enters the queries' padding and split, and the mask rows'
+# under queries_and_keys, which also runs on 2 unpadded blocks and on a single block.
+BLOCKED_CASES = [
+    (7, 3, "none"),
+    (7, 3, "keys"),
+    (7, 3, "queries_and_keys"),
+    (6, 3, "queries_and_keys"),
+    (5, 256, "queries_and_keys"),
+]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("mask_kind", ["none", "keys", "queries_and_keys"])
-@pytest.mark.parametrize("q_len, block", [(7, 3), (6, 3), (5, 256)])
-def test_blocked_attention_equals_the_einsum_path(dtype, mask_kind, q_len, block, monkeypatch):
+@pytest.mark.parametrize("q_len, block, mask_kind", BLOCKED_CASES)
+def test_blocked_attention_equals_the_einsum_path(dtype, q_len, block, mask_kind, monkeypatch):
     """Block by block (several blocks, a padded last one, or one) the same outputs and
     gradients as the einsum path, under no mask, a key mask, and a query-and-key mask."""
     monkeypatch.setattr(attention, "BLOCKED_QUERIES", block)
@@ -486,11 +549,15 @@ def test_blocked_attention_equals_the_einsum_path(dtype, mask_kind, q_len, block
     def blocked(q, k, v):
         return attention.blocked_attention(q, k, v, mask, 0.3).astype(jnp.float32)
 
+    @jax.jit  # one compiled program: both paths' outputs and gradients
+    def outputs_and_grads(q, k, v):
+        loss = lambda f: lambda *x: jnp.sum(jnp.sin(f(*x)))  # noqa: E731
+        paths = (blocked, einsum_path)
+        return [(f(q, k, v), jax.grad(loss(f), argnums=(0, 1, 2))(q, k, v)) for f in paths]
+
     tol = 1e-6 if dtype == jnp.float32 else 1e-2
-    np.testing.assert_allclose(blocked(q, k, v), einsum_path(q, k, v), rtol=tol, atol=tol)
-    loss = lambda f: lambda *x: jnp.sum(jnp.sin(f(*x)))  # noqa: E731
-    grads = jax.grad(loss(blocked), argnums=(0, 1, 2))(q, k, v)
-    want = jax.grad(loss(einsum_path), argnums=(0, 1, 2))(q, k, v)
+    (got, grads), (path, want) = outputs_and_grads(q, k, v)
+    np.testing.assert_allclose(got, path, rtol=tol, atol=tol)
     for g, w in zip(grads, want, strict=True):
         np.testing.assert_allclose(
             np.asarray(g, np.float32), np.asarray(w, np.float32), rtol=tol, atol=tol

@@ -17,6 +17,7 @@ def test_the_best_evaluated_step_is_kept_between_checkpoint_steps(tiny_dataset, 
         TINY_CONFIG,
         [
             f"data.dataset={tiny_dataset}",
+            "data.buckets=[512]",  # one compiled train step (the evaluations are stubbed)
             "train.num_steps=6",
             "train.eval_every=3",
             "train.checkpoint_every=4",

@@ -1,5 +1,7 @@
 """Every config file parses and builds; bad keys and values are clear errors."""
 
+import functools
+
 import jax
 import pytest
 
@@ -83,6 +85,7 @@ def test_config_parses_and_builds(path, tmp_path, whisper_folder):
     assert load_config(tmp_path / "config.yaml") == cfg
 
 
+@functools.cache  # a Whisper size's count serves both tests below (tracing it takes seconds)
 def _num_params(cfg, whisper_folder) -> int:
     task = _task(cfg, whisper_folder)
     mesh = make_mesh(cfg.mesh.__class__(data=1, fsdp=1, tensor=1))

@@ -177,16 +177,18 @@ def test_read_threads_from_the_config_or_the_cores(tiny_dataset):
 
 
 def _quick(tiny_dataset, *extra):
-    """`quick_config` with no checkpoint before the run's end."""
-    return quick_config(tiny_dataset, "train.checkpoint_every=1000", *extra)
+    """`quick_config` with no checkpoint before the run's end, on a 3-step schedule: every run
+    below trains one program for float16 batches and one for float32 ones (the persistent
+    compilation cache serves each after its first compile)."""
+    return quick_config(tiny_dataset, "train.checkpoint_every=1000", "train.num_steps=3", *extra)
 
 
 @pytest.fixture(scope="module")
 def straight(tiny_dataset, tmp_path_factory):
-    """Six steps straight on jaxseq's pipeline."""
+    """Three steps straight on jaxseq's pipeline."""
     workdir = tmp_path_factory.mktemp("straight") / "run"
-    summary = train(_quick(tiny_dataset, "train.num_steps=6"), workdir)
-    assert summary["step"] == 6
+    summary = train(_quick(tiny_dataset), workdir)
+    assert summary["step"] == 3
     return workdir
 
 
@@ -212,17 +214,17 @@ def _saved_position(workdir, step: int, cfg) -> dict:
 def test_a_preempted_run_resumes_on_the_batch_it_had_not_consumed(
     straight, tiny_dataset, tmp_path, monkeypatch
 ):
-    """Preempted after step 3 (batch 4 already prefetched): checkpoint 3 holds the position
-    after batch 3, and the resumed run logs the straight run's steps exactly."""
-    cfg = _quick(tiny_dataset, "train.num_steps=6")
+    """Preempted after step 2 (batch 3 already prefetched): checkpoint 2 holds the position
+    after batch 2, and the resumed run logs the straight run's steps exactly."""
+    cfg = _quick(tiny_dataset)
     with monkeypatch.context() as patch:
-        patch.setattr(PreemptionWatch, "should_stop", lambda self, step: step == 3)
+        patch.setattr(PreemptionWatch, "should_stop", lambda self, step: step == 2)
         summary = train(cfg, tmp_path)
-    assert summary["preempted_at"] == 3
+    assert summary["preempted_at"] == 2
+    assert _saved_position(tmp_path, 2, cfg) == {"step": 2}
+    assert train(cfg, tmp_path)["start_step"] == 2
     assert _saved_position(tmp_path, 3, cfg) == {"step": 3}
-    assert train(cfg, tmp_path)["start_step"] == 3
-    assert _saved_position(tmp_path, 6, cfg) == {"step": 6}
-    assert _saved_position(straight, 6, cfg) == {"step": 6}
+    assert _saved_position(straight, 3, cfg) == {"step": 3}
     assert _train_lines(tmp_path) == _train_lines(straight)
 
 
@@ -239,7 +241,7 @@ def _host_batches(tiny_dataset, n: int) -> list[dict[str, np.ndarray]]:
 def test_user_float32_batches_are_read_once_each_and_train_alike(straight, tiny_dataset, tmp_path):
     """float32 user batches train to the float16 pipeline run's metrics; the loop reads one
     batch per step and none past the last; running out ends training with a checkpoint."""
-    batches = _host_batches(tiny_dataset, 7)
+    batches = _host_batches(tiny_dataset, 4)
     pulled = []
 
     def user_data(n):
@@ -247,11 +249,11 @@ def test_user_float32_batches_are_read_once_each_and_train_alike(straight, tiny_
             pulled.append(i)
             yield b
 
-    cfg = _quick(tiny_dataset, "train.num_steps=6")  # the straight run's schedule
-    summary = train(cfg, tmp_path / "six", data=user_data(7))
-    assert summary["step"] == 6 and pulled == list(range(6))  # batch 6 was never read
-    got, want = _train_lines(tmp_path / "six"), _train_lines(straight)
-    assert sorted(got) == sorted(want) == list(range(1, 7))
+    cfg = _quick(tiny_dataset)  # the straight run's schedule
+    summary = train(cfg, tmp_path / "three", data=user_data(4))
+    assert summary["step"] == 3 and pulled == list(range(3))  # batch 3 was never read
+    got, want = _train_lines(tmp_path / "three"), _train_lines(straight)
+    assert sorted(got) == sorted(want) == list(range(1, 4))
     for step, line in want.items():
         for name, value in line.items():
             if name == "flops_per_step":  # of another program: its float16 input is widened
@@ -259,10 +261,10 @@ def test_user_float32_batches_are_read_once_each_and_train_alike(straight, tiny_
             assert got[step][name] == pytest.approx(value, rel=1e-6, abs=1e-7), (step, name)
 
     pulled.clear()
-    summary = train(cfg, tmp_path / "out", data=user_data(4))
-    assert summary["data_exhausted_at"] == 4 and summary["step"] == 4 and pulled == [0, 1, 2, 3]
+    summary = train(cfg, tmp_path / "out", data=user_data(2))
+    assert summary["data_exhausted_at"] == 2 and summary["step"] == 2 and pulled == [0, 1]
     ckpts = sorted(int(p.name) for p in (tmp_path / "out" / "checkpoints").iterdir())
-    assert ckpts == [4]
+    assert ckpts == [2]
 
 
 def test_a_malformed_user_batch_fails_at_its_own_step(tiny_dataset, tmp_path):
@@ -270,7 +272,7 @@ def test_a_malformed_user_batch_fails_at_its_own_step(tiny_dataset, tmp_path):
     names step 2 (the 0-based step that would have used it)."""
     batches = _host_batches(tiny_dataset, 2)
     bad = {k: v for k, v in batches[0].items() if k != "labels"}
-    cfg = _quick(tiny_dataset, "train.num_steps=4")
+    cfg = _quick(tiny_dataset)
     with pytest.raises(JaxseqError, match=r"batch of step 2 lacks \['labels'\]"):
         train(cfg, tmp_path, data=[*batches, bad])
     assert sorted(_train_lines(tmp_path)) == [1, 2]
@@ -285,7 +287,7 @@ def test_data_wait_counts_the_time_spent_waiting_for_batches(tiny_dataset, tmp_p
             time.sleep(1.0)
             yield b
 
-    train(_quick(tiny_dataset, "train.num_steps=3"), tmp_path, data=slow())
+    train(_quick(tiny_dataset), tmp_path, data=slow())
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     waits = [m["data_wait"] for m in lines if m["split"] == "train"]
     # Window 1 waits for batches 1 and 2 (and compiles), window 2 for batch 3 while its step

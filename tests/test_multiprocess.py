@@ -111,13 +111,16 @@ def test_cli_reports_inconsistent_flags(no_cluster, tmp_path, capsys):
 #
 # Nearly all of a launch's time is starting Python and compiling, so the launches share what
 # they can: one 2-process run of 4 steps (`two_process_run`) is copied by every test that
-# resumes or evaluates it, one 1-process run of 6 steps (`one_process_run`) is the reference,
-# every batch is padded to one bucket (one train-step compile per launch, not one per bucket),
-# a persistent compilation cache lets a launch load what an earlier one compiled (the same
-# program on the same processes), and LLVM's optimizations are off (the programs are tiny; the
-# 1- and 2-process runs are compiled alike).
+# resumes or evaluates it, one 1-process run of 6 steps (`one_process_run`, started at the same
+# time) is the reference, and one 2-process resume of it (`resumed_run`) both checks the resume
+# (steps 5-6 and the evaluation at step 6) and is the run that SIGTERM preempts. Every batch is
+# padded to one bucket (one train-step compile per launch, not one per bucket), a persistent
+# compilation cache lets a launch load what an earlier one compiled (the same program on the
+# same processes), and LLVM's optimizations are off (the programs are tiny; the 1- and
+# 2-process runs are compiled alike).
 
 TIMEOUT = 900  # seconds per launch; compiling on a busy 2-core machine is slow
+LONG = 400  # train.num_steps of the runs that SIGTERM stops (far more steps than they take)
 
 
 def _free_port() -> int:
@@ -134,8 +137,9 @@ def _env(devices: int) -> dict[str, str]:
 
 def _common(tiny_dataset, num_steps, *extra) -> list[str]:
     # Warmup of 2 steps and a constant rate after it (end ratio 1): the schedule is the same
-    # whatever train.num_steps, so 4 steps + a resume to 6 must equal 6 straight steps.
-    # One bucket as large as the config's largest: the same batches, one compile.
+    # whatever train.num_steps, so 4 steps + a resume to 6 (or on, to a preemption) must equal
+    # 6 straight steps. One bucket as large as the config's largest: the same batches, one
+    # compile.
     return [
         "--config",
         str(TINY_CONFIG),
@@ -218,10 +222,7 @@ def _launch(
     return _wait(verb, procs, files, logs, check=check)
 
 
-def _train(workdir: Path, args: list[str], num_processes: int, tag: str) -> list[dict]:
-    """`_launch` of `jaxseq train --workdir WORKDIR ARGS`, each result with its "summary"."""
-    logs = workdir.parent / f"{workdir.name}-{tag}"
-    results = _launch("train", ["--workdir", str(workdir), *args], num_processes, logs)
+def _with_summaries(results: list[dict]) -> list[dict]:
     return [{**r, "summary": _summary(r["stdout"])} for r in results]
 
 
@@ -230,6 +231,20 @@ def _summary(stdout: str) -> dict:
     stdout from C++ before it)."""
     start = stdout.rindex("\n{\n") + 1 if not stdout.startswith("{") else 0
     return json.loads(stdout[start:])
+
+
+def _preempted(args: list[str], workdir: Path, logs: Path, after_step: int) -> list[dict]:
+    """Starts `jaxseq train ARGS` as 2 processes and, once a train step past AFTER_STEP is
+    logged, sends SIGTERM to process 1 only. Returns each process's result with its summary."""
+    procs, files = _start("train", args, 2, logs)
+    deadline = time.time() + TIMEOUT
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        logged = (workdir / "metrics.jsonl").exists() and _metrics(workdir)
+        if logged and logged[-1]["step"] > after_step:
+            procs[1].send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    return _with_summaries(_wait("train", procs, files, logs))
 
 
 @pytest.fixture(scope="module")
@@ -243,32 +258,68 @@ def common(tiny_dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def two_process_run(common, tmp_path_factory) -> tuple[Path, list[dict], float]:
-    """2 processes x 4 devices train 4 steps from scratch (checkpoints 2 and 4), without
-    evaluation: (workdir, each process's result, seconds). Tests copy the workdir to change it."""
-    workdir = tmp_path_factory.mktemp("two") / "multi"
+def first_runs(common, tmp_path_factory) -> dict:
+    """Started together (they share nothing): 2 processes x 4 devices train 4 steps from scratch
+    (checkpoints 2 and 4) without evaluation, and 1 process x 8 devices trains 6 steps straight
+    and evaluates (checkpointed at the end only: nothing resumes it).
+    {"two": (workdir, each process's result), "one": (workdir, result), "seconds": both}."""
+    two = tmp_path_factory.mktemp("two") / "multi"
+    one = tmp_path_factory.mktemp("one") / "single"
     t = time.time()
-    results = _train(workdir, common(4, "data.eval_split=''"), 2, "first")
-    return workdir, results, time.time() - t
+    launches = [
+        (two, common(4, "data.eval_split=''"), 2, "first"),
+        (one, common(6, "train.checkpoint_every=1000"), 1, "straight"),
+    ]
+    started = []
+    for workdir, args, processes, tag in launches:
+        logs = workdir.parent / f"{workdir.name}-{tag}"
+        started.append((_start("train", ["--workdir", str(workdir), *args], processes, logs), logs))
+    try:
+        two_results, (one_result,) = (
+            _with_summaries(_wait("train", procs, files, logs)) for (procs, files), logs in started
+        )
+    finally:  # a failed launch leaves no process of the other running
+        for (procs, _), _ in started:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+    return {"two": (two, two_results), "one": (one, one_result), "seconds": time.time() - t}
 
 
 @pytest.fixture(scope="module")
-def one_process_run(common, tmp_path_factory) -> tuple[Path, dict, float]:
-    """1 process x 8 devices trains 6 steps straight and evaluates: (workdir, result, seconds)."""
-    workdir = tmp_path_factory.mktemp("one") / "single"
-    t = time.time()
-    (result,) = _train(workdir, common(6), 1, "straight")
-    return workdir, result, time.time() - t
+def two_process_run(first_runs) -> tuple[Path, list[dict]]:
+    """2 processes x 4 devices, 4 steps from scratch: (workdir, each process's result). Tests
+    copy the workdir to change it."""
+    return first_runs["two"]
+
+
+@pytest.fixture(scope="module")
+def one_process_run(first_runs) -> tuple[Path, dict]:
+    """1 process x 8 devices, 6 steps straight and an evaluation: (workdir, result)."""
+    return first_runs["one"]
+
+
+@pytest.fixture(scope="module")
+def resumed_run(two_process_run, common, tmp_path_factory) -> tuple[Path, list[dict], list[str]]:
+    """Both processes restart the step-4 checkpoint of `two_process_run` with a long command
+    (the same schedule: warmup 2, then constant) that evaluates at step 6 (a checkpoint), and
+    train on until SIGTERM, sent to process 1 only once step 7 is logged, preempts them:
+    (workdir, each process's result, the command's arguments)."""
+    workdir = tmp_path_factory.mktemp("resumed") / "multi"
+    shutil.copytree(two_process_run[0], workdir)
+    args = ["--workdir", str(workdir), *common(LONG, "train.eval_every=6")]
+    args += ["train.checkpoint_every=1000"]
+    results = _preempted(args, workdir, workdir.parent / "resume", 6)
+    return workdir, results, args
 
 
 def test_two_processes_train_save_and_resume_like_one(
-    two_process_run, one_process_run, common, tmp_path
+    first_runs, two_process_run, one_process_run, resumed_run
 ):
-    """2 processes x 4 devices: 4 steps (saves at 2 and 4), then both restart to step 6 and
-    evaluate; the 6 losses and the validation result equal 1 process x 8 devices training 6
-    steps straight (≤ 1e-5)."""
-    first_run, first, seconds = two_process_run
-    timings = {"2 processes, steps 1-4": seconds}
+    """2 processes x 4 devices: 4 steps (saves at 2 and 4), then both restart, evaluate at step
+    6 and go on; the losses of steps 1-6 and the validation result at step 6 equal 1 process x
+    8 devices training 6 steps straight (≤ 1e-5)."""
+    first_run, first = two_process_run
     assert [r["summary"]["start_step"] for r in first] == [0, 0]
     assert [r["summary"]["step"] for r in first] == [4, 4]
     # Only process 0 writes logs: one line per step, one TensorBoard file.
@@ -283,31 +334,29 @@ def test_two_processes_train_save_and_resume_like_one(
         for i in range(2):
             assert any(f"process_{i}" in name for name in written), (step, i, written)
 
-    multi = tmp_path / "multi"
-    shutil.copytree(first_run, multi)
-    t = time.time()
-    second = _train(multi, common(6), 2, "resume")
-    timings["2 processes, resume, steps 5-6 + eval"] = time.time() - t
+    multi, second, _ = resumed_run
     assert [r["summary"]["start_step"] for r in second] == [4, 4]
-    assert [r["summary"]["step"] for r in second] == [6, 6]
     assert all("resumed from step 4" in r["stderr"] for r in second)
+    assert all(r["summary"]["preempted_at"] > 6 for r in second)  # past the evaluation
 
-    single, one, timings["1 process, steps 1-6 + eval"] = one_process_run
+    single, one = one_process_run
     assert one["summary"]["start_step"] == 0
+    assert one["summary"]["step"] == 6
 
-    got, want = _metrics(multi), _metrics(single)
+    got, want = _metrics(multi)[:6], _metrics(single)
     assert [m["step"] for m in got] == [m["step"] for m in want] == [1, 2, 3, 4, 5, 6]
     losses = np.array([[m["loss"] for m in got], [m["loss"] for m in want]])
     rates = np.array([[m["learning_rate"] for m in got], [m["learning_rate"] for m in want]])
     print(f"\nlosses, 2 processes x 4 devices (4 steps, then resumed): {losses[0].tolist()}")
     print(f"losses, 1 process x 8 devices (6 steps straight):       {losses[1].tolist()}")
-    print(f"max |difference| {np.abs(losses[0] - losses[1]).max():.3g}; timings (s): {timings}")
+    print(f"max |difference| {np.abs(losses[0] - losses[1]).max():.3g}")
+    print(f"seconds: first runs {first_runs['seconds']:.0f}")
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(rates[0], rates[1])
     assert losses[1, -1] < losses[1, 0]
 
-    # Evaluation at the end: each process decoded its half; the counts were summed.
-    (got_eval,), (want_eval,) = _metrics(multi, "valid"), _metrics(single, "valid")
+    # Evaluation at step 6: each process decoded its half; the counts were summed.
+    got_eval, (want_eval,) = _metrics(multi, "valid")[0], _metrics(single, "valid")
     assert got_eval["step"] == want_eval["step"] == 6
     assert got_eval["num_utterances"] == want_eval["num_utterances"] == 8
     assert got_eval["wer"] == want_eval["wer"] and got_eval["cer"] == want_eval["cer"]
@@ -349,34 +398,21 @@ def test_a_two_process_checkpoint_resumes_in_one_process(
     )
 
 
-def _preempted(args: list[str], workdir: Path, logs: Path, after_step: int) -> list[dict]:
-    """Starts `jaxseq train ARGS` as 2 processes and, once a step past AFTER_STEP is logged,
-    sends SIGTERM to process 1 only. Returns each process's summary."""
-    procs, files = _start("train", args, 2, logs)
-    deadline = time.time() + TIMEOUT
-    while time.time() < deadline and all(p.poll() is None for p in procs):
-        logged = (workdir / "metrics.jsonl").exists() and _metrics(workdir)
-        if logged and logged[-1]["step"] > after_step:
-            procs[1].send_signal(signal.SIGTERM)
-            break
-        time.sleep(0.05)
-    return [_summary(r["stdout"]) for r in _wait("train", procs, files, logs)]
-
-
-def test_sigterm_saves_every_process_at_one_step(common, tmp_path):
+def test_sigterm_saves_every_process_at_one_step(resumed_run, tmp_path):
     """Preemption of a multi-process run: SIGTERM reaches one process only (process 1); jax's
     preemption sync point makes both save the same step and exit 0; both resume there when
-    the same command is rerun (and are preempted alike again)."""
+    the same command is rerun (and are preempted alike again). The first preemption is that
+    of `resumed_run` (itself resumed from step 4); the rerun works on a copy of its workdir."""
+    first_dir, first, args = resumed_run
+    stop = first[0]["summary"]["preempted_at"]
+    assert [r["summary"]["preempted_at"] for r in first] == [stop, stop] and 6 < stop < LONG
+    assert (first_dir / "checkpoints" / str(stop)).is_dir()
     workdir = tmp_path / "run"
-    args = ["--workdir", str(workdir), *common(400, "data.eval_split=''")]
-    args += ["train.checkpoint_every=1000"]
-    first = _preempted(args, workdir, tmp_path / "preempted", 2)
-    stop = first[0]["preempted_at"]
-    assert [s["preempted_at"] for s in first] == [stop, stop] and 3 <= stop < 400
-    assert (workdir / "checkpoints" / str(stop)).is_dir()
+    shutil.copytree(first_dir, workdir)
+    args = [str(workdir) if a == str(first_dir) else a for a in args]
     # The same command again (the same program: loaded from the compilation cache).
-    resumed = _preempted(args, workdir, tmp_path / "resumed", stop)
+    resumed = [r["summary"] for r in _preempted(args, workdir, tmp_path / "resumed", stop)]
     assert [s["start_step"] for s in resumed] == [stop, stop]
     again = resumed[0]["preempted_at"]
-    assert [s["preempted_at"] for s in resumed] == [again, again] and stop < again < 400
+    assert [s["preempted_at"] for s in resumed] == [again, again] and stop < again < LONG
     assert (workdir / "checkpoints" / str(again)).is_dir()

@@ -89,7 +89,10 @@ def test_source_items(data_dir):
 def test_prepare_float_audio(data_dir, tmp_path):
     cfg = PrepareConfig(tfds_data_dir=str(data_dir), num_shards=2, max_bad_fraction=0.5)
     out = tmp_path / "out"
-    summary = prepare_split("tfds:jaxseq_toy_speech:train", out, "train", cfg, num_workers=2)
+    # In-process: a TFDS source is read in this process either way, and what a worker pool
+    # would receive (dicts of arrays and strings) is what tests/test_prepare.py's 2-worker
+    # preparation sends; spawned workers would only add their start-up (importing jaxseq).
+    summary = prepare_split("tfds:jaxseq_toy_speech:train", out, "train", cfg, num_workers=1)
     assert summary["num_utterances"] == 3 and summary["skipped_by_reason"] == {"empty_text": 1}
     source = parse_source("tfds:jaxseq_toy_speech:train", cfg)
     order = [source[i]["id"] for i in range(len(source))]  # the dataset's (shuffled) order

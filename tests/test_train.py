@@ -19,6 +19,7 @@ from jaxseq.data.pipeline import load_dataset_info, make_train_iterator
 from jaxseq.inference.formats import FORMATS
 from jaxseq.tasks.base import STEP_KEY
 from jaxseq.train.checkpoint import Checkpointer
+from jaxseq.train.loop import train
 from jaxseq.train.optimizer import make_optimizer
 from jaxseq.train.state import abstract_train_state
 from jaxseq.train.trained import load_trained
@@ -83,25 +84,25 @@ def assert_logged_like_recomputed(workdir, step: int, rtol: float = 1e-5) -> Non
 def test_cli_train_evaluate_transcribe_resume(tiny_dataset, tmp_path, capsys):
     workdir = tmp_path / "run"
     common = ["--config", str(TINY_CONFIG), f"data.dataset={tiny_dataset}", "train.log_every=1"]
-    cli.main(["train", "--workdir", str(workdir), *common])
+    # 4 steps (checkpoints 2 and 4, an evaluation at 4), then a resume to 6.
+    common += ["train.checkpoint_every=2", "train.eval_every=4"]
+    cli.main(["train", "--workdir", str(workdir), *common, "train.num_steps=4"])
     # The train step was compiled once per bucket used, never for any other padded length.
     summary = json.loads(capsys.readouterr().out)
     buckets = load_config(TINY_CONFIG).data.buckets
     assert summary["compiled_shapes"] and set(summary["compiled_shapes"]) <= set(buckets)
     for name in ("config.yaml", "frontend.json", "vocab.json", "metrics.jsonl"):
         assert (workdir / name).is_file(), name
-    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
-        5,
-        10,
-    ]
-    assert [m["step"] for m in _metrics(workdir)] == list(range(1, 11))
-    assert_logged_like_recomputed(workdir, 5)  # step 6: checkpoint 5's state, next batch
-    assert _metrics(workdir, "valid")[-1]["step"] == 10
+    ckpts = workdir / "checkpoints"
+    assert sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) == [2, 4]
+    assert [m["step"] for m in _metrics(workdir)] == list(range(1, 5))
+    assert_logged_like_recomputed(workdir, 2)  # step 3: checkpoint 2's state, next batch
+    assert _metrics(workdir, "valid")[-1]["step"] == 4
 
-    # Resume: the loop continues from step 10, not from scratch, on the batch that followed.
-    cli.main(["train", "--workdir", str(workdir), *common, "train.num_steps=15"])
-    assert [m["step"] for m in _metrics(workdir)] == list(range(1, 16))
-    assert_logged_like_recomputed(workdir, 10)
+    # Resume: the loop continues from step 4, not from scratch, on the batch that followed.
+    cli.main(["train", "--workdir", str(workdir), *common, "train.num_steps=6"])
+    assert [m["step"] for m in _metrics(workdir)] == list(range(1, 7))
+    assert_logged_like_recomputed(workdir, 4)
 
     report = tmp_path / "report.json"
     cli.main(
@@ -129,7 +130,7 @@ def test_cli_train_evaluate_transcribe_resume(tiny_dataset, tmp_path, capsys):
     assert out["audio_seconds"] == pytest.approx(index["num_frames"].sum() * hop_seconds)
     assert out["audio_seconds"] == pytest.approx(_hops_of_audio(tiny_dataset, "test", frontend))
     assert out["real_time_factor"] == pytest.approx(out["decode_seconds"] / out["audio_seconds"])
-    assert out["num_utterances"] == 8 and out["step"] == 15
+    assert out["num_utterances"] == 8 and out["step"] == 6
     # The report's WER is the corpus WER of its own per-utterance hypotheses (jiwer, directly).
     refs = [u["ref"] for u in out["utterances"]]
     hyps = [u["hyp"] for u in out["utterances"]]
@@ -150,12 +151,12 @@ def test_cli_train_evaluate_transcribe_resume(tiny_dataset, tmp_path, capsys):
             "--report",
             str(by_manifest),
             "--step",
-            "10",
+            "4",
             "eval.normalizer=whisper_english",
         ]
     )
     got = json.loads(by_manifest.read_text())
-    assert got["num_utterances"] == 8 and got["num_skipped"] == 0 and got["step"] == 10
+    assert got["num_utterances"] == 8 and got["num_skipped"] == 0 and got["step"] == 4
     assert got["audio_seconds"] == pytest.approx(out["audio_seconds"])  # the same recordings
     # Scored as published WERs are: openai-whisper's own English normalizer on both sides.
     assert out["normalizer"] == "model" and got["normalizer"] == "whisper_english"
@@ -198,12 +199,8 @@ train(cfg, sys.argv[2])
 
 
 def _train_on_mesh(tiny_dataset, workdir, devices, mesh):
-    flags = os.environ.get("XLA_FLAGS", "")
-    env = {
-        **os.environ,
-        "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}",
-        "JAX_PLATFORMS": "cpu",
-    }
+    """The losses of 4 steps on `devices` CPU devices: one device in this process (a test
+    process has one), more in a subprocess that asks for them."""
     overrides = [
         f"data.dataset={tiny_dataset}",
         "train.num_steps=4",
@@ -214,6 +211,16 @@ def _train_on_mesh(tiny_dataset, workdir, devices, mesh):
         "data.eval_split=''",
         *mesh,
     ]
+    if devices == 1:
+        assert jax.device_count() == 1
+        train(load_config(TINY_CONFIG, overrides), workdir)
+        return np.array([m["loss"] for m in _metrics(workdir)])
+    flags = os.environ.get("XLA_FLAGS", "")
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+    }
     subprocess.run(
         [sys.executable, "-c", _MESH_RUN, str(TINY_CONFIG), str(workdir), *overrides],
         check=True,

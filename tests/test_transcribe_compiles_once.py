@@ -45,8 +45,9 @@ def random_trained(config: str, *overrides: str) -> Trained:
     cfg = load_config(REPO / "configs" / config, overrides)
     task = task_class(cfg.model.family).from_config(cfg)
     batch = task.dummy_batch(1, cfg.data.buckets[0])
-    variables = task.init_variables(jax.random.PRNGKey(0), batch)
-    params = nn.meta.unbox(variables)["params"]
+    # Jitted: eagerly, every primitive of the initialization would compile on its own.
+    init = jax.jit(lambda rng, b: nn.meta.unbox(task.init_variables(rng, b))["params"])
+    params = init(jax.random.PRNGKey(0), batch)
     mesh = make_mesh(cfg.mesh)
     return Trained(cfg, task, mesh, params, 0, cfg.prepare.frontend, cfg.prepare.text)
 

@@ -33,7 +33,9 @@ from jaxseq.tasks.whisper import pad_like_whisper
 from jaxseq.text.whisper_tokenizer import WhisperTokenizer
 from jaxseq.train.trained import load_trained
 from tests.conftest import REPO
-from tests.hf_whisper import random_whisper
+from tests.hf_whisper import (
+    random_whisper,
+)
 
 FINETUNE = REPO / "configs" / "whisper_finetune.yaml"
 # The fine-tune runs' shapes and schedule (the fine-tune test's and the example's: one set of

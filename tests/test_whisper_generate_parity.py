@@ -24,7 +24,9 @@ from jaxseq.convert import load_hf_whisper
 from jaxseq.convert.hf_generate import plain_config_kwargs, plain_generate_kwargs
 from jaxseq.decoding.beam_search import LengthPenalty, beam_search, greedy_search
 from jaxseq.models.whisper import WhisperModel, search_setup
-from tests.hf_whisper import random_whisper
+from tests.hf_whisper import (
+    random_whisper,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

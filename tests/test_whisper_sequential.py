@@ -1,236 +1,45 @@
-"""Whisper's sequential long-form transcription (`jaxseq.inference.whisper_sequential`)
-against transformers 5's long-form `generate(..., return_timestamps=True)` on the same weights.
-
-The checkpoint is a small random Whisper (d_model 64, 2 + 2 layers) with Whisper's real
-vocabulary and 30-second windows (1500 encoder positions), 64 decoder positions, and two
-biases added before conversion, so that both models see them: every timestamp token's logit is
-raised by `TIME_BOOST` (its embedding row, tied to the output layer, gets a shared component
-that the decoder's final LayerNorm bias lifts), and end-of-text's by `EOT_BOOST`. Random
-weights then write timestamp pairs, segments and seeks happen, and windows end at different
-lengths. The recording is 70 s of noise with silent and loud seconds: three windows, the
-later ones starting where the timestamps of the one before put them.
+"""Whisper's sequential long-form transcription (`jaxseq.inference.whisper_sequential`):
+temperature fallback, recordings decoded side by side and in two processes, segment times and
+their formats, word times, the CLI and the API, and the sampler against a NumPy oracle. The
+checkpoint and the recording: tests/whisper_sequential_model.py; the segments against
+transformers' long-form generate: tests/test_whisper_sequential_parity.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import soundfile
-import torch
-import transformers
-from transformers.models.whisper.generation_whisper import WhisperGenerationMixin
 
 from jaxseq import cli
 from jaxseq.api import Model
 from jaxseq.config import ConfigError, load_config
-from jaxseq.convert.workdir import convert_to_workdir
 from jaxseq.decoding.sampling import sample_after_prompt
 from jaxseq.errors import JaxseqError
 from jaxseq.inference.formats import FORMATS, write_result
 from jaxseq.inference.longform import window_features
 from jaxseq.inference.whisper_sequential import sequential_transcribe
 from jaxseq.inference.word_timing import add_word_timestamps
-from jaxseq.text.whisper_tokenizer import WhisperTokenizer
-from jaxseq.train.trained import load_trained
-from tests import test_whisper_finetune as finetune
+from jaxseq.tasks.registry import task_class
+from tests import whisper_sequential_model as shared
 from tests.conftest import REPO
-from tests.hf_whisper import random_whisper
 from tests.test_multiprocess import TIMEOUT, _env, _free_port
-from tests.test_transcribe_compiles_once import Lowerings, random_trained
+from tests.test_transcribe_compiles_once import Lowerings
 from tests.test_word_timing import find_alignment
-from tests.whisper_sequential_run import RATE, RECORDINGS, recording
+from tests.whisper_sequential_model import GREEDY, OFF, TIMESTAMP_BEGIN, WAVE, times_and_tokens
+from tests.whisper_sequential_run import OPTIONS, RATE, RECORDINGS, recording
 
-EOT, SOT, EN, TRANSCRIBE = finetune.EOT, finetune.SOT, finetune.EN, finetune.TRANSCRIBE
-NO_TIMESTAMPS = finetune.NO_TIMESTAMPS
-TIMESTAMP_BEGIN = NO_TIMESTAMPS + 1
-NO_SPEECH = NO_TIMESTAMPS - 1
-SOT_PREV = 50361
-TARGET_POSITIONS = 64
-TIME_BOOST = 5.0
-EOT_BOOST = 5.0
-OFF = dict(compression_ratio_threshold=None, logprob_threshold=None, no_speech_threshold=None)
-WAVE = recording(70, 0)
-
-
-@pytest.fixture(scope="module")
-def hf_model(tmp_path_factory, whisper_folder):
-    """(folder, torch model): the random Whisper with Whisper's tokenizer and a generation
-    config holding the fields transformers' long-form generate reads."""
-    model = random_whisper(
-        0.2,
-        vocab_size=51865,
-        max_source_positions=1500,
-        max_target_positions=TARGET_POSITIONS,
-        pad_token_id=EOT,
-        bos_token_id=EOT,
-        eos_token_id=EOT,
-        decoder_start_token_id=SOT,
-    )
-    with torch.no_grad():
-        embed = model.model.decoder.embed_tokens.weight  # [vocab, d_model], tied to the output
-        embed[TIMESTAMP_BEGIN:, 0] = 1.0  # a shared component of every timestamp row ...
-        model.model.decoder.layer_norm.bias[0] += TIME_BOOST  # ... that the final bias lifts
-        eot = embed[EOT].clone()
-        eot[0] = 0.0
-        model.model.decoder.layer_norm.bias += EOT_BOOST * eot / eot.dot(eot)
-    tokenizer = WhisperTokenizer.from_folder(whisper_folder)
-    model.generation_config = transformers.GenerationConfig(
-        decoder_start_token_id=SOT,
-        eos_token_id=EOT,
-        pad_token_id=EOT,
-        bos_token_id=EOT,
-        max_length=TARGET_POSITIONS,
-        suppress_tokens=sorted([*tokenizer.non_speech_ids(), *finetune.ALWAYS_SUPPRESSED]),
-        begin_suppress_tokens=[220, EOT],
-        is_multilingual=True,
-        lang_to_id={"<|en|>": EN},
-        task_to_id=finetune.TASK_IDS,
-        no_timestamps_token_id=NO_TIMESTAMPS,
-        prev_sot_token_id=SOT_PREV,
-        max_initial_timestamp_index=50,
-    )
-    folder = tmp_path_factory.mktemp("hf_whisper_sequential")
-    model.save_pretrained(folder)
-    shutil.copy(whisper_folder / "tokenizer.json", folder / "tokenizer.json")
-    return folder, model
-
-
-@pytest.fixture(scope="module")
-def workdir(hf_model, tmp_path_factory):
-    """The checkpoint through jaxseq's converter."""
-    return convert_to_workdir(hf_model[0], tmp_path_factory.mktemp("sequential") / "whisper")
-
-
-@pytest.fixture(scope="module")
-def trained(workdir):
-    return load_trained(workdir)
-
-
-@pytest.fixture(scope="module")
-def greedy(trained) -> dict:
-    """jaxseq's greedy result for WAVE without fallback or conditioning."""
-    options = dict(temperatures=(0.0,), condition_on_previous_text=False, **OFF)
-    return sequential_transcribe(trained, [WAVE], **options)[0]
-
-
-def _hf_segments(model, wave: np.ndarray, **kwargs) -> list[dict]:
-    """transformers' long-form segments of one recording (its features as the feature
-    extractor computes them for long-form: the whole recording, not truncated)."""
-    extractor = transformers.WhisperFeatureExtractor(feature_size=80)
-    inputs = extractor(
-        wave,
-        sampling_rate=RATE,
-        return_tensors="pt",
-        truncation=False,
-        padding="longest",
-        return_attention_mask=True,
-    )
-    with torch.inference_mode():
-        out = model.generate(
-            inputs.input_features,
-            attention_mask=inputs.attention_mask,
-            return_timestamps=True,
-            return_segments=True,
-            language="en",
-            task="transcribe",
-            **kwargs,
-        )
-    return out["segments"][0]
-
-
-def _times_and_tokens(segments) -> list[tuple[float, float, list[int]]]:
-    """Times (past the recording's end moved to it, as jaxseq does) and tokens."""
-    end = len(WAVE) / RATE
-    return [
-        (min(float(s["start"]), end), min(float(s["end"]), end), [int(t) for t in s["tokens"]])
-        for s in segments
-    ]
-
-
-@pytest.mark.parametrize("condition", [False, True])
-def test_greedy_segments_match_transformers(trained, hf_model, greedy, condition):
-    """Without fallback, every segment's tokens, start and end equal transformers', with and
-    without conditioning on the earlier segments; the recording takes several windows and
-    gives several segments, some windows seeking to their last timestamp pair."""
-    want = _hf_segments(hf_model[1], WAVE, condition_on_prev_tokens=condition, temperature=0.0)
-    result = greedy
-    if condition:
-        [result] = sequential_transcribe(trained, [WAVE], temperatures=(0.0,), **OFF)
-    got = result["segments"]
-    assert _times_and_tokens(got) == _times_and_tokens(want)
-    if condition:  # the earlier text (its last 31 tokens) changed what later windows wrote
-        assert _times_and_tokens(got) != _times_and_tokens(greedy["segments"])
-    seeks = sorted({s["seek"] for s in got})
-    assert len(seeks) >= 3 and len(got) >= 8, (seeks, len(got))
-    assert any(seek % 3000 for seek in seeks)  # a window started at a timestamp, not a border
-    assert result["language"] == "en"
-    assert {s["temperature"] for s in got} == {0.0}
-    text = trained.task.ids_to_text(np.asarray([t for s in got for t in s["tokens"]]))
-    assert result["text"] == text and text
-
-
-def _window_input(wave: np.ndarray, seek: int) -> torch.Tensor:
-    """transformers' input for the window at `seek`: [1, 80, 3000], zero-padded."""
-    extractor = transformers.WhisperFeatureExtractor(feature_size=80)
-    features = extractor(wave, sampling_rate=RATE, truncation=False, padding="longest")
-    window = np.asarray(features.input_features[0])[:, seek : seek + 3000]
-    return torch.from_numpy(np.pad(window, ((0, 0), (0, 3000 - window.shape[1])))[None])
-
-
-def test_skipped_windows_and_figures_match_transformers(trained, hf_model, greedy):
-    """With thresholds that decide without sampling (every window whose greedy decoding is
-    less probable than `logprob_threshold` is skipped as silence: no_speech_threshold 0),
-    the same windows are skipped and the same segments kept as transformers'; each segment's
-    avg_logprob, compression_ratio and no_speech_prob equal transformers' figures for its
-    window (`_retrieve_avg_logprobs`, `_retrieve_compression_ratio`, the softmax after
-    `<|startoftranscript|>` that `WhisperNoSpeechDetection` takes)."""
-    window_logprobs = sorted({s["avg_logprob"] for s in greedy["segments"]})
-    middle = len(window_logprobs) // 2  # some windows pass, some are skipped, none borderline
-    threshold = (window_logprobs[middle - 1] + window_logprobs[middle]) / 2
-    options = dict(
-        temperature=(0.0, 0.2, 0.4),
-        logprob_threshold=threshold,
-        no_speech_threshold=0.0,
-        condition_on_prev_tokens=True,
-    )
-    want = _hf_segments(hf_model[1], WAVE, **options)
-    [result] = sequential_transcribe(
-        trained,
-        [WAVE],
-        temperatures=(0.0, 0.2, 0.4),
-        compression_ratio_threshold=None,
-        logprob_threshold=threshold,
-        no_speech_threshold=0.0,
-        condition_on_previous_text=True,
-    )
-    got = result["segments"]
-    assert _times_and_tokens(got) == _times_and_tokens(want)
-    kept = {s["seek"] for s in got}
-    assert kept and len(got) < len(greedy["segments"])  # some windows kept, some skipped
-    assert all(s["avg_logprob"] >= threshold and s["temperature"] == 0.0 for s in got)
-    for ours, theirs in zip(got, want, strict=True):
-        scores = theirs["result"]["scores"]  # per generated step, [vocab]
-        generated = theirs["result"]["sequences"][-len(scores) :]  # end-of-text included
-        avg = WhisperGenerationMixin._retrieve_avg_logprobs(scores, generated, 0.0)
-        ratio = WhisperGenerationMixin._retrieve_compression_ratio(generated, 51865)
-        np.testing.assert_allclose(ours["avg_logprob"], float(avg), rtol=0, atol=2e-5)
-        assert ours["compression_ratio"] == ratio
-        prompt = theirs["result"]["sequences"][: -len(scores)]
-        with torch.inference_mode():
-            logits = hf_model[1](
-                input_features=_window_input(WAVE, ours["seek"]), decoder_input_ids=prompt[None]
-            ).logits[0, len(prompt) - 3]  # after <|startoftranscript|>, before <|en|><|task|>
-        no_speech = float(torch.softmax(logits.double(), -1)[NO_SPEECH])
-        np.testing.assert_allclose(ours["no_speech_prob"], no_speech, rtol=1e-4)
+# The fixtures: the converted random Whisper, built once per run (whisper_sequential_model).
+greedy, hf_model, trained, workdir = shared.greedy, shared.hf_model, shared.trained, shared.workdir
 
 
 def test_temperature_fallback_samples(trained):
@@ -250,36 +59,45 @@ def test_temperature_fallback_samples(trained):
     assert first == again
     segments = first["segments"]
     assert segments and {s["temperature"] for s in segments} == {0.4}
-    assert _times_and_tokens(segments) != _times_and_tokens(greedy["segments"])
+    assert times_and_tokens(segments) != times_and_tokens(greedy["segments"])
     for s in segments:
         times = [t for t in s["tokens"] if t >= TIMESTAMP_BEGIN]
         assert s["tokens"][0] >= TIMESTAMP_BEGIN and times == sorted(times)
         assert s["compression_ratio"] > 0.0 and s["avg_logprob"] <= 0.0
 
 
-def test_recordings_decode_together_as_alone(trained, greedy):
+OTHER = recording(45, 1)
+
+
+@pytest.fixture(scope="module")
+def together(trained) -> list[dict]:
+    """WAVE and OTHER decoded side by side (two rows, `GREEDY`): the single-process run that
+    tests/whisper_sequential_run.py's process 0 repeats."""
+    assert RECORDINGS[0] == [(70, 0), (45, 1)] and recording(70, 0).tobytes() == WAVE.tobytes()
+    return sequential_transcribe(trained, [WAVE, OTHER], batch_size=2, **GREEDY)
+
+
+def test_recordings_decode_together_as_alone(trained, greedy, together):
     """Two recordings decoded side by side (a row each, windows of different prompts and
     lengths in one program) give each one's result alone; a recording of another length
     reuses the compiled program."""
-    other = recording(45, 1)
-    options = dict(temperatures=(0.0,), condition_on_previous_text=False, **OFF)
-    together = sequential_transcribe(trained, [WAVE, other], batch_size=2, **options)
     with Lowerings() as lowered:
-        [alone] = sequential_transcribe(trained, [other], **options)
+        [alone] = sequential_transcribe(trained, [OTHER], **GREEDY)
     assert lowered.count == 0
     for both, one in zip(together, [greedy, alone], strict=True):
         assert both["text"] == one["text"]
-        assert _times_and_tokens(both["segments"]) == _times_and_tokens(one["segments"])
+        assert times_and_tokens(both["segments"]) == times_and_tokens(one["segments"])
         for a, b in zip(both["segments"], one["segments"], strict=True):  # float32 rounding
             np.testing.assert_allclose(a["avg_logprob"], b["avg_logprob"], rtol=1e-5)
             np.testing.assert_allclose(a["no_speech_prob"], b["no_speech_prob"], rtol=1e-4)
     assert alone["segments"] and alone["segments"] != greedy["segments"]
 
 
-def test_two_processes_each_with_their_own_recordings(workdir, trained, tmp_path):
-    """Two processes, one with two recordings and one with a longer one (different numbers
+def test_two_processes_each_with_their_own_recordings(workdir, trained, together, tmp_path):
+    """Two processes, one with two recordings and one with a shorter one (different numbers
     of windows), each get the results one process gets for its recordings: every jitted call
-    ran on both, or the run would hang."""
+    ran on both, or the run would hang. Process 0's reference is `together` (its recordings,
+    its options, two rows)."""
     script = REPO / "tests" / "whisper_sequential_run.py"
     env = {**_env(1), "PYTHONPATH": str(REPO)}
     env["XLA_FLAGS"] += " --xla_backend_optimization_level=0"  # tiny programs: compile faster
@@ -299,14 +117,16 @@ def test_two_processes_each_with_their_own_recordings(workdir, trained, tmp_path
                 other.kill()
             pytest.fail("2 processes timed out (a collective ran on one process only)")
         assert proc.returncode == 0, f"process {i}:\n{output.decode()[-3000:]}"
-    options = dict(temperatures=(0.0,), **OFF)
+    assert OPTIONS == GREEDY
     for p, specs in RECORDINGS.items():
         got = json.loads((tmp_path / f"result-p{p}.json").read_text())
-        want = sequential_transcribe(trained, [recording(*r) for r in specs], **options)
+        want = together if p == 0 else None
+        if want is None:
+            want = sequential_transcribe(trained, [recording(*r) for r in specs], **GREEDY)
         assert len(got) == len(want) == len(specs)
         for ours, theirs in zip(got, want, strict=True):
             assert ours["text"] == theirs["text"]
-            assert _times_and_tokens(ours["segments"]) == _times_and_tokens(theirs["segments"])
+            assert times_and_tokens(ours["segments"]) == times_and_tokens(theirs["segments"])
 
 
 def test_times_are_consistent_and_written(greedy, tmp_path):
@@ -345,9 +165,11 @@ def test_sequential_needs_whisper_and_valid_options():
         load_config(None, [*whisper, "eval.no_speech_threshold=1.5"])
     options = load_config(None, [*whisper, "eval.logprob_threshold=null"]).eval
     assert options.logprob_threshold is None and options.temperatures[0] == 0.0
-    trained = random_trained("seq2seq_tiny.yaml")
+    # The check comes first: a task of seq2seq_tiny.yaml (no parameters: nothing runs).
+    cfg = load_config(REPO / "configs" / "seq2seq_tiny.yaml")
+    seq2seq = SimpleNamespace(cfg=cfg, task=task_class(cfg.model.family).from_config(cfg))
     with pytest.raises(JaxseqError, match="eval.longform=chunked"):
-        sequential_transcribe(trained, [WAVE[:RATE]])
+        sequential_transcribe(seq2seq, [WAVE[:RATE]])
 
 
 def test_transcribe_cli_and_api_give_sequential_segments(
@@ -370,7 +192,7 @@ def test_transcribe_cli_and_api_give_sequential_segments(
     args += ["json", "--output-dir", str(tmp_path / "out")]
     cli.main(args + [x for setting in settings for x in ("--set", setting)])
     written = json.loads((tmp_path / "out" / "long.json").read_text())  # with word times
-    assert _times_and_tokens(written["segments"]) == _times_and_tokens(words["segments"])
+    assert times_and_tokens(written["segments"]) == times_and_tokens(words["segments"])
     assert [s["words"] for s in written["segments"]] == [s["words"] for s in words["segments"]]
     assert written["text"] == greedy["text"] and written["language"] == "en"
     assert greedy["text"] in capsys.readouterr().out
@@ -378,7 +200,7 @@ def test_transcribe_cli_and_api_give_sequential_segments(
     cfg = load_config(workdir / "config.yaml", settings)
     model = Model(dataclasses.replace(trained, cfg=cfg), workdir)
     [result] = model.transcribe([WAVE], return_timestamps=True)
-    assert _times_and_tokens(result["segments"]) == _times_and_tokens(greedy["segments"])
+    assert times_and_tokens(result["segments"]) == times_and_tokens(greedy["segments"])
     assert model.transcribe([WAVE[: 5 * RATE]]) == [
         sequential_transcribe(model.trained, [WAVE[: 5 * RATE]], **_options(cfg))[0]["text"]
     ]
@@ -393,8 +215,7 @@ def test_transcribe_cli_and_api_give_sequential_segments(
 @pytest.fixture(scope="module")
 def words(trained) -> dict:
     """`greedy` with word times."""
-    options = dict(temperatures=(0.0,), condition_on_previous_text=False, **OFF)
-    return sequential_transcribe(trained, [WAVE], word_timestamps=True, **options)[0]
+    return sequential_transcribe(trained, [WAVE], word_timestamps=True, **GREEDY)[0]
 
 
 def test_word_times_are_each_windows_alignment(trained, greedy, words):

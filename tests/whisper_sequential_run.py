@@ -2,7 +2,9 @@
 long-form transcription of a converted Whisper workdir, each process with its own recordings,
 as many as `RECORDINGS[process]` lists (process 0 two, process 1 one of another length), so
 that the processes run different numbers of windows and every jitted call must still run on
-both. Writes OUT/result-p<i>.json (each process its results).
+both. Process 0's recordings and options are those of the test's two-row single-process run
+(test_recordings_decode_together_as_alone), its reference. Writes OUT/result-p<i>.json (each
+process its results).
 
     python tests/whisper_sequential_run.py OUT WORKDIR PORT NUM_PROCESSES ID
 """
@@ -21,8 +23,9 @@ OPTIONS = dict(
     compression_ratio_threshold=None,
     logprob_threshold=None,
     no_speech_threshold=None,
+    condition_on_previous_text=False,
 )
-RECORDINGS = {0: [(40, 2), (12, 3)], 1: [(65, 4)]}  # per process: (seconds, seed)
+RECORDINGS = {0: [(70, 0), (45, 1)], 1: [(12, 3)]}  # per process: (seconds, seed)
 
 
 def recording(seconds: int, seed: int) -> np.ndarray:
