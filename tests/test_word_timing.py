@@ -150,17 +150,19 @@ SPOKEN = [
 _SPEAK = f"""
 import sys
 import numpy as np
-from jaxseq.audio.espeak import synthesize
-np.savez(sys.argv[1], *[synthesize(text, voice)[0] for text, voice in {SPOKEN!r}])
+from jaxseq.audio.espeak import synthesize_isolated
+waves = [synthesize_isolated([(text, voice, 175, 50)])[0][0] for text, voice in {SPOKEN!r}]
+np.savez(sys.argv[1], *waves)
 """
 
 
 @pytest.fixture(scope="module")
 def spoken(tmp_path_factory) -> dict[tuple[str, str], np.ndarray]:
-    """SPOKEN's waveforms (22,050 Hz), synthesized in a fresh process: espeak-ng's samples
-    depend on what its process spoke before (jaxseq.audio.espeak), and on this random model's
+    """SPOKEN's waveforms (22,050 Hz), each synthesized reproducibly (`synthesize_isolated`,
+    in a process that runs no jax): espeak-ng's noise generators make `synthesize`'s samples
+    depend on what its process spoke before and on their seeding, and on this random model's
     flat attention a slightly different waveform can tip a DTW step either way in the two
-    implementations; these are the same samples in any test order."""
+    implementations, or leave every word at one frame."""
     out = tmp_path_factory.mktemp("spoken") / "spoken.npz"
     subprocess.run([sys.executable, "-c", _SPEAK, str(out)], check=True, cwd=REPO)
     with np.load(out) as saved:
