@@ -111,7 +111,7 @@ def _speaker_corpus(root: Path) -> None:
     cli.main(["synth", "--config", config, "--out", str(root / "audio")])
     cli.main(
         ["prepare", "--config", config, "--source", f"synth:{root / 'audio'}"]
-        + ["--out", str(root / "prepared")]
+        + ["--out", str(root / "prepared"), "--workers", "1"]  # in-process: a tiny corpus
     )
 
 

@@ -39,11 +39,14 @@ def test_the_walkthrough_family_trains_and_evaluates(family, tiny_dataset, tmp_p
     cfg = jaxseq.load_config(
         {
             "model": {"family": "linear_ctc"},
-            "data": {"dataset": str(tiny_dataset), "batch_size": 8, "eval_batch_size": 8},
+            "data": {"dataset": str(tiny_dataset), "batch_size": 8, "eval_batch_size": 3},
             "optim": {"learning_rate": 3e-3, "warmup_steps": 1},
             "train": {"num_steps": 3, "log_every": 1, "eval_every": 3, "checkpoint_every": 3},
         },
-        overrides=["data.buckets=[128,256,512]", "data.max_label_length=64"],
+        # One bucket as long as the corpus's longest item: one compiled train step and one
+        # compiled evaluation; batches of 3 leave the last of 8 utterances' batches with a
+        # padding row, which the evaluation must not count (the check below masks it too).
+        overrides=["data.buckets=[384]", "data.max_label_length=64"],
     )
     steps = []
     summary = jaxseq.train(cfg, tmp_path / "w", callbacks=[lambda step, m: steps.append(step)])
@@ -52,7 +55,7 @@ def test_the_walkthrough_family_trains_and_evaluates(family, tiny_dataset, tmp_p
     report = jaxseq.evaluate(tmp_path / "w", tiny_dataset, split="test")
     trained = load_trained(tmp_path / "w")
     vocab = trained.task.tokenizer
-    loss_sum = tokens = 0.0
+    loss_sum = tokens = padding_rows = 0.0
     for batch, _, _ in make_eval_batches(tiny_dataset, "test", cfg.data, vocab):
         logits = trained.task.model.apply({"params": trained.params}, batch["features"])
         frames, width = logits.shape[1], batch["labels"].shape[1]
@@ -66,6 +69,8 @@ def test_the_walkthrough_family_trains_and_evaluates(family, tiny_dataset, tmp_p
         valid = batch["valid"]
         loss_sum += float(np.sum(np.asarray(per_utt)[valid]))
         tokens += float(np.sum(batch["label_lengths"][valid]))
+        padding_rows += float(np.sum(~valid))
+    assert padding_rows > 0, "no padding row in the evaluation's batches: nothing to mask"
     assert report["loss"] == pytest.approx(loss_sum / tokens, rel=1e-4)
     path = tmp_path / "w" / "eval" / "test-step3.json"
     items = json.loads(path.read_text())["utterances"]

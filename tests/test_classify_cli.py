@@ -14,7 +14,8 @@ from sklearn.metrics import f1_score
 from jaxseq import cli
 from jaxseq.evaluation.classify import diarization_error_rate
 from jaxseq.train.trained import load_trained
-from tests.conftest import REPO, TINY_CONFIG
+from tests.conftest import REPO
+from tests.test_tts_cli import shared_recognizer
 
 CONFIG = REPO / "configs" / "classify_tiny.yaml"
 AST = ["classify.encoder=ast", "classify.pooling=cls"]
@@ -22,9 +23,11 @@ AST = ["classify.encoder=ast", "classify.pooling=cls"]
 
 def _corpus(root, *overrides):
     cli.main(["synth", "--config", str(CONFIG), "--out", str(root / "audio"), *overrides])
+    # In this process: a pool of `spawn` workers (the default, one per core) would each import
+    # jaxseq and librosa again (seconds apiece, per split) to compute features for 40 clips.
     cli.main(
         ["prepare", "--config", str(CONFIG), "--source", f"synth:{root / 'audio'}"]
-        + ["--out", str(root / "prepared")]
+        + ["--out", str(root / "prepared"), "--workers", "1"]
     )
     return root
 
@@ -40,14 +43,10 @@ def turns(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ctc(speakers, tmp_path_factory):
-    """A (barely trained) tiny CTC model on the speaker corpus's transcripts."""
-    workdir = tmp_path_factory.mktemp("ctc") / "run"
-    cli.main(
-        ["train", "--config", str(TINY_CONFIG), "--workdir", str(workdir)]
-        + [f"data.dataset={speakers / 'prepared'}", "train.num_steps=2", "train.eval_every=100"]
-    )
-    return workdir
+def ctc(tiny_dataset, tmp_path_factory, worker_id):
+    """A (barely trained) tiny CTC model on the digits corpus (the same frontend): the one
+    test_tts_cli.py scores intelligibility with, trained once per test run."""
+    return shared_recognizer(tiny_dataset, tmp_path_factory, worker_id)
 
 
 def _train(workdir, data, *overrides):
@@ -60,8 +59,10 @@ def _train(workdir, data, *overrides):
 
 @pytest.fixture(scope="module")
 def sequence_head(speakers, ctc, tmp_path_factory):
+    """A sequence head trained on the CTC model's encoder, which stays frozen (so that the
+    checkpoint still holds the encoder that `train.init_from` took)."""
     run = tmp_path_factory.mktemp("seq") / "run"
-    return _train(run, speakers, f"train.init_from={ctc}")
+    return _train(run, speakers, f"train.init_from={ctc}", "optim.freeze=[encoder/.*]")
 
 
 def _report(workdir, capsys):
@@ -70,14 +71,13 @@ def _report(workdir, capsys):
     return json.loads(path.read_text()), capsys.readouterr().out
 
 
-def test_init_from_takes_the_ctc_encoder_and_starts_a_fresh_head(speakers, ctc, tmp_path):
-    frozen = _train(tmp_path / "run", speakers, f"train.init_from={ctc}", "optim.learning_rate=0")
-    params, source = load_trained(frozen).params, load_trained(ctc).params
+def test_init_from_takes_the_ctc_encoder_and_starts_a_fresh_head(sequence_head, ctc):
+    params, source = load_trained(sequence_head).params, load_trained(ctc).params
     assert set(params) == {"encoder", "classifier"} and set(source) == {"encoder", "head"}
     same = jax.tree.map(
         lambda a, b: bool(np.array_equal(a, b)), params["encoder"], source["encoder"]
     )
-    assert all(jax.tree.leaves(same))
+    assert all(jax.tree.leaves(same)), "the frozen encoder is not the CTC model's"
 
 
 def test_sequence_head_trains_evaluates_and_classifies(sequence_head, speakers, capsys):

@@ -249,6 +249,16 @@ def _loss_fn(task):
     return jax.jit(functools.partial(task.loss_fn, train=True))
 
 
+@pytest.fixture(scope="module")
+def ramp(task_and_batch):
+    """The task with scheduled sampling ramping linearly to p = 1 at step 4, and its loss
+    compiled once (the step is data: both tests below run the one program)."""
+    task, _, _ = task_and_batch
+    full = dataclasses.replace(task.cfg.rnn, scheduled_sampling=1.0, scheduled_sampling_steps=4)
+    task = RNNTask(dataclasses.replace(task.cfg, rnn=full), task.tokenizer, MELS)
+    return task, _loss_fn(task)
+
+
 def test_char_tokenizer_is_one_id_per_character():
     tok = char_tokenizer("abc' ")
     ids = tok.encode("ab c'")
@@ -266,29 +276,30 @@ def test_own_inputs_feeds_the_previous_prediction():
     )
 
 
-def test_scheduled_sampling_zero_is_teacher_forcing(task_and_batch):
+def test_scheduled_sampling_zero_is_teacher_forcing(task_and_batch, ramp):
     task, batch, params = task_and_batch
-    inputs, _, _ = task._teacher_forcing(batch)
-    want, _ = _reference_loss(task, params, batch, inputs)
+    ramp_task, ramp_loss = ramp
+    inputs, _, _ = ramp_task._teacher_forcing(batch)
+    want, _ = _reference_loss(ramp_task, params, batch, inputs)
     zero = dataclasses.replace(task.cfg.rnn, scheduled_sampling=0.0)
     plain = RNNTask(dataclasses.replace(task.cfg, rnn=zero), task.tokenizer, MELS)
-    for t in (plain, task):  # p = 0 configured, and p = 0 at step 0 of the linear ramp
-        step = {STEP_KEY: jnp.zeros(3, jnp.int32)}
-        loss, _ = _loss_fn(t)(params, {**batch, **step}, jax.random.PRNGKey(0))
+    step = {STEP_KEY: jnp.zeros(3, jnp.int32)}
+    # p = 0 configured, and p = 0 at step 0 of the linear ramp.
+    for loss_fn in (_loss_fn(plain), ramp_loss):
+        loss, _ = loss_fn(params, {**batch, **step}, jax.random.PRNGKey(0))
         assert float(loss) == pytest.approx(want, rel=1e-6)
 
 
-def test_scheduled_sampling_one_feeds_the_models_own_argmax(task_and_batch):
-    task, batch, params = task_and_batch
-    full = dataclasses.replace(task.cfg.rnn, scheduled_sampling=1.0, scheduled_sampling_steps=4)
-    task = RNNTask(dataclasses.replace(task.cfg, rnn=full), task.tokenizer, MELS)
+def test_scheduled_sampling_one_feeds_the_models_own_argmax(task_and_batch, ramp):
+    _, batch, params = task_and_batch
+    task, loss_fn = ramp
     inputs, _, _ = task._teacher_forcing(batch)
     _, logits = _reference_loss(task, params, batch, inputs)  # the first, teacher-forced pass
     own = jnp.concatenate([inputs[:, :1], jnp.argmax(logits, -1)[:, :-1]], axis=1)
     assert not np.array_equal(own, inputs)
     want, _ = _reference_loss(task, params, batch, own)
     step = {STEP_KEY: jnp.full(3, 4, jnp.int32)}  # the end of the ramp: p = 1
-    loss, _ = _loss_fn(task)(params, {**batch, **step}, jax.random.PRNGKey(0))
+    loss, _ = loss_fn(params, {**batch, **step}, jax.random.PRNGKey(0))
     assert float(loss) == pytest.approx(want, rel=1e-6)
     # The probability grows linearly with the step the loop passes.
     probs = [float(task.sampling_probability(jnp.int32(s))) for s in (0, 1, 2, 4, 9)]

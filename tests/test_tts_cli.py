@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from jaxseq import cli
-from tests.conftest import REPO, TINY_CONFIG
+from tests.conftest import REPO, TINY_CONFIG, built_once
 from tests.test_train import assert_logged_like_recomputed
 
 CONFIG = REPO / "configs" / "tts_tiny.yaml"
@@ -24,24 +24,32 @@ FAST = [
 ]
 
 
+def shared_recognizer(tiny_dataset, tmp_path_factory, worker_id):
+    """A (barely trained) CTC workdir on the digits corpus, trained once per test run (read
+    only): the intelligibility scorer here, and the encoder test_classify_cli.py starts from."""
+
+    def build(root):
+        cli.main(
+            [
+                "train",
+                "--workdir",
+                str(root / "ctc"),
+                "--config",
+                str(TINY_CONFIG),
+                f"data.dataset={tiny_dataset}",
+                "data.buckets=[384]",  # one compiled shape for every utterance
+                "train.num_steps=2",
+                "train.eval_every=100",
+            ]
+        )
+
+    return built_once(tmp_path_factory, worker_id, "ctc-recognizer", build) / "ctc"
+
+
 @pytest.fixture(scope="module")
-def recognizer(tiny_dataset, tmp_path_factory):
+def recognizer(tiny_dataset, tmp_path_factory, worker_id):
     """A (barely trained) CTC workdir on the same features: the intelligibility scorer."""
-    workdir = tmp_path_factory.mktemp("asr") / "ctc"
-    cli.main(
-        [
-            "train",
-            "--workdir",
-            str(workdir),
-            "--config",
-            str(TINY_CONFIG),
-            f"data.dataset={tiny_dataset}",
-            "data.buckets=[384]",  # one compiled shape for every utterance
-            "train.num_steps=2",
-            "train.eval_every=100",
-        ]
-    )
-    return workdir
+    return shared_recognizer(tiny_dataset, tmp_path_factory, worker_id)
 
 
 @pytest.fixture(scope="module")

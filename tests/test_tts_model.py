@@ -1,6 +1,7 @@
 """The TTS model: cached generation equals teacher forcing, padding never counts, stop works."""
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -37,13 +38,23 @@ def _batch(rng, lengths=(9, 5), chars=(6, 3), frames=12, width=8):
     }
 
 
-def _params(task, batch):
-    return nn.meta.unbox(task.init_variables(jax.random.PRNGKey(0), batch)["params"])
+def _params():
+    """The model's parameters from PRNGKey(0), a fresh tree per call (tests edit it). They
+    depend on neither the tts.* switches the tests set (dropout, thresholds, lengths) nor the
+    batch's shapes, so one compiled init serves every test."""
+    return jax.tree.map(lambda x: x, _initial_params())
+
+
+@functools.cache
+def _initial_params():
+    task, batch = _task(), _batch(np.random.default_rng(0))
+    return nn.meta.unbox(jax.jit(task.init_variables)(jax.random.PRNGKey(0), batch)["params"])
 
 
 def test_every_parameter_has_logical_axis_names():
     task = _task()
-    boxed = task.init_variables(jax.random.PRNGKey(0), _batch(np.random.default_rng(0)))
+    batch = _batch(np.random.default_rng(0))
+    boxed = jax.eval_shape(task.init_variables, jax.random.PRNGKey(0), batch)  # no compile
     leaves = jax.tree.leaves(boxed["params"], is_leaf=lambda x: isinstance(x, nn.Partitioned))
     assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
     for x in leaves:
@@ -73,7 +84,7 @@ def test_padding_never_counts():
         "labels": np.pad(small["labels"], ((0, 0), (0, 5))),
         "label_lengths": small["label_lengths"],
     }
-    params = _params(task, small)
+    params = _params()
     key = jax.random.PRNGKey(3)
     loss_fn = jax.jit(task.loss_fn, static_argnames="train")
     loss_a, m_a = loss_fn(params, small, key, train=False)
@@ -87,7 +98,7 @@ def test_attention_is_zero_on_padded_characters_and_sums_to_one():
     rng = np.random.default_rng(1)
     task = _task()
     batch = _batch(rng)
-    params = _params(task, batch)
+    params = _params()
     inputs, _ = mel_teacher_forcing(jnp.asarray(batch["features"]), 2)
     _, state = task.model.apply(
         {"params": params},
@@ -111,7 +122,7 @@ def test_cached_generation_equals_teacher_forcing_on_its_own_output():
     task = _task("tts.prenet_dropout=0.0", "tts.stop_threshold=1.0", "tts.max_frames=12")
     rng = np.random.default_rng(2)
     batch = _batch(rng)
-    params = _params(task, batch)
+    params = _params()
     out = jax.jit(task.synthesize_fn)(
         params, batch["labels"], batch["label_lengths"], jax.random.PRNGKey(0)
     )
@@ -137,12 +148,12 @@ def _decoder_inputs(task, params, batch):
     """Greedy, uncached: step s's input is the last frame of step s - 1 from a full pass."""
     steps = task.cfg.tts.max_frames // 2
     inputs = jnp.zeros((batch["labels"].shape[0], steps, 8))
-    encoded, mask = task.model.apply(
-        {"params": params}, batch["labels"], batch["label_lengths"], method=TTSModel.encode
-    )
-    # Jitted: one compile per prefix length instead of one per operation of each eager pass.
+    encode = jax.jit(functools.partial(task.model.apply, method=TTSModel.encode))
+    encoded, mask = encode({"params": params}, batch["labels"], batch["label_lengths"])
+    # Jitted, with the weights as arguments (not constants baked into the program): one
+    # compile per prefix length instead of one per operation of each eager pass.
     decode = jax.jit(
-        lambda frames: task.model.apply(
+        lambda params, frames, encoded, mask: task.model.apply(
             {"params": params},
             frames,
             encoded,
@@ -152,22 +163,27 @@ def _decoder_inputs(task, params, batch):
         )
     )
     for s in range(1, steps):
-        mel, _ = decode(inputs[:, :s])  # [batch, s, r, n_mels]
+        mel, _ = decode(params, inputs[:, :s], encoded, mask)  # [batch, s, r, n_mels]
         inputs = inputs.at[:, s].set(mel[:, s - 1, -1])
     return inputs
 
 
+@functools.cache
+def _synthesize():
+    """The default config's `synthesize_fn`, compiled once for both cases below."""
+    return jax.jit(_task().synthesize_fn)
+
+
 @pytest.mark.parametrize(("bias", "stopped", "length"), [(10.0, True, 1), (-10.0, False, 40)])
 def test_real_model_stops_at_the_threshold(bias, stopped, length):
-    task = _task()
     batch = _batch(np.random.default_rng(3))
-    params = _params(task, batch)
+    params = _params()
     stop = params["decoder"]["stop_out"]
     params["decoder"]["stop_out"] = {
         "kernel": jnp.zeros_like(stop["kernel"]),
         "bias": jnp.full_like(stop["bias"], bias),
     }
-    out = task.synthesize_fn(params, batch["labels"], batch["label_lengths"], jax.random.key(0))
+    out = _synthesize()(params, batch["labels"], batch["label_lengths"], jax.random.key(0))
     np.testing.assert_array_equal(out.stopped, [stopped, stopped])
     np.testing.assert_array_equal(out.lengths, [length, length])
 
@@ -188,7 +204,7 @@ def test_text_errors_name_the_problem():
 def test_scheduled_sampling_feeds_back_the_models_own_frames(probability):
     task = _task("tts.prenet_dropout=0.0", f"tts.scheduled_sampling={probability}")
     batch = _batch(np.random.default_rng(4), lengths=(12, 12), chars=(6, 6))
-    params = _params(task, batch)
+    params = _params()
     true, _ = mel_teacher_forcing(jnp.asarray(batch["features"]), 2)  # [batch, 6, n_mels]
     before, _, _ = task.model.apply(
         {"params": params},
@@ -233,16 +249,11 @@ def test_free_running_rows_are_the_models_own_generation(probability, step):
         f"tts.free_running={probability}",
         "tts.free_running_from=7",
     )
-    batch = _batch(np.random.default_rng(6), lengths=(12, 12), chars=(6, 6))
+    batch, rollout = _free_running_batch_and_rollout()
     batch = {**batch, "step": np.full(8, step, np.int32)}
-    batch["features"] = np.tile(batch["features"], (4, 1, 1))  # 8 rows: some of each kind
-    batch["feature_lengths"] = np.tile(batch["feature_lengths"], 4)
-    batch["labels"] = np.tile(batch["labels"], (4, 1))
-    batch["label_lengths"] = np.tile(batch["label_lengths"], 4)
-    params = _params(task, batch)
+    params = _params()
     true, _ = mel_teacher_forcing(jnp.asarray(batch["features"]), 2)  # [8, 6, n_mels]
     got = np.asarray(jax.jit(task._free_running_inputs)(params, batch, true, jax.random.key(3)))
-    rollout = np.asarray(_decoder_inputs(task, params, batch))  # [8, 6, n_mels]
     is_own = np.all(np.isclose(got, rollout, atol=1e-5), axis=(1, 2))
     is_true = np.all(got == np.asarray(true), axis=(1, 2))
     assert np.all(is_own | is_true)
@@ -252,3 +263,18 @@ def test_free_running_rows_are_the_models_own_generation(probability, step):
         assert is_own.all()
     else:
         assert is_own.any() and is_true.any()
+
+
+@functools.cache
+def _free_running_batch_and_rollout():
+    """8 rows (some of each kind) and their uncached greedy rollout [8, 6, n_mels]: the same
+    for every case above (tts.free_running* do not touch the model), so computed once."""
+    batch = _batch(np.random.default_rng(6), lengths=(12, 12), chars=(6, 6))
+    batch = {
+        "features": np.tile(batch["features"], (4, 1, 1)),
+        "feature_lengths": np.tile(batch["feature_lengths"], 4),
+        "labels": np.tile(batch["labels"], (4, 1)),
+        "label_lengths": np.tile(batch["label_lengths"], 4),
+    }
+    task = _task("tts.prenet_dropout=0.0", "tts.max_frames=12")
+    return batch, np.asarray(_decoder_inputs(task, _params(), batch))
