@@ -162,3 +162,22 @@ def times_and_tokens(segments) -> list[tuple[float, float, list[int]]]:
         (min(float(s["start"]), end), min(float(s["end"]), end), [int(t) for t in s["tokens"]])
         for s in segments
     ]
+
+
+def assert_words_match(got: list[dict], want: list[dict]) -> None:
+    """`got` segments with words as `want`'s: the same words, segment and word times within one
+    encoder frame, probabilities within 1e-4. Batched rows and a single row round the
+    attention differently (~1e-7); on this random model's flat attention that can move a DTW
+    step by one encoder frame (20 ms)."""
+    assert [[w["word"] for w in seg["words"]] for seg in got] == [
+        [w["word"] for w in seg["words"]] for seg in want
+    ]
+    for g, w in zip(got, want, strict=True):
+        assert (g["start"], g["end"]) == pytest.approx((w["start"], w["end"]), abs=0.021)
+        for key in ("start", "end"):
+            assert [x[key] for x in g["words"]] == pytest.approx(
+                [x[key] for x in w["words"]], abs=0.021
+            )
+        assert [x["probability"] for x in g["words"]] == pytest.approx(
+            [x["probability"] for x in w["words"]], abs=1e-4
+        )
