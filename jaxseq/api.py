@@ -23,6 +23,7 @@ from jaxseq.config import Config
 from jaxseq.config import load_config as _load_config
 from jaxseq.errors import JaxseqError
 from jaxseq.evaluation.loop import evaluate_split, scorer_for
+from jaxseq.evaluation.robustness import evaluate_robustness
 from jaxseq.evaluation.workdir import evaluate_trained
 from jaxseq.inference.classify import classify_waveforms
 from jaxseq.inference.manifest_job import transcribe_manifest
@@ -240,7 +241,7 @@ def load(workdir_or_checkpoint: str | Path, *, overrides: Sequence[str] = ()) ->
 
 
 def _evaluate(
-    model: Model, data: str | Path | None, *, split: str, **options: Any
+    model: Model, data: str | Path | None, *, split: str, robustness: bool = False, **options: Any
 ) -> dict[str, Any]:
     where: dict[str, Any] = {"split": split}
     if data is not None:
@@ -255,6 +256,13 @@ def _evaluate(
                 "(with dataset.json); give one of them"
             )
     options = {k: v for k, v in options.items() if v is not None}
+    if robustness:
+        if "manifest" in where or "report" in options:
+            raise JaxseqError(
+                "evaluate --robustness scores a prepared stress dataset (give its folder) and "
+                "writes WORKDIR/eval/robustness.json and .md; leave out the manifest and report"
+            )
+        return evaluate_robustness(model.trained, model.workdir, where.get("dataset"), **options)
     return evaluate_trained(model.trained, model.workdir, **where, **options)
 
 
@@ -266,6 +274,7 @@ def evaluate(
     step: int | None = None,
     report: str | Path | None = None,
     overrides: Sequence[str] = (),
+    robustness: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
     """Scores a workdir's model and returns the report's metrics (with "headline").
@@ -278,9 +287,18 @@ def evaluate(
       report: the JSON report's path (default WORKDIR/eval/<split>-step<N>.json); a markdown
         report is written beside it.
       overrides: config overrides for loading (e.g. "mesh.data=1", "eval.length_penalty=0.6").
+      robustness: score every condition split of a prepared stress dataset instead (see
+        jaxseq.evaluation.robustness): WORKDIR/eval/robustness.json and .md, and that report.
       options: decoder, beam_size (recognizers; for TTS, its intelligibility recognizer's).
     A collective: call on every process.
     """
     trained = load_trained(workdir, step=step, overrides=tuple(overrides))
     model = Model(trained, Path(workdir))
-    return _evaluate(model, manifest_or_dataset, split=split, report=report, **options)
+    return _evaluate(
+        model,
+        manifest_or_dataset,
+        split=split,
+        report=report,
+        robustness=robustness,
+        **options,
+    )

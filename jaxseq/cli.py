@@ -35,12 +35,13 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
     from jaxseq.data.prepare import prepare_corpus, prepare_split
+    from jaxseq.data.stress import is_stress_corpus, prepare_stress
 
     cfg = api.load_config(args.config, args.overrides)
     if args.source.startswith("synth:"):
-        summaries = prepare_corpus(
-            args.source[len("synth:") :], args.out, cfg.prepare, num_workers=args.workers
-        )
+        corpus = args.source[len("synth:") :]
+        prepare = prepare_stress if is_stress_corpus(corpus) else prepare_corpus
+        summaries = prepare(corpus, args.out, cfg.prepare, num_workers=args.workers)
     else:
         if not args.split:
             raise SystemExit("prepare: --split is required for manifest: and tfds: sources")
@@ -116,7 +117,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         beam_size=args.beam_size,
         overrides=tuple(args.overrides)
         + (() if args.length_penalty is None else (f"eval.length_penalty={args.length_penalty}",)),
+        robustness=args.robustness,
     )
+    if args.robustness:
+        print(f"{m['headline']}  on {m['dataset']}, step {m['step']}")
+        print(f"wrote {args.workdir / 'eval' / 'robustness.md'} and robustness.json")
+        return
     print(
         f"{m['headline']}  on {m['num_utterances']} utterances ({m['num_skipped']} skipped) "
         f"of {m['dataset']}:{m['split']}, step {m['step']}"
@@ -282,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--source",
         required=True,
-        help="manifest:PATH.jsonl | tfds:NAME[/CONFIG]:SPLIT | synth:CORPUS_DIR",
+        help="manifest:PATH.jsonl | tfds:NAME[/CONFIG]:SPLIT | synth:CORPUS_DIR (a stress "
+        "corpus: one evaluation split per condition)",
     )
     p.add_argument("--out", type=Path, required=True, help="prepared dataset folder")
     p.add_argument("--split", help="split name to write (not for synth:)")
@@ -305,6 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", type=Path, help="prepared dataset (default: the training one)")
     p.add_argument("--manifest", type=Path, help="evaluate a manifest of audio files instead")
     p.add_argument("--report", type=Path, help="JSON report path (a .md is written beside it)")
+    p.add_argument(
+        "--robustness",
+        action="store_true",
+        help="score every condition split of a prepared stress dataset (synth.preset=stress; "
+        "--dataset) per condition, rate and pitch: WORKDIR/eval/robustness.md and .json",
+    )
     _decoding_args(p)
     p.add_argument("--length-penalty", type=float, help="seq2seq beam: score / length ** this")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. mesh.data=1")

@@ -21,9 +21,24 @@ CHOICES = {
     "eval.decoder": ("greedy", "prefix_beam", "beam", "exhaustive"),
     "eval.normalizer": ("model", "whisper_english", "whisper_basic", "none"),
     "eval.longform": ("chunked", "sequential"),
-    "synth.preset": ("digits", "diarization"),
+    "synth.preset": ("digits", "diarization", "stress"),
+    "synth.voice_space": ("demo", "all"),
     "synth.label": ("", "speaker", "text"),
 }
+
+# `prepare.augment` kinds: (default low, default high, least, most) of the value each copy draws.
+AUGMENT_RANGES = {
+    "speed": (0.9, 1.1, 0.5, 2.0),  # factor (duration x 1/factor, pitch x factor)
+    "tempo": (0.9, 1.1, 0.5, 2.0),  # factor (duration x 1/factor)
+    "pitch": (-2.0, 2.0, -12.0, 12.0),  # semitones
+    "gain": (-6.0, 6.0, -40.0, 40.0),  # dB
+    "noise": (5.0, 20.0, -10.0, 60.0),  # SNR in dB
+    "reverb": (0.2, 0.8, 0.1, 2.0),  # RT60 in seconds
+    "telephone": (0.0, 0.0, 0.0, 0.0),  # no value
+    "eq": (-6.0, 6.0, -24.0, 24.0),  # gain range of each band in dB
+    "mulaw": (8, 8, 2, 16),  # bits
+}
+NOISE_COLORS = ("white", "pink", "brown", "babble")
 
 
 def check_values(cfg: Any) -> None:
@@ -34,6 +49,7 @@ def check_values(cfg: Any) -> None:
         value = getattr(getattr(cfg, section), name)
         if value not in choices:
             raise ConfigError(f"config key '{key}' is {value!r}; choose one of {list(choices)}")
+    check_prepare_augment(cfg.prepare)
     # The checkpoint's tokenizer says which codes exist (jaxseq.tasks.whisper); names like
     # "german" are not codes.
     if cfg.model.language != "auto" and not re.fullmatch(r"[a-z]{2,3}", cfg.model.language):
@@ -61,6 +77,7 @@ def check_values(cfg: Any) -> None:
             f"config key 'data.pack_utterances' is {cfg.data.pack_utterances}; give 1 (one "
             "utterance per training item) or more"
         )
+    _check_augment(cfg.data.augment, cfg.model.family)
     if not ev.temperatures or min(ev.temperatures) < 0:
         raise ConfigError(
             f"config key 'eval.temperatures' is {list(ev.temperatures)}; give one or more "
@@ -71,3 +88,48 @@ def check_values(cfg: Any) -> None:
             f"config key 'eval.no_speech_threshold' is {ev.no_speech_threshold}; give a "
             "probability in [0, 1], or null for no silence skipping"
         )
+
+
+def _check_augment(augment: Any, family: str) -> None:
+    """`data.augment` (a FeatureAugmentConfig): each range `[low, high]` with 0 < low <= high,
+    and no augmentation for model.family=tts, whose log-mel features are the targets."""
+    for name in ("vtlp", "time_stretch"):
+        value = tuple(getattr(augment, name))
+        if len(value) != 2 or not 0 < value[0] <= value[1]:
+            raise ConfigError(
+                f"config key 'data.augment.{name}' is {list(value)}; give a range [low, high] "
+                "with 0 < low <= high, e.g. [0.9, 1.1] ([1.0, 1.0]: off)"
+            )
+        if family == "tts" and value != (1.0, 1.0):
+            raise ConfigError(
+                f"config key 'data.augment.{name}' is {list(value)}, but model.family=tts "
+                "predicts the log-mel features (they are its targets, not its input): leave "
+                "it at [1.0, 1.0]"
+            )
+
+
+def check_prepare_augment(prepare: Any) -> None:
+    """`prepare.augment` (a jaxseq.config.PrepareConfig's): a ConfigError naming the first
+    spec key whose kind, copies, range or colors are not valid."""
+    for i, spec in enumerate(prepare.augment):
+        key = f"prepare.augment[{i}]"
+        if spec.kind not in AUGMENT_RANGES:
+            raise ConfigError(
+                f"config key '{key}.kind' is {spec.kind!r}; choose one of {list(AUGMENT_RANGES)}"
+            )
+        if spec.copies < 1:
+            raise ConfigError(f"config key '{key}.copies' is {spec.copies}; give 1 or more")
+        least, most = AUGMENT_RANGES[spec.kind][2:]
+        low, high = spec.span()
+        if not least <= low <= high <= most or (spec.kind == "mulaw" and low % 1 + high % 1):
+            whole = "whole numbers " if spec.kind == "mulaw" else ""
+            raise ConfigError(
+                f"config keys '{key}.low' and '{key}.high' make the range [{low}, {high}]; "
+                f"{spec.kind} needs {whole}{least} <= low <= high <= {most}"
+                + (" (it takes no value: leave out low and high)" if most == least else "")
+            )
+        if spec.kind == "noise" and not (spec.colors and set(spec.colors) <= set(NOISE_COLORS)):
+            raise ConfigError(
+                f"config key '{key}.colors' is {list(spec.colors)}; give one or more of "
+                f"{list(NOISE_COLORS)}"
+            )

@@ -29,6 +29,8 @@ _POS_CHARACTER = 1
 _ESPEAK_CHARS_UTF8 = 1
 _ESPEAK_RATE = 1
 _ESPEAK_PITCH = 3
+_ESPEAK_RANGE = 4
+_ESPEAK_WORDGAP = 7
 _EE_OK = 0
 _EVENT_LIST_TERMINATED = 0
 _EVENT_WORD = 1
@@ -238,10 +240,14 @@ def synthesize_words(
     return wave, word_extents(wave, text, marks, top_db), _engine().sample_rate
 
 
-def synthesize_isolated(
-    requests: Sequence[tuple[str, str, int, int]], seed: int = 0
-) -> tuple[list[np.ndarray], int]:
-    """Speaks (text, voice, rate, pitch) requests in a forked child, reproducibly.
+# (text, voice, rate, pitch) or (text, voice, rate, pitch, pitch range, word gap): the pitch
+# range is espeak-ng's espeakRANGE (0-100, 50 by default: the voice's own), the word gap its
+# espeakWORDGAP (extra pause between words, in 10 ms units at the normal rate; 0 by default).
+Request = tuple[str, str, int, int] | tuple[str, str, int, int, int, int]
+
+
+def synthesize_isolated(requests: Sequence[Request], seed: int = 0) -> tuple[list[np.ndarray], int]:
+    """Speaks `Request`s in a forked child, reproducibly.
 
     The child starts from this process's freshly initialized engine, which never speaks itself,
     seeds the noise generators with `seed` and speaks the requests in order: the samples depend
@@ -262,7 +268,7 @@ def synthesize_isolated(
 
 
 def synthesize_isolated_words(
-    requests: Sequence[tuple[str, str, int, int]], seed: int = 0, top_db: float = 40.0
+    requests: Sequence[Request], seed: int = 0, top_db: float = 40.0
 ) -> tuple[list[np.ndarray], list[list[Word]], int]:
     """`synthesize_isolated`, also giving where each word is spoken (see `word_extents`).
 
@@ -347,16 +353,14 @@ def _speak_shared(text: str, voice: str, rate: int, pitch: int) -> tuple[np.ndar
         return _speak(engine, text, voice, rate, pitch)
 
 
-def _speak_forked(
-    requests: Sequence[tuple[str, str, int, int]], seed: int
-) -> list[tuple[np.ndarray, np.ndarray]]:
+def _speak_forked(requests: Sequence[Request], seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Speaks the requests in a forked child (see `synthesize_isolated`).
 
     Returns:
       per request, its int16 samples and its word events as int64 [num_words, 3] rows of
       (sample, position, length).
     """
-    for _, voice, _, _ in requests:
+    for _, voice, *_ in requests:
         _check_voice(voice)
     with _LOCK:
         engine = _engine()
@@ -372,8 +376,8 @@ def _speak_forked(
             try:
                 os.close(read_fd)
                 engine.seed(seed)
-                for text, voice, rate, pitch in requests:
-                    pcm, marks = _speak(engine, text, voice, rate, pitch)
+                for text, voice, *params in requests:
+                    pcm, marks = _speak(engine, text, voice, *params)
                     marks = np.array(marks, np.int64).reshape(-1, 3)
                     data = memoryview(
                         np.int64(pcm.size).tobytes()
@@ -405,14 +409,26 @@ def _speak_forked(
 
 
 def _speak(
-    engine: _Engine, text: str, voice: str, rate: int, pitch: int
+    engine: _Engine,
+    text: str,
+    voice: str,
+    rate: int,
+    pitch: int,
+    pitch_range: int = 50,
+    word_gap: int = 0,
 ) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
-    """Runs one synthesis (the caller holds the lock); returns int16 samples and word events."""
+    """Runs one synthesis (the caller holds the lock); returns int16 samples and word events.
+
+    Every parameter is set on each call (espeak-ng keeps them across calls); the defaults of
+    `pitch_range` and `word_gap` are espeak-ng's own.
+    """
     lib = engine.lib
     if lib.espeak_SetVoiceByName(voice.encode()) != _EE_OK:
         raise ValueError(f"espeak-ng could not load voice {voice!r}")
     lib.espeak_SetParameter(_ESPEAK_RATE, int(rate), 0)
     lib.espeak_SetParameter(_ESPEAK_PITCH, int(pitch), 0)
+    lib.espeak_SetParameter(_ESPEAK_RANGE, int(pitch_range), 0)
+    lib.espeak_SetParameter(_ESPEAK_WORDGAP, int(word_gap), 0)
     data = text.encode("utf-8")
     engine.chunks, engine.marks = [], []
     err = lib.espeak_Synth(

@@ -3,7 +3,8 @@
 Training batches follow one GLOBAL plan per epoch, computed from the split index alone (no
 features are read to plan):
 
-  kept items ──seeded permutation (seed, epoch)──► drop the tail that does not fill a batch
+  kept items ──seeded augmentation factors (data.augment; a time stretch changes the lengths)
+    ──seeded permutation (seed, epoch)──► drop the tail that does not fill a batch
     ──► pools of `sort_pool_batches * batch_size` items, each sorted by length
     ──► cut into global batches ──► seeded shuffle of the batch order
     ──► each global batch padded to the bucket of its longest item
@@ -33,6 +34,7 @@ import grain
 import numpy as np
 
 from jaxseq.config import DataConfig
+from jaxseq.data.feature_augment import EpochFactors, augment_enabled, augment_record, draw_factors
 from jaxseq.data.packing import NO_RECORD, Windows, join_window, plan_windows
 from jaxseq.data.reading import Batch, Split, collate, load_dataset_info, pad_batch
 
@@ -114,6 +116,8 @@ class _TrainPlan(grain.MapDataset):
     Element: {"records": int64 [b] record numbers, "length": padded frames T (a bucket)}; with
     `cfg.pack_utterances` > 1, "records" is int64 [b, P]: each row a window's record numbers,
     `NO_RECORD` after its last, and "gaps" int64 [b, P] the pause in frames before each.
+    With `cfg.augment` on, also "warp" and "stretch": float64 factors shaped like "records"
+    (`jaxseq.data.feature_augment`).
     """
 
     def __init__(
@@ -128,6 +132,7 @@ class _TrainPlan(grain.MapDataset):
     ):
         super().__init__()
         self._kept = kept  # int64 [K]
+        self._num_records = len(num_frames)
         self._frames = num_frames[kept]  # int32 [K]
         self._labels = label_lengths[kept]  # int32 [K]
         self._cfg = cfg
@@ -142,16 +147,31 @@ class _TrainPlan(grain.MapDataset):
     def __str__(self) -> str:
         return f"_TrainPlan(kept={len(self._kept)}, batches_per_epoch={self.batches_per_epoch})"
 
-    def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray, Windows | None]:
-        """(batches int64 [num_batches, B] of item positions, frames [items], and the
-        `Windows` when utterances are joined, else None) for one epoch."""
+    def _plan(
+        self, epoch: int
+    ) -> tuple[np.ndarray, np.ndarray, Windows | None, EpochFactors | None]:
+        """(batches int64 [num_batches, B] of item positions, frames [items], the `Windows`
+        when utterances are joined, else None, and the kept items' augmentation factors, else
+        None) for one epoch."""
         plan = self._plans.get(epoch)
         if plan is None:
             c = self._cfg
-            frames, windows = self._frames, None
+            frames, windows, factors = self._frames, None, None
+            if augment_enabled(c.augment):
+                factors = draw_factors(
+                    c.augment, self._num_records, self._kept, frames, max(c.buckets), epoch
+                )
+                frames = factors.frames
+                if factors.unstretched:
+                    logging.info(
+                        "epoch %d: %d training items left unstretched (data.augment."
+                        "time_stretch would pass the largest bucket)",
+                        epoch,
+                        factors.unstretched,
+                    )
             if c.pack_utterances > 1:
                 windows = plan_windows(
-                    self._frames,
+                    frames,
                     self._labels,
                     c.pack_utterances,
                     max(c.buckets),
@@ -161,7 +181,7 @@ class _TrainPlan(grain.MapDataset):
                 )
                 frames = windows.lengths
             batches = epoch_batches(frames, c.batch_size, c.sort_pool_batches, self._seed, epoch)
-            plan = (batches, frames, windows)
+            plan = (batches, frames, windows, factors)
             self._plans = {epoch: plan, **{e: p for e, p in self._plans.items() if e == epoch - 1}}
         return plan
 
@@ -169,15 +189,20 @@ class _TrainPlan(grain.MapDataset):
         if isinstance(step, slice):
             return self.slice(step)
         epoch, i = divmod(int(step), self.batches_per_epoch)
-        batches, frames, windows = self._plan(epoch)
+        batches, frames, windows, factors = self._plan(epoch)
         batch = batches[i]  # [B] positions in kept (or windows)
         length = bucket_length(int(frames[batch].max()), self._cfg.buckets)
-        mine = batch[self._rows]
-        if windows is None:
-            return {"records": self._kept[mine], "length": length}
-        slots, gaps = windows.records[mine], windows.gaps[mine]  # [b, P] each
-        records = np.where(slots == NO_RECORD, NO_RECORD, self._kept[np.maximum(slots, 0)])
-        return {"records": records, "gaps": gaps, "length": length}
+        mine = batch[self._rows]  # [b]
+        items = mine  # [b] (or [b, P]) positions in kept
+        element = {"records": self._kept[mine], "length": length}
+        if windows is not None:
+            slots = windows.records[mine]  # [b, P]
+            items = np.maximum(slots, 0)
+            element["records"] = np.where(slots == NO_RECORD, NO_RECORD, self._kept[items])
+            element["gaps"] = windows.gaps[mine]  # [b, P]
+        if factors is not None:
+            element["warp"], element["stretch"] = factors.warp[items], factors.stretch[items]
+        return element
 
 
 class _ReadTrainBatch(grain.transforms.Map):
@@ -190,17 +215,25 @@ class _ReadTrainBatch(grain.transforms.Map):
     def map(self, element: dict[str, Any]) -> Batch:
         numbers, length = element["records"], element["length"]
         if numbers.ndim == 1:
-            records = self._split.read(numbers)
+            records = self._read(numbers, element, slice(None))
             return collate(
                 records, self._rows, length, self._max_label_length, self._split.n_mels, self._vocab
             )
         windows = []  # rows of joined records (data.pack_utterances)
-        for row, gaps in zip(numbers, element["gaps"], strict=True):
+        for i, (row, gaps) in enumerate(zip(numbers, element["gaps"], strict=True)):
             used = row != NO_RECORD
-            records = self._split.read(row[used])
+            records = self._read(row[used], element, (i, used))
             total = sum(len(r["features"]) for r in records) + int(gaps.sum())
             windows.append(join_window(records, gaps[used], min(total, length), self._vocab))
         return pad_batch(windows, self._rows, length, self._max_label_length, self._split.n_mels)
+
+    def _read(self, numbers: np.ndarray, element: dict[str, Any], where: Any) -> list[dict]:
+        """The records `numbers` [n], augmented by the element's factors at `where`."""
+        records = self._split.read(numbers)
+        if "warp" not in element:
+            return records
+        factors = zip(element["warp"][where], element["stretch"][where], strict=True)
+        return [augment_record(r, w, s) for r, (w, s) in zip(records, factors, strict=True)]
 
 
 def _per_process(global_size: int, process_index: int, process_count: int, what: str) -> int:
@@ -247,7 +280,8 @@ def make_train_iterator(
       dataset_dir: a folder written by `jaxseq prepare`.
       split: e.g. "train".
       cfg: batch_size (global), buckets, max_label_length, sort_pool_batches, worker_count,
-        worker_buffer_size, read_threads. (`cfg.shuffle_seed` is not read: pass it as `seed`.)
+        worker_buffer_size, read_threads, pack_utterances, augment (its own seed). (`cfg.
+        shuffle_seed` is not read: pass it as `seed`.)
       vocab: has `encode(text) -> int32 [n]`, one id per character (the length filter uses the
         index's text lengths).
       seed: shuffle seed; the epoch is folded in, so each epoch has a different order.

@@ -1,9 +1,12 @@
 """Offline preparation (`jaxseq prepare`): audio + text from a source -> ArrayRecord shards.
 
-Per item: normalize the transcript, load audio as mono at the frontend's rate (resampling and
-downmixing as needed), compute log-mel features, convert its labelled segments from seconds to
-frames, encode one record (jaxseq.data.records). Bad items are skipped and listed with their
-reason, never silently dropped:
+Per item (jaxseq.data.prepare_item): normalize the transcript, load audio as mono at the
+frontend's rate (resampling and downmixing as needed), compute log-mel features, convert its
+labelled segments from seconds to frames, encode one record (jaxseq.data.records). With
+`prepare.augment`, a training item's record is followed by those of its augmented copies, ids
+`{id}~{kind}{n}` (waveform augmentation; ids, seeding and a YAML example in
+jaxseq.data.prepare_augment). Bad items are skipped and listed with their reason, never silently
+dropped (an augmented copy too, under its own id):
 
   bad_audio           missing, corrupt or empty audio (the loader's message)
   too_short           fewer samples than one STFT frame needs
@@ -12,6 +15,9 @@ reason, never silently dropped:
   unknown_characters  the transcript uses characters outside `prepare.text.charset`
   too_long            longer than `prepare.max_seconds` (training splits only: evaluation
                       splits are never filtered by length)
+  augment_failed      an augmented copy with babble noise and no other utterance that loads
+
+`prepare.max_bad_fraction` counts the source's items only, not their copies.
 
 Output in `out_dir`, per split: `prepare.num_shards` shards (`shard_name`), the split index
 (`index_name`, rows in shard order then record order), `{split}.skipped.jsonl`, and the split's
@@ -21,9 +27,14 @@ summary merged into `dataset.json`, with the split's label inventories:
                   (each label of a multi-label item counts)
   segment_labels  {name: {"frames": frames labelled with it, "example": the first item's id}}
 
-both sorted by name and {} when the split has none. Each finished shard has a sidecar
-`{shard}.meta.json` with its index rows and skipped items; a rerun reuses every shard whose
-sidecar matches the current source and settings, so an interrupted run resumes where it stopped.
+both sorted by name and {} when the split has none, and
+
+  augmentation    {"seed", "specs": the specs with their ranges filled in, "num_records":
+                  augmented records kept}, or null for a split not augmented
+
+Each finished shard has a sidecar `{shard}.meta.json` with its index rows and skipped items; a
+rerun reuses every shard whose sidecar matches the current source and settings (augmentation
+included), so an interrupted run resumes where it stopped.
 
 Workers (a `spawn` pool: jax may already be imported in the parent) compute records for chunks
 of items; the parent reads items from the source, writes shards in order and shows progress.
@@ -32,11 +43,13 @@ of items; the parent reads items from the source, writes shards in order and sho
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
 import re
 from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from itertools import islice
 from multiprocessing import get_context
@@ -46,19 +59,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxseq.audio.frontend import log_mel_numpy
-from jaxseq.audio.io import AudioError, load_audio, to_mono_resampled
-from jaxseq.config import PrepareConfig
-from jaxseq.data.records import (
-    encode_record,
-    index_name,
-    segments_to_frames,
-    shard_name,
-    write_index,
-)
+from jaxseq.config import AugmentSpec, PrepareConfig
+from jaxseq.config_checks import check_prepare_augment
+from jaxseq.data.prepare_augment import Copy, augment_settings, plan_copies
+from jaxseq.data.prepare_item import process_item
+from jaxseq.data.records import index_name, shard_name, write_index
 from jaxseq.data.sources import ManifestSource, TfdsSource, parse_source
 from jaxseq.errors import JaxseqError
-from jaxseq.text.normalize import normalize_text, unknown_characters
 
 log = logging.getLogger(__name__)
 
@@ -73,78 +80,9 @@ class PrepareError(JaxseqError, RuntimeError):
 # ---------------------------------------------------------------- per item (runs in workers)
 
 
-def _skip(item: dict[str, Any], kind: str, reason: str) -> dict[str, Any]:
-    audio = item.get("audio_path") or item["where"]
-    return {"id": item["id"], "audio": audio, "kind": kind, "reason": reason}
-
-
-def process_item(item: dict[str, Any], cfg: PrepareConfig, evaluation: bool) -> dict[str, Any]:
-    """Turns one source item into a record, or says why it is skipped.
-
-    Returns:
-      {"id", "record": bytes, "num_frames", "text_length", "seconds", "label",
-      "segment_frames": {label: frames}} for a kept item, or {"id", "audio", "kind", "reason"}
-      for a skipped one.
-    """
-    text = "" if item["text"] is None else normalize_text(item["text"], cfg.text)
-    if not text and item["text"] is not None:  # None: a labelled item without a transcript
-        return _skip(item, "empty_text", "the transcript is empty after normalization")
-    unknown = unknown_characters(text, cfg.text)
-    if unknown:
-        chars = " ".join(repr(c) for c in unknown)
-        return _skip(
-            item,
-            "unknown_characters",
-            f"characters outside prepare.text.charset: {chars} (in {text!r})",
-        )
-    sample_rate = cfg.frontend.sample_rate
-    try:
-        if "audio_path" in item:
-            audio = load_audio(item["audio_path"], sample_rate)
-        else:
-            audio = to_mono_resampled(item["audio"], int(item["sample_rate"]), sample_rate)
-    except (AudioError, ValueError) as err:
-        return _skip(item, "bad_audio", str(err))
-    seconds = audio.shape[0] / sample_rate
-    if not np.all(np.isfinite(audio)):
-        return _skip(item, "bad_audio", "the audio holds NaN or infinite samples")
-    if not evaluation and seconds > cfg.max_seconds:
-        return _skip(
-            item,
-            "too_long",
-            f"{seconds:.2f} s is longer than prepare.max_seconds={cfg.max_seconds}",
-        )
-    min_samples = max(cfg.frontend.n_fft // 2 + 1, cfg.frontend.hop_length)
-    if audio.shape[0] < min_samples:
-        return _skip(
-            item, "too_short", f"{audio.shape[0]} samples; at least {min_samples} are needed"
-        )
-    features = log_mel_numpy(audio, cfg.frontend)  # [num_frames, n_mels]
-    num_frames = int(features.shape[0])
-    segments = segments_to_frames(
-        item.get("segments", ()), sample_rate, cfg.frontend.hop_length, num_frames
-    )
-    label = item.get("label", "")
-    record = encode_record(
-        item["id"], text, features, label=label, speaker=item.get("speaker", ""), segments=segments
-    )
-    segment_frames: Counter[str] = Counter()
-    for start, end, name in segments:
-        segment_frames[name] += end - start
-    return {
-        "id": item["id"],
-        "record": record,
-        "num_frames": num_frames,
-        "text_length": len(text),
-        "seconds": float(seconds),
-        "label": label,
-        "segment_frames": dict(segment_frames),
-    }
-
-
 def _process_chunk(
     items: list[dict[str, Any]], cfg: PrepareConfig, evaluation: bool
-) -> list[dict[str, Any]]:
+) -> list[list[dict[str, Any]]]:
     return [process_item(item, cfg, evaluation) for item in items]
 
 
@@ -217,11 +155,13 @@ def _run(
     evaluation: bool,
     workers: int,
     bar: tqdm,
+    plan: Callable[[int, str], list[Copy]],  # (item index, item id) -> the item's copies
 ) -> dict[str, dict[str, Any]]:
     """Prepares the shards in `todo` ([(name, start, stop, fingerprint)]); returns their sidecars.
 
-    Items are read in the parent and sent to the workers in chunks, a bounded number in flight;
-    results come back in order, so each shard's records keep the source's order.
+    Items are read in the parent, given their augmented copies by `plan(index, item id)` and
+    sent to the workers in chunks, a bounded number in flight; results come back in order, so
+    each shard's records keep the source's order (an item's copies follow it).
     """
     num_items = sum(stop - start for _, start, stop, _ in todo)
     chunk = max(1, min(16, -(-num_items // (4 * workers))))
@@ -236,6 +176,7 @@ def _run(
 
     def submit(task: tuple[int, int, int, bool]) -> Future:
         items = [source[i] for i in range(task[1], task[2])]
+        items = [{**it, "copies": plan(i, it["id"])} for i, it in enumerate(items, task[1])]
         if pool is not None:
             return pool.submit(_process_chunk, items, cfg, evaluation)
         done: Future = Future()
@@ -253,8 +194,9 @@ def _run(
                 window.append((nxt, submit(nxt)))
             name, _, _, fingerprint = todo[task[0]]
             writer = writer or _ShardWriter(out_dir, name, fingerprint)
-            for result in future.result():
-                writer.add(result)
+            for results in future.result():  # an item's, then its copies'
+                for result in results:
+                    writer.add(result)
                 bar.update(1)
             if task[3]:
                 metas[name] = writer.finish()
@@ -351,8 +293,9 @@ def prepare_split(
       source: `manifest:PATH.jsonl` or `tfds:NAME[/CONFIG]:SPLIT`.
       out_dir: the prepared-dataset folder (created if needed; other splits there are kept).
       split: the split's name in the dataset (`train`, `valid`, ...).
-      cfg: frontend, text policy, filters, number of shards.
-      evaluation: an evaluation split: audio of any length is kept.
+      cfg: frontend, text policy, filters, number of shards, augmentation.
+      evaluation: an evaluation split: audio of any length is kept, and it is augmented only
+        with `cfg.augment_evaluation`.
       num_workers: processes; None uses `cfg.num_workers`; 0 uses every CPU core.
       progress: show a progress bar.
 
@@ -363,7 +306,9 @@ def prepare_split(
       PrepareError: more than `cfg.max_bad_fraction` of the items are bad (the skipped list is
         in `{split}.skipped.jsonl`), or `out_dir` holds a dataset with other frontend settings.
       SourceError: the source spec, manifest or TFDS dataset is invalid.
+      ConfigError: `cfg.augment` holds an invalid spec.
     """
+    check_prepare_augment(cfg)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", split):
         raise PrepareError(f"split name {split!r} must use only letters, digits, '_', '.', '-'")
     out_dir = Path(out_dir)
@@ -375,6 +320,9 @@ def prepare_split(
     workers = workers or os.cpu_count() or 1
     num_shards = max(1, min(cfg.num_shards, num_items))
     shards = [shard_name(split, i, num_shards) for i in range(num_shards)]
+    specs: Sequence[AugmentSpec] = cfg.augment if cfg.augment_evaluation or not evaluation else ()
+    augment = augment_settings(specs, cfg.augment_seed) if specs else None
+    plan = functools.partial(plan_copies, src, split=split, specs=specs, seed=cfg.augment_seed)
 
     metas: dict[str, dict[str, Any]] = {}
     todo = []
@@ -386,6 +334,7 @@ def prepare_split(
             "evaluation": evaluation,
             "max_seconds": None if evaluation else cfg.max_seconds,
             **_settings(cfg),
+            **({"augment": augment} if augment else {}),  # unaugmented: as before augmentation
         }
         meta = _finished(out_dir, name, fingerprint)
         if meta is not None:
@@ -400,14 +349,15 @@ def prepare_split(
     with tqdm(
         total=num_items, initial=reused, desc=f"prepare {split}", unit="utt", disable=not progress
     ) as bar:
-        metas.update(_run(src, todo, out_dir, cfg, evaluation, workers, bar))
+        metas.update(_run(src, todo, out_dir, cfg, evaluation, workers, bar, plan))
 
     rows = [row for name in shards for row in metas[name]["rows"]]
     skipped = [s for name in shards for s in metas[name]["skipped"]]
     skipped_path = out_dir / f"{split}.skipped.jsonl"
     skipped_path.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in skipped))
-    if num_items and len(skipped) / num_items > cfg.max_bad_fraction:
-        raise _bad_fraction_error(split, num_items, skipped, skipped_path, cfg)
+    bad = [s for s in skipped if "copy_of" not in s]  # the source's items, not their copies
+    if num_items and len(bad) / num_items > cfg.max_bad_fraction:
+        raise _bad_fraction_error(split, num_items, bad, skipped_path, cfg)
 
     ids = [r[0] for r in rows]
     repeated = [i for i, n in Counter(ids).items() if n > 1]
@@ -429,6 +379,7 @@ def prepare_split(
         "num_skipped": len(skipped),
         "skipped_by_reason": dict(Counter(s["kind"] for s in skipped).most_common()),
         "skipped": [{"id": s["id"], "audio": s["audio"], "reason": s["reason"]} for s in skipped],
+        "augmentation": augment and {**augment, "num_records": len(rows) - num_items + len(bad)},
     }
     dataset = _load_dataset_json(out_dir, cfg)  # reread: another split may have landed since
     dataset["splits"][split] = summary

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxseq.audio.io import load_audio, to_mono_resampled
 from jaxseq.config import PrepareConfig
 from jaxseq.errors import JaxseqError
 
@@ -297,3 +298,15 @@ def parse_source(spec: str, cfg: PrepareConfig) -> ManifestSource | TfdsSource:
         if name and sep and split:
             return TfdsSource(name, split, cfg)
     raise SourceError(f"unknown or malformed source {spec!r}; valid forms: {forms}")
+
+
+def load_item_audio(item: dict[str, Any], sample_rate: int) -> np.ndarray:
+    """An item's audio as float32 mono [num_samples] at `sample_rate` (resampled as needed).
+
+    Raises:
+      AudioError: a missing, corrupt or empty audio file (jaxseq.audio.io).
+      ValueError: an in-memory waveform of an unusable shape.
+    """
+    if "audio_path" in item:
+        return load_audio(item["audio_path"], sample_rate)
+    return to_mono_resampled(item["audio"], int(item["sample_rate"]), sample_rate)

@@ -7,6 +7,12 @@ generator seeded by (seed, split, index), and every chunk of `_CHUNK` utterances
 a fresh copy of the engine, so the corpus is byte-identical for a seed whatever the number of
 worker processes or utterances per split.
 
+Voices: `synth.voice_space` "demo" (`VOICES`: 8 English base voices x 16 variants) or "all"
+(every English base voice x every variant espeak-ng ships, `english_voices()`; the `mb-*`
+voices need mbrola and are left out), split by `split_voices`. Each turn also draws espeak-ng's
+pitch range and word gap from `synth.pitch_range` and `synth.word_gap` (fixed by default, and
+then drawing nothing: the corpora of earlier versions are unchanged).
+
 Presets (`synth.preset`):
 
   digits       one voice says `synth.words` digit words; `synth.label` = "speaker" or "text"
@@ -17,6 +23,9 @@ Presets (`synth.preset`):
                words with its own rate and pitch, trimmed and joined with `_PAD_SECONDS` of
                silence between and around them; the manifest's `segments` give each turn's
                voice and its exact extent in the wav (per-frame labels). `synth.label` is unused.
+  stress       `synth.num_test` digits utterances by voices held out of training, at the
+               extremes of espeak-ng's rates and pitches, written once per listening
+               condition (jaxseq.data.stress: which voices, which conditions, the layout).
 
 Layout written under `out_dir`:
 
@@ -29,6 +38,8 @@ Layout written under `out_dir`:
                                  (rounded to 1e-4) and "speaker": the voices joined by ","
                                  (diarization)
     {split}/wav/{id}.wav         16-bit PCM mono at `SynthConfig.sample_rate`
+
+(stress: one folder per condition instead of one per split.)
 """
 
 from __future__ import annotations
@@ -39,12 +50,22 @@ import multiprocessing.pool
 import os
 import shutil
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from jaxseq.config import SynthConfig
+from jaxseq.data.stress import (
+    CONDITIONS,
+    PITCH_LIMITS,
+    RATE_LIMITS,
+    STRESS_PITCHES,
+    STRESS_RATES,
+    draw_extreme,
+    in_conditions,
+)
 
 if TYPE_CHECKING:
     from jaxseq.audio.espeak import Word
@@ -67,7 +88,10 @@ _VARIANTS += ("klatt", "klatt2", "klatt3")
 VOICES = tuple(f"{base}+{variant}" for base in _BASES for variant in _VARIANTS)
 
 SPLITS = ("train", "valid", "test")
-PRESETS = ("digits", "diarization")
+STRESS = "stress"  # the stress preset's one split (its ids and seeds)
+_SPLIT_IDS = {**{s: i for i, s in enumerate(SPLITS)}, STRESS: len(SPLITS)}
+PRESETS = ("digits", "diarization", STRESS)
+VOICE_SPACES = ("demo", "all")
 LABELS = ("", "speaker", "text")
 _SPLIT_FRACTIONS = {"train": 0.7, "valid": 0.1}  # the test split gets the rest
 _TRIM_TOP_DB = 40.0
@@ -76,25 +100,57 @@ _FORMAT_VERSION = 2  # 2: digits manifests have words
 _CHUNK = 32  # utterances per task sent to a worker
 
 
-def split_voices(seed: int) -> dict[str, list[str]]:
-    """Disjoint train/valid/test voice sets (~70/10/20 % of `VOICES`), deterministic in `seed`."""
-    order = np.random.default_rng([seed, 0xC0FFEE]).permutation(len(VOICES))
-    n_train = round(_SPLIT_FRACTIONS["train"] * len(VOICES))
-    n_valid = round(_SPLIT_FRACTIONS["valid"] * len(VOICES))
+def english_voices() -> tuple[str, ...]:
+    """Every English espeak-ng base voice with every variant (the "all" voice space)."""
+    from jaxseq.audio import espeak
+
+    bases = [b for b in espeak.list_voices() if b == "en" or b.startswith("en-")]
+    return tuple(f"{base}+{variant}" for base in bases for variant in espeak.list_variants())
+
+
+def _partition(voices: Sequence[str], seed: list[int]) -> dict[str, list[str]]:
+    """`voices` split ~70/10/20 % into train/valid/test by a permutation seeded with `seed`."""
+    order = np.random.default_rng(seed).permutation(len(voices))
+    n_train = round(_SPLIT_FRACTIONS["train"] * len(voices))
+    n_valid = round(_SPLIT_FRACTIONS["valid"] * len(voices))
     bounds = {"train": (0, n_train), "valid": (n_train, n_train + n_valid)}
-    bounds["test"] = (n_train + n_valid, len(VOICES))
-    return {s: sorted(VOICES[i] for i in order[lo:hi]) for s, (lo, hi) in bounds.items()}
+    bounds["test"] = (n_train + n_valid, len(voices))
+    return {s: sorted(voices[i] for i in order[lo:hi]) for s, (lo, hi) in bounds.items()}
+
+
+def split_voices(seed: int, space: str = "demo") -> dict[str, list[str]]:
+    """Disjoint train/valid/test voice sets of a voice space, deterministic in `seed`.
+
+    "demo" splits `VOICES` ~70/10/20 %; "all" keeps those sets and adds the other English
+    voices, split alike by their own permutation, so a demo voice is in the same split in both.
+    """
+    splits = _partition(VOICES, [seed, 0xC0FFEE])
+    if space == "all":
+        others = _partition(sorted(set(english_voices()) - set(VOICES)), [seed, 0xC0FFEE, 1])
+        splits = {s: sorted(splits[s] + others[s]) for s in SPLITS}
+    return splits
 
 
 def corpus_voices(cfg: SynthConfig) -> dict[str, list[str]]:
-    """The voices of each split: `cfg.voices` for all of them, else `split_voices(cfg.seed)`."""
+    """The voices of each split: `cfg.voices` (voices of `cfg.voice_space`) for all of them,
+    else `split_voices(cfg.seed, cfg.voice_space)`; the stress preset's one split gets the test
+    voices."""
+    if cfg.preset == STRESS:
+        if cfg.voices:
+            raise ValueError(
+                "synth.preset=stress speaks with the voices held out of training; leave "
+                f"synth.voices empty (it is {list(cfg.voices)})"
+            )
+        return {STRESS: split_voices(cfg.seed, cfg.voice_space)["test"]}
     if not cfg.voices:
-        return split_voices(cfg.seed)
-    unknown = sorted(set(cfg.voices) - set(VOICES))
+        return split_voices(cfg.seed, cfg.voice_space)
+    known = VOICES if cfg.voice_space == "demo" else english_voices()
+    unknown = sorted(set(cfg.voices) - set(known))
     if unknown:
         raise ValueError(
-            f"synth.voices has unknown voices {unknown}; choose from the corpus's "
-            f"voices (jaxseq.data.synth.VOICES), e.g. {list(VOICES[:3])}"
+            f"synth.voices has unknown voices {unknown}; choose from the voices of "
+            f"synth.voice_space={cfg.voice_space} (jaxseq.data.synth.VOICES for demo, "
+            f"english_voices() for all), e.g. {list(known[:3])}"
         )
     return {s: sorted(set(cfg.voices)) for s in SPLITS}
 
@@ -112,8 +168,14 @@ def _checked_voices(cfg: SynthConfig) -> dict[str, list[str]]:
         raise ValueError(f"unknown synth preset {cfg.preset!r}; choose one of {list(PRESETS)}")
     if cfg.label not in LABELS:
         raise ValueError(f"unknown synth label {cfg.label!r}; choose one of {list(LABELS)}")
-    _check_range("rate", cfg.rate, 80, 450)
-    _check_range("pitch", cfg.pitch, 0, 100)
+    if cfg.voice_space not in VOICE_SPACES:
+        raise ValueError(
+            f"unknown synth voice_space {cfg.voice_space!r}; choose one of {list(VOICE_SPACES)}"
+        )
+    _check_range("rate", cfg.rate, *RATE_LIMITS)
+    _check_range("pitch", cfg.pitch, *PITCH_LIMITS)
+    _check_range("pitch_range", cfg.pitch_range, 0, 100)
+    _check_range("word_gap", cfg.word_gap, 0, 100)
     _check_range("words", cfg.words, 1, 100)
     voices = corpus_voices(cfg)
     if cfg.preset == "diarization":
@@ -140,32 +202,49 @@ def _draw(rng: np.random.Generator, bounds: tuple[int, int]) -> int:
     return int(rng.integers(bounds[0], bounds[1] + 1))
 
 
-def _utterance(cfg: SynthConfig, split: str, index: int, voices: Sequence[str]) -> dict:
-    """Draws one utterance: its id and its turns [(text, voice, rate, pitch)].
+def _intonation(rng: np.random.Generator, cfg: SynthConfig) -> tuple[int, int]:
+    """(pitch range, word gap) of a turn; a fixed one (low == high) draws nothing from `rng`."""
+    return tuple(
+        lo if lo == hi else _draw(rng, (lo, hi)) for lo, hi in (cfg.pitch_range, cfg.word_gap)
+    )
 
-    A digits utterance is one turn; a diarization one is `cfg.turns` turns by distinct voices.
+
+def _utterance(cfg: SynthConfig, split: str, index: int, voices: Sequence[str]) -> dict:
+    """Draws one utterance: its id and its turns, each an espeak `Request`
+    (text, voice, rate, pitch, pitch range, word gap).
+
+    A digits (or stress) utterance is one turn; a diarization one is `cfg.turns` turns by
+    distinct voices.
     """
-    rng = np.random.default_rng([cfg.seed, SPLITS.index(split), index])
-    if cfg.preset == "digits":
-        text = _digits(rng, cfg.words)
-        voice = voices[rng.integers(len(voices))]
-        turns = [(text, voice, _draw(rng, cfg.rate), _draw(rng, cfg.pitch))]
-    else:
+    rng = np.random.default_rng([cfg.seed, _SPLIT_IDS[split], index])
+    if cfg.preset == "diarization":
         picks = rng.choice(len(voices), size=_draw(rng, cfg.turns), replace=False)
         turns = [
             (_digits(rng, cfg.words), voices[i], _draw(rng, cfg.rate), _draw(rng, cfg.pitch))
+            + _intonation(rng, cfg)
             for i in picks
         ]
+    else:
+        text = _digits(rng, cfg.words)
+        voice = voices[rng.integers(len(voices))]
+        if cfg.preset == STRESS:
+            rate, pitch = draw_extreme(rng, STRESS_RATES), draw_extreme(rng, STRESS_PITCHES)
+        else:
+            rate, pitch = _draw(rng, cfg.rate), _draw(rng, cfg.pitch)
+        turns = [(text, voice, rate, pitch, *_intonation(rng, cfg))]
     return {"id": f"{split}-{index:06d}", "turns": turns}
 
 
 def _manifest_record(
     cfg: SynthConfig, utt: dict, audio: str, segments: list[dict], words: list[dict]
 ) -> dict:
-    texts, voices = zip(*[(text, voice) for text, voice, _, _ in utt["turns"]], strict=True)
+    texts, voices = zip(*[(text, voice) for text, voice, *_ in utt["turns"]], strict=True)
     record = {"id": utt["id"], "audio": audio, "text": " ".join(texts), "speaker": ",".join(voices)}
     if cfg.preset == "diarization":
         record["segments"] = segments
+    elif cfg.preset == STRESS:
+        names = ("voice", "rate", "pitch", "pitch_range", "word_gap")
+        record.update(zip(names, utt["turns"][0][1:], strict=True))
     else:
         record["words"] = words
         if cfg.label:
@@ -202,29 +281,40 @@ def _word_times(
     ]
 
 
-def _render(job: tuple[str, str, SynthConfig, list[str], list[int]]) -> list[dict]:
-    """Synthesizes and writes the wavs for a chunk of indices; returns their manifest records.
+def _folders(split: str, cfg: SynthConfig) -> tuple[str, ...]:
+    """The folders a split is written to: its own, or (stress) one per condition."""
+    return CONDITIONS if cfg.preset == STRESS else (split,)
+
+
+def _to_pcm(wave: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(wave, -1.0, 1.0) * 32767.0).astype(np.int16)
+
+
+def _render(job: tuple[str, str, SynthConfig, list[str], list[int]]) -> dict[str, list[dict]]:
+    """Synthesizes and writes the wavs for a chunk of indices; returns their manifest records
+    per folder (`_folders`).
 
     The chunk is spoken by one fresh copy of the engine (see `synthesize_isolated`), so its audio
-    depends only on (seed, split, indices): chunks start at fixed multiples of `_CHUNK`.
+    depends only on (seed, split, indices): chunks start at fixed multiples of `_CHUNK`. A
+    stress utterance's conditions transform its written (16-bit) clean samples.
     """
     import librosa
     import soundfile as sf
 
     from jaxseq.audio.espeak import synthesize_isolated_words
 
-    split_dir, split, cfg, voices, indices = job
+    out_dir, split, cfg, voices, indices = job
     seed, sample_rate = cfg.seed, cfg.sample_rate
     utts = [_utterance(cfg, split, index, voices) for index in indices]
     requests = [turn for utt in utts for turn in utt["turns"]]
-    noise_seed = np.random.SeedSequence([seed, SPLITS.index(split), indices[0]]).generate_state(1)
+    noise_seed = np.random.SeedSequence([seed, _SPLIT_IDS[split], indices[0]]).generate_state(1)
     waves, words, sr = synthesize_isolated_words(
         requests, seed=int(noise_seed[0]), top_db=_TRIM_TOP_DB
     )
     spoken = zip(waves, words, strict=True)
     pad = np.zeros(round(_PAD_SECONDS * sample_rate), np.float32)
-    records = []
-    for utt in utts:
+    records: dict[str, list[dict]] = {folder: [] for folder in _folders(split, cfg)}
+    for index, utt in zip(indices, utts, strict=True):
         pieces, segments, timed, offset = [pad], [], [], pad.size  # offset: samples so far
         for turn in utt["turns"]:
             wave, turn_words = next(spoken)
@@ -243,11 +333,19 @@ def _render(job: tuple[str, str, SynthConfig, list[str], list[int]]) -> list[dic
             )
             pieces += [wave, pad]
             offset += pad.size
-        wave = np.concatenate(pieces)
-        pcm = np.round(np.clip(wave, -1.0, 1.0) * 32767.0).astype(np.int16)
+        pcm = _to_pcm(np.concatenate(pieces))  # [samples]
         audio = f"wav/{utt['id']}.wav"
-        sf.write(Path(split_dir) / audio, pcm, sample_rate, subtype="PCM_16", format="WAV")
-        records.append(_manifest_record(cfg, utt, audio, segments, timed))
+        record = _manifest_record(cfg, utt, audio, segments, timed)
+        pcms, labelled = {split: pcm}, {split: record}
+        if cfg.preset == STRESS:
+            clean = pcm.astype(np.float32) / 32767.0
+            heard = in_conditions(clean, sample_rate, [seed, _SPLIT_IDS[split], index])
+            pcms = {condition: _to_pcm(wave) for condition, wave in heard.items()}
+            labelled = {condition: {**record, "condition": condition} for condition in heard}
+        for folder, samples in pcms.items():
+            path = Path(out_dir) / folder / audio
+            sf.write(path, samples, sample_rate, subtype="PCM_16", format="WAV")
+            records[folder].append(labelled[folder])
     return records
 
 
@@ -256,35 +354,53 @@ def _chunks(n: int) -> Iterator[list[int]]:
         yield list(range(start, min(start + _CHUNK, n)))
 
 
+def _manifests(out_dir: Path, split: str, cfg: SynthConfig) -> dict[str, Path]:
+    """{folder: its manifest.jsonl} of a split (see `_folders`)."""
+    return {folder: out_dir / folder / "manifest.jsonl" for folder in _folders(split, cfg)}
+
+
 def _write_split(
-    split_dir: Path,
+    out_dir: Path,
     split: str,
     n: int,
     cfg: SynthConfig,
     voices: list[str],
     pool: multiprocessing.pool.Pool | None,
     progress: bool,
-) -> Path:
+) -> dict[str, Path]:
     from tqdm.auto import tqdm
 
-    if split_dir.exists():
-        shutil.rmtree(split_dir)
-    (split_dir / "wav").mkdir(parents=True)
-    jobs = [(str(split_dir), split, cfg, voices, c) for c in _chunks(n)]
+    manifests = _manifests(out_dir, split, cfg)
+    for manifest in manifests.values():
+        if manifest.parent.exists():
+            shutil.rmtree(manifest.parent)
+        (manifest.parent / "wav").mkdir(parents=True)
+    jobs = [(str(out_dir), split, cfg, voices, c) for c in _chunks(n)]
     results = pool.imap(_render, jobs) if jobs else []
-    manifest = split_dir / "manifest.jsonl"
-    tmp = manifest.with_suffix(".jsonl.tmp")
-    with tqdm(total=n, desc=f"synth {split}", disable=not progress) as bar, tmp.open("w") as f:
-        for records in results:  # in index order, whatever the worker count
-            for record in records:
-                f.write(json.dumps(record) + "\n")
-            bar.update(len(records))
-    tmp.replace(manifest)  # the manifest appears only once every wav is written
-    return manifest
+    tmps = {folder: manifest.with_suffix(".jsonl.tmp") for folder, manifest in manifests.items()}
+    with ExitStack() as stack:
+        bar = stack.enter_context(tqdm(total=n, desc=f"synth {split}", disable=not progress))
+        files = {folder: stack.enter_context(tmp.open("w")) for folder, tmp in tmps.items()}
+        for chunk in results:  # in index order, whatever the worker count
+            for folder, records in chunk.items():
+                files[folder].writelines(json.dumps(record) + "\n" for record in records)
+            bar.update(len(records))  # every folder has one record per utterance
+    for folder, tmp in tmps.items():  # a manifest appears only once every wav is written
+        tmp.replace(manifests[folder])
+    return manifests
 
 
 def _settings(cfg: SynthConfig) -> dict:
+    """What a corpus depends on; the keys added since version 2 only where not their default
+    (so that the corpus.json of an earlier version's corpus still matches)."""
+    default = SynthConfig()
+    added = {
+        key: value if isinstance(value, str) else list(value)
+        for key in ("voice_space", "pitch_range", "word_gap")
+        if (value := getattr(cfg, key)) != getattr(default, key)
+    }
     return {
+        **added,
         "version": _FORMAT_VERSION,
         "preset": cfg.preset,
         "seed": cfg.seed,
@@ -313,14 +429,16 @@ def synthesize_corpus(
 
     Args:
       out_dir: output folder (created if missing).
-      cfg: preset, utterances per split, seed, output sample rate, the voices, rate, pitch,
-        words (and turns) utterances are drawn from, and the manifest label.
+      cfg: preset, utterances per split, seed, output sample rate, the voices (or voice
+        space), rate, pitch, pitch range, word gap, words (and turns) utterances are drawn
+        from, and the manifest label.
       num_workers: worker processes, started with `spawn` (so a script calling this needs an
         `if __name__ == "__main__":` guard); 0 = os.cpu_count().
       progress: show a tqdm progress bar per split.
 
     Returns:
-      {split: path of its manifest.jsonl} for train, valid and test.
+      {split: path of its manifest.jsonl} for train, valid and test; for the stress preset
+      {condition: path of its manifest.jsonl} for each of `jaxseq.data.stress.CONDITIONS`.
 
     Raises:
       ValueError: an unknown preset, label or voice, a range out of bounds, or (diarization)
@@ -330,6 +448,8 @@ def synthesize_corpus(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {"train": cfg.num_train, "valid": cfg.num_valid, "test": cfg.num_test}
+    if cfg.preset == STRESS:
+        counts = {STRESS: cfg.num_test}
     settings = _settings(cfg)
     corpus_json = out_dir / "corpus.json"
     state = json.loads(corpus_json.read_text()) if corpus_json.exists() else {}
@@ -337,8 +457,9 @@ def synthesize_corpus(
 
     todo = [
         s
-        for s in SPLITS
-        if done.get(s) != counts[s] or not (out_dir / s / "manifest.jsonl").exists()
+        for s in counts
+        if done.get(s) != counts[s]
+        or not all(p.exists() for p in _manifests(out_dir, s, cfg).values())
     ]
     num_chunks = max((len(list(_chunks(counts[s]))) for s in todo), default=0)
     num_workers = min(num_workers or os.cpu_count() or 1, num_chunks)
@@ -347,14 +468,14 @@ def synthesize_corpus(
         pool = multiprocessing.get_context("spawn").Pool(num_workers)
     try:
         manifests = {}
-        for split in SPLITS:
+        for split in counts:
             if split not in todo:
-                manifests[split] = out_dir / split / "manifest.jsonl"
+                manifests.update(_manifests(out_dir, split, cfg))
                 continue
             done.pop(split, None)  # not done until its manifest is complete
             _write_json(corpus_json, {"settings": settings, "splits": done, "voices": voices})
-            manifests[split] = _write_split(
-                out_dir / split, split, counts[split], cfg, voices[split], pool, progress
+            manifests.update(
+                _write_split(out_dir, split, counts[split], cfg, voices[split], pool, progress)
             )
             done[split] = counts[split]
             _write_json(corpus_json, {"settings": settings, "splits": done, "voices": voices})

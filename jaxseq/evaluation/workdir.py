@@ -31,6 +31,18 @@ def _prepare_manifest(trained: Trained, manifest: Path, workdir: Path) -> Path:
     return out
 
 
+def checked_dataset_info(dataset: str | Path, split: str | None, workdir: Path) -> dict[str, Any]:
+    """The prepared dataset's info (`load_dataset_info`), once its frontend is the one the
+    model in `workdir` was trained on (else a JaxseqError)."""
+    info = load_dataset_info(dataset, split)
+    if info["frontend"] != json.loads((workdir / FRONTEND_FILE).read_text())["frontend"]:
+        raise JaxseqError(
+            f"{dataset} was prepared with frontend {info['frontend']}, but the model in {workdir} "
+            "was trained on different features; prepare the data with the model's settings"
+        )
+    return info
+
+
 def evaluate_trained(
     trained: Trained,
     workdir: str | Path,
@@ -47,12 +59,7 @@ def evaluate_trained(
     if manifest is not None:
         dataset, split = _prepare_manifest(trained, Path(manifest), workdir), "eval"
     dataset = dataset or trained.cfg.data.dataset
-    info = load_dataset_info(dataset, split)
-    if info["frontend"] != json.loads((workdir / FRONTEND_FILE).read_text())["frontend"]:
-        raise JaxseqError(
-            f"{dataset} was prepared with frontend {info['frontend']}, but the model in {workdir} "
-            "was trained on different features; prepare the data with the model's settings"
-        )
+    info = checked_dataset_info(dataset, split, workdir)
     path = Path(report) if report else workdir / "eval" / f"{split}-step{trained.step}.json"
     metrics, records = evaluate_split(
         trained.task,
