@@ -113,8 +113,14 @@ def test_reverberation_keeps_length_and_alignment():
     wet = augment.reverberate(click, SR, 0.5, np.random.default_rng(5))
     assert wet.shape == click.shape and np.argmax(np.abs(wet)) == 4000
     assert np.sum(wet[4010:] ** 2) > 0.1 * np.sum(wet**2)  # a tail, not only the direct path
+    # The room is the bank's: RT60 rounded to 0.05 s (10 steps), the room drawn with the rng,
+    # its impulse response simulated with a generator seeded by the two.
+    room = int(np.random.default_rng(5).integers(augment.ROOMS_PER_RT60))
+    ir, delay = augment.room_impulse_response(SR, 0.5, np.random.default_rng([10, room]))
+    expected = augment.convolve(click, ir, delay)
+    np.testing.assert_array_equal(wet, expected / max(1.0, np.abs(expected).max()))
     np.testing.assert_array_equal(
-        wet, augment.reverberate(click, SR, 0.5, np.random.default_rng(5))
+        wet, augment.reverberate(click, SR, 0.52, np.random.default_rng(5))
     )
 
 

@@ -116,8 +116,8 @@ def _markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Robustness: step {report['step']}, decoder {report['decoder']}",
         "",
-        f"Stress dataset {report['dataset']}: voices held out of training, rates and pitches "
-        f"outside the training ranges; text normalizer {report['normalizer']}.",
+        f"Stress dataset {report['dataset']}: voices held out of training, at the extremes of "
+        f"espeak-ng's rates and pitches; text normalizer {report['normalizer']}.",
         "",
         "| condition | utterances | skipped | WER | CER |",
         "|---|---|---|---|---|",
