@@ -35,13 +35,12 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
     from jaxseq.data.prepare import prepare_corpus, prepare_split
-    from jaxseq.data.stress import is_stress_corpus, prepare_stress
 
     cfg = api.load_config(args.config, args.overrides)
     if args.source.startswith("synth:"):
-        corpus = args.source[len("synth:") :]
-        prepare = prepare_stress if is_stress_corpus(corpus) else prepare_corpus
-        summaries = prepare(corpus, args.out, cfg.prepare, num_workers=args.workers)
+        summaries = prepare_corpus(
+            args.source[len("synth:") :], args.out, cfg.prepare, num_workers=args.workers
+        )
     else:
         if not args.split:
             raise SystemExit("prepare: --split is required for manifest: and tfds: sources")

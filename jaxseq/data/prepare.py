@@ -65,6 +65,7 @@ from jaxseq.data.prepare_augment import Copy, augment_settings, plan_copies
 from jaxseq.data.prepare_item import process_item
 from jaxseq.data.records import index_name, shard_name, write_index
 from jaxseq.data.sources import ManifestSource, TfdsSource, parse_source
+from jaxseq.data.stress import CONDITIONS, is_stress_corpus
 from jaxseq.errors import JaxseqError
 
 log = logging.getLogger(__name__)
@@ -404,19 +405,28 @@ def prepare_corpus(
     num_workers: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Prepares a synthesized corpus (`jaxseq synth`): `{train,valid,test}/manifest.jsonl`.
+    """Prepares a synthesized corpus (`jaxseq synth`): `{train,valid,test}/manifest.jsonl`, or
+    for a stress corpus (synth.preset=stress) `{condition}/manifest.jsonl` per listening
+    condition (`jaxseq.data.stress.CONDITIONS`).
 
-    `train` is a training split; `valid` and `test` are evaluation splits (never length-filtered).
+    `train` is a training split; `valid`, `test` and every condition are evaluation splits
+    (never length-filtered). A condition's source in dataset.json is its manifest's absolute
+    path, where jaxseq.evaluation.robustness reads every utterance's voice, rate and pitch.
 
     Returns:
-      {split: summary} for train, valid and test (as merged into `dataset.json`).
+      {split: summary} for each split (as merged into `dataset.json`).
     """
     corpus_dir = Path(corpus_dir)
-    manifests = {s: corpus_dir / s / "manifest.jsonl" for s in ("train", "valid", "test")}
+    if is_stress_corpus(corpus_dir):
+        splits, what = CONDITIONS, "`jaxseq synth ... synth.preset=stress`"
+        manifests = {s: (corpus_dir / s / "manifest.jsonl").resolve() for s in splits}
+    else:
+        splits, what = ("train", "valid", "test"), "`jaxseq synth`"
+        manifests = {s: corpus_dir / s / "manifest.jsonl" for s in splits}
     missing = [str(p) for p in manifests.values() if not p.is_file()]
     if missing:
         raise PrepareError(
-            f"corpus {corpus_dir} lacks {', '.join(missing)}; create it with `jaxseq synth` "
+            f"corpus {corpus_dir} lacks {', '.join(missing)}; create it with {what} "
             "(or prepare your own manifests with `manifest:PATH.jsonl` sources)"
         )
     return {

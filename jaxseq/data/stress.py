@@ -23,8 +23,9 @@ a generator seeded by (seed, utterance, condition):
 Layout under the corpus folder: `{condition}/manifest.jsonl` and `{condition}/wav/{id}.wav`,
 one line per utterance with the digits manifest's "id", "audio", "text" and "speaker" plus
 "voice", "rate", "pitch", "pitch_range", "word_gap" and "condition"; ids and texts are the
-same in every condition. `prepare_stress` prepares each condition as an evaluation split of
-that name.
+same in every condition. `jaxseq prepare --source synth:DIR`
+(`jaxseq.data.prepare.prepare_corpus`) prepares each condition as an evaluation split of that
+name.
 """
 
 from __future__ import annotations
@@ -32,11 +33,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-
-from jaxseq.config import PrepareConfig
 
 RATE_LIMITS = (80, 450)  # espeak-ng's speaking rates, words per minute
 PITCH_LIMITS = (0, 100)  # espeak-ng's base pitch
@@ -92,42 +90,3 @@ def is_stress_corpus(corpus_dir: str | os.PathLike) -> bool:
     if not corpus_json.is_file():
         return False
     return json.loads(corpus_json.read_text())["settings"]["preset"] == "stress"
-
-
-def prepare_stress(
-    corpus_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    cfg: PrepareConfig,
-    *,
-    num_workers: int | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Prepares each condition of a stress corpus as an evaluation split of its name.
-
-    Each split's source in dataset.json is its manifest's absolute path, where
-    jaxseq.evaluation.robustness reads every utterance's voice, rate and pitch.
-
-    Returns:
-      {condition: summary} (as merged into `dataset.json`).
-    """
-    from jaxseq.data.prepare import prepare_split  # workers rendering conditions need not
-
-    manifests = {c: (Path(corpus_dir) / c / "manifest.jsonl").resolve() for c in CONDITIONS}
-    missing = [str(p) for p in manifests.values() if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"stress corpus {corpus_dir} lacks {', '.join(missing)}; write it with "
-            "`jaxseq synth ... synth.preset=stress`"
-        )
-    return {
-        condition: prepare_split(
-            f"manifest:{manifest}",
-            out_dir,
-            condition,
-            cfg,
-            evaluation=True,
-            num_workers=num_workers,
-            progress=progress,
-        )
-        for condition, manifest in manifests.items()
-    }
