@@ -8,9 +8,11 @@ dims, head)` turns a state dict into the params of the jaxseq module of that hea
 `load_state_dict(strict=True)` accepts. Heads (`ARCHITECTURES`): "ctc" (`Wav2Vec2ForCTC`,
 `HubertForCTC` → `Wav2Vec2CTC`), "sequence" (`Wav2Vec2ForSequenceClassification`,
 `HubertForSequenceClassification` → `Wav2Vec2SequenceClassifier`), "frame"
-(`Wav2Vec2ForAudioFrameClassification` → `Wav2Vec2FrameClassifier`), and "pretraining"
+(`Wav2Vec2ForAudioFrameClassification` → `Wav2Vec2FrameClassifier`), "pretraining"
 (`Wav2Vec2ForPreTraining`, import only: its `Wav2Vec2Encoder`; the quantizer and the
-contrastive projections are left out).
+contrastive projections are left out), and "contrastive" (`Wav2Vec2ForPreTraining` in full, both
+ways: `jaxseq.models.wav2vec2_pretraining.Wav2Vec2PreTraining`, quantizer and projections
+included; its sizes come from `wav2vec2_pretraining_config_from_hf`).
 
 The mapping is one table (`_param_table`), as in `hf_whisper`: every jaxseq parameter, its HF
 tensor, the HF shape the dims imply, and the layout change (torch Linear [out, in] → [in, out];
@@ -47,8 +49,10 @@ from jaxseq.convert.hf_whisper import (
 )
 from jaxseq.decoding.ctc import ctc_collapse
 from jaxseq.models.wav2vec2 import Wav2Vec2Dims
+from jaxseq.models.wav2vec2_pretraining import Wav2Vec2PreTrainingDims
 
-# transformers architecture → jaxseq head (see the module docstring).
+# transformers architecture → jaxseq head (see the module docstring); "contrastive" is the
+# other head of Wav2Vec2ForPreTraining checkpoints (the whole pre-training model).
 ARCHITECTURES = {
     "Wav2Vec2ForCTC": "ctc",
     "HubertForCTC": "ctc",
@@ -57,6 +61,7 @@ ARCHITECTURES = {
     "Wav2Vec2ForAudioFrameClassification": "frame",
     "Wav2Vec2ForPreTraining": "pretraining",
 }
+HEADS = (*dict.fromkeys(ARCHITECTURES.values()), "contrastive")
 MODEL_TYPES = ("wav2vec2", "hubert")  # also the prefix of the base model's tensors
 # Tensors of Wav2Vec2ForPreTraining that jaxseq leaves out (quantizer, contrastive projections).
 _PRETRAINING_ONLY = ("quantizer.", "project_hid.", "project_q.")
@@ -69,6 +74,7 @@ PAD_TOKEN = "<pad>"  # Wav2Vec2CTCTokenizer's pad token: the CTC blank
 WORD_DELIMITER = "|"  # ... and its word delimiter, decoded as a space
 
 _DIMS_FIELDS = {f.name for f in dataclasses.fields(Wav2Vec2Dims)} - {"remat", "num_labels"}
+_PRETRAINING_FIELDS = [f.name for f in dataclasses.fields(Wav2Vec2PreTrainingDims)]
 
 
 def _config_dict(hf_config: Any) -> dict:
@@ -125,6 +131,31 @@ def wav2vec2_config_from_hf(hf_config: Any) -> dict:
     return fields
 
 
+def wav2vec2_pretraining_config_from_hf(hf_config: Any) -> dict:
+    """`Wav2Vec2PreTrainingDims` fields (quantizer sizes and loss settings) of a transformers
+    Wav2Vec2Config (or the dict of its config.json; missing keys take transformers' defaults,
+    which are Wav2Vec2PreTrainingDims').
+
+    Raises:
+      ConversionError: when the config is not a Wav2Vec2 one, or its codevector_dim is not
+        divisible by num_codevector_groups.
+    """
+    config = _config_dict(hf_config)
+    if config.get("model_type") != "wav2vec2":
+        raise ConversionError(
+            f"model_type is {config.get('model_type')!r}; wav2vec 2.0 pre-training needs a "
+            "'wav2vec2' config (Wav2Vec2ForPreTraining)"
+        )
+    defaults = dataclasses.asdict(Wav2Vec2PreTrainingDims())
+    fields = {k: config.get(k, defaults[k]) for k in _PRETRAINING_FIELDS}
+    if fields["codevector_dim"] % fields["num_codevector_groups"]:
+        raise ConversionError(
+            f"codevector_dim {fields['codevector_dim']} is not divisible by "
+            f"num_codevector_groups {fields['num_codevector_groups']}"
+        )
+    return fields
+
+
 def _dense(path: tuple[str, ...], name: str, out: int, inp: int) -> list[_Entry]:
     return [
         _Entry((*path, "kernel"), f"{name}.weight", (out, inp), _transpose, _transpose),
@@ -132,15 +163,44 @@ def _dense(path: tuple[str, ...], name: str, out: int, inp: int) -> list[_Entry]
     ]
 
 
-def _param_table(dims: Wav2Vec2Dims, head: str, model_type: str) -> list[_Entry]:
+def _quantizer_table(dims: Wav2Vec2Dims, pretraining: Wav2Vec2PreTrainingDims) -> list[_Entry]:
+    """Wav2Vec2ForPreTraining's quantizer and projections (`Wav2Vec2PreTraining`'s
+    "quantizer", "project_hid", "project_q"): HF codevectors [1, G · V, codevector_dim / G] →
+    [G · V, codevector_dim / G]."""
+    p = pretraining
+    entries = p.num_codevectors
+    shape = (1, entries, p.codevector_dim // p.num_codevector_groups)
+    return [
+        _Entry(
+            ("quantizer", "codevectors"),
+            "quantizer.codevectors",
+            shape,
+            lambda c: c.reshape(shape[1:]),
+            lambda c: c.reshape(shape),
+        ),
+        *_dense(("quantizer", "weight_proj"), "quantizer.weight_proj", entries, dims.conv_dim[-1]),
+        *_dense(("project_hid",), "project_hid", p.proj_codevector_dim, dims.hidden_size),
+        *_dense(("project_q",), "project_q", p.proj_codevector_dim, p.codevector_dim),
+    ]
+
+
+def _param_table(
+    dims: Wav2Vec2Dims,
+    head: str,
+    model_type: str,
+    pretraining: Wav2Vec2PreTrainingDims | None = None,
+) -> list[_Entry]:
     """Every parameter of the jaxseq module for `head` with its HF name, HF shape and layout
-    conversions."""
-    if head not in set(ARCHITECTURES.values()):
-        raise ConversionError(
-            f"unknown head {head!r}; expected one of {set(ARCHITECTURES.values())}"
-        )
+    conversions (`pretraining`: the "contrastive" head's quantizer sizes)."""
+    if head not in HEADS:
+        raise ConversionError(f"unknown head {head!r}; expected one of {HEADS}")
     if model_type not in MODEL_TYPES:
         raise ConversionError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
+    if (head == "contrastive") != (pretraining is not None):
+        raise ConversionError(
+            "pretraining_dims (wav2vec2_pretraining_config_from_hf) go with the 'contrastive' "
+            f"head and only with it; got head {head!r} and pretraining_dims {pretraining}"
+        )
     d, p, h = dims, model_type, dims.hidden_size
     enc = () if head == "pretraining" else ("encoder",)
     fe = (*enc, "feature_encoder")
@@ -216,6 +276,8 @@ def _param_table(dims: Wav2Vec2Dims, head: str, model_type: str) -> list[_Entry]
         table += _dense(("classifier",), "classifier", d.num_labels, d.classifier_proj_size)
     elif head == "frame":
         table += _dense(("classifier",), "classifier", d.num_labels, h)
+    elif head == "contrastive":
+        table += _quantizer_table(d, pretraining)
     return table
 
 
@@ -233,19 +295,24 @@ def _current_name(name: str) -> str:
 
 
 def wav2vec2_params_from_hf(
-    state_dict: Mapping[str, Any], dims: Wav2Vec2Dims, head: str, model_type: str = "wav2vec2"
+    state_dict: Mapping[str, Any],
+    dims: Wav2Vec2Dims,
+    head: str,
+    model_type: str = "wav2vec2",
+    pretraining_dims: Wav2Vec2PreTrainingDims | None = None,
 ) -> dict:
     """float32 NumPy params of the jaxseq module for `head` (`Wav2Vec2CTC`,
     `Wav2Vec2SequenceClassifier`, `Wav2Vec2FrameClassifier`; `Wav2Vec2Encoder` for
-    "pretraining") from a transformers state dict (NumPy arrays or torch tensors; weight-norm
-    names old or new). `model_type` ("wav2vec2" or "hubert") names the base model's prefix.
+    "pretraining"; `Wav2Vec2PreTraining` for "contrastive", which needs `pretraining_dims`)
+    from a transformers state dict (NumPy arrays or torch tensors; weight-norm names old or
+    new). `model_type` ("wav2vec2" or "hubert") names the base model's prefix.
 
     Raises:
       ConversionError: naming the tensors the state dict lacks or has beyond the head's, or a
         tensor whose shape disagrees with the dims (naming both shapes).
     """
     tensors = {_current_name(k): v for k, v in state_dict.items()}
-    table = _param_table(dims, head, model_type)
+    table = _param_table(dims, head, model_type, pretraining_dims)
     missing = [e.hf_name for e in table if e.hf_name not in tensors]
     known = {e.hf_name for e in table}
     extra = [
@@ -273,20 +340,28 @@ def wav2vec2_params_from_hf(
 
 
 def wav2vec2_params_to_hf(
-    params: Any, dims: Wav2Vec2Dims, head: str, model_type: str = "wav2vec2"
+    params: Any,
+    dims: Wav2Vec2Dims,
+    head: str,
+    model_type: str = "wav2vec2",
+    pretraining_dims: Wav2Vec2PreTrainingDims | None = None,
 ) -> dict[str, np.ndarray]:
     """The transformers state dict (float32 NumPy arrays, current weight-norm names) of the
-    params of the jaxseq module for `head` ("ctc", "sequence" or "frame"): load it with
+    params of the jaxseq module for `head` ("ctc", "sequence", "frame", or "contrastive" with
+    `pretraining_dims` for a whole `Wav2Vec2ForPreTraining`): load it with
     `model.load_state_dict({k: torch.from_numpy(v) ...}, strict=True)`.
 
     Raises:
-      ConversionError: for the "pretraining" head (its quantizer is not in jaxseq), or a
-        parameter whose shape disagrees with the dims.
+      ConversionError: for the "pretraining" head (a bare encoder: export the "contrastive"
+        head's params instead), or a parameter whose shape disagrees with the dims.
     """
     if head == "pretraining":
-        raise ConversionError("export needs a head ('ctc', 'sequence' or 'frame')")
+        raise ConversionError(
+            "export needs a head ('ctc', 'sequence', 'frame', or 'contrastive' for a whole "
+            "Wav2Vec2ForPreTraining)"
+        )
     state = {}
-    for entry in _param_table(dims, head, model_type):
+    for entry in _param_table(dims, head, model_type, pretraining_dims):
         value = entry.to_hf(np.asarray(_get(params, entry.path), dtype=np.float32))
         if value.shape != entry.hf_shape:
             raise ConversionError(
