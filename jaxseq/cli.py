@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -37,9 +38,10 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     from jaxseq.data.prepare import prepare_corpus, prepare_split
 
     cfg = api.load_config(args.config, args.overrides)
+    engine = {"runner": args.runner, "beam_options": shlex.split(args.beam_options or "")}
     if args.source.startswith("synth:"):
         summaries = prepare_corpus(
-            args.source[len("synth:") :], args.out, cfg.prepare, num_workers=args.workers
+            args.source[len("synth:") :], args.out, cfg.prepare, num_workers=args.workers, **engine
         )
     else:
         if not args.split:
@@ -52,6 +54,7 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
                 cfg.prepare,
                 evaluation=args.eval,
                 num_workers=args.workers,
+                **engine,
             )
         }
     for split, s in summaries.items():
@@ -294,6 +297,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="split name to write (not for synth:)")
     p.add_argument("--eval", action="store_true", help="an evaluation split: no length filter")
     p.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
+    p.add_argument(
+        "--runner",
+        choices=("local", "beam"),
+        default="local",
+        help="local: a process pool; beam: an Apache Beam pipeline, same output (pip install "
+        "jaxseq[beam]; docs/data.md)",
+    )
+    p.add_argument(
+        "--beam-options",
+        help="Beam pipeline options after the defaults (DirectRunner, --workers processes), "
+        'with "=": --beam-options="--runner=DataflowRunner --project=P --region=R '
+        '--temp_location=gs://B/tmp"',
+    )
     _add_config_args(p)
     p.set_defaults(fn=_cmd_prepare)
 
@@ -427,20 +443,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=_cmd_synthesize)
 
-    p = sub.add_parser("convert", help="import a transformers Whisper folder into a workdir")
+    p = sub.add_parser("convert", help="import a transformers checkpoint folder into a workdir")
     p.add_argument(
         "--hf",
         type=Path,
         required=True,
         help="folder with config.json, weights, "
-        "tokenizer.json (e.g. a downloaded openai/whisper-small)",
+        "tokenizer.json (e.g. a downloaded openai/whisper-small; Wav2Vec2ForCTC, HubertForCTC: "
+        "vocab.json; ASTForAudioClassification)",
     )
     p.add_argument("--workdir", type=Path, required=True, help="new workdir to write")
     p.add_argument("--language", default="en", help="prompt language (multilingual models)")
     p.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
     p.set_defaults(fn=_cmd_convert)
 
-    p = sub.add_parser("export", help="write a transformers Whisper folder from a workdir")
+    p = sub.add_parser("export", help="write a transformers checkpoint folder from a workdir")
     p.add_argument("--workdir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="folder for from_pretrained")
     p.add_argument("--step", type=int, help="checkpoint step (default: best, else latest)")

@@ -22,6 +22,8 @@ from jaxseq.config_data import DataConfig, PrepareConfig, SpecAugmentConfig, Syn
 from jaxseq.config_data import FeatureAugmentConfig as FeatureAugmentConfig
 from jaxseq.config_data import FrontendConfig as FrontendConfig
 from jaxseq.config_data import TextConfig as TextConfig
+from jaxseq.config_data import frontend_settings as frontend_settings
+from jaxseq.config_data import seconds_per_frame as seconds_per_frame
 from jaxseq.config_families import check_family_keys
 from jaxseq.errors import ConfigError
 
@@ -70,6 +72,11 @@ class ModelConfig:
     # checkpoints: en, their prompt has no language token).
     language: str = "en"
     task: str = "transcribe"  # or "translate" (into English)
+    # ctc only: the encoder's input. "logmel": the conv stem + Transformer above; "waveform":
+    # Wav2Vec2/HuBERT on raw audio, sized by the wav2vec2 section (which then replaces d_model,
+    # num_heads, num_layers, mlp_dim, dropout, subsample_strides and conv_kernel); its
+    # dataset is prepared with prepare.frontend.kind=waveform.
+    frontend: str = "logmel"
 
 
 @dataclass(frozen=True)
@@ -166,12 +173,60 @@ class RNNConfig:
 
 
 @dataclass(frozen=True)
+class Wav2Vec2Config:
+    """Wav2Vec2/HuBERT (model.family=ctc with model.frontend=waveform): transformers'
+    Wav2Vec2Config/HubertConfig fields with their defaults (wav2vec2-base), one for one the
+    fields of jaxseq.models.wav2vec2.Wav2Vec2Dims but the heads' (vocab_size comes from the
+    vocabulary) and remat (model.remat). Dropout, LayerDrop and the span masks act in
+    training only; time masks replace frames by the learned masked_spec_embed."""
+
+    model_type: str = "wav2vec2"  # wav2vec2 | hubert: the transformers class export writes
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    conv_dim: tuple[int, ...] = (512,) * 7
+    conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
+    conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)  # 320 samples (20 ms) per frame
+    conv_bias: bool = False
+    feat_extract_norm: str = "group"  # group (base) | layer (large, lv60)
+    feat_proj_layer_norm: bool = True
+    num_conv_pos_embeddings: int = 128
+    num_conv_pos_embedding_groups: int = 16
+    do_stable_layer_norm: bool = False  # pre-LN layers + a final LayerNorm (large)
+    layer_norm_eps: float = 1e-5
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.1
+    feat_proj_dropout: float = 0.0
+    final_dropout: float = 0.1
+    layerdrop: float = 0.1
+    apply_spec_augment: bool = True
+    mask_time_prob: float = 0.05
+    mask_time_length: int = 10
+    mask_time_min_masks: int = 2
+    mask_feature_prob: float = 0.0
+    mask_feature_length: int = 10
+    mask_feature_min_masks: int = 0
+
+
+@dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with linear warmup, cosine decay and global-norm clipping."""
+    """AdamW with a learning-rate schedule and global-norm clipping."""
 
     learning_rate: float = 1e-3
+    # "cosine": linear warmup from 0 over warmup_steps, then cosine decay to
+    # end_learning_rate_ratio x learning_rate at train.num_steps. "tri_stage" (fairseq's, as
+    # wav2vec 2.0 fine-tuning uses): linear warmup from init_learning_rate_ratio x
+    # learning_rate, hold, then `decay` (exponential | linear) to end_learning_rate_ratio x
+    # learning_rate, the three phases taking the phase_ratio fractions of train.num_steps
+    # (warmup_steps is not read); the rate stays at its end value after them.
+    schedule: str = "cosine"
     warmup_steps: int = 200
     end_learning_rate_ratio: float = 0.02
+    phase_ratio: tuple[float, float, float] = (0.1, 0.4, 0.5)
+    init_learning_rate_ratio: float = 0.01
+    decay: str = "exponential"
     weight_decay: float = 0.01
     b1: float = 0.9
     b2: float = 0.98
@@ -269,6 +324,7 @@ class Config:
     tts: TTSConfig = field(default_factory=TTSConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     rnn: RNNConfig = field(default_factory=RNNConfig)
+    wav2vec2: Wav2Vec2Config = field(default_factory=Wav2Vec2Config)
     optim: OptimConfig = field(default_factory=OptimConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -299,6 +355,8 @@ def _explain(err: oc_errors.OmegaConfBaseException, where: str) -> ConfigError:
     return ConfigError(f"{where}: bad value for config key '{key}': {msg}")
 
 
+# The architecture sections a run takes from its `train.init_from` workdir.
+INHERITED_SECTIONS = ("model", "wav2vec2")
 LOCAL_PATH_KEYS = ("data.dataset", "train.init_from", "model.tokenizer", "tts.asr_workdir")
 
 
@@ -318,9 +376,9 @@ def load_config(
     """Loads `path` (a YAML file, or a dict of the same nesting) over the defaults, applies
     `a.b=c` overrides, returns a frozen Config.
 
-    With `train.init_from` naming a workdir, that workdir's model section replaces the defaults
-    (as `from_pretrained` takes the architecture from the checkpoint); the file and overrides
-    still win for every model key they set.
+    With `train.init_from` naming a workdir, that workdir's model and wav2vec2 sections replace
+    the defaults (as `from_pretrained` takes the architecture from the checkpoint); the file
+    and overrides still win for every key they set.
 
     Raises:
       ConfigError: naming the file or override and the offending key (with the closest valid
@@ -330,9 +388,10 @@ def load_config(
     merged = _merge(OmegaConf.structured(Config), path, overrides, given, "the config dict")
     init_from = merged.train.init_from
     if init_from and (Path(init_from) / "config.yaml").is_file():
-        inherited = OmegaConf.load(Path(init_from) / "config.yaml").get("model", {})
+        saved = OmegaConf.load(Path(init_from) / "config.yaml")
+        inherited = {k: saved[k] for k in INHERITED_SECTIONS if k in saved}
         where = f"train.init_from={init_from}: {Path(init_from) / 'config.yaml'}"
-        base = _merge(OmegaConf.structured(Config), None, (), {"model": inherited}, where)
+        base = _merge(OmegaConf.structured(Config), None, (), inherited, where)
         merged = _merge(base, path, overrides, given, "the config dict")
     cfg = OmegaConf.to_object(merged)
     cfg = _freeze(cfg)

@@ -24,7 +24,14 @@ CHOICES = {
     "synth.preset": ("digits", "diarization", "stress"),
     "synth.voice_space": ("demo", "all"),
     "synth.label": ("", "speaker", "text"),
+    "model.frontend": ("logmel", "waveform"),
+    "optim.schedule": ("cosine", "tri_stage"),
+    "optim.decay": ("exponential", "linear"),
+    "wav2vec2.model_type": ("wav2vec2", "hubert"),
+    "wav2vec2.feat_extract_norm": ("group", "layer"),
 }
+# Choices of keys nested one level deeper (section.subsection.name).
+FRONTEND_CHOICES = {"kind": ("logmel", "waveform"), "waveform_dtype": ("int16", "float16")}
 
 # `prepare.augment` kinds: (default low, default high, least, most) of the value each copy draws.
 AUGMENT_RANGES = {
@@ -49,7 +56,23 @@ def check_values(cfg: Any) -> None:
         value = getattr(getattr(cfg, section), name)
         if value not in choices:
             raise ConfigError(f"config key '{key}' is {value!r}; choose one of {list(choices)}")
+    for name, choices in FRONTEND_CHOICES.items():
+        if (value := getattr(cfg.prepare.frontend, name)) not in choices:
+            raise ConfigError(
+                f"config key 'prepare.frontend.{name}' is {value!r}; choose one of {list(choices)}"
+            )
     check_prepare_augment(cfg.prepare)
+    _check_schedule(cfg.optim)
+    waveform_model = cfg.model.family == "ctc" and cfg.model.frontend == "waveform"
+    if waveform_model:
+        _check_waveform(cfg)
+    elif cfg.prepare.frontend.kind == "waveform":
+        raise ConfigError(
+            "config key 'prepare.frontend.kind' is 'waveform', but only model.family=ctc with "
+            "model.frontend=waveform (a Wav2Vec2/HuBERT encoder) reads waveform records and "
+            f"this config has model.family={cfg.model.family}, model.frontend="
+            f"{cfg.model.frontend}: set those, or prepare.frontend.kind=logmel"
+        )
     # The checkpoint's tokenizer says which codes exist (jaxseq.tasks.whisper); names like
     # "german" are not codes.
     if cfg.model.language != "auto" and not re.fullmatch(r"[a-z]{2,3}", cfg.model.language):
@@ -87,6 +110,56 @@ def check_values(cfg: Any) -> None:
         raise ConfigError(
             f"config key 'eval.no_speech_threshold' is {ev.no_speech_threshold}; give a "
             "probability in [0, 1], or null for no silence skipping"
+        )
+
+
+def _check_schedule(optim: Any) -> None:
+    """`optim.phase_ratio` (tri_stage): three fractions >= 0 of train.num_steps summing to 1;
+    an exponential decay needs an end rate above 0."""
+    if optim.schedule != "tri_stage":
+        return
+    ratio = tuple(optim.phase_ratio)
+    if len(ratio) != 3 or min(ratio) < 0 or abs(sum(ratio) - 1.0) > 1e-6:
+        raise ConfigError(
+            f"config key 'optim.phase_ratio' is {list(ratio)}; give the warmup, hold and decay "
+            "fractions of train.num_steps, three numbers >= 0 that sum to 1, e.g. [0.1, 0.4, 0.5]"
+        )
+    if optim.decay == "exponential" and optim.end_learning_rate_ratio <= 0:
+        raise ConfigError(
+            f"config key 'optim.end_learning_rate_ratio' is {optim.end_learning_rate_ratio}; an "
+            "exponential tri_stage decay needs an end rate above 0 (e.g. 0.05), or use "
+            "optim.decay=linear"
+        )
+
+
+def _check_waveform(cfg: Any) -> None:
+    """model.frontend=waveform: waveform records to read, and no log-mel augmentation."""
+    if cfg.prepare.frontend.kind != "waveform":
+        raise ConfigError(
+            f"config key 'prepare.frontend.kind' is {cfg.prepare.frontend.kind!r}, but "
+            "model.frontend=waveform reads waveform records: set prepare.frontend.kind=waveform"
+        )
+    if cfg.spec_augment.enabled:
+        raise ConfigError(
+            "config key 'spec_augment.enabled' is true, but SpecAugment masks log-mel features "
+            "and model.frontend=waveform has none: mask the encoder's frames with "
+            "wav2vec2.mask_time_prob and wav2vec2.mask_time_length instead"
+        )
+    for name in ("vtlp", "time_stretch"):
+        if tuple(getattr(cfg.data.augment, name)) != (1.0, 1.0):
+            raise ConfigError(
+                f"config key 'data.augment.{name}' is set, but it warps log-mel features and "
+                "model.frontend=waveform reads waveforms: augment the audio with "
+                "prepare.augment (speed, tempo, noise, ...) instead"
+            )
+    w = cfg.wav2vec2
+    for key in ("mask_time_length", "mask_feature_length"):
+        if getattr(w, key) < 1:
+            raise ConfigError(f"config key 'wav2vec2.{key}' is {getattr(w, key)}; give 1 or more")
+    if w.mask_feature_prob > 0:
+        raise ConfigError(
+            f"config key 'wav2vec2.mask_feature_prob' is {w.mask_feature_prob}, but jaxseq's "
+            "CTC fine-tuning masks time spans only: set it to 0"
         )
 
 

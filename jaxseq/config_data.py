@@ -6,6 +6,7 @@ into `Config` and re-exports them, so `from jaxseq.config import PrepareConfig` 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from jaxseq.config_checks import AUGMENT_RANGES
@@ -19,6 +20,29 @@ class FrontendConfig:
     n_fft: int = 400
     hop_length: int = 160
     n_mels: int = 80
+    # What the records hold: "logmel" (float16 [frames, n_mels], the settings above) or
+    # "waveform" (the samples at sample_rate, for waveform encoders such as Wav2Vec2 and
+    # HuBERT: a record's num_frames is then its number of samples, and data.buckets count
+    # samples too), stored as waveform_dtype: int16 (x 32768, as 16-bit PCM) or float16.
+    kind: str = "logmel"
+    waveform_dtype: str = "int16"
+
+
+def frontend_settings(frontend: FrontendConfig) -> dict:
+    """The frontend as recorded in dataset.json, shard fingerprints and a workdir's
+    frontend.json: every field, except that a log-mel frontend leaves out `kind` and
+    `waveform_dtype`, so datasets and workdirs made before waveform records existed match."""
+    settings = dataclasses.asdict(frontend)
+    if frontend.kind == "logmel":
+        del settings["kind"], settings["waveform_dtype"]
+    return settings
+
+
+def seconds_per_frame(frontend: dict) -> float:
+    """Seconds of audio per feature frame of a recorded frontend (`frontend_settings`): the
+    hop of log-mel records, one sample of waveform records."""
+    step = 1 if frontend.get("kind", "logmel") == "waveform" else frontend["hop_length"]
+    return step / frontend["sample_rate"]
 
 
 @dataclass(frozen=True)
@@ -136,6 +160,10 @@ class DataConfig:
     # bucket (seq2seq with model.timestamps: how a model learns long-form; jaxseq.data.packing).
     pack_utterances: int = 1
     augment: FeatureAugmentConfig = field(default_factory=FeatureAugmentConfig)
+    # Waveform datasets only: each utterance scaled to zero mean and unit variance over its
+    # valid samples (padding stays 0), as transformers' Wav2Vec2FeatureExtractor(do_normalize=
+    # True) does; false: the samples as recorded, in [-1, 1].
+    normalize_waveform: bool = True
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,19 @@ from typing import Any
 from jaxseq.errors import ConfigError
 
 # The config sections only one family reads: a config of another family may not set them.
-FAMILY_SECTIONS = {"tts": "tts", "classify": "classify", "rnn": "rnn"}
+FAMILY_SECTIONS = {"tts": "tts", "classify": "classify", "rnn": "rnn", "wav2vec2": "ctc"}
+# The model keys that the wav2vec2 section replaces when model.frontend=waveform (its sizes,
+# dropouts and conv stack are transformers'); such a config may not set them.
+WAVEFORM_REPLACED_KEYS = (
+    "d_model",
+    "num_heads",
+    "num_layers",
+    "mlp_dim",
+    "dropout",
+    "subsample_strides",
+    "conv_kernel",
+    "scan_layers",
+)
 
 # The built-in families that read each model key not read by all of them. A config of another
 # built-in family may not set the key (a family from outside jaxseq may set any model key).
@@ -33,6 +45,7 @@ MODEL_KEY_FAMILIES = {
     "tokenizer": ("whisper",),
     "language": ("whisper",),
     "task": ("whisper",),
+    "frontend": ("ctc",),
 }
 _BUILT_IN_FAMILIES = frozenset(_TRANSFORMERS) | {"rnn"}
 
@@ -60,6 +73,7 @@ def check_family_keys(cfg: Any) -> None:
                 f"only by model.family={owner} and this config trains model.family={family}; "
                 f"remove it (or set model.family={owner})"
             )
+    check_frontend_keys(cfg)
     if family not in _BUILT_IN_FAMILIES:
         return
     for key in _set_keys(cfg.model):
@@ -70,3 +84,25 @@ def check_family_keys(cfg: Any) -> None:
                 f"{'|'.join(readers)} read it and this config trains model.family={family}; "
                 "remove it"
             )
+
+
+def check_frontend_keys(cfg: Any) -> None:
+    """For a ctc `cfg`: with model.frontend=waveform, a ConfigError naming the first model key
+    of `WAVEFORM_REPLACED_KEYS` it sets; with model.frontend=logmel, one naming the first
+    wav2vec2 key it sets (that section sizes the waveform encoder only)."""
+    if cfg.model.family != "ctc":
+        return
+    if cfg.model.frontend == "waveform":
+        for key in _set_keys(cfg.model):
+            if key in WAVEFORM_REPLACED_KEYS:
+                raise ConfigError(
+                    f"config key 'model.{key}' is set, but with model.frontend=waveform the "
+                    "wav2vec2 section sizes the encoder (e.g. wav2vec2.hidden_size, "
+                    "wav2vec2.num_hidden_layers, wav2vec2.hidden_dropout); remove it"
+                )
+    elif keys := _set_keys(cfg.wav2vec2):
+        raise ConfigError(
+            f"config key 'wav2vec2.{keys[0]}' is set, but the wav2vec2 section is read only "
+            "with model.frontend=waveform and this config has model.frontend=logmel; remove "
+            "it (or set model.frontend=waveform)"
+        )

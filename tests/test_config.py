@@ -5,7 +5,14 @@ import functools
 import jax
 import pytest
 
-from jaxseq.config import ConfigError, load_config, save_config
+from jaxseq.config import (
+    ConfigError,
+    FrontendConfig,
+    frontend_settings,
+    load_config,
+    save_config,
+    seconds_per_frame,
+)
 from jaxseq.parallel.mesh import make_mesh
 from jaxseq.tasks import build_task
 from jaxseq.train.optimizer import make_optimizer
@@ -18,6 +25,11 @@ EXPECTED_PARAMS = {
     "ctc_tiny": (0.01e6, 0.1e6),
     "ctc_demo": (1.0e6, 1.2e6),
     "ctc_base": (35e6, 45e6),
+    "ctc_robust": (0.9e6, 1.2e6),
+    # transformers' Wav2Vec2ForCTC / HubertForCTC base: 94,394,013 (tests/test_wav2vec2_ctc.py)
+    "wav2vec2_base_ctc": (94e6, 95e6),
+    "hubert_base_ctc": (94e6, 95e6),
+    "wav2vec2_tiny_ctc": (0.01e6, 0.1e6),
     "seq2seq_tiny": (0.01e6, 0.1e6),
     "seq2seq_digits": (1.5e6, 2.5e6),
     "seq2seq_timestamps": (1.5e6, 2.5e6),
@@ -70,7 +82,10 @@ def _task(cfg, whisper_folder):
 
         labels = LabelSet([f"class{i}" for i in range(20)], cfg.classify.level)
         return ClassifyTask(cfg, labels, n_mels=80)
-    info = {"frontend": {"n_mels": 80}, "text": {"charset": cfg.prepare.text.charset}}
+    info = {
+        "frontend": frontend_settings(cfg.prepare.frontend),
+        "text": {"charset": cfg.prepare.text.charset},
+    }
     return build_task(cfg, info)
 
 
@@ -180,3 +195,15 @@ def test_a_model_key_needs_a_family_that_reads_it(family, key, value, readers):
     with pytest.raises(ConfigError, match=message):
         load_config({"model": {"family": family, key: value}})
     assert load_config({"model": {"family": readers.split("|")[0], key: value}})
+
+
+def test_logmel_frontend_settings_are_those_recorded_before_waveform_records():
+    """Datasets, shard fingerprints and workdirs made before `prepare.frontend.kind` existed
+    record four log-mel settings; a log-mel frontend must still record exactly those, so that
+    they keep matching (no re-preparation, no frontend mismatch on evaluate)."""
+    recorded = {"sample_rate": 16000, "n_fft": 400, "hop_length": 160, "n_mels": 80}
+    assert frontend_settings(FrontendConfig()) == recorded
+    assert seconds_per_frame(recorded) == 0.01
+    waveform = frontend_settings(FrontendConfig(kind="waveform", waveform_dtype="float16"))
+    assert waveform == {**recorded, "kind": "waveform", "waveform_dtype": "float16"}
+    assert seconds_per_frame(waveform) == 1 / 16000

@@ -11,6 +11,11 @@ A converted workdir is an ordinary one that `evaluate`, `transcribe`, `export` a
 
 An AST folder gives model.family=classify with classify.encoder=ast, a frontend.json with the
 checkpoint's mel bins, and labels.json (the checkpoint's id2label) instead of tokenizer/.
+
+A `Wav2Vec2ForCTC` or `HubertForCTC` folder (with its processor's vocab.json) gives
+model.family=ctc with model.frontend=waveform and the checkpoint's wav2vec2 section, a
+frontend.json of waveform records, and vocab.json, jaxseq's characters of the checkpoint's
+tokens (`convert_wav2vec2_to_workdir`); `export` writes such a workdir back.
 """
 
 from __future__ import annotations
@@ -25,12 +30,13 @@ from typing import Any
 from jaxseq.config import (
     FRONTEND_FILE,
     Config,
-    FrontendConfig,
-    TextConfig,
+    frontend_settings,
     load_config,
     save_config,
     to_yaml,
 )
+from jaxseq.convert import hf_wav2vec2 as w2v
+from jaxseq.convert import hf_wav2vec2_folder as w2v_folder
 from jaxseq.convert.hf_ast import MODEL_TYPE as AST_MODEL_TYPE
 from jaxseq.convert.hf_ast import ast_config_from_hf, ast_params_from_hf
 from jaxseq.convert.hf_whisper import (
@@ -39,7 +45,10 @@ from jaxseq.convert.hf_whisper import (
     export_hf_whisper,
     load_hf_whisper,
 )
+from jaxseq.models.wav2vec2 import Wav2Vec2Dims
+from jaxseq.tasks.ctc import VOCAB_FILE as CTC_VOCAB_FILE
 from jaxseq.tasks.whisper import TOKENIZER_DIR
+from jaxseq.text.vocab import CharVocab
 from jaxseq.text.whisper_tokenizer import WhisperTokenizer
 
 # Files of a transformers Whisper folder that travel with the weights (all optional but
@@ -62,8 +71,8 @@ def convert_to_workdir(
     hf_folder: str | Path, workdir: str | Path, *, language: str = "en", task: str = "transcribe"
 ) -> Path:
     """Imports a transformers `WhisperForConditionalGeneration` folder into a new workdir (an
-    `ASTForAudioClassification` folder goes to `convert_ast_to_workdir`; language and task
-    apply to Whisper only).
+    `ASTForAudioClassification` folder goes to `convert_ast_to_workdir`, a Wav2Vec2/HuBERT one
+    to `convert_wav2vec2_to_workdir`; language and task apply to Whisper only).
 
     Raises:
       ConversionError: naming the folder when a file is missing, the architecture is not
@@ -74,6 +83,8 @@ def convert_to_workdir(
     hf_folder, workdir = Path(hf_folder), Path(workdir)
     if _model_type(hf_folder) == AST_MODEL_TYPE:
         return convert_ast_to_workdir(hf_folder, workdir)
+    if _model_type(hf_folder) in w2v.MODEL_TYPES:
+        return convert_wav2vec2_to_workdir(hf_folder, workdir)
     if (workdir / "checkpoints").exists():
         raise ConversionError(f"{workdir} already holds checkpoints; convert into a new workdir")
     params, dims = load_hf_whisper(hf_folder)
@@ -111,7 +122,7 @@ def convert_to_workdir(
         "optim.freeze=[encoder/pos_embedding]",  # sinusoidal, as transformers freezes it
     ]
     cfg = load_config(None, overrides)
-    _write_workdir(workdir, cfg, dims.n_mels, params, hf_folder)
+    _write_workdir(workdir, cfg, params, hf_folder)
     (workdir / TOKENIZER_DIR).mkdir(exist_ok=True)
     for name in TOKENIZER_FILES:
         if (hf_folder / name).is_file():
@@ -119,14 +130,17 @@ def convert_to_workdir(
     return workdir
 
 
-def _write_workdir(workdir: Path, cfg: Config, n_mels: int, params: Any, hf_folder: Path) -> None:
-    """config.yaml, frontend.json (the checkpoint's mel bins, default text policy) and the
-    converted parameters as checkpoint 0."""
+def _write_workdir(workdir: Path, cfg: Config, params: Any, hf_folder: Path) -> None:
+    """config.yaml, frontend.json (`cfg.prepare`'s frontend and text policy: the checkpoint's
+    features) and the converted parameters as checkpoint 0."""
     from jaxseq.train.checkpoint import Checkpointer
 
     workdir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, workdir / "config.yaml")
-    frontend = {"frontend": asdict(FrontendConfig(n_mels=n_mels)), "text": asdict(TextConfig())}
+    frontend = {
+        "frontend": frontend_settings(cfg.prepare.frontend),
+        "text": asdict(cfg.prepare.text),
+    }
     (workdir / FRONTEND_FILE).write_text(json.dumps(frontend, indent=2))
     ckpt = Checkpointer(workdir / "checkpoints", cfg.train)
     ckpt.save_params(
@@ -193,17 +207,132 @@ def convert_ast_to_workdir(hf_folder: str | Path, workdir: str | Path) -> Path:
         label_set = LabelSet(labels, cfg.classify.level)
     except ValueError as err:
         raise ConversionError(f"{hf_folder}: {err}") from None
-    _write_workdir(workdir, cfg, n_mels, params, hf_folder)
+    _write_workdir(workdir, cfg, params, hf_folder)
     label_set.save(workdir / LABELS_FILE)
     return workdir
 
 
+# Waveform lengths of a converted Wav2Vec2/HuBERT workdir (samples at 16 kHz: 5 to 30 s).
+WAVEFORM_BUCKETS = (80000, 160000, 320000, 480000)
+
+
+def convert_wav2vec2_to_workdir(hf_folder: str | Path, workdir: str | Path) -> Path:
+    """Imports a transformers `Wav2Vec2ForCTC` or `HubertForCTC` folder (config.json, the
+    weights as for Whisper, the processor's vocab.json, and optionally its tokenizer_config.json
+    and preprocessor_config.json) into a new ctc workdir: config.yaml (model.frontend=waveform,
+    the checkpoint's wav2vec2 section, data.normalize_waveform from do_normalize), frontend.json
+    (int16 waveform records; the text policy of its characters), vocab.json (jaxseq's CTC
+    characters: the blank, config.json's pad_token_id, first; `ctc_characters`) and the weights
+    as checkpoint 0, the CTC head's outputs in that order.
+
+    Raises:
+      ConversionError: naming the folder when a file is missing or malformed, the architecture
+        is not a CTC one, the config uses what jaxseq's Wav2Vec2 lacks, the vocabulary's size
+        is not the model's, or `workdir` already holds checkpoints.
+    """
+    hf_folder, workdir = Path(hf_folder), Path(workdir)
+    if (workdir / "checkpoints").exists():
+        raise ConversionError(f"{workdir} already holds checkpoints; convert into a new workdir")
+    try:
+        hf_config = json.loads((hf_folder / "config.json").read_text())
+        architectures = hf_config.get("architectures") or []
+        if not architectures or w2v.ARCHITECTURES.get(architectures[0]) != "ctc":
+            raise ConversionError(
+                f"architectures {architectures}: jaxseq converts Wav2Vec2ForCTC and "
+                "HubertForCTC folders into workdirs (not yet the classification heads or "
+                "pre-training checkpoints)"
+            )
+        fields = w2v.wav2vec2_config_from_hf(hf_config)
+    except (OSError, ValueError) as err:  # ConversionError is a ValueError
+        raise ConversionError(f"{hf_folder}/config.json: {err}") from None
+    tokens = w2v.read_ctc_vocab(hf_folder)
+    if len(tokens) != fields["vocab_size"]:
+        raise ConversionError(
+            f"{hf_folder}: vocab.json has {len(tokens)} tokens but config.json's vocab_size is "
+            f"{fields['vocab_size']}"
+        )
+    blank = int(hf_config.get("pad_token_id", 0))  # transformers' CTC blank
+    delimiter = _json_or_empty(hf_folder / w2v_folder.TOKENIZER_CONFIG).get(
+        "word_delimiter_token", w2v.WORD_DELIMITER
+    )
+    chars = w2v_folder.ctc_characters(tokens, blank, delimiter)
+    if fields["mask_feature_prob"] > 0:  # jaxseq fine-tunes with time masks only
+        if fields["mask_time_prob"] <= 0:
+            raise ConversionError(
+                f"{hf_folder}/config.json: mask_feature_prob > 0 with mask_time_prob 0; jaxseq "
+                "masks time spans only"
+            )
+        logging.warning("%s: mask_feature_prob set to 0 (jaxseq masks time spans only)", hf_folder)
+        fields["mask_feature_prob"] = 0.0
+    model_type = hf_config["model_type"]
+    try:
+        dims = Wav2Vec2Dims(**fields)
+        params = w2v.wav2vec2_params_from_hf(_read_tensors(hf_folder), dims, "ctc", model_type)
+    except ValueError as err:
+        raise ConversionError(f"{hf_folder}: {err}") from None
+    order = w2v_folder.blank_first_order(len(tokens), blank)
+    params["head"] = {
+        "kernel": params["head"]["kernel"][:, order],
+        "bias": params["head"]["bias"][order],
+    }
+    section = {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+    for key in ("vocab_size", "num_labels", "classifier_proj_size", "use_weighted_layer_sum"):
+        del section[key]  # the heads': the CTC head's size is the vocabulary's
+    preprocessor = _json_or_empty(hf_folder / w2v_folder.PREPROCESSOR_CONFIG)
+    charset = "".join(c for c in chars if len(c) == 1)
+    cfg = load_config(
+        {
+            "model": {"family": "ctc", "frontend": "waveform"},
+            "wav2vec2": {**section, "model_type": model_type},
+            "prepare": {
+                "frontend": {
+                    "kind": "waveform",
+                    "sample_rate": preprocessor.get("sampling_rate", 16000),
+                },
+                "text": {"charset": charset, "lowercase": True},
+            },
+            "data": {
+                "buckets": list(WAVEFORM_BUCKETS),
+                "normalize_waveform": bool(preprocessor.get("do_normalize", True)),
+            },
+            "optim": {"freeze": ["encoder/feature_encoder/.*"]},
+        }
+    )
+    _write_workdir(workdir, cfg, params, hf_folder)
+    CharVocab(chars).save(workdir / CTC_VOCAB_FILE)
+    return workdir
+
+
+def _json_or_empty(path: Path) -> dict:
+    """A JSON file's object, or {} when there is no such file."""
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ConversionError(f"{path}: not valid JSON ({err})") from None
+
+
 def export_workdir(workdir: str | Path, out: str | Path, *, step: int | None = None) -> Path:
     """Writes a transformers Whisper folder (config.json, model.safetensors and the tokenizer
-    files) from a seq2seq or whisper workdir's checkpoint (default: best, else latest)."""
+    files) from a seq2seq or whisper workdir's checkpoint (default: best, else latest); a ctc
+    workdir with model.frontend=waveform gives a Wav2Vec2ForCTC (or HubertForCTC) folder with
+    its processor files (`export_hf_wav2vec2_ctc`)."""
     from jaxseq.train.trained import load_trained
 
     trained = load_trained(workdir, step=step)
+    cfg = trained.cfg
+    if cfg.model.family == "ctc" and cfg.model.frontend == "waveform":
+        out = w2v_folder.export_hf_wav2vec2_ctc(
+            trained.params,
+            trained.task.dims,
+            cfg.wav2vec2.model_type,
+            trained.task.tokenizer.chars,
+            out,
+            do_normalize=cfg.data.normalize_waveform,
+        )
+        logging.info("exported %s step %d to %s", workdir, trained.step, out)
+        return out
     if trained.cfg.model.scan_layers:
         raise ConversionError(
             f"{workdir} was trained with model.scan_layers=true (stacked encoder layers); "
@@ -212,7 +341,8 @@ def export_workdir(workdir: str | Path, out: str | Path, *, step: int | None = N
     if trained.cfg.model.family not in ("seq2seq", "whisper"):
         raise ConversionError(
             f"{workdir} holds a model.family={trained.cfg.model.family} model; only seq2seq and "
-            "whisper workdirs export to transformers' WhisperForConditionalGeneration"
+            "whisper workdirs export to transformers' WhisperForConditionalGeneration (and ctc "
+            "ones with model.frontend=waveform to Wav2Vec2ForCTC/HubertForCTC)"
         )
     out = export_hf_whisper(trained.params, trained.task.dims, out)
     source = Path(workdir) / TOKENIZER_DIR

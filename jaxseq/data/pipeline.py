@@ -12,6 +12,10 @@ features are read to plan):
 With `data.pack_utterances` > 1 (seq2seq with timed targets) the plan's items are windows that
 join consecutive utterances, one starting at each kept item (`jaxseq.data.packing`).
 
+A waveform dataset (prepare.frontend.kind=waveform) goes through the same plan, its lengths
+and `data.buckets` counted in samples; its batches hold the samples (`jaxseq.data.
+waveform_batch`), normalized per utterance with `data.normalize_waveform`.
+
 Every process computes the same plan and reads rows `[p*b:(p+1)*b]` of each global batch, so at
 every step all processes share one padded shape (one global `jax.Array` per field) and read
 disjoint items. The plan is a grain `MapDataset` indexed by step, reading and collating a
@@ -37,6 +41,7 @@ from jaxseq.config import DataConfig
 from jaxseq.data.feature_augment import EpochFactors, augment_enabled, augment_record, draw_factors
 from jaxseq.data.packing import NO_RECORD, Windows, join_window, plan_windows
 from jaxseq.data.reading import Batch, Split, collate, load_dataset_info, pad_batch
+from jaxseq.data.waveform_batch import collate_waveforms, is_waveform_dataset
 
 # Reasons a training item is dropped (the values of `dropped[i]["reason"]`).
 EMPTY_TEXT = "empty_text"
@@ -206,16 +211,29 @@ class _TrainPlan(grain.MapDataset):
 
 
 class _ReadTrainBatch(grain.transforms.Map):
-    """Plan element → host batch (module level so grain worker processes can unpickle it)."""
+    """Plan element → host batch (module level so grain worker processes can unpickle it).
+    `normalize`: None for log-mel records, else waveform records normalized or not."""
 
-    def __init__(self, split: Split, vocab, rows: int, max_label_length: int):
+    def __init__(
+        self, split: Split, vocab, rows: int, max_label_length: int, normalize: bool | None
+    ):
         self._split, self._vocab = split, vocab
         self._rows, self._max_label_length = rows, max_label_length
+        self._normalize = normalize
 
     def map(self, element: dict[str, Any]) -> Batch:
         numbers, length = element["records"], element["length"]
         if numbers.ndim == 1:
             records = self._read(numbers, element, slice(None))
+            if self._normalize is not None:
+                return collate_waveforms(
+                    records,
+                    self._rows,
+                    length,
+                    self._max_label_length,
+                    self._vocab,
+                    self._normalize,
+                )
             return collate(
                 records, self._rows, length, self._max_label_length, self._split.n_mels, self._vocab
             )
@@ -294,7 +312,8 @@ def make_train_iterator(
       `grain.checkpoint.CheckpointSave/Restore`) of dicts, b = cfg.batch_size // process_count,
       T a bucket of cfg.buckets (the same for all processes at a step):
         features float16 [b, T, n_mels] (the records' width, zero padded; the train step
-        widens them on device), feature_lengths int32 [b],
+        widens them on device), or for a waveform dataset float32 [b, T] samples (normalized
+        with cfg.normalize_waveform), feature_lengths int32 [b],
         labels int32 [b, cfg.max_label_length] (zero padded), label_lengths int32 [b].
       It also holds `dropped` (every item the length filter dropped, with its reason),
       `num_kept` and `batches_per_epoch`: see `TrainIterator`.
@@ -302,6 +321,13 @@ def make_train_iterator(
     b = _per_process(cfg.batch_size, process_index, process_count, "batch_size")
     data = Split(dataset_dir, split)
     index = data.index
+    waveform = is_waveform_dataset(dataset_dir)
+    if waveform and augment_enabled(cfg.augment):
+        raise ValueError(
+            f"{data.name} holds waveforms, but data.augment warps log-mel features: leave "
+            "data.augment.vtlp and data.augment.time_stretch at [1.0, 1.0] (augment waveforms "
+            "with prepare.augment)"
+        )
     if label_lengths is not None:
         index = {**index, "text_lengths": np.asarray(label_lengths, np.int32)}
     kept, dropped = length_filter(index, cfg)
@@ -320,7 +346,8 @@ def make_train_iterator(
     plan = _TrainPlan(
         kept, data.index["num_frames"], index["text_lengths"], cfg, seed, process_index, b
     )
-    read = _ReadTrainBatch(data, vocab, b, cfg.max_label_length)
+    normalize = cfg.normalize_waveform if waveform else None
+    read = _ReadTrainBatch(data, vocab, b, cfg.max_label_length, normalize)
     return TrainIterator(plan, read, cfg, dropped)
 
 
@@ -443,7 +470,8 @@ def make_eval_batches(
     in `make_train_iterator`); then each reads only its own rows.
 
     Yields:
-      batch: the training fields (features as float32) with b = cfg.eval_batch_size //
+      batch: the training fields (features as float32; a waveform dataset's as in
+        `make_train_iterator`) with b = cfg.eval_batch_size //
         process_count, plus valid bool [b]; the final partial batch is filled with
         zero-length rows, valid False.
       ids, texts: lists of b strings for this process's rows ("" for fillers).
@@ -454,6 +482,7 @@ def make_eval_batches(
     if label_lengths is not None:
         label_lengths = np.asarray(label_lengths, np.int32)
     encode_record = getattr(vocab, "encode_record", None)
+    waveform = is_waveform_dataset(dataset_dir)
     num = len(frames)
     for start in range(0, num, cfg.eval_batch_size):
         stop = min(start + cfg.eval_batch_size, num)
@@ -474,9 +503,14 @@ def make_eval_batches(
         label_width = cfg.max_label_length
         if longest_label > label_width:
             label_width = math.ceil(longest_label / _EVAL_LABEL_MULTIPLE) * _EVAL_LABEL_MULTIPLE
-        batch = collate(records, b, length, label_width, data.n_mels, vocab)
-        # float32: host-side scorers and plots read the reference features (TTS distortion)
-        batch["features"] = batch["features"].astype(np.float32)
+        if waveform:
+            batch = collate_waveforms(
+                records, b, length, label_width, vocab, cfg.normalize_waveform
+            )
+        else:
+            batch = collate(records, b, length, label_width, data.n_mels, vocab)
+            # float32: host-side scorers and plots read the reference features (TTS distortion)
+            batch["features"] = batch["features"].astype(np.float32)
         batch["valid"] = np.arange(b) < len(records)
         ids = [r["id"] for r in records] + [""] * (b - len(records))
         texts = [r["text"] for r in records] + [""] * (b - len(records))

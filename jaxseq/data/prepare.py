@@ -36,8 +36,16 @@ Each finished shard has a sidecar `{shard}.meta.json` with its index rows and sk
 rerun reuses every shard whose sidecar matches the current source and settings (augmentation
 included), so an interrupted run resumes where it stopped.
 
-Workers (a `spawn` pool: jax may already be imported in the parent) compute records for chunks
-of items; the parent reads items from the source, writes shards in order and shows progress.
+Two engines make the shards, with the same per-item transform (`process_item`), shard layout
+(jaxseq.data.prepare_shards) and bytes; this module plans the split and writes its index,
+skipped list and summary for both:
+
+  local  (default) a `spawn` process pool (jax may already be imported in the parent): workers
+         compute records for chunks of items; the parent reads items from the source, writes
+         shards in order and shows progress.
+  beam   an Apache Beam pipeline (jaxseq.data.prepare_beam) on any Beam runner: the
+         DirectRunner here, Dataflow, Flink or Spark for preparation that outgrows one machine
+         (`pip install jaxseq[beam]`; docs/data.md).
 """
 
 from __future__ import annotations
@@ -59,23 +67,28 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxseq.config import AugmentSpec, PrepareConfig
+from jaxseq.config import AugmentSpec, PrepareConfig, frontend_settings
 from jaxseq.config_checks import check_prepare_augment
 from jaxseq.data.prepare_augment import Copy, augment_settings, plan_copies
 from jaxseq.data.prepare_item import process_item
+from jaxseq.data.prepare_shards import (
+    SIDECAR_VERSION,
+    PrepareError,
+    ShardWriter,
+    finished_shard,
+    shard_ranges,
+    write_json,
+)
 from jaxseq.data.records import index_name, shard_name, write_index
 from jaxseq.data.sources import ManifestSource, TfdsSource, parse_source
 from jaxseq.data.stress import CONDITIONS, is_stress_corpus
-from jaxseq.errors import JaxseqError
+
+__all__ = ["RUNNERS", "PrepareError", "prepare_corpus", "prepare_split"]
 
 log = logging.getLogger(__name__)
 
-_SIDECAR_VERSION = 2  # 2: rows carry labels and segment frames
+RUNNERS = ("local", "beam")  # the engines (`runner=` of prepare_split, `--runner`)
 _NUM_EXAMPLES = 5  # skipped items quoted in a PrepareError
-
-
-class PrepareError(JaxseqError, RuntimeError):
-    """Preparation cannot go on; the message names the file or config key and what to do."""
 
 
 # ---------------------------------------------------------------- per item (runs in workers)
@@ -87,65 +100,7 @@ def _process_chunk(
     return [process_item(item, cfg, evaluation) for item in items]
 
 
-# ---------------------------------------------------------------- shards
-
-
-def _shard_ranges(num_items: int, num_shards: int) -> list[tuple[int, int]]:
-    """Contiguous [start, stop) item ranges, one per shard, sizes differing by at most one."""
-    bounds = np.linspace(0, num_items, num_shards + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-
-
-def _sidecar(out_dir: Path, shard: str) -> Path:
-    return out_dir / f"{shard}.meta.json"
-
-
-def _finished(out_dir: Path, shard: str, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
-    """The sidecar of a finished shard made with the same fingerprint, else None."""
-    path = _sidecar(out_dir, shard)
-    if not (path.is_file() and (out_dir / shard).is_file()):
-        return None
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return meta if meta.get("fingerprint") == fingerprint else None
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    """Writes JSON atomically (temp file, then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-class _ShardWriter:
-    """Writes one shard to a temp name; `finish` renames it and writes its sidecar."""
-
-    def __init__(self, out_dir: Path, shard: str, fingerprint: dict[str, Any]):
-        from array_record.python.array_record_module import ArrayRecordWriter
-
-        self.out_dir, self.shard, self.fingerprint = out_dir, shard, fingerprint
-        self.tmp = out_dir / f"{shard}.tmp"
-        self.writer = ArrayRecordWriter(str(self.tmp), "group_size:1")
-        # [id, num_frames, text_length, seconds, label, {segment label: frames}]
-        self.rows: list[list[Any]] = []
-        self.skipped: list[dict[str, Any]] = []
-
-    def add(self, result: dict[str, Any]) -> None:
-        if "record" in result:
-            self.writer.write(result["record"])
-            keys = ("id", "num_frames", "text_length", "seconds", "label", "segment_frames")
-            self.rows.append([result[k] for k in keys])
-        else:
-            self.skipped.append(result)
-
-    def finish(self) -> dict[str, Any]:
-        self.writer.close()
-        os.replace(self.tmp, self.out_dir / self.shard)
-        meta = {"fingerprint": self.fingerprint, "rows": self.rows, "skipped": self.skipped}
-        _write_json(_sidecar(self.out_dir, self.shard), meta)
-        return meta
+# ---------------------------------------------------------------- the local engine
 
 
 def _run(
@@ -194,7 +149,7 @@ def _run(
             if (nxt := next(queue, None)) is not None:
                 window.append((nxt, submit(nxt)))
             name, _, _, fingerprint = todo[task[0]]
-            writer = writer or _ShardWriter(out_dir, name, fingerprint)
+            writer = writer or ShardWriter(out_dir, name, fingerprint)
             for results in future.result():  # an item's, then its copies'
                 for result in results:
                     writer.add(result)
@@ -239,7 +194,7 @@ def _label_inventories(rows: list[list[Any]]) -> tuple[dict[str, Any], dict[str,
 
 
 def _settings(cfg: PrepareConfig) -> dict[str, Any]:
-    return {"frontend": dataclasses.asdict(cfg.frontend), "text": dataclasses.asdict(cfg.text)}
+    return {"frontend": frontend_settings(cfg.frontend), "text": dataclasses.asdict(cfg.text)}
 
 
 def _load_dataset_json(out_dir: Path, cfg: PrepareConfig) -> dict[str, Any]:
@@ -287,6 +242,8 @@ def prepare_split(
     evaluation: bool = False,
     num_workers: int | None = None,
     progress: bool = True,
+    runner: str = "local",
+    beam_options: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Prepares one split from the source spec `source` (see jaxseq.data.sources) into `out_dir`.
 
@@ -297,8 +254,12 @@ def prepare_split(
       cfg: frontend, text policy, filters, number of shards, augmentation.
       evaluation: an evaluation split: audio of any length is kept, and it is augmented only
         with `cfg.augment_evaluation`.
-      num_workers: processes; None uses `cfg.num_workers`; 0 uses every CPU core.
-      progress: show a progress bar.
+      num_workers: processes; None uses `cfg.num_workers`; 0 uses every CPU core. With
+        `runner="beam"`, the DirectRunner's worker processes (unless `beam_options` say else).
+      progress: show a progress bar (local engine; Beam runners log their own progress).
+      runner: "local" (a process pool) or "beam" (an Apache Beam pipeline; same output).
+      beam_options: Beam pipeline options, e.g. ["--runner=DataflowRunner", "--project=p"],
+        after the defaults (`prepare_beam.default_options`); for `runner="beam"` only.
 
     Returns:
       The split's summary, as stored under `dataset.json["splits"][split]`.
@@ -310,12 +271,17 @@ def prepare_split(
       ConfigError: `cfg.augment` holds an invalid spec.
     """
     check_prepare_augment(cfg)
+    if runner not in RUNNERS:
+        raise PrepareError(f"unknown runner {runner!r}; choose one of {', '.join(RUNNERS)}")
+    if beam_options and runner != "beam":
+        raise PrepareError("Beam options were given, but the runner is not beam: add --runner beam")
+    beam = _beam_engine() if runner == "beam" else None
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", split):
         raise PrepareError(f"split name {split!r} must use only letters, digits, '_', '.', '-'")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset = _load_dataset_json(out_dir, cfg)  # fail early on a settings mismatch
-    src = parse_source(source, cfg)
+    src = beam.open_source(source, cfg) if beam else parse_source(source, cfg)
     num_items = len(src)
     workers = cfg.num_workers if num_workers is None else num_workers
     workers = workers or os.cpu_count() or 1
@@ -323,13 +289,12 @@ def prepare_split(
     shards = [shard_name(split, i, num_shards) for i in range(num_shards)]
     specs: Sequence[AugmentSpec] = cfg.augment if cfg.augment_evaluation or not evaluation else ()
     augment = augment_settings(specs, cfg.augment_seed) if specs else None
-    plan = functools.partial(plan_copies, src, split=split, specs=specs, seed=cfg.augment_seed)
 
     metas: dict[str, dict[str, Any]] = {}
     todo = []
-    for name, (start, stop) in zip(shards, _shard_ranges(num_items, num_shards), strict=True):
+    for name, (start, stop) in zip(shards, shard_ranges(num_items, num_shards), strict=True):
         fingerprint = {
-            "version": _SIDECAR_VERSION,
+            "version": SIDECAR_VERSION,
             "source": src.fingerprint,
             "range": [start, stop],
             "evaluation": evaluation,
@@ -337,7 +302,7 @@ def prepare_split(
             **_settings(cfg),
             **({"augment": augment} if augment else {}),  # unaugmented: as before augmentation
         }
-        meta = _finished(out_dir, name, fingerprint)
+        meta = finished_shard(out_dir, name, fingerprint)
         if meta is not None:
             metas[name] = meta
         else:
@@ -347,10 +312,19 @@ def prepare_split(
     reused = num_items - sum(stop - start for _, start, stop, _ in todo)
     if metas:
         log.info("%s: reusing %d finished shards of %d", split, len(metas), num_shards)
-    with tqdm(
-        total=num_items, initial=reused, desc=f"prepare {split}", unit="utt", disable=not progress
-    ) as bar:
-        metas.update(_run(src, todo, out_dir, cfg, evaluation, workers, bar, plan))
+    if beam and todo:
+        options = [*beam.default_options(workers), *beam_options]
+        metas.update(beam.run(src, todo, out_dir, cfg, evaluation, split, specs, options))
+    elif not beam:
+        plan = functools.partial(plan_copies, src, split=split, specs=specs, seed=cfg.augment_seed)
+        with tqdm(
+            total=num_items,
+            initial=reused,
+            desc=f"prepare {split}",
+            unit="utt",
+            disable=not progress,
+        ) as bar:
+            metas.update(_run(src, todo, out_dir, cfg, evaluation, workers, bar, plan))
 
     rows = [row for name in shards for row in metas[name]["rows"]]
     skipped = [s for name in shards for s in metas[name]["skipped"]]
@@ -384,8 +358,22 @@ def prepare_split(
     }
     dataset = _load_dataset_json(out_dir, cfg)  # reread: another split may have landed since
     dataset["splits"][split] = summary
-    _write_json(out_dir / "dataset.json", dataset)
+    write_json(out_dir / "dataset.json", dataset)
     return summary
+
+
+def _beam_engine():
+    """jaxseq.data.prepare_beam, or a PrepareError saying how to install Apache Beam."""
+    try:
+        import apache_beam  # noqa: F401
+    except ImportError:
+        raise PrepareError(
+            "--runner beam (runner='beam') needs Apache Beam, which is not installed: "
+            "pip install 'jaxseq[beam]' (or use the default local runner)"
+        ) from None
+    from jaxseq.data import prepare_beam
+
+    return prepare_beam
 
 
 def _remove_stale(out_dir: Path, split: str, keep: set[str]) -> None:
@@ -404,6 +392,8 @@ def prepare_corpus(
     *,
     num_workers: int | None = None,
     progress: bool = True,
+    runner: str = "local",
+    beam_options: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Prepares a synthesized corpus (`jaxseq synth`): `{train,valid,test}/manifest.jsonl`, or
     for a stress corpus (synth.preset=stress) `{condition}/manifest.jsonl` per listening
@@ -412,6 +402,8 @@ def prepare_corpus(
     `train` is a training split; `valid`, `test` and every condition are evaluation splits
     (never length-filtered). A condition's source in dataset.json is its manifest's absolute
     path, where jaxseq.evaluation.robustness reads every utterance's voice, rate and pitch.
+
+    `num_workers`, `progress`, `runner` and `beam_options` are as for `prepare_split`.
 
     Returns:
       {split: summary} for each split (as merged into `dataset.json`).
@@ -438,6 +430,8 @@ def prepare_corpus(
             evaluation=split != "train",
             num_workers=num_workers,
             progress=progress,
+            runner=runner,
+            beam_options=beam_options,
         )
         for split, manifest in manifests.items()
     }

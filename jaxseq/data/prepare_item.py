@@ -13,7 +13,7 @@ from jaxseq.audio.frontend import log_mel_numpy
 from jaxseq.audio.io import AudioError
 from jaxseq.config import PrepareConfig
 from jaxseq.data.prepare_augment import Copy, augment_copy
-from jaxseq.data.records import encode_record, segments_to_frames
+from jaxseq.data.records import encode_record, segments_to_frames, waveform_samples
 from jaxseq.data.sources import load_item_audio
 from jaxseq.text.normalize import normalize_text, unknown_characters
 
@@ -35,8 +35,9 @@ def process_item(
     Returns:
       The item's result, then its copies' (none when the item itself is skipped). A kept one:
       {"id", "record": bytes, "num_frames", "text_length", "seconds", "label",
-      "segment_frames": {label: frames}}; a skipped one: {"id", "audio", "kind", "reason"}. A
-      copy's result also has "copy_of": the item's id.
+      "segment_frames": {label: frames}} (frames are samples with `cfg.frontend.kind`
+      "waveform"); a skipped one: {"id", "audio", "kind", "reason"}. A copy's result also has
+      "copy_of": the item's id.
     """
     text = "" if item["text"] is None else normalize_text(item["text"], cfg.text)
     if not text and item["text"] is not None:  # None: a labelled item without a transcript
@@ -76,7 +77,9 @@ def _record(
     copy: Copy | None = None,
 ) -> dict[str, Any]:
     """The record of `item` (or of its augmented `copy`) from its float32 [num_samples] audio
-    and segments in seconds, or why it is skipped (too long or too short)."""
+    and segments in seconds, or why it is skipped (too long or too short). The record holds
+    log-mel features or, with `cfg.frontend.kind` "waveform", the samples themselves (one
+    frame per sample: num_frames and segments count samples)."""
     sample_rate = cfg.frontend.sample_rate
     seconds = audio.shape[0] / sample_rate
     if not evaluation and seconds > cfg.max_seconds:
@@ -86,9 +89,14 @@ def _record(
     if audio.shape[0] < min_samples:
         reason = f"{audio.shape[0]} samples; at least {min_samples} are needed"
         return _skip(item, "too_short", reason, copy)
-    features = log_mel_numpy(audio, cfg.frontend)  # [num_frames, n_mels]
+    if cfg.frontend.kind == "waveform":
+        features = waveform_samples(audio, cfg.frontend.waveform_dtype)  # [num_samples]
+        hop = 1
+    else:
+        features = log_mel_numpy(audio, cfg.frontend)  # [num_frames, n_mels]
+        hop = cfg.frontend.hop_length
     num_frames = int(features.shape[0])
-    frames = segments_to_frames(segments, sample_rate, cfg.frontend.hop_length, num_frames)
+    frames = segments_to_frames(segments, sample_rate, hop, num_frames)
     item_id = item["id"] if copy is None else copy.id
     label = item.get("label", "")
     record = encode_record(

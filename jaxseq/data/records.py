@@ -3,8 +3,11 @@
 Fields:
   id:         str, unique within the split
   text:       str, normalized transcript (see jaxseq.text.normalize)
-  features:   float16 [num_frames, n_mels], Whisper-style log-mel (stored as float16 to halve disk)
-  num_frames: int
+  features:   float16 [num_frames, n_mels], Whisper-style log-mel (stored as float16 to halve disk);
+              in a waveform dataset (frontend kind "waveform"), the audio itself: int16
+              [num_samples] (x 32768, as 16-bit PCM) or float16 [num_samples] (`waveform_samples`;
+              read back with `record_waveform`)
+  num_frames: int (samples, in a waveform dataset)
   label:      str, the class label, or list[str], the labels of a multi-label item ("" when
               absent)
   speaker:    str, optional speaker/voice name ("" when absent)
@@ -31,8 +34,12 @@ def encode_record(
     speaker: str = "",
     segments: Sequence[tuple[int, int, str]] = (),
 ) -> bytes:
-    """Serializes one utterance. `features` is [num_frames, n_mels]; `segments` are in frames."""
-    features = np.asarray(features, dtype=np.float16)
+    """Serializes one utterance. `features` is [num_frames, n_mels] (or a waveform's int16 or
+    float16 [num_samples]); `segments` are in frames (samples). int16 is kept, the rest stored
+    as float16."""
+    features = np.asarray(features)
+    if features.dtype != np.int16:
+        features = features.astype(np.float16)
     return serialization.msgpack_serialize(
         {
             "id": id,
@@ -54,6 +61,29 @@ def decode_record(raw: bytes) -> dict[str, Any]:
     record = serialization.msgpack_restore(raw)
     record.setdefault("segments", [])
     return record
+
+
+PCM_SCALE = 32768.0  # int16 sample k stands for k / 32768, as soundfile reads 16-bit PCM
+
+
+def waveform_samples(audio: np.ndarray, dtype: str) -> np.ndarray:
+    """What a waveform record stores of float `audio` [num_samples] (in [-1, 1]): "int16",
+    round(audio x 32768) clipped to the int16 range (16-bit PCM audio comes back exactly), or
+    "float16"."""
+    if dtype == "int16":
+        scaled = np.round(np.asarray(audio, np.float64) * PCM_SCALE)
+        return np.clip(scaled, -PCM_SCALE, PCM_SCALE - 1).astype(np.int16)
+    if dtype == "float16":
+        return np.asarray(audio, np.float16)
+    raise ValueError(f"waveform dtype {dtype!r}: choose int16 or float16")
+
+
+def record_waveform(features: np.ndarray) -> np.ndarray:
+    """float32 [num_samples] audio of a waveform record's `features` (inverse of
+    `waveform_samples`, up to its rounding)."""
+    if features.dtype == np.int16:
+        return features.astype(np.float32) / np.float32(PCM_SCALE)
+    return features.astype(np.float32)
 
 
 def segments_to_frames(

@@ -119,6 +119,63 @@ def parse_segments(value: Any) -> list[dict[str, Any]]:
     return [{"start": start, "end": end, "label": label} for start, end, label, _ in segments]
 
 
+def _line_error(path: Path, lineno: int, what: str) -> SourceError:
+    return SourceError(f"{path}:{lineno}: {what}")
+
+
+def parse_manifest_line(
+    path: Path, line: str, lineno: int, root: Path, require_text: bool = True
+) -> dict[str, Any]:
+    """One manifest line -> its item (see the module docstring), `root` being the resolved
+    folder of the manifest at `path`.
+
+    Raises:
+      SourceError: naming `path:lineno` and the fix (see `ManifestSource`).
+    """
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise _line_error(
+            path,
+            lineno,
+            f"not valid JSON ({err.msg} at column {err.colno}); each line must be "
+            'one object like {"audio": "clips/a.wav", "text": "hello"}',
+        ) from None
+    if not isinstance(obj, dict):
+        raise _line_error(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+    for key in ("audio", "text"):
+        if key == "text" and "text" not in obj and (obj.get("label") or obj.get("segments")):
+            continue  # a classification item needs no transcript (its text stays None)
+        if key == "text" and "text" not in obj and not require_text:
+            continue  # audio to transcribe (its text stays None)
+        if not isinstance(obj.get(key), str):
+            raise _line_error(path, lineno, f'"{key}" must be a string (got {obj.get(key)!r})')
+    if not obj["audio"]:
+        raise _line_error(path, lineno, '"audio" is empty; give the path of an audio file')
+    for key in ("id", "speaker"):
+        value = obj.get(key)
+        if value is not None and not isinstance(value, str | int):
+            raise _line_error(path, lineno, f'"{key}" must be a string (got {value!r})')
+    try:
+        label, segments = parse_label(obj.get("label")), parse_segments(obj.get("segments"))
+    except ValueError as err:
+        raise _line_error(path, lineno, str(err)) from None
+    audio_path = root / obj["audio"]  # an absolute path stays as it is
+    try:
+        default_id = audio_path.relative_to(root).with_suffix("").as_posix()
+    except ValueError:  # outside the manifest's folder
+        default_id = audio_path.stem
+    return {
+        "id": str(obj.get("id", default_id)),
+        "text": obj.get("text"),
+        "label": label,
+        "speaker": str(obj.get("speaker") or ""),
+        "segments": segments,
+        "where": f"{path}:{lineno}",
+        "audio_path": str(audio_path),
+    }
+
+
 class ManifestSource:
     """A JSONL manifest: `{"audio": "clips/a.wav", "text": "hello"}` per line.
 
@@ -162,47 +219,7 @@ class ManifestSource:
         return SourceError(f"{self.path}:{lineno}: {what}")
 
     def _parse_line(self, line: str, lineno: int, root: Path) -> dict[str, Any]:
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise self._error(
-                lineno,
-                f"not valid JSON ({err.msg} at column {err.colno}); each line must be "
-                'one object like {"audio": "clips/a.wav", "text": "hello"}',
-            ) from None
-        if not isinstance(obj, dict):
-            raise self._error(lineno, f"expected a JSON object, got {type(obj).__name__}")
-        for key in ("audio", "text"):
-            if key == "text" and "text" not in obj and (obj.get("label") or obj.get("segments")):
-                continue  # a classification item needs no transcript (its text stays None)
-            if key == "text" and "text" not in obj and not self.require_text:
-                continue  # audio to transcribe (its text stays None)
-            if not isinstance(obj.get(key), str):
-                raise self._error(lineno, f'"{key}" must be a string (got {obj.get(key)!r})')
-        if not obj["audio"]:
-            raise self._error(lineno, '"audio" is empty; give the path of an audio file')
-        for key in ("id", "speaker"):
-            value = obj.get(key)
-            if value is not None and not isinstance(value, str | int):
-                raise self._error(lineno, f'"{key}" must be a string (got {value!r})')
-        try:
-            label, segments = parse_label(obj.get("label")), parse_segments(obj.get("segments"))
-        except ValueError as err:
-            raise self._error(lineno, str(err)) from None
-        audio_path = root / obj["audio"]  # an absolute path stays as it is
-        try:
-            default_id = audio_path.relative_to(root).with_suffix("").as_posix()
-        except ValueError:  # outside the manifest's folder
-            default_id = audio_path.stem
-        return {
-            "id": str(obj.get("id", default_id)),
-            "text": obj.get("text"),
-            "label": label,
-            "speaker": str(obj.get("speaker") or ""),
-            "segments": segments,
-            "where": f"{self.path}:{lineno}",
-            "audio_path": str(audio_path),
-        }
+        return parse_manifest_line(self.path, line, lineno, root, self.require_text)
 
     def __len__(self) -> int:
         return len(self._items)

@@ -20,7 +20,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from jaxseq.config import FrontendConfig, TextConfig
+from jaxseq.config import FrontendConfig, TextConfig, frontend_settings, seconds_per_frame
 from jaxseq.data.pipeline import load_dataset_info
 from jaxseq.evaluation.asr import ASRScorer
 from jaxseq.evaluation.classify import ClassifyScorer
@@ -110,7 +110,7 @@ def evaluate_split(
         task.label_lengths(dataset_dir, info, split),
     )
     p = jax.process_index()
-    hop = context.frontend.hop_length / context.frontend.sample_rate
+    hop = seconds_per_frame(frontend_settings(context.frontend))
     records: list[dict[str, Any]] = []
     rows_per_batch: list[int] = []  # this process's records from each batch
     loss_sum = tokens = seconds = input_seconds = 0.0

@@ -1,4 +1,5 @@
-"""Multi-host launch recipes: Cloud TPU VM slices, GKE (a JobSet), SLURM GPU clusters.
+"""Multi-host launch recipes: Cloud TPU VM slices, GKE (a JobSet), SLURM GPU clusters; and
+`jaxseq prepare --runner beam` as a Dataflow job (`dataflow`).
 
 Each recipe is rendered from a few parameters into the exact shell commands, Kubernetes
 manifest or sbatch script that run `jaxseq train` once per host (or per GPU):
@@ -28,6 +29,7 @@ Modules: `train_command` (the train command, gs:// paths and mounts, the local-p
 """
 
 from jaxseq.launch.cli import main
+from jaxseq.launch.dataflow import Dataflow, PrepareCommand, render_dataflow
 from jaxseq.launch.gke import Gke, gke_commands, gke_jobset, gke_volumes, render_gke
 from jaxseq.launch.slurm import Slurm, slurm_script
 from jaxseq.launch.tpu_vm import (
@@ -60,9 +62,11 @@ __all__ = [
     "TPU_LOG",
     "TPU_STEPS",
     "TPU_VERSIONS",
+    "Dataflow",
     "GcsPath",
     "Gke",
     "LaunchError",
+    "PrepareCommand",
     "Slurm",
     "TpuVm",
     "TrainCommand",
@@ -73,6 +77,7 @@ __all__ = [
     "gke_volumes",
     "main",
     "mounted_workdir",
+    "render_dataflow",
     "render_gke",
     "render_tpu_vm",
     "slurm_script",

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 from jaxseq import launch
+from jaxseq.launch.dataflow import add_parser as add_dataflow_parser
+from jaxseq.launch.dataflow import run_dataflow
 from jaxseq.launch.gke import Gke, gke_commands, render_gke
 from jaxseq.launch.slurm import Slurm, slurm_script
 from jaxseq.launch.tpu_vm import TPU_STEPS, TpuVm, render_tpu_vm, tpu_vm_steps
@@ -84,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--repo-dir", default=str(REPO), help="shared checkout (default: %(default)s)")
     s.add_argument("--jax-package", default="jax[cuda12]")
     s.add_argument("--out", help="script file to write (default: NAME.sbatch)")
+    add_dataflow_parser(sub)
     return p
 
 
@@ -111,9 +114,14 @@ def _write(path: str, text: str, submit: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m jaxseq.launch {tpu-vm,gke,slurm} [--dry-run] ...`."""
+    """`python -m jaxseq.launch {tpu-vm,gke,slurm,dataflow} [--dry-run] ...`."""
     p = _parser()
     a = p.parse_args(argv)
+    if a.recipe == "dataflow":
+        try:
+            return run_dataflow(a)
+        except LaunchError as err:
+            p.error(str(err))
     train = TrainCommand(a.config, a.workdir, tuple(a.overrides))
     try:
         if a.recipe == "tpu-vm":

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from jaxseq.config import Config
+from jaxseq.config import Config, frontend_settings
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -66,7 +66,7 @@ class Task(abc.ABC):
         dataset (`prepare.frontend`, `prepare.text`: a character vocabulary); a family whose
         tokenizer is learned from data builds one of the configured size instead."""
         info = {
-            "frontend": dataclasses.asdict(cfg.prepare.frontend),
+            "frontend": frontend_settings(cfg.prepare.frontend),
             "text": dataclasses.asdict(cfg.prepare.text),
         }
         return cls.from_dataset(cfg, info)

@@ -1,7 +1,10 @@
-"""CTC encoder-only ASR: characters + blank, trained with jaxseq's vmapped CTC loss."""
+"""CTC encoder-only ASR: characters + blank, trained with jaxseq's vmapped CTC loss, on log-mel
+features (a conv stem + Transformer) or, with model.frontend=waveform, on raw audio
+(Wav2Vec2/HuBERT, sized by the config's wav2vec2 section)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,8 @@ from jaxseq.decoding.ctc import (
 from jaxseq.errors import JaxseqError
 from jaxseq.losses.ctc import ctc_feasible, ctc_loss
 from jaxseq.models.ctc import CTCModel
+from jaxseq.models.wav2vec2 import Wav2Vec2CTC, Wav2Vec2Dims
+from jaxseq.models.wav2vec2_features import sample_span_mask
 from jaxseq.tasks.base import ASRTask, Batch, Metrics
 from jaxseq.tasks.registry import register
 from jaxseq.text.vocab import CharVocab
@@ -42,14 +47,26 @@ class CTCTask(ASRTask):
 
     @classmethod
     def from_dataset(cls, cfg: Config, info: dict, workdir: Path | None = None) -> CTCTask:
-        """Characters of the dataset's charset (the same on every process: nothing learned)."""
+        """Characters of the dataset's charset (the same on every process: nothing learned).
+
+        Raises:
+          JaxseqError: when the dataset's records (log-mel or waveform) are not the input of
+            model.frontend.
+        """
         del workdir
+        kind = info["frontend"].get("kind", "logmel")
+        if kind != cfg.model.frontend:
+            raise JaxseqError(
+                f"model.frontend={cfg.model.frontend} reads {cfg.model.frontend} records, but "
+                f"the dataset {cfg.data.dataset} holds {kind} ones: prepare it with "
+                f"prepare.frontend.kind={cfg.model.frontend}"
+            )
         vocab = CharVocab.from_charset(info["text"]["charset"])
-        return cls(cfg, vocab, int(info["frontend"]["n_mels"]))
+        return _task_class(cfg)(cfg, vocab, int(info["frontend"]["n_mels"]))
 
     @classmethod
     def from_workdir(cls, cfg: Config, workdir: Path, n_mels: int) -> CTCTask:
-        return cls(cfg, CharVocab.load(Path(workdir) / VOCAB_FILE), n_mels)
+        return _task_class(cfg)(cfg, CharVocab.load(Path(workdir) / VOCAB_FILE), n_mels)
 
     def save_tokenizer(self, workdir: Path) -> None:
         self.tokenizer.save(Path(workdir) / VOCAB_FILE)
@@ -59,24 +76,29 @@ class CTCTask(ASRTask):
             {"params": rng}, batch["features"], batch["feature_lengths"], deterministic=True
         )
 
-    def loss_fn(
-        self, params: Any, batch: Batch, rng: jax.Array, train: bool
-    ) -> tuple[jax.Array, Metrics]:
+    def logits(
+        self, params: Any, batch: Batch, rng: jax.Array | None, train: bool
+    ) -> tuple[jax.Array, jax.Array]:
+        """(logits float32 [batch, enc_frames, vocab], encoder lengths [batch]) of a batch; in
+        training with SpecAugment and dropout drawn from `rng`."""
         features = batch["features"]  # [batch, frames, n_mels]
-        if train:
-            features = spec_augment(
-                jax.random.fold_in(rng, 1),
-                features,
-                batch["feature_lengths"],
-                self.cfg.spec_augment,
-            )
-        logits, lengths = self.model.apply(
+        if not train:
+            return self.model.apply({"params": params}, features, batch["feature_lengths"])
+        features = spec_augment(
+            jax.random.fold_in(rng, 1), features, batch["feature_lengths"], self.cfg.spec_augment
+        )
+        return self.model.apply(
             {"params": params},
             features,
             batch["feature_lengths"],
-            deterministic=not train,
+            deterministic=False,
             rngs={"dropout": jax.random.fold_in(rng, 2)},
-        )  # [batch, enc_frames, vocab], [batch]
+        )
+
+    def loss_fn(
+        self, params: Any, batch: Batch, rng: jax.Array, train: bool
+    ) -> tuple[jax.Array, Metrics]:
+        logits, lengths = self.logits(params, batch, rng, train)  # [b, frames, vocab], [b]
         per_utt = ctc_loss(
             logits, lengths, batch["labels"], batch["label_lengths"], self.tokenizer.blank_id
         )  # [batch]
@@ -99,9 +121,7 @@ class CTCTask(ASRTask):
         [batch, enc_frames, vocab] for the host's beam search. Both with the encoder lengths
         [batch] last."""
         del beam_size  # the beam search runs in `decode`
-        logits, lengths = self.model.apply(
-            {"params": params}, batch["features"], batch["feature_lengths"], deterministic=True
-        )
+        logits, lengths = self.logits(params, batch, None, train=False)
         if decoder == "greedy":
             return (*ctc_greedy_path(logits), lengths)
         return jax.nn.log_softmax(logits, axis=-1), lengths
@@ -116,3 +136,77 @@ class CTCTask(ASRTask):
         else:
             ids = ctc_greedy_decode(scores_or_ids, lengths, blank)
         return [self.tokenizer.decode(seq) for seq in ids]
+
+
+def wav2vec2_dims(cfg: Config, vocab_size: int) -> Wav2Vec2Dims:
+    """The model of a config's wav2vec2 section (its fields are Wav2Vec2Dims', one for one,
+    but model_type), with a CTC head over `vocab_size` classes and model.remat."""
+    fields = dataclasses.asdict(cfg.wav2vec2)
+    del fields["model_type"]  # the checkpoint's transformers class: export reads it
+    return Wav2Vec2Dims(**fields, vocab_size=vocab_size, remat=cfg.model.remat)
+
+
+class Wav2Vec2CTCTask(CTCTask):
+    """Waveform → characters with Wav2Vec2/HuBERT and a CTC head (model.frontend=waveform), as
+    transformers' Wav2Vec2ForCTC fine-tunes: batches hold samples (features float32 [batch,
+    samples], feature_lengths in samples); in training, dropout, LayerDrop and time spans
+    masked with the learned mask embedding (wav2vec2.mask_time_*). `train.init_from` gives the
+    encoder; the head over this dataset's characters starts fresh."""
+
+    pretrained_groups = ("encoder",)
+
+    def __init__(self, cfg: Config, vocab: CharVocab, n_mels: int):
+        self.cfg = cfg
+        self.tokenizer = vocab
+        self.n_mels = n_mels  # unused: the input is the waveform
+        dtype = jnp.bfloat16 if cfg.train.compute_dtype == "bfloat16" else jnp.float32
+        self.dims = wav2vec2_dims(cfg, vocab.size)
+        self.model = Wav2Vec2CTC(self.dims, dtype=dtype)
+
+    def dummy_batch(self, batch_size: int, frames: int) -> dict[str, np.ndarray]:
+        """The training layout with `frames` samples: features float32 [batch, samples]."""
+        batch = super().dummy_batch(batch_size, frames)
+        batch["features"] = np.zeros((batch_size, frames), np.float32)
+        return batch
+
+    def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+        return self.model.init(
+            {"params": rng}, batch["features"], batch["feature_lengths"], deterministic=True
+        )
+
+    def logits(
+        self, params: Any, batch: Batch, rng: jax.Array | None, train: bool
+    ) -> tuple[jax.Array, jax.Array]:
+        """(logits float32 [batch, frames, vocab], frames [batch]) of the waveforms
+        [batch, samples]; in training with dropout, LayerDrop and the time mask (spans of
+        mask_time_length frames, sample_span_mask) drawn from `rng`."""
+        waveform, lengths = batch["features"], batch["feature_lengths"]  # [b, samples], [b]
+        if not train:
+            logits, out = self.model.apply({"params": params}, waveform, lengths)
+            return logits, out.lengths
+        d, time_mask = self.dims, None
+        if d.apply_spec_augment and d.mask_time_prob > 0:
+            with jax.ensure_compile_time_eval():  # static: the padded samples' frames
+                frames = int(d.output_lengths(np.int32(waveform.shape[1])))
+            time_mask = sample_span_mask(
+                jax.random.fold_in(rng, 1),
+                d.output_lengths(lengths),
+                frames,
+                d.mask_time_prob,
+                d.mask_time_length,
+                d.mask_time_min_masks,
+            )  # [batch, frames]
+        logits, out = self.model.apply(
+            {"params": params},
+            waveform,
+            lengths,
+            deterministic=False,
+            time_mask=time_mask,
+            rngs={"dropout": jax.random.fold_in(rng, 2)},
+        )
+        return logits, out.lengths
+
+
+def _task_class(cfg: Config) -> type[CTCTask]:
+    """The CTC task of model.frontend."""
+    return Wav2Vec2CTCTask if cfg.model.frontend == "waveform" else CTCTask

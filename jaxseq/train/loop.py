@@ -32,6 +32,7 @@ from jaxseq.config import (
     ConfigError,
     check_local_path,
     save_config,
+    seconds_per_frame,
     to_yaml,
 )
 from jaxseq.data.pipeline import load_dataset_info, make_train_iterator
@@ -272,7 +273,7 @@ def train(
     rows = cfg.data.batch_size // jax.process_count()
     # Model FLOPs of a step (all devices) by padded length, in the order the shapes compiled.
     flops: dict[int, float] = {}
-    hop_seconds = info["frontend"]["hop_length"] / info["frontend"]["sample_rate"]
+    hop_seconds = seconds_per_frame(info["frontend"])
     throughput = Throughput(mesh.size, peak_tflops(mesh.devices.flat[0]), hop_seconds)
     summary: dict[str, Any] = {"start_step": start}
     acc, tick, saved = None, time.time(), start

@@ -1,17 +1,72 @@
-"""optax AdamW with linear warmup, cosine decay and global-norm clipping; optional frozen params."""
+"""optax AdamW with a learning-rate schedule (warmup + cosine, or fairseq's tri-stage) and
+global-norm clipping; optional frozen params."""
 
 from __future__ import annotations
 
+import math
 import re
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from jaxseq.config import ConfigError, OptimConfig
 
 
+def tri_stage_schedule(
+    peak: float,
+    warmup_steps: int,
+    hold_steps: int,
+    decay_steps: int,
+    init_ratio: float,
+    end_ratio: float,
+    decay: str = "exponential",
+) -> optax.Schedule:
+    """fairseq's `tri_stage` learning rate (wav2vec 2.0 fine-tuning) at update `count`:
+
+      count < w:            peak * init_ratio + (peak - peak * init_ratio) * count / w
+      w <= count < w + h:   peak
+      w + h <= count <= w + h + d, s = count - w - h:
+                            exponential: peak * exp(log(end_ratio) * s / d)
+                            linear:      peak - (peak - peak * end_ratio) * s / d
+      after:                peak * end_ratio
+
+    (w, h, d: warmup, hold and decay steps; a phase of 0 steps is skipped.)
+    """
+    init, end = peak * init_ratio, peak * end_ratio
+    hold_end = warmup_steps + hold_steps
+    decay_end = hold_end + decay_steps
+
+    def schedule(count):
+        count = jnp.asarray(count, jnp.float32)
+        warm = init + (peak - init) * count / max(warmup_steps, 1)
+        frac = (count - hold_end) / max(decay_steps, 1)
+        if decay == "exponential":
+            decayed = peak * jnp.exp(math.log(end_ratio) * frac)
+        else:
+            decayed = peak - (peak - end) * frac
+        lr = jnp.where(count <= decay_end, decayed, end)
+        lr = jnp.where(count < hold_end, peak, lr)
+        return jnp.where(count < warmup_steps, warm, lr)
+
+    return schedule
+
+
 def learning_rate_schedule(cfg: OptimConfig, num_steps: int) -> optax.Schedule:
-    """Linear warmup to cfg.learning_rate, then cosine decay to end_learning_rate_ratio of it."""
+    """`cfg.schedule`: "cosine", linear warmup to cfg.learning_rate, then cosine decay to
+    end_learning_rate_ratio of it; "tri_stage", `tri_stage_schedule` with the phases
+    `cfg.phase_ratio` of `num_steps` (each rounded down, as fairseq)."""
+    if cfg.schedule == "tri_stage":
+        warmup, hold, decay = (int(num_steps * r) for r in cfg.phase_ratio)
+        return tri_stage_schedule(
+            cfg.learning_rate,
+            warmup,
+            hold,
+            decay,
+            cfg.init_learning_rate_ratio,
+            cfg.end_learning_rate_ratio,
+            cfg.decay,
+        )
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=cfg.learning_rate,

@@ -1,0 +1,120 @@
+"""`jaxseq convert` and `jaxseq export` of transformers Wav2Vec2ForCTC / HubertForCTC folders:
+a tiny random checkpoint saved with save_pretrained (+ its processor's vocab.json) becomes a
+workdir whose model gives transformers' logits and greedy transcript, and exports back into a
+folder that transformers loads with the same logits and tokenizer."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import (
+    HubertConfig,
+    HubertForCTC,
+    Wav2Vec2Config,
+    Wav2Vec2CTCTokenizer,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2ForCTC,
+    Wav2Vec2Processor,
+)
+
+from jaxseq import cli
+from jaxseq.convert.hf_whisper import ConversionError
+from jaxseq.convert.workdir import convert_to_workdir
+from jaxseq.train.trained import load_trained
+
+SIZES = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    conv_dim=(16, 16, 16),
+    conv_kernel=(10, 3, 3),
+    conv_stride=(5, 2, 2),
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+)
+LETTERS = ["|", "a", "e", "f", "i", "n", "o", "r", "t", "u", "v", "w", "x", "'"]
+# name: (config class, model class, tokens in id order, config changes). HuBERT's vocabulary
+# has HF's fine-tuning-blog layout, the blank "[PAD]" last: jaxseq puts it first.
+VARIANTS = {
+    "wav2vec2": (Wav2Vec2Config, Wav2Vec2ForCTC, ["<pad>", "<s>", "</s>", "<unk>", *LETTERS], {}),
+    "hubert": (
+        HubertConfig,
+        HubertForCTC,
+        [*LETTERS, "[UNK]", "[PAD]"],
+        dict(feat_proj_layer_norm=False, conv_bias=True),
+    ),
+}
+
+
+def _hf_folder(folder, name):
+    config_cls, model_cls, tokens, changes = VARIANTS[name]
+    pad = tokens.index("<pad>" if "<pad>" in tokens else "[PAD]")
+    torch.manual_seed(0)
+    config = config_cls(**SIZES, **changes, vocab_size=len(tokens), pad_token_id=pad)
+    model = model_cls(config).eval()
+    with torch.no_grad():  # every parameter off its initial value, so a swapped one shows
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(folder)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    unk, pad_token = ("<unk>", "<pad>") if "<pad>" in tokens else ("[UNK]", "[PAD]")
+    tokenizer = Wav2Vec2CTCTokenizer(folder / "vocab.json", unk_token=unk, pad_token=pad_token)
+    Wav2Vec2Processor(Wav2Vec2FeatureExtractor(), tokenizer).save_pretrained(folder)
+    return model, tokens, pad
+
+
+def _speechlike(seed: int = 0, samples: int = 3200) -> np.ndarray:
+    """A normalized waveform [1, samples] (what the feature extractor hands the model)."""
+    wave = np.random.default_rng(seed).standard_normal(samples).astype(np.float32)
+    return Wav2Vec2FeatureExtractor()(wave, sampling_rate=16000, return_tensors="np").input_values
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_convert_and_export_round_trip(name, tmp_path, capsys):
+    hf, tokens, pad = _hf_folder(tmp_path / "hf", name)
+    cli.main(["convert", "--hf", str(tmp_path / "hf"), "--workdir", str(tmp_path / "wd")])
+    trained = load_trained(tmp_path / "wd")
+    cfg, task = trained.cfg, trained.task
+    assert (cfg.model.frontend, cfg.wav2vec2.model_type) == ("waveform", name)
+    assert cfg.data.normalize_waveform and cfg.prepare.frontend.kind == "waveform"
+    x = _speechlike()
+    with torch.no_grad():
+        theirs = hf(torch.from_numpy(x)).logits.numpy()  # [1, frames, vocab], HF's id order
+    batch = {"features": x, "feature_lengths": np.array([x.shape[1]], np.int32)}
+    ours, lengths = task.logits(trained.params, batch, None, train=False)
+    order = [pad] + [i for i in range(len(tokens)) if i != pad]  # jaxseq id i = HF id order[i]
+    np.testing.assert_allclose(np.asarray(ours), theirs[:, :, order], atol=1e-4, rtol=1e-4)
+    assert int(lengths[0]) == theirs.shape[1]
+
+    # The greedy transcript, through the task's decoding, is the HF tokenizer's.
+    processor = Wav2Vec2Processor.from_pretrained(tmp_path / "hf")
+    reference = processor.batch_decode(theirs.argmax(-1))[0]
+    outputs = task.predict_fn(trained.params, batch, decoder="greedy", beam_size=1)
+    ours_text = task.decode([np.asarray(o) for o in outputs], decoder="greedy", beam_size=1)[0]
+    assert reference.strip() and ours_text == reference
+
+    cli.main(["export", "--workdir", str(tmp_path / "wd"), "--out", str(tmp_path / "out")])
+    assert "exported" in capsys.readouterr().out
+    model_cls = VARIANTS[name][1]
+    again = model_cls.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        exported = again(torch.from_numpy(x)).logits.numpy()
+    np.testing.assert_allclose(exported, theirs[:, :, order], atol=1e-4, rtol=1e-4)
+    processor = Wav2Vec2Processor.from_pretrained(tmp_path / "out")
+    assert processor.batch_decode(exported.argmax(-1))[0] == reference
+    assert processor.feature_extractor.do_normalize
+
+
+def test_convert_refuses_other_heads(tmp_path):
+    """A sequence classifier is not a CTC workdir: the error names the folder and what is
+    supported."""
+    folder = tmp_path / "cls"
+    config = Wav2Vec2Config(**SIZES, architectures=["Wav2Vec2ForSequenceClassification"])
+    folder.mkdir()
+    (folder / "config.json").write_text(config.to_json_string())
+    with pytest.raises(
+        ConversionError, match=r"cls/config.json: .*Wav2Vec2ForCTC and HubertForCTC"
+    ):
+        convert_to_workdir(folder, tmp_path / "wd")
