@@ -2,7 +2,8 @@
 the converter (jaxseq.convert.hf_wav2vec2): feature encoder, every hidden state and the logits
 of base (group norm, post-LN), large (layer norm, pre-LN) and HuBERT models; padded batches;
 the CTC loss; greedy transcripts against Wav2Vec2CTCTokenizer; the classification heads; the
-masked_spec_embed path; export back into a fresh transformers model; span-mask sampling."""
+masked_spec_embed path; export back into a fresh transformers model; span-mask sampling; the
+feature mask, applied and sampled in training."""
 
 import dataclasses
 import json
@@ -24,8 +25,10 @@ from transformers import (
     Wav2Vec2ForPreTraining,
     Wav2Vec2ForSequenceClassification,
 )
+from transformers.models.wav2vec2 import modeling_wav2vec2
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
+from jaxseq.config import load_config
 from jaxseq.convert.hf_wav2vec2 import (
     ctc_text,
     read_ctc_vocab,
@@ -42,8 +45,11 @@ from jaxseq.models.wav2vec2 import (
     Wav2Vec2FrameClassifier,
     Wav2Vec2SequenceClassifier,
 )
-from jaxseq.models.wav2vec2_features import sample_span_mask
+from jaxseq.models.wav2vec2_features import ConvPositionalEmbedding, sample_span_mask
 from jaxseq.parallel.sharding import LOGICAL_RULES
+from jaxseq.tasks.ctc import Wav2Vec2CTCTask
+from jaxseq.text.vocab import CharVocab
+from tests.conftest import REPO
 
 SIZES = dict(
     hidden_size=32,
@@ -156,18 +162,37 @@ def test_padded_batches(norm):
             labels=labels,
             output_hidden_states=True,
         )
+    with torch.no_grad():  # item 1 alone: what jaxseq's padded item 1 must equal
+        alone_hf = hf(torch.from_numpy(x[1:, :SHORT]), output_hidden_states=True)
     # transformers' outputs on padded frames are not defined to match: compare valid frames.
+    # Item 1 of transformers' padded batch matches only with layer norm: its GroupNorm takes
+    # statistics over the padding too, jaxseq's over the valid frames (as on the item alone).
+    reference_1 = theirs if norm == "layer" else alone_hf
     for i, (a, b) in enumerate(zip(out.hidden_states, theirs.hidden_states, strict=True)):
         _close(a[0], b[0].numpy(), f"{norm} padded hidden_states[{i}], item 0")
-        _close(a[1, :54], b[1, :54].numpy(), f"{norm} padded hidden_states[{i}], item 1")
-    _close(logits[1, :54], theirs.logits[1, :54].numpy(), f"{norm} padded logits")
+        b1 = reference_1.hidden_states[i][0 if norm == "group" else 1, :54].numpy()
+        _close(a[1, :54], b1, f"{norm} padded hidden_states[{i}], item 1")
+    _close(logits[1, :54], reference_1.logits[0 if norm == "group" else 1, :54].numpy(), "logits")
+    if norm == "group":  # ... whereas transformers' padded item 1 differs from it alone
+        padded_hf = theirs.logits[1, :54].numpy()
+        assert np.abs(padded_hf - alone_hf.logits[0].numpy()).max() > 1e-3
 
-    # The CTC loss: jaxseq's per-utterance loss, reduced as transformers reduces.
+    # The CTC loss: jaxseq's per-utterance loss equals transformers' on each item alone, and
+    # reduced as transformers reduces, its loss on the padded batch (layer norm).
     label_lengths = (labels >= 0).sum(-1).numpy()
     ours = np.asarray(
         ctc_loss(logits, out.lengths, np.maximum(labels.numpy(), 0), label_lengths, blank_id=0)
     )
+    hf.config.ctc_loss_reduction = "sum"
+    for item, (length, n) in enumerate(zip((SAMPLES, SHORT), label_lengths, strict=True)):
+        with torch.no_grad():
+            loss = hf(
+                torch.from_numpy(x[item : item + 1, :length]), labels=labels[item : item + 1, :n]
+            ).loss
+        _close(ours[item], loss.numpy(), f"{norm} CTC loss of item {item} alone")
     for reduction, reduced in (("mean", np.mean(ours / label_lengths)), ("sum", ours.sum())):
+        if norm == "group":
+            break
         hf.config.ctc_loss_reduction = reduction
         with torch.no_grad():
             loss = hf(
@@ -175,11 +200,9 @@ def test_padded_batches(norm):
             ).loss
         _close(reduced, loss.numpy(), f"{norm} CTC loss, reduction {reduction}")
 
-    alone, alone_out = apply({"params": params}, x[1:, :SHORT], jnp.array([SHORT]))
-    if norm == "layer":  # the valid frames do not depend on the padding
-        _close(alone[0], logits[1, :54], "layer-norm padded vs unpadded logits")
-    else:  # GroupNorm's statistics over time include the padding (transformers too)
-        assert np.abs(np.asarray(alone[0]) - np.asarray(logits[1, :54])).max() > 1e-3
+    # The valid frames do not depend on the padding, with either norm.
+    alone, _ = apply({"params": params}, x[1:, :SHORT], jnp.array([SHORT]))
+    _close(alone[0], logits[1, :54], f"{norm} padded vs unpadded logits")
 
 
 def test_greedy_transcripts_match_the_tokenizer(tmp_path):
@@ -414,3 +437,74 @@ def test_every_parameter_has_logical_axes():
         names = tuple(leaf.names)
         assert len(names) == leaf.value.ndim and len(set(names)) == len(names), where
         assert set(names) <= set(ruled), where
+
+
+def test_feature_mask_matches_transformers_in_training(monkeypatch):
+    """A fixed feature mask zeroes its hidden channels of the encoder's input (the position
+    conv's) at every frame, and the CTC logits are transformers' in training mode (dropout and
+    LayerDrop off) when its `_compute_mask_indices` returns the same mask."""
+    off = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    off |= dict(feat_proj_dropout=0.0, final_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0)
+    hf = _hf(Wav2Vec2Config, Wav2Vec2ForCTC, **off, mask_feature_prob=0.3, mask_feature_length=4)
+    model, params, _ = _convert(hf)
+    feature_mask = np.zeros((2, 32), bool)  # [batch, hidden]
+    feature_mask[0, 3:7] = feature_mask[0, 20:24] = feature_mask[1, 10:14] = True
+
+    def fixed(shape, **kwargs):
+        assert shape == (2, 32) and kwargs["mask_length"] == 4
+        return feature_mask
+
+    monkeypatch.setattr(modeling_wav2vec2, "_compute_mask_indices", fixed)
+    x = _waves(7)
+    with torch.no_grad():
+        theirs = hf.train()(torch.from_numpy(x)).logits.numpy()
+    hf.eval()
+
+    inputs = []  # the position conv's input [batch, frames, hidden], unmasked then masked
+
+    def keep_input(next_fun, args, kwargs, context):
+        if isinstance(context.module, ConvPositionalEmbedding):
+            inputs.append(np.asarray(args[0]))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(keep_input):
+        model.apply({"params": params}, x)
+        logits, _ = model.apply({"params": params}, x, None, False, None, feature_mask)
+    expected = inputs[0].copy()
+    expected[np.broadcast_to(feature_mask[:, None, :], expected.shape)] = 0.0
+    np.testing.assert_array_equal(inputs[1], expected)
+    assert np.abs(inputs[0][:, :, feature_mask[0]]).min() > 0  # what was zeroed was not zero
+    _close(logits, theirs, "feature-masked logits in training")
+
+
+def test_ctc_task_samples_feature_masks():
+    """Wav2Vec2CTCTask's training step draws one feature mask [batch, hidden] per utterance,
+    covering the fraction of channels that transformers' `_compute_mask_indices` does with the
+    same settings (400 draws each)."""
+    overrides = ["wav2vec2.mask_time_prob=0.0", "wav2vec2.mask_feature_prob=0.3"]
+    overrides += ["wav2vec2.mask_feature_length=4", "wav2vec2.mask_feature_min_masks=1"]
+    cfg = load_config(REPO / "configs" / "wav2vec2_tiny_ctc.yaml", overrides)
+    task = Wav2Vec2CTCTask(cfg, CharVocab.from_charset("ab "), n_mels=80)
+    batch = task.dummy_batch(2, 1600)
+    params = nn.meta.unbox(task.init_variables(jax.random.key(0), batch)["params"])
+    masks = []  # the encoder's feature_mask argument, each [batch, hidden]
+
+    class Drawn(Exception):
+        """Stops the step once its mask is drawn."""
+
+    def grab(next_fun, args, kwargs, context):
+        if isinstance(context.module, Wav2Vec2Encoder):
+            masks.append(np.asarray(args[4]))
+            raise Drawn
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(grab):
+        for seed in range(400):
+            with pytest.raises(Drawn):
+                task.logits(params, batch, jax.random.key(seed), train=True)
+    ours = np.stack(masks)  # [draws, batch, hidden]
+    assert ours.shape == (400, 2, 32) and (ours[:, 0] != ours[:, 1]).any()
+    np.random.seed(0)
+    theirs = np.stack([_compute_mask_indices((2, 32), 0.3, 4, None, 1) for _ in range(400)])
+    assert abs(ours.mean() - theirs.mean()) / theirs.mean() < 0.05
+    print(f"masked channels: jaxseq {ours.mean():.3f}, transformers {theirs.mean():.3f}")

@@ -256,14 +256,6 @@ def convert_wav2vec2_to_workdir(hf_folder: str | Path, workdir: str | Path) -> P
         "word_delimiter_token", w2v.WORD_DELIMITER
     )
     chars = w2v_folder.ctc_characters(tokens, blank, delimiter)
-    if fields["mask_feature_prob"] > 0:  # jaxseq fine-tunes with time masks only
-        if fields["mask_time_prob"] <= 0:
-            raise ConversionError(
-                f"{hf_folder}/config.json: mask_feature_prob > 0 with mask_time_prob 0; jaxseq "
-                "masks time spans only"
-            )
-        logging.warning("%s: mask_feature_prob set to 0 (jaxseq masks time spans only)", hf_folder)
-        fields["mask_feature_prob"] = 0.0
     model_type = hf_config["model_type"]
     try:
         dims = Wav2Vec2Dims(**fields)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -13,12 +14,25 @@ from jax.sharding import Mesh
 
 from jaxseq.audio.frontend import log_mel_numpy
 from jaxseq.data.pipeline import bucket_length
+from jaxseq.data.waveform_batch import normalize_waveform
 from jaxseq.data.waveforms import feature_batch
 from jaxseq.parallel.batch import to_global
 from jaxseq.parallel.mesh import data_parallel_size
 from jaxseq.parallel.sharding import replicated, sharding_context
 from jaxseq.tasks.base import Task
 from jaxseq.train.trained import Trained
+
+
+def features_of(trained: Trained, audio: np.ndarray) -> np.ndarray:
+    """What the model reads of float audio [samples] at its sample rate, as it read its
+    training batches: log-mel float32 [frames, n_mels] (`log_mel_numpy`), or with a waveform
+    frontend (Wav2Vec2/HuBERT) the samples float32 [samples], scaled to zero mean and unit
+    variance when `data.normalize_waveform` (a converted checkpoint's do_normalize) says so."""
+    if trained.frontend.kind == "waveform":
+        if trained.cfg.data.normalize_waveform:
+            return normalize_waveform(audio)
+        return np.asarray(audio, np.float32)
+    return log_mel_numpy(audio, trained.frontend)
 
 
 @functools.cache
@@ -39,7 +53,9 @@ def predicted_batches(
     options: dict[str, Any],
 ) -> Iterator[Any]:
     """`task.predict_fn` outputs (NumPy, this process's real rows) for each batch of `items`,
-    each turned into log-mel features [frames, n_mels] by `featurize` when its batch comes.
+    each turned into the model's features by `featurize` when its batch comes (`features_of`:
+    log-mel [frames, n_mels], or samples [samples] for a waveform frontend, whose
+    `data.buckets` count samples).
 
     Each process passes its own items (any number, also none); all processes run the same
     number of batches of the same shape (sizes agreed by collectives), so that a recognizer
@@ -58,13 +74,18 @@ def predicted_batches(
     rows = min(1 << (rows - 1).bit_length(), batch_size)  # few distinct shapes: few compiles
     rows = -(-rows // share) * share  # per process, every batch
     p = jax.process_index()
+    trailing = () if trained.frontend.kind == "waveform" else (trained.frontend.n_mels,)
+    width = math.prod(trailing)  # waveforms pad as [samples, 1]
     for start in range(0, most, rows):
         chunk = [featurize(item) for item in items[start : start + rows]]
         frames = max((len(f) for f in chunk), default=1)
         if count > 1:
             frames = int(multihost_utils.process_allgather(np.array([frames])).max())
         frames = bucket_length(frames, trained.cfg.data.buckets)
-        host_batch = feature_batch(chunk, rows, frames, trained.frontend.n_mels)
+        host_batch = feature_batch(
+            [f.reshape(len(f), width) for f in chunk], rows, frames, width
+        )  # features [rows, frames, width]
+        host_batch["features"] = host_batch["features"].reshape(rows, frames, *trailing)
         with sharding_context(mesh):
             outputs = jax.device_get(step(trained.params, to_global(host_batch, mesh)))
         mine = slice(p * rows, p * rows + len(chunk))  # this process's real rows
@@ -83,7 +104,7 @@ def predict_waveforms(
     for outputs in predicted_batches(
         trained,
         waves,
-        lambda w: log_mel_numpy(w, trained.frontend),
+        lambda w: features_of(trained, w),
         batch_size=batch_size,
         options=options,
     ):

@@ -28,7 +28,10 @@ SEGMENT_PAUSE = 0.5  # seconds between two words that start a new segment
 
 
 def frame_period(trained: Trained) -> int:
-    """Samples per encoder frame: the feature hop times the conv stem's strides."""
+    """Samples per encoder frame: the feature hop times the conv stem's strides, or a waveform
+    encoder's conv strides (`wav2vec2.conv_stride`: 320, 20 ms at 16 kHz)."""
+    if trained.frontend.kind == "waveform":
+        return math.prod(trained.cfg.wav2vec2.conv_stride)
     return trained.frontend.hop_length * math.prod(trained.cfg.model.subsample_strides)
 
 
@@ -94,17 +97,23 @@ def ctc_transcribe_long(
 
 def _kept(window: Window, row: tuple[np.ndarray, ...], period: int) -> tuple[np.ndarray, ...]:
     """The frames of a window's middle, from its predict_fn row (arrays over frames, then the
-    encoder length): drops the padding and the frames of its left and right strides."""
+    encoder length): drops the padding and the frames of its left and right strides.
+
+    Frame f of a window covers its samples from f * `period` on. An encoder whose first frame
+    needs more than `period` samples (Wav2Vec2's convs: 400 samples for a 320-sample stride)
+    gives a frame or two fewer than the window's ceil(samples / period); those missing frames
+    are at its end, within the right stride (or past the recording's end), so the middles still
+    tile the recording."""
     *arrays, length = row
     length = int(length)
     expected = -(-(window.end - window.start) // period)
-    if abs(length - expected) > 1:
+    if not expected - 2 <= length <= expected + 1:
         raise JaxseqError(
             f"a window of {window.end - window.start} samples gave {length} encoder frames, "
             f"not about {expected} (one per {period} samples): long-form CTC needs "
             "model.subsample_strides to match the encoder"
         )
-    first, last = window.left // period, length - window.right // period
+    first, last = window.left // period, min(length, expected - window.right // period)
     return tuple(a[first:last] for a in arrays)
 
 

@@ -2,10 +2,12 @@
 
 Each recording is decoded whole or, with VAD, a speech region at a time
 (`jaxseq.audio.vad.speech_regions`); each region is cut into overlapping windows
-(`jaxseq.inference.windows`); every window's log-mel is computed on its own, as the model saw
-utterances in training; and the windows of all recordings go through `task.predict_fn` in
-batches, in lockstep over the processes. What a family does with its windows' outputs (merge
-frames, merge tokens) is its own module's: `ctc_longform`, `seq2seq_longform`.
+(`jaxseq.inference.windows`); every window's features (log-mel, or a waveform model's
+normalized samples: `jaxseq.evaluation.waveforms.features_of`) are computed on their own, as
+the model saw utterances in training; and the windows of all recordings go through
+`task.predict_fn` in batches, in lockstep over the processes. What a family does with its
+windows' outputs (merge frames, merge tokens) is its own module's: `ctc_longform`,
+`seq2seq_longform`.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxseq.audio.frontend import log_mel_numpy
 from jaxseq.audio.vad import speech_regions
-from jaxseq.evaluation.waveforms import predicted_batches
+from jaxseq.config import frontend_settings, seconds_per_frame
+from jaxseq.evaluation.waveforms import features_of, predicted_batches
 from jaxseq.inference.windows import Window, region_windows, window_samples
 from jaxseq.train.trained import Trained
 
@@ -26,12 +28,13 @@ Decoded = list[list[tuple[list[Window], list[Any]]]]
 
 
 def window_features(trained: Trained, audio: np.ndarray) -> np.ndarray:
-    """A window's log-mel [frames, n_mels]; a window too short for one STFT frame (the last
-    one, with strides of 0) is padded with silence."""
+    """A window's features (`features_of`: log-mel [frames, n_mels], or a waveform model's
+    samples [samples]); a window shorter than `frontend.n_fft` (the last one, with strides of
+    0), too short for one STFT frame, is padded with silence."""
     least = trained.frontend.n_fft
     if len(audio) < least:
         audio = np.pad(audio, (0, least - len(audio)))
-    return log_mel_numpy(audio, trained.frontend)
+    return features_of(trained, audio)
 
 
 def decode_windows(
@@ -53,7 +56,8 @@ def decode_windows(
     processes: every process calls it, with its own waveforms (any number, also none).
     """
     rate = trained.frontend.sample_rate
-    longest = trained.cfg.data.buckets[-1] * trained.frontend.hop_length
+    frame_seconds = seconds_per_frame(frontend_settings(trained.frontend))  # of data.buckets
+    longest = round(trained.cfg.data.buckets[-1] * frame_seconds * rate)  # samples
     chunk, stride = window_samples(chunk_seconds, stride_seconds, longest, rate, period)
     plans = [
         region_windows(speech_regions(w, rate) if vad else [(0, len(w))], chunk, stride)

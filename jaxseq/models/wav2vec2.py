@@ -204,7 +204,7 @@ class Wav2Vec2Encoder(nn.Module):
             d.feat_extract_norm,
             self.dtype,
             name="feature_encoder",
-        )(waveform)  # [batch, frames, conv_dim[-1]]
+        )(waveform, lengths)  # [batch, frames, conv_dim[-1]]
         batch, frames = conv.shape[:2]
         if lengths is None:
             frame_lengths = jnp.full((batch,), frames, jnp.int32)
@@ -288,11 +288,13 @@ class Wav2Vec2CTC(nn.Module):
         lengths: jax.Array | None = None,
         deterministic: bool = True,
         time_mask: jax.Array | None = None,
+        feature_mask: jax.Array | None = None,
     ) -> tuple[jax.Array, Wav2Vec2Output]:
-        """waveform float [batch, samples], lengths int [batch] or None (see Wav2Vec2Encoder) →
+        """waveform float [batch, samples], lengths int [batch] or None, time_mask bool [batch,
+        frames] and feature_mask bool [batch, hidden] or None (see Wav2Vec2Encoder) →
         (logits float32 [batch, frames, vocab_size], the encoder's output)."""
         out = Wav2Vec2Encoder(self.dims, self.dtype, name="encoder")(
-            waveform, lengths, deterministic, time_mask
+            waveform, lengths, deterministic, time_mask, feature_mask
         )
         x = nn.Dropout(self.dims.final_dropout)(out.last_hidden_state, deterministic=deterministic)
         logits = dense(self.dims.vocab_size, (EMBED, VOCAB), self.dtype, "head")(x)

@@ -40,8 +40,14 @@ class ConvFeatureEncoder(nn.Module):
 
     One unpadded Conv1d per entry of conv_dim/conv_kernel/conv_stride, each followed by GELU.
     `feat_extract_norm="group"` (Wav2Vec2/HuBERT base): a GroupNorm with one group per channel
-    (statistics over time, padding included) after the first conv only; `"layer"` (large/lv60):
-    a LayerNorm over channels after every conv.
+    (statistics over time) after the first conv only; `"layer"` (large/lv60): a LayerNorm over
+    channels after every conv.
+
+    With `lengths` (valid samples [batch]) the GroupNorm takes its statistics over each item's
+    valid frames only, so an item's features do not depend on its padding: they equal
+    transformers' on the item alone (transformers itself takes them over the padding too, which
+    is why its base processors send unpadded batches of one). Without `lengths` every frame
+    counts, as in transformers.
     """
 
     conv_dim: tuple[int, ...]
@@ -52,7 +58,7 @@ class ConvFeatureEncoder(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, waveform: jax.Array) -> jax.Array:
+    def __call__(self, waveform: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
         if self.feat_extract_norm not in ("group", "layer"):
             raise ValueError(
                 f"feat_extract_norm must be 'group' or 'layer', got {self.feat_extract_norm!r}"
@@ -75,6 +81,11 @@ class ConvFeatureEncoder(nn.Module):
             if self.feat_extract_norm == "layer":
                 x = LayerNorm(dtype=self.dtype, epsilon=GROUP_NORM_EPS, name=f"norm{i}")(x)
             elif i == 0:
+                valid = None
+                if lengths is not None:  # [batch, frames, channels]: the first conv's frames
+                    first = conv_output_lengths(lengths, (kernel,), (stride,))
+                    valid = jnp.arange(x.shape[1])[None, :, None] < first[:, None, None]
+                    valid = jnp.broadcast_to(valid, x.shape)
                 x = nn.GroupNorm(
                     num_groups=channels,  # one channel per group: statistics over time
                     epsilon=GROUP_NORM_EPS,
@@ -84,7 +95,7 @@ class ConvFeatureEncoder(nn.Module):
                     scale_init=partitioned(nn.initializers.ones, EMBED),
                     bias_init=partitioned(nn.initializers.zeros, EMBED),
                     name="norm0",
-                )(x)
+                )(x, mask=valid)
             x = gelu(x)
         return constrain(x, BATCH, LENGTH, EMBED)  # [batch, frames, conv_dim[-1]]
 
