@@ -211,6 +211,33 @@ class Wav2Vec2Config:
 
 
 @dataclass(frozen=True)
+class SSLConfig:
+    """Self-supervised pre-training of the Wav2Vec2/HuBERT encoder (model.family=ssl; the
+    wav2vec2 section sizes the encoder, its mask_time_* the masked spans). The objective's
+    fields are transformers' Wav2Vec2Config pre-training fields and fairseq's HubertConfig /
+    HubertCriterionConfig ones, with their base recipes' defaults."""
+
+    objective: str = "wav2vec2"  # wav2vec2 (contrastive + diversity) | hubert (cluster targets)
+    # wav2vec2: the Gumbel product quantizer and the contrastive task.
+    num_codevector_groups: int = 2
+    num_codevectors_per_group: int = 320
+    codevector_dim: int = 256
+    proj_codevector_dim: int = 256
+    feat_quantizer_dropout: float = 0.0
+    num_negatives: int = 100
+    contrastive_logits_temperature: float = 0.1
+    diversity_loss_weight: float = 0.1
+    # max(max · decay^step, min): the Gumbel-softmax temperature at each step.
+    gumbel_temperature: tuple[float, float, float] = (2.0, 0.5, 0.999995)
+    # hubert: targets from DATASET/{split}.targets.npz (scripts/hubert_targets.py).
+    num_classes: int = 100
+    final_dim: int = 256
+    pred_masked_weight: float = 1.0
+    pred_nomask_weight: float = 0.0
+    features_pen_weight: float = 10.0
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     """AdamW with a learning-rate schedule and global-norm clipping."""
 
@@ -325,6 +352,7 @@ class Config:
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     rnn: RNNConfig = field(default_factory=RNNConfig)
     wav2vec2: Wav2Vec2Config = field(default_factory=Wav2Vec2Config)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

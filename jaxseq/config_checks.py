@@ -63,7 +63,7 @@ def check_values(cfg: Any) -> None:
             )
     check_prepare_augment(cfg.prepare)
     _check_schedule(cfg.optim)
-    waveform_model = cfg.model.family == "ctc" and cfg.model.frontend == "waveform"
+    waveform_model = cfg.model.family in ("ctc", "ssl") and cfg.model.frontend == "waveform"
     if waveform_model:
         _check_waveform(cfg)
     elif cfg.prepare.frontend.kind == "waveform":
@@ -156,11 +156,6 @@ def _check_waveform(cfg: Any) -> None:
     for key in ("mask_time_length", "mask_feature_length"):
         if getattr(w, key) < 1:
             raise ConfigError(f"config key 'wav2vec2.{key}' is {getattr(w, key)}; give 1 or more")
-    if w.mask_feature_prob > 0:
-        raise ConfigError(
-            f"config key 'wav2vec2.mask_feature_prob' is {w.mask_feature_prob}, but jaxseq's "
-            "CTC fine-tuning masks time spans only: set it to 0"
-        )
 
 
 def _check_augment(augment: Any, family: str) -> None:

@@ -9,7 +9,14 @@ from typing import Any
 from jaxseq.errors import ConfigError
 
 # The config sections only one family reads: a config of another family may not set them.
-FAMILY_SECTIONS = {"tts": "tts", "classify": "classify", "rnn": "rnn", "wav2vec2": "ctc"}
+# (The wav2vec2 section sizes the waveform encoder of ctc and of ssl, its pre-training.)
+FAMILY_SECTIONS = {
+    "tts": ("tts",),
+    "classify": ("classify",),
+    "rnn": ("rnn",),
+    "wav2vec2": ("ctc", "ssl"),
+    "ssl": ("ssl",),
+}
 # The model keys that the wav2vec2 section replaces when model.frontend=waveform (its sizes,
 # dropouts and conv stack are transformers'); such a config may not set them.
 WAVEFORM_REPLACED_KEYS = (
@@ -45,9 +52,9 @@ MODEL_KEY_FAMILIES = {
     "tokenizer": ("whisper",),
     "language": ("whisper",),
     "task": ("whisper",),
-    "frontend": ("ctc",),
+    "frontend": ("ctc", "ssl"),
 }
-_BUILT_IN_FAMILIES = frozenset(_TRANSFORMERS) | {"rnn"}
+_BUILT_IN_FAMILIES = frozenset(_TRANSFORMERS) | {"rnn", "ssl"}
 
 
 def _set_keys(value: Any) -> list[str]:
@@ -66,8 +73,9 @@ def check_family_keys(cfg: Any) -> None:
     the default), a key of another family's section or a model key of other built-in families.
     """
     family = cfg.model.family
-    for section, owner in FAMILY_SECTIONS.items():
-        if family != owner and (keys := _set_keys(getattr(cfg, section))):
+    for section, owners in FAMILY_SECTIONS.items():
+        if family not in owners and (keys := _set_keys(getattr(cfg, section))):
+            owner = "|".join(owners)
             raise ConfigError(
                 f"config key '{section}.{keys[0]}' is set, but the {section} section is read "
                 f"only by model.family={owner} and this config trains model.family={family}; "
@@ -87,10 +95,10 @@ def check_family_keys(cfg: Any) -> None:
 
 
 def check_frontend_keys(cfg: Any) -> None:
-    """For a ctc `cfg`: with model.frontend=waveform, a ConfigError naming the first model key
-    of `WAVEFORM_REPLACED_KEYS` it sets; with model.frontend=logmel, one naming the first
-    wav2vec2 key it sets (that section sizes the waveform encoder only)."""
-    if cfg.model.family != "ctc":
+    """For a ctc or ssl `cfg`: with model.frontend=waveform, a ConfigError naming the first
+    model key of `WAVEFORM_REPLACED_KEYS` it sets; with model.frontend=logmel, one naming the
+    first wav2vec2 key it sets (that section sizes the waveform encoder only)."""
+    if cfg.model.family not in ("ctc", "ssl"):
         return
     if cfg.model.frontend == "waveform":
         for key in _set_keys(cfg.model):

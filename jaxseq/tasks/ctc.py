@@ -149,8 +149,9 @@ def wav2vec2_dims(cfg: Config, vocab_size: int) -> Wav2Vec2Dims:
 class Wav2Vec2CTCTask(CTCTask):
     """Waveform → characters with Wav2Vec2/HuBERT and a CTC head (model.frontend=waveform), as
     transformers' Wav2Vec2ForCTC fine-tunes: batches hold samples (features float32 [batch,
-    samples], feature_lengths in samples); in training, dropout, LayerDrop and time spans
-    masked with the learned mask embedding (wav2vec2.mask_time_*). `train.init_from` gives the
+    samples], feature_lengths in samples); in training, dropout, LayerDrop, time spans
+    masked with the learned mask embedding (wav2vec2.mask_time_*) and spans of hidden channels
+    zeroed (wav2vec2.mask_feature_*). `train.init_from` gives the
     encoder; the head over this dataset's characters starts fresh."""
 
     pretrained_groups = ("encoder",)
@@ -178,13 +179,15 @@ class Wav2Vec2CTCTask(CTCTask):
         self, params: Any, batch: Batch, rng: jax.Array | None, train: bool
     ) -> tuple[jax.Array, jax.Array]:
         """(logits float32 [batch, frames, vocab], frames [batch]) of the waveforms
-        [batch, samples]; in training with dropout, LayerDrop and the time mask (spans of
-        mask_time_length frames, sample_span_mask) drawn from `rng`."""
+        [batch, samples]; in training with dropout, LayerDrop, the time mask (spans of
+        mask_time_length frames, sample_span_mask) and the feature mask (spans of
+        mask_feature_length hidden channels, one mask per utterance zeroing those channels at
+        every frame, as transformers' `_mask_hidden_states`) drawn from `rng`."""
         waveform, lengths = batch["features"], batch["feature_lengths"]  # [b, samples], [b]
         if not train:
             logits, out = self.model.apply({"params": params}, waveform, lengths)
             return logits, out.lengths
-        d, time_mask = self.dims, None
+        d, time_mask, feature_mask = self.dims, None, None
         if d.apply_spec_augment and d.mask_time_prob > 0:
             with jax.ensure_compile_time_eval():  # static: the padded samples' frames
                 frames = int(d.output_lengths(np.int32(waveform.shape[1])))
@@ -196,12 +199,22 @@ class Wav2Vec2CTCTask(CTCTask):
                 d.mask_time_length,
                 d.mask_time_min_masks,
             )  # [batch, frames]
+        if d.apply_spec_augment and d.mask_feature_prob > 0:
+            feature_mask = sample_span_mask(
+                jax.random.fold_in(rng, 3),
+                jnp.full(waveform.shape[:1], d.hidden_size),  # every channel valid
+                d.hidden_size,
+                d.mask_feature_prob,
+                d.mask_feature_length,
+                d.mask_feature_min_masks,
+            )  # [batch, hidden]
         logits, out = self.model.apply(
             {"params": params},
             waveform,
             lengths,
             deterministic=False,
             time_mask=time_mask,
+            feature_mask=feature_mask,
             rngs={"dropout": jax.random.fold_in(rng, 2)},
         )
         return logits, out.lengths

@@ -16,7 +16,7 @@ from pathlib import Path
 from jaxseq.config import Config, ConfigError
 from jaxseq.tasks.base import Task
 
-BUILT_IN = ("ctc", "seq2seq", "whisper", "tts", "rnn", "classify")
+BUILT_IN = ("ctc", "seq2seq", "whisper", "tts", "rnn", "classify", "ssl")
 ENTRY_POINTS = "jaxseq.tasks"
 _FAMILIES: dict[str, type[Task]] = {}
 
