@@ -17,9 +17,9 @@ import pytest
 from grain.sources import ArrayRecordDataSource
 
 from jaxseq.config import DataConfig, load_config
+from jaxseq.data.eval_batches import make_eval_batches
 from jaxseq.data.pipeline import (
     load_dataset_info,
-    make_eval_batches,
     make_train_iterator,
     read_threads,
 )

@@ -13,15 +13,14 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from etils import epath
 
 from jaxseq.config import DataConfig
+from jaxseq.data.eval_batches import make_eval_batches, num_eval_batches
 from jaxseq.data.pipeline import (
     EMPTY_TEXT,
     LABEL_TOO_LONG,
     TOO_MANY_FRAMES,
     bucket_length,
     load_dataset_info,
-    make_eval_batches,
     make_train_iterator,
-    num_eval_batches,
 )
 from jaxseq.data.records import encode_record, index_name, shard_name, write_index
 from jaxseq.text.vocab import CharVocab

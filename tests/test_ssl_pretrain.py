@@ -343,3 +343,61 @@ def test_iteration_2_targets_from_a_pretrained_layer(pretrained, wave_dataset, t
         assert len(targets[item]) == int(conv_output_lengths(samples, KERNEL, STRIDE))
     assert len(np.unique(np.concatenate(list(targets.values())))) > 1
     assert load_kmeans(copy / "kmeans.npz").feature_settings["layer"] == 1
+
+
+def test_evaluation_scores_the_objective(wave_dataset, cache, tmp_path, capsys):
+    """Training with train.eval_every=1 validates on the valid split at steps 1 and 2 (loss,
+    masked accuracy, codevector perplexity in metrics.jsonl) and keeps the lower loss as the
+    best checkpoint; `jaxseq evaluate --split valid` scores that checkpoint, giving what NumPy
+    recomputes from the task's own predict_fn and loss_fn on the split's batches (3 items a
+    batch: the last one holds a filler row)."""
+    from jaxseq.data.eval_batches import make_eval_batches
+    from jaxseq.train.trained import load_trained
+
+    workdir = tmp_path / "evaluated"
+    extra = ("train.num_steps=2", "train.eval_every=1", "data.eval_batch_size=3")
+    api.train(_config(wave_dataset, cache, *extra), workdir)
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    validated = {r["step"]: r for r in rows if r["split"] == "valid"}
+    assert sorted(validated) == [1, 2]
+    best = min(validated, key=lambda s: validated[s]["loss"])
+
+    cli.main(["evaluate", "--workdir", str(workdir), "--split", "valid"])
+    assert "masked accuracy" in capsys.readouterr().out
+    report = json.loads((workdir / "eval" / f"valid-step{best}.json").read_text())
+    assert report["step"] == best and (workdir / "eval" / f"valid-step{best}.md").is_file()
+
+    trained = load_trained(workdir, step=best)
+    task, params, cfg = trained.task, jax.device_get(trained.params), trained.cfg
+    info = load_dataset_info(wave_dataset, "valid")
+    predict = jax.jit(task.predict_fn)
+    loss_fn = jax.jit(lambda p, b: task.loss_fn(p, b, None, False))
+    ids, masked, correct, weighted, loss_sum = [], 0.0, 0.0, 0.0, 0.0
+    batches = make_eval_batches(
+        wave_dataset,
+        "valid",
+        cfg.data,
+        task.tokenizer,
+        label_lengths=task.label_lengths(wave_dataset, info, "valid"),
+    )
+    for batch, batch_ids, _ in batches:
+        valid = np.asarray(batch["valid"], bool)
+        out = jax.tree.map(np.asarray, predict(params, batch))
+        loss, metrics = loss_fn(params, batch)
+        assert np.all(out["masked"][~valid] == 0)
+        ids += [i for i, ok in zip(batch_ids, valid, strict=True) if ok]
+        masked += np.sum(out["masked"][valid], dtype=np.float64)
+        correct += np.sum(out["correct"][valid], dtype=np.float64)
+        weighted += np.sum(out["perplexity"][valid] * out["masked"][valid], dtype=np.float64)
+        assert float(metrics["tokens"]) == np.sum(out["masked"])
+        loss_sum += float(loss) * float(metrics["tokens"])
+    assert (~valid).sum() == 1  # the last batch: 2 items and a filler
+    every = read_index(wave_dataset / index_name("valid"))["ids"].tolist()
+    assert [r["id"] for r in report["items"]] == ids == every
+    assert report["masked_frames"] == masked > 0 and report["num_utterances"] == len(ids)
+    assert report["masked_accuracy"] == correct / masked
+    np.testing.assert_allclose(report["codevector_perplexity"], weighted / masked, rtol=1e-6)
+    np.testing.assert_allclose(report["loss"], loss_sum / masked, rtol=1e-5)
+    # ... and the train loop's validation of that step scored the same.
+    assert validated[best]["masked_accuracy"] == report["masked_accuracy"]
+    np.testing.assert_allclose(validated[best]["loss"], report["loss"], rtol=1e-6)

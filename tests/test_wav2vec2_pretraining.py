@@ -35,6 +35,10 @@ from jaxseq.models.wav2vec2_pretraining import (
 from jaxseq.parallel.sharding import LOGICAL_RULES
 
 SIZES = dict(
+    # Layer norm in the feature encoder: transformers' padded item then equals the item alone,
+    # as jaxseq's does with either norm (its GroupNorm ignores the padding; transformers' does
+    # not: tests/test_wav2vec2_parity.py::test_padded_batches compares that case).
+    feat_extract_norm="layer",
     hidden_size=32,
     num_hidden_layers=2,
     num_attention_heads=2,

@@ -26,6 +26,7 @@ from jaxseq.evaluation.asr import ASRScorer
 from jaxseq.evaluation.classify import ClassifyScorer
 from jaxseq.evaluation.scorer import Scorer, SplitContext
 from jaxseq.evaluation.split import eval_batches, gather_records
+from jaxseq.evaluation.ssl import SSLScorer
 from jaxseq.evaluation.tts import TTSScorer
 from jaxseq.parallel.batch import to_global
 from jaxseq.parallel.sharding import replicated, sharding_context
@@ -36,6 +37,7 @@ SCORERS: dict[str, type[Scorer]] = {
     "asr": ASRScorer,
     "tts": TTSScorer,
     "classify": ClassifyScorer,
+    "ssl": SSLScorer,
 }
 
 

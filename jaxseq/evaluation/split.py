@@ -13,7 +13,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from jaxseq.config import DataConfig
-from jaxseq.data.pipeline import make_eval_batches, num_eval_batches
+from jaxseq.data.eval_batches import make_eval_batches, num_eval_batches
 
 
 def eval_batches(
