@@ -16,7 +16,7 @@ import pytest
 
 import jaxseq
 from jaxseq.config import ConfigError
-from jaxseq.data.pipeline import make_eval_batches
+from jaxseq.data.eval_batches import make_eval_batches
 from jaxseq.tasks.registry import task_class
 from jaxseq.train.trained import load_trained
 from tests.conftest import REPO

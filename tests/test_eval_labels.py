@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from jaxseq.data.pipeline import make_eval_batches, num_eval_batches
+from jaxseq.data.eval_batches import make_eval_batches, num_eval_batches
 from jaxseq.text.whisper_tokenizer import WhisperTokenizer
 from tests.test_pipeline import CFG, N_MELS, write_dataset
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxseq.config import ConfigError, FeatureAugmentConfig, load_config
+from jaxseq.data.eval_batches import make_eval_batches
 from jaxseq.data.feature_augment import (
     VTLP_BOUNDARY,
     augment_record,
@@ -16,7 +17,7 @@ from jaxseq.data.feature_augment import (
     time_stretch,
     vtlp_warp,
 )
-from jaxseq.data.pipeline import make_eval_batches, make_train_iterator
+from jaxseq.data.pipeline import make_train_iterator
 from jaxseq.data.reading import Split
 from jaxseq.text.vocab import CharVocab
 from tests.conftest import REPO, TINY_CONFIG

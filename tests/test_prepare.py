@@ -15,7 +15,7 @@ import soundfile as sf
 from flax import serialization
 
 from jaxseq.audio.frontend import log_mel_numpy
-from jaxseq.config import FrontendConfig, PrepareConfig
+from jaxseq.config import FrontendConfig, PrepareConfig, frontend_settings
 from jaxseq.data import prepare as prepare_lib
 from jaxseq.data.prepare import PrepareError, prepare_corpus, prepare_split
 from jaxseq.data.records import decode_record, encode_record, index_name, read_index
@@ -119,7 +119,7 @@ def test_stereo_44k_is_downmixed_and_resampled(prepared):
 def test_dataset_json_counts_and_reasons(prepared):
     _, out = prepared
     dataset = json.loads((out / "dataset.json").read_text())
-    assert dataset["frontend"] == dataclasses.asdict(FrontendConfig())
+    assert dataset["frontend"] == frontend_settings(FrontendConfig())
     assert dataset["text"]["charset"] == CFG.text.charset
     train = dataset["splits"]["train"]
     assert train["evaluation"] is False and len(train["shards"]) == 3

@@ -18,8 +18,9 @@ import soundfile as sf
 from jaxseq import cli
 from jaxseq.config import AugmentSpec, DataConfig, PrepareConfig
 from jaxseq.data import manifest_ranges, prepare_shards
+from jaxseq.data.eval_batches import make_eval_batches
 from jaxseq.data.manifest_ranges import scan_manifest
-from jaxseq.data.pipeline import make_eval_batches, make_train_iterator
+from jaxseq.data.pipeline import make_train_iterator
 from jaxseq.data.prepare import PrepareError, prepare_corpus, prepare_split
 from jaxseq.data.records import decode_record, index_name, read_index
 from jaxseq.data.sources import ManifestSource, SourceError

@@ -119,7 +119,8 @@ def test_joint_ctc_attention_loss_matches_optax(tiny_dataset):
     import optax
 
     from jaxseq.config import load_config
-    from jaxseq.data.pipeline import load_dataset_info, make_eval_batches
+    from jaxseq.data.eval_batches import make_eval_batches
+    from jaxseq.data.pipeline import load_dataset_info
     from jaxseq.models.whisper import WhisperModel
     from jaxseq.tasks import build_task
 

@@ -11,7 +11,8 @@ import soundfile as sf
 from transformers import Wav2Vec2FeatureExtractor
 
 from jaxseq.config import load_config
-from jaxseq.data.pipeline import make_eval_batches, make_train_iterator
+from jaxseq.data.eval_batches import make_eval_batches
+from jaxseq.data.pipeline import make_train_iterator
 from jaxseq.data.prepare import prepare_split
 from jaxseq.data.reading import Split
 from jaxseq.data.records import record_waveform, waveform_samples

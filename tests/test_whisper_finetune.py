@@ -28,7 +28,8 @@ from jaxseq.audio.espeak import synthesize
 from jaxseq.audio.frontend import log_mel_numpy
 from jaxseq.audio.io import to_mono_resampled
 from jaxseq.config import FrontendConfig, load_config
-from jaxseq.data.pipeline import load_dataset_info, make_eval_batches, make_train_iterator
+from jaxseq.data.eval_batches import make_eval_batches
+from jaxseq.data.pipeline import load_dataset_info, make_train_iterator
 from jaxseq.tasks.whisper import pad_like_whisper
 from jaxseq.text.whisper_tokenizer import WhisperTokenizer
 from jaxseq.train.trained import load_trained
