@@ -112,6 +112,9 @@ class Wav2Vec2Output(NamedTuple):
     last_hidden_state: jax.Array  # [batch, frames, hidden]
     hidden_states: tuple[jax.Array, ...]  # num_hidden_layers + 1 of [batch, frames, hidden]
     conv_features: jax.Array  # the ConvFeatureEncoder's output [batch, frames, conv_dim[-1]]
+    # conv_features after "feature_norm" (unchanged without it), before the projection:
+    # transformers' `extract_features`, which the wav2vec 2.0 quantizer reads
+    extract_features: jax.Array
     lengths: jax.Array  # int [batch] valid frames
 
 
@@ -213,10 +216,10 @@ class Wav2Vec2Encoder(nn.Module):
             frame_lengths = d.output_lengths(jnp.asarray(lengths, jnp.int32))
             valid = padding_mask(frame_lengths, frames)  # [batch, frames]
 
-        x = conv
+        extract = conv
         if d.feat_proj_layer_norm:
-            x = LayerNorm(dtype=self.dtype, epsilon=d.layer_norm_eps, name="feature_norm")(x)
-        x = dense(d.hidden_size, (CONV_IN, EMBED), self.dtype, "feature_projection")(x)
+            extract = LayerNorm(self.dtype, d.layer_norm_eps, name="feature_norm")(conv)
+        x = dense(d.hidden_size, (CONV_IN, EMBED), self.dtype, "feature_projection")(extract)
         x = nn.Dropout(d.feat_proj_dropout)(x, deterministic=deterministic)  # [b, frames, hidden]
         if not d.apply_spec_augment:
             time_mask = feature_mask = None
@@ -257,7 +260,7 @@ class Wav2Vec2Encoder(nn.Module):
             hidden_states.append(x)
         if d.do_stable_layer_norm:
             x = final_norm(x)
-        return Wav2Vec2Output(x, tuple(hidden_states), conv, frame_lengths)
+        return Wav2Vec2Output(x, tuple(hidden_states), conv, extract, frame_lengths)
 
 
 def _weighted_layer_sum(module: nn.Module, out: Wav2Vec2Output, num_layers: int) -> jax.Array:

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxseq.models.layers import LayerNorm, dense, partitioned
+from jaxseq.models.layers import dense, partitioned
 from jaxseq.models.wav2vec2 import Wav2Vec2Dims, Wav2Vec2Encoder, Wav2Vec2Output
 from jaxseq.parallel.sharding import CONV_IN, EMBED, MLP, VOCAB
 
@@ -191,14 +191,10 @@ class Wav2Vec2PreTraining(nn.Module):
           Wav2Vec2PreTrainingOutput.
         """
         d, o = self.dims, self.objective
-        encoder = Wav2Vec2Encoder(d, self.dtype, name="encoder")
-        out = encoder(waveform, lengths, deterministic, time_mask)
-        features = out.conv_features  # [batch, frames, conv_dim[-1]]
-        if d.feat_proj_layer_norm:
-            # The quantizer reads the features after the encoder's "feature_norm" (before its
-            # projection): that LayerNorm again, with the encoder's own parameters.
-            norm = nn.unbox(encoder.variables["params"]["feature_norm"])
-            features = LayerNorm(self.dtype, d.layer_norm_eps).apply({"params": norm}, features)
+        out = Wav2Vec2Encoder(d, self.dtype, name="encoder")(
+            waveform, lengths, deterministic, time_mask
+        )
+        features = out.extract_features  # [batch, frames, conv_dim[-1]]
         features = nn.Dropout(o.feat_quantizer_dropout)(features, deterministic=deterministic)
         quantized, perplexity = GumbelVectorQuantizer(
             o.num_codevector_groups,
