@@ -16,17 +16,10 @@ from jaxseq.losses.hubert import hubert_loss
 from jaxseq.models.hubert_pretraining import HubertPreTraining, HubertPreTrainingDims
 from jaxseq.models.wav2vec2 import Wav2Vec2Dims, Wav2Vec2Encoder
 from jaxseq.parallel.sharding import LOGICAL_RULES
+from tests.wav2vec2_tiny import TINY
 
 DIMS = Wav2Vec2Dims(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    conv_dim=(16, 16, 16),
-    conv_kernel=(10, 3, 3),
-    conv_stride=(5, 2, 2),
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=4,
+    **TINY,
     feat_proj_layer_norm=False,
     conv_bias=True,
 )

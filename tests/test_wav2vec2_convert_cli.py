@@ -22,18 +22,8 @@ from jaxseq import cli
 from jaxseq.convert.hf_whisper import ConversionError
 from jaxseq.convert.workdir import convert_to_workdir
 from jaxseq.train.trained import load_trained
+from tests.wav2vec2_tiny import TINY
 
-SIZES = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    conv_dim=(16, 16, 16),
-    conv_kernel=(10, 3, 3),
-    conv_stride=(5, 2, 2),
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=4,
-)
 LETTERS = ["|", "a", "e", "f", "i", "n", "o", "r", "t", "u", "v", "w", "x", "'"]
 # name: (config class, model class, tokens in id order, config changes). HuBERT's vocabulary
 # has HF's fine-tuning-blog layout, the blank "[PAD]" last: jaxseq puts it first.
@@ -52,7 +42,7 @@ def _hf_folder(folder, name):
     config_cls, model_cls, tokens, changes = VARIANTS[name]
     pad = tokens.index("<pad>" if "<pad>" in tokens else "[PAD]")
     torch.manual_seed(0)
-    config = config_cls(**SIZES, **changes, vocab_size=len(tokens), pad_token_id=pad)
+    config = config_cls(**TINY, **changes, vocab_size=len(tokens), pad_token_id=pad)
     model = model_cls(config).eval()
     with torch.no_grad():  # every parameter off its initial value, so a swapped one shows
         for p in model.parameters():
@@ -111,7 +101,7 @@ def test_convert_refuses_other_heads(tmp_path):
     """A sequence classifier is not a CTC workdir: the error names the folder and what is
     supported."""
     folder = tmp_path / "cls"
-    config = Wav2Vec2Config(**SIZES, architectures=["Wav2Vec2ForSequenceClassification"])
+    config = Wav2Vec2Config(**TINY, architectures=["Wav2Vec2ForSequenceClassification"])
     folder.mkdir()
     (folder / "config.json").write_text(config.to_json_string())
     with pytest.raises(

@@ -50,17 +50,10 @@ from jaxseq.parallel.sharding import LOGICAL_RULES
 from jaxseq.tasks.ctc import Wav2Vec2CTCTask
 from jaxseq.text.vocab import CharVocab
 from tests.conftest import REPO
+from tests.wav2vec2_tiny import TINY, assert_close
 
 SIZES = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    conv_dim=(16, 16, 16),
-    conv_kernel=(10, 3, 3),
-    conv_stride=(5, 2, 2),
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=4,
+    **TINY,
     vocab_size=12,
     pad_token_id=0,
 )
@@ -108,17 +101,6 @@ def _waves(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((2, SAMPLES)).astype(np.float32)
 
 
-def _close(ours, theirs, what: str) -> float:
-    """Asserts max |ours - theirs| <= 1e-5 · max(1, max |theirs|); returns the difference."""
-    ours, theirs = np.asarray(ours, np.float32), np.asarray(theirs, np.float32)
-    assert ours.shape == theirs.shape, what
-    err = float(np.abs(ours - theirs).max())
-    scale = max(1.0, float(np.abs(theirs).max()))
-    print(f"{what}: max |jaxseq - transformers| = {err:.2e} (scale {scale:.1f})")
-    assert err <= 1e-5 * scale, what
-    return err
-
-
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
 def variant(request):
     config_cls, model_cls, changes = VARIANTS[request.param]
@@ -133,11 +115,11 @@ def test_every_output_matches_transformers(variant):
         theirs = hf(torch.from_numpy(x), output_hidden_states=True)
         conv = hf.base_model.feature_extractor(torch.from_numpy(x)).transpose(1, 2)
     logits, out = jax.jit(model.apply)({"params": params}, x)
-    _close(out.conv_features, conv.numpy(), f"{name} feature encoder")
+    assert_close(out.conv_features, conv.numpy(), f"{name} feature encoder")
     assert len(out.hidden_states) == len(theirs.hidden_states) == 3
     for i, (a, b) in enumerate(zip(out.hidden_states, theirs.hidden_states, strict=True)):
-        _close(a, b.numpy(), f"{name} hidden_states[{i}]")
-    _close(logits, theirs.logits.numpy(), f"{name} logits")
+        assert_close(a, b.numpy(), f"{name} hidden_states[{i}]")
+    assert_close(logits, theirs.logits.numpy(), f"{name} logits")
     assert logits.dtype == jnp.float32 and logits.shape == (2, 79, 12)
     assert np.asarray(out.lengths).tolist() == [79, 79]
 
@@ -169,10 +151,12 @@ def test_padded_batches(norm):
     # statistics over the padding too, jaxseq's over the valid frames (as on the item alone).
     reference_1 = theirs if norm == "layer" else alone_hf
     for i, (a, b) in enumerate(zip(out.hidden_states, theirs.hidden_states, strict=True)):
-        _close(a[0], b[0].numpy(), f"{norm} padded hidden_states[{i}], item 0")
+        assert_close(a[0], b[0].numpy(), f"{norm} padded hidden_states[{i}], item 0")
         b1 = reference_1.hidden_states[i][0 if norm == "group" else 1, :54].numpy()
-        _close(a[1, :54], b1, f"{norm} padded hidden_states[{i}], item 1")
-    _close(logits[1, :54], reference_1.logits[0 if norm == "group" else 1, :54].numpy(), "logits")
+        assert_close(a[1, :54], b1, f"{norm} padded hidden_states[{i}], item 1")
+    assert_close(
+        logits[1, :54], reference_1.logits[0 if norm == "group" else 1, :54].numpy(), "logits"
+    )
     if norm == "group":  # ... whereas transformers' padded item 1 differs from it alone
         padded_hf = theirs.logits[1, :54].numpy()
         assert np.abs(padded_hf - alone_hf.logits[0].numpy()).max() > 1e-3
@@ -189,7 +173,7 @@ def test_padded_batches(norm):
             loss = hf(
                 torch.from_numpy(x[item : item + 1, :length]), labels=labels[item : item + 1, :n]
             ).loss
-        _close(ours[item], loss.numpy(), f"{norm} CTC loss of item {item} alone")
+        assert_close(ours[item], loss.numpy(), f"{norm} CTC loss of item {item} alone")
     for reduction, reduced in (("mean", np.mean(ours / label_lengths)), ("sum", ours.sum())):
         if norm == "group":
             break
@@ -198,11 +182,11 @@ def test_padded_batches(norm):
             loss = hf(
                 torch.from_numpy(x), attention_mask=torch.from_numpy(mask), labels=labels
             ).loss
-        _close(reduced, loss.numpy(), f"{norm} CTC loss, reduction {reduction}")
+        assert_close(reduced, loss.numpy(), f"{norm} CTC loss, reduction {reduction}")
 
     # The valid frames do not depend on the padding, with either norm.
     alone, _ = apply({"params": params}, x[1:, :SHORT], jnp.array([SHORT]))
-    _close(alone[0], logits[1, :54], f"{norm} padded vs unpadded logits")
+    assert_close(alone[0], logits[1, :54], f"{norm} padded vs unpadded logits")
 
 
 def test_greedy_transcripts_match_the_tokenizer(tmp_path):
@@ -251,7 +235,7 @@ def test_sequence_classification_with_weighted_layers_and_padding():
     logits, _ = jax.jit(model.apply)({"params": params}, x, jnp.array([SAMPLES, SHORT]))
     with torch.no_grad():
         theirs = hf(torch.from_numpy(x), attention_mask=torch.from_numpy(mask)).logits
-    _close(logits, theirs.numpy(), "sequence classification logits")
+    assert_close(logits, theirs.numpy(), "sequence classification logits")
     assert logits.shape == (2, 5)
 
 
@@ -262,7 +246,7 @@ def test_frame_classification():
     logits, _ = jax.jit(model.apply)({"params": params}, x)
     with torch.no_grad():
         theirs = hf(torch.from_numpy(x)).logits
-    _close(logits, theirs.numpy(), "frame classification logits")
+    assert_close(logits, theirs.numpy(), "frame classification logits")
     assert logits.shape == (2, 79, 3)
 
 
@@ -280,8 +264,8 @@ def test_masked_spec_embed(variant):
     masked = jax.jit(lambda p, x, m: model.apply({"params": p}, x, None, True, m))
     _, out = masked(params, x, jnp.asarray(time_mask))
     for i, (a, b) in enumerate(zip(out.hidden_states, theirs.hidden_states, strict=True)):
-        _close(a, b.numpy(), f"{name} masked hidden_states[{i}]")
-    _close(out.last_hidden_state, theirs.last_hidden_state.numpy(), f"{name} masked last")
+        assert_close(a, b.numpy(), f"{name} masked hidden_states[{i}]")
+    assert_close(out.last_hidden_state, theirs.last_hidden_state.numpy(), f"{name} masked last")
     _, unmasked = jax.jit(model.apply)({"params": params}, x)
     assert np.abs(np.asarray(unmasked.hidden_states[0] - out.hidden_states[0])).max() > 1e-2
 
@@ -339,7 +323,7 @@ def test_import_reads_old_weight_norm_names_and_pretraining_checkpoints():
     out = jax.jit(Wav2Vec2Encoder(dims).apply)({"params": pre_params}, x)
     with torch.no_grad():
         theirs = pretraining.wav2vec2(torch.from_numpy(x)).last_hidden_state
-    _close(out.last_hidden_state, theirs.numpy(), "pre-training encoder")
+    assert_close(out.last_hidden_state, theirs.numpy(), "pre-training encoder")
     with pytest.raises(ConversionError, match="has unexpected 1 tensors: quantizer.codevectors"):
         wav2vec2_params_from_hf(
             {**state, "quantizer.codevectors": pretraining.quantizer.codevectors}, dims, "ctc"
@@ -474,7 +458,7 @@ def test_feature_mask_matches_transformers_in_training(monkeypatch):
     expected[np.broadcast_to(feature_mask[:, None, :], expected.shape)] = 0.0
     np.testing.assert_array_equal(inputs[1], expected)
     assert np.abs(inputs[0][:, :, feature_mask[0]]).min() > 0  # what was zeroed was not zero
-    _close(logits, theirs, "feature-masked logits in training")
+    assert_close(logits, theirs, "feature-masked logits in training")
 
 
 def test_ctc_task_samples_feature_masks():

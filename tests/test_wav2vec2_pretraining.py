@@ -33,21 +33,14 @@ from jaxseq.models.wav2vec2_pretraining import (
     gumbel_softmax_hard,
 )
 from jaxseq.parallel.sharding import LOGICAL_RULES
+from tests.wav2vec2_tiny import TINY, assert_close
 
 SIZES = dict(
     # Layer norm in the feature encoder: transformers' padded item then equals the item alone,
     # as jaxseq's does with either norm (its GroupNorm ignores the padding; transformers' does
     # not: tests/test_wav2vec2_parity.py::test_padded_batches compares that case).
     feat_extract_norm="layer",
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    conv_dim=(16, 16, 16),
-    conv_kernel=(10, 3, 3),
-    conv_stride=(5, 2, 2),
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=4,
+    **TINY,
     # A small codebook: 16 codevectors for 79 frames, so that distractors equal to their
     # positive (the -inf path) occur.
     num_codevector_groups=2,
@@ -98,17 +91,6 @@ def _batch():
     return x, attention, mask, negatives
 
 
-def _close(ours, theirs, what: str, tol: float = 1e-5) -> float:
-    """Asserts max |ours - theirs| <= tol · max(1, max |theirs|); returns the difference."""
-    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-    assert ours.shape == theirs.shape, what
-    err = float(np.abs(ours - theirs).max())
-    scale = max(1.0, float(np.abs(theirs).max()))
-    print(f"{what}: max |jaxseq - transformers| = {err:.2e} (scale {scale:.1f})")
-    assert err <= tol * scale, what
-    return err
-
-
 def _hf_forward(hf, x, attention, mask, negatives):
     offsets = np.arange(2)[:, None, None] * FRAMES  # transformers indexes the flattened batch
     return hf(
@@ -139,14 +121,14 @@ def _compare(model, params, theirs, x, mask, negatives, deterministic, rngs=None
     )
     for name in ("projected_states", "projected_quantized_states"):
         ours, hf = np.asarray(getattr(out, name)), getattr(theirs, name).detach().numpy()
-        _close(ours[0], hf[0], f"{name}, item 0")
-        _close(ours[1, :54], hf[1, :54], f"{name}, item 1 (valid frames)")
-    _close(out.codevector_perplexity, theirs.codevector_perplexity.item(), "perplexity")
-    _close(losses.contrastive_loss, theirs.contrastive_loss.item(), "contrastive loss")
+        assert_close(ours[0], hf[0], f"{name}, item 0")
+        assert_close(ours[1, :54], hf[1, :54], f"{name}, item 1 (valid frames)")
+    assert_close(out.codevector_perplexity, theirs.codevector_perplexity.item(), "perplexity")
+    assert_close(losses.contrastive_loss, theirs.contrastive_loss.item(), "contrastive loss")
     num_masked = mask.sum()
     assert losses.num_masked == num_masked
-    _close(losses.diversity_loss * num_masked, theirs.diversity_loss.item(), "diversity loss")
-    _close(losses.loss, theirs.loss.item(), "loss")
+    assert_close(losses.diversity_loss * num_masked, theirs.diversity_loss.item(), "diversity loss")
+    assert_close(losses.loss, theirs.loss.item(), "loss")
     return out, losses
 
 
@@ -215,13 +197,13 @@ def test_straight_through_estimator_matches_torch():
     np.testing.assert_array_equal(np.asarray(ours), t_out.detach().numpy())
     np.testing.assert_array_equal(np.asarray(ours).sum(-1), 1.0)  # one-hot rows
     grad = np.asarray(jax.grad(f)(logits))
-    _close(grad, t_logits.grad.numpy(), "straight-through gradient", 1e-6)
+    assert_close(grad, t_logits.grad.numpy(), "straight-through gradient", 1e-6)
     # ... which is the gradient of the soft sample: a float64 NumPy reference.
     z = (logits.astype(np.float64) + noise) / 0.7
     soft = np.exp(z - z.max(-1, keepdims=True))
     soft /= soft.sum(-1, keepdims=True)
     reference = soft * (upstream - (soft * upstream).sum(-1, keepdims=True)) / 0.7
-    _close(grad, reference, "straight-through gradient vs NumPy", 1e-6)
+    assert_close(grad, reference, "straight-through gradient vs NumPy", 1e-6)
 
 
 def test_export_back_into_transformers():
