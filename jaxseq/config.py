@@ -208,6 +208,10 @@ class Wav2Vec2Config:
     mask_feature_prob: float = 0.0
     mask_feature_length: int = 10
     mask_feature_min_masks: int = 0
+    # fairseq's feature_grad_mult (jaxseq and fairseq only; not a transformers field): the conv
+    # feature encoder's gradient is scaled by this (0.1 in the wav2vec 2.0 / HuBERT base
+    # pre-training recipes), its outputs unchanged.
+    feature_grad_mult: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ folder that transformers loads with the same logits and tokenizer."""
 
 import json
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -15,12 +16,20 @@ from transformers import (
     Wav2Vec2CTCTokenizer,
     Wav2Vec2FeatureExtractor,
     Wav2Vec2ForCTC,
+    Wav2Vec2ForPreTraining,
     Wav2Vec2Processor,
 )
 
 from jaxseq import cli
+from jaxseq.convert.hf_wav2vec2 import (
+    wav2vec2_config_from_hf,
+    wav2vec2_params_from_hf,
+    wav2vec2_pretraining_config_from_hf,
+)
 from jaxseq.convert.hf_whisper import ConversionError
 from jaxseq.convert.workdir import convert_to_workdir
+from jaxseq.models.wav2vec2 import Wav2Vec2Dims
+from jaxseq.models.wav2vec2_pretraining import Wav2Vec2PreTrainingDims
 from jaxseq.train.trained import load_trained
 from tests.wav2vec2_tiny import TINY
 
@@ -105,6 +114,58 @@ def test_convert_refuses_other_heads(tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text(config.to_json_string())
     with pytest.raises(
-        ConversionError, match=r"cls/config.json: .*Wav2Vec2ForCTC and HubertForCTC"
+        ConversionError, match=r"cls/config.json: .*Wav2Vec2ForCTC, HubertForCTC and Wav2Vec2ForPre"
     ):
         convert_to_workdir(folder, tmp_path / "wd")
+
+
+def test_pretraining_folder_converts_to_an_ssl_workdir_and_back(tmp_path, capsys):
+    """A Wav2Vec2ForPreTraining folder becomes an ssl workdir (ssl.objective=wav2vec2, the
+    config's quantizer and loss fields as its ssl section) holding exactly the mapped weights;
+    `jaxseq export` gives back a folder that transformers loads with every tensor equal and
+    the same projected and quantized states."""
+    quantizer = dict(
+        num_codevector_groups=2,
+        num_codevectors_per_group=4,
+        codevector_dim=12,
+        proj_codevector_dim=10,
+        num_negatives=6,
+        contrastive_logits_temperature=0.2,
+        diversity_loss_weight=0.3,
+    )
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(**TINY, **quantizer, architectures=["Wav2Vec2ForPreTraining"])
+    hf = Wav2Vec2ForPreTraining(config).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    hf.save_pretrained(tmp_path / "hf")
+    Wav2Vec2FeatureExtractor(do_normalize=False).save_pretrained(tmp_path / "hf")
+    cli.main(["convert", "--hf", str(tmp_path / "hf"), "--workdir", str(tmp_path / "wd")])
+    trained = load_trained(tmp_path / "wd")
+    cfg = trained.cfg
+    assert (cfg.model.family, cfg.ssl.objective) == ("ssl", "wav2vec2")
+    assert {k: getattr(cfg.ssl, k) for k in quantizer} == quantizer
+    assert not cfg.data.normalize_waveform  # the feature extractor's do_normalize
+    dims = Wav2Vec2Dims(**wav2vec2_config_from_hf(config))
+    objective = Wav2Vec2PreTrainingDims(**wav2vec2_pretraining_config_from_hf(config))
+    mapped = wav2vec2_params_from_hf(hf.state_dict(), dims, "contrastive", "wav2vec2", objective)
+    ours = jax.tree_util.tree_leaves_with_path(jax.device_get(trained.params))
+    assert len(ours) == len(jax.tree.leaves(mapped))
+    for (path, a), b in zip(ours, jax.tree.leaves(mapped), strict=True):
+        assert np.array_equal(a, b), jax.tree_util.keystr(path)
+
+    cli.main(["export", "--workdir", str(tmp_path / "wd"), "--out", str(tmp_path / "out")])
+    assert "exported" in capsys.readouterr().out
+    again = Wav2Vec2ForPreTraining.from_pretrained(tmp_path / "out").eval()
+    assert {k: getattr(again.config, k) for k in quantizer} == quantizer
+    theirs, back = hf.state_dict(), again.state_dict()
+    assert sorted(back) == sorted(theirs)
+    for name, tensor in theirs.items():
+        assert torch.equal(back[name], tensor), name
+    x = torch.from_numpy(_speechlike())
+    with torch.no_grad():
+        a, b = hf(x), again(x)
+    assert torch.equal(a.projected_states, b.projected_states)
+    assert torch.equal(a.projected_quantized_states, b.projected_quantized_states)
+    assert not Wav2Vec2FeatureExtractor.from_pretrained(tmp_path / "out").do_normalize

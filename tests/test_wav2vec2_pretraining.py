@@ -6,6 +6,8 @@ in training mode (hard Gumbel-softmax with transformers' own noise); the straigh
 estimator against torch's; export back into transformers; the distractor sampler; the Gumbel
 temperature schedule."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -282,3 +284,56 @@ def test_every_parameter_has_logical_axes():
         names = tuple(leaf.names)
         assert len(names) == leaf.value.ndim and len(set(names)) == len(names), where
         assert set(names) <= set(ruled), where
+
+
+def test_feature_grad_mult_scales_the_conv_encoders_gradient_as_fairseq():
+    """wav2vec2.feature_grad_mult=0.1 (fairseq's GradMultiply on the conv features): the loss's
+    gradient for every parameter equals transformers' with a hook that scales the gradient
+    reaching its feature extractor's output by 0.1; the outputs are unchanged."""
+    hf = _hf()
+    model, params = _convert(hf)
+    model = model.clone(dims=dataclasses.replace(model.dims, feature_grad_mult=0.1))
+    x, attention, mask, negatives = _batch()
+
+    def scale_gradient(module, inputs, out):  # fairseq's GradMultiply.apply(features, 0.1)
+        out.register_hook(lambda grad: grad * 0.1)
+
+    hook = hf.wav2vec2.feature_extractor.register_forward_hook(scale_gradient)
+    theirs = _hf_forward(hf, x, attention, mask, negatives)
+    theirs.loss.backward()
+    hook.remove()
+    # (no gradient reaches the eval-mode quantizer's projection: its codevectors are argmaxes)
+    grads = {
+        name: torch.zeros_like(p) if p.grad is None else p.grad for name, p in hf.named_parameters()
+    }
+    buffers = {name: b for name, b in hf.state_dict().items() if name not in grads}
+    reference = wav2vec2_params_from_hf(
+        {**buffers, **grads}, model.dims, "contrastive", "wav2vec2", model.objective
+    )
+
+    def loss(p):
+        out = model.apply({"params": p}, x, jnp.array([SAMPLES, SHORT]), mask, True, 1.7)
+        o = model.objective
+        return wav2vec2_loss(
+            out.projected_states,
+            out.projected_quantized_states,
+            out.codevector_perplexity,
+            negatives,
+            mask,
+            o.num_codevectors,
+            o.contrastive_logits_temperature,
+            o.diversity_loss_weight,
+        ).loss
+
+    value, ours = jax.jit(jax.value_and_grad(loss))(params)
+    assert_close(value, theirs.loss.item(), "loss")
+    flat = jax.tree_util.tree_leaves_with_path(ours)
+    for (path, a), b in zip(flat, jax.tree.leaves(reference), strict=True):
+        assert_close(a, b, f"gradient {jax.tree_util.keystr(path)}", tol=1e-4)
+    # ... and without the factor, the conv encoder's gradient is 10 times as large.
+    model = model.clone(dims=dataclasses.replace(model.dims, feature_grad_mult=1.0))
+    plain = jax.jit(jax.grad(loss))(params)
+    scaled = jax.tree_util.tree_leaves_with_path(ours["encoder"]["feature_encoder"])
+    unscaled = jax.tree.leaves(plain["encoder"]["feature_encoder"])
+    for (path, g), p in zip(scaled, unscaled, strict=True):
+        assert_close(10 * np.asarray(g), p, f"x 10: {jax.tree_util.keystr(path)}")

@@ -73,7 +73,12 @@ _WEIGHT_NORM_RENAMES = (
 PAD_TOKEN = "<pad>"  # Wav2Vec2CTCTokenizer's pad token: the CTC blank
 WORD_DELIMITER = "|"  # ... and its word delimiter, decoded as a space
 
-_DIMS_FIELDS = {f.name for f in dataclasses.fields(Wav2Vec2Dims)} - {"remat", "num_labels"}
+# Wav2Vec2Dims fields a transformers config has (remat and feature_grad_mult are jaxseq's).
+_DIMS_FIELDS = {f.name for f in dataclasses.fields(Wav2Vec2Dims)} - {
+    "remat",
+    "num_labels",
+    "feature_grad_mult",
+}
 _PRETRAINING_FIELDS = [f.name for f in dataclasses.fields(Wav2Vec2PreTrainingDims)]
 
 

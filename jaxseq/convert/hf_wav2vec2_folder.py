@@ -1,4 +1,5 @@
-"""transformers Wav2Vec2ForCTC / HubertForCTC folders ⇄ jaxseq CTC workdirs: the processor's
+"""transformers Wav2Vec2ForCTC / HubertForCTC folders ⇄ jaxseq CTC workdirs, and the
+Wav2Vec2ForPreTraining folders `jaxseq export` writes from ssl workdirs: the processor's
 vocabulary as jaxseq's characters (the blank first), and the folder `jaxseq export` writes
 (config.json, model.safetensors, vocab.json, tokenizer_config.json, preprocessor_config.json).
 The parameter mapping itself is `jaxseq.convert.hf_wav2vec2`'s.
@@ -15,6 +16,7 @@ from typing import Any
 from jaxseq.convert.hf_wav2vec2 import PAD_TOKEN, WORD_DELIMITER, wav2vec2_params_to_hf
 from jaxseq.convert.hf_whisper import ConversionError
 from jaxseq.models.wav2vec2 import Wav2Vec2Dims
+from jaxseq.models.wav2vec2_pretraining import Wav2Vec2PreTrainingDims
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
@@ -64,50 +66,103 @@ def export_hf_wav2vec2_ctc(
     params and its jaxseq characters (blank = id 0): config.json, model.safetensors, and the
     processor's vocab.json ("<pad>" = the blank, " " as "|"), tokenizer_config.json and
     preprocessor_config.json; `from_pretrained(folder)` loads each. Returns the folder."""
-    from safetensors.numpy import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = wav2vec2_params_to_hf(params, dims, "ctc", model_type)
-    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     tokens = [PAD_TOKEN] + [WORD_DELIMITER if c == " " else c for c in chars]
-    config = {k: v for k, v in dataclasses.asdict(dims).items() if k not in ("remat", "num_labels")}
+    architecture = "HubertForCTC" if model_type == "hubert" else "Wav2Vec2ForCTC"
+    config = _hf_config(dims, model_type, architecture)
+    config["pad_token_id"] = 0
+    for key, token in (("bos_token_id", "<s>"), ("eos_token_id", "</s>")):
+        if token in tokens:
+            config[key] = tokens.index(token)
+    folder = _write_folder(
+        folder,
+        wav2vec2_params_to_hf(params, dims, "ctc", model_type),
+        {
+            "config.json": config,
+            "vocab.json": {token: i for i, token in enumerate(tokens)},
+            TOKENIZER_CONFIG: {
+                "tokenizer_class": "Wav2Vec2CTCTokenizer",
+                "pad_token": PAD_TOKEN,
+                "word_delimiter_token": WORD_DELIMITER,
+                **{
+                    k: t
+                    for k, t in (
+                        ("unk_token", "<unk>"),
+                        ("bos_token", "<s>"),
+                        ("eos_token", "</s>"),
+                    )
+                    if t in tokens
+                },
+            },
+            PREPROCESSOR_CONFIG: _preprocessor_config(dims, do_normalize, "Wav2Vec2Processor"),
+        },
+    )
+    return folder
+
+
+def export_hf_wav2vec2_pretraining(
+    params: Any,
+    dims: Wav2Vec2Dims,
+    objective: Wav2Vec2PreTrainingDims,
+    folder: str | Path,
+    *,
+    do_normalize: bool = True,
+) -> Path:
+    """Writes a transformers Wav2Vec2ForPreTraining folder from a `Wav2Vec2PreTraining`'s
+    params (encoder, quantizer and contrastive projections): config.json (with the quantizer's
+    and the loss's fields), model.safetensors and the feature extractor's
+    preprocessor_config.json. Returns the folder."""
+    config = _hf_config(dims, "wav2vec2", "Wav2Vec2ForPreTraining")
+    del config["vocab_size"]  # no CTC head (a fine-tuning script sets its own)
+    config.update(dataclasses.asdict(objective))
+    tensors = wav2vec2_params_to_hf(params, dims, "contrastive", pretraining_dims=objective)
+    return _write_folder(
+        folder,
+        tensors,
+        {
+            "config.json": config,
+            PREPROCESSOR_CONFIG: _preprocessor_config(dims, do_normalize, None),
+        },
+    )
+
+
+def _hf_config(dims: Wav2Vec2Dims, model_type: str, architecture: str) -> dict:
+    """config.json of `dims` for `model_type`'s `architecture`."""
+    jaxseq_only = ("remat", "num_labels", "feature_grad_mult")
+    config = {k: v for k, v in dataclasses.asdict(dims).items() if k not in jaxseq_only}
     config.update(
         model_type=model_type,
-        architectures=["HubertForCTC" if model_type == "hubert" else "Wav2Vec2ForCTC"],
-        pad_token_id=0,
+        architectures=[architecture],
         hidden_act="gelu",
         feat_extract_activation="gelu",
         torch_dtype="float32",
     )
-    for key, token in (("bos_token_id", "<s>"), ("eos_token_id", "</s>")):
-        if token in tokens:
-            config[key] = tokens.index(token)
-    files = {
-        "config.json": config,
-        "vocab.json": {token: i for i, token in enumerate(tokens)},
-        TOKENIZER_CONFIG: {
-            "tokenizer_class": "Wav2Vec2CTCTokenizer",
-            "pad_token": PAD_TOKEN,
-            "word_delimiter_token": WORD_DELIMITER,
-            **{
-                k: t
-                for k, t in (("unk_token", "<unk>"), ("bos_token", "<s>"), ("eos_token", "</s>"))
-                if t in tokens
-            },
-        },
-        PREPROCESSOR_CONFIG: {
-            "feature_extractor_type": "Wav2Vec2FeatureExtractor",
-            "feature_size": 1,
-            "sampling_rate": 16000,
-            "padding_value": 0.0,
-            "padding_side": "right",
-            "do_normalize": do_normalize,
-            # transformers' base (group norm) processors send no attention mask
-            "return_attention_mask": dims.feat_extract_norm == "layer",
-            "processor_class": "Wav2Vec2Processor",
-        },
+    return config
+
+
+def _preprocessor_config(dims: Wav2Vec2Dims, do_normalize: bool, processor: str | None) -> dict:
+    """The Wav2Vec2FeatureExtractor's preprocessor_config.json (16 kHz)."""
+    config = {
+        "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+        "feature_size": 1,
+        "sampling_rate": 16000,
+        "padding_value": 0.0,
+        "padding_side": "right",
+        "do_normalize": do_normalize,
+        # transformers' base (group norm) processors send no attention mask
+        "return_attention_mask": dims.feat_extract_norm == "layer",
     }
+    if processor:
+        config["processor_class"] = processor
+    return config
+
+
+def _write_folder(folder: str | Path, tensors: dict, files: dict[str, dict]) -> Path:
+    """model.safetensors of `tensors` and each JSON file of `files` in `folder`."""
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     for name, value in files.items():
         (folder / name).write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
     return folder

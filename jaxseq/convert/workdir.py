@@ -15,7 +15,8 @@ checkpoint's mel bins, and labels.json (the checkpoint's id2label) instead of to
 A `Wav2Vec2ForCTC` or `HubertForCTC` folder (with its processor's vocab.json) gives
 model.family=ctc with model.frontend=waveform and the checkpoint's wav2vec2 section, a
 frontend.json of waveform records, and vocab.json, jaxseq's characters of the checkpoint's
-tokens (`convert_wav2vec2_to_workdir`); `export` writes such a workdir back.
+tokens (`convert_wav2vec2_to_workdir`); a `Wav2Vec2ForPreTraining` folder gives model.family=ssl
+(ssl.objective=wav2vec2, the quantizer's sizes as the ssl section). `export` writes either back.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from jaxseq.convert.hf_whisper import (
     load_hf_whisper,
 )
 from jaxseq.models.wav2vec2 import Wav2Vec2Dims
+from jaxseq.models.wav2vec2_pretraining import Wav2Vec2PreTrainingDims
 from jaxseq.tasks.ctc import VOCAB_FILE as CTC_VOCAB_FILE
 from jaxseq.tasks.whisper import TOKENIZER_DIR
 from jaxseq.text.vocab import CharVocab
@@ -223,12 +225,13 @@ def convert_wav2vec2_to_workdir(hf_folder: str | Path, workdir: str | Path) -> P
     the checkpoint's wav2vec2 section, data.normalize_waveform from do_normalize), frontend.json
     (int16 waveform records; the text policy of its characters), vocab.json (jaxseq's CTC
     characters: the blank, config.json's pad_token_id, first; `ctc_characters`) and the weights
-    as checkpoint 0, the CTC head's outputs in that order.
+    as checkpoint 0, the CTC head's outputs in that order. A `Wav2Vec2ForPreTraining` folder
+    (no vocabulary) gives an ssl workdir instead (`_convert_wav2vec2_pretraining`).
 
     Raises:
       ConversionError: naming the folder when a file is missing or malformed, the architecture
-        is not a CTC one, the config uses what jaxseq's Wav2Vec2 lacks, the vocabulary's size
-        is not the model's, or `workdir` already holds checkpoints.
+        is not a CTC or pre-training one, the config uses what jaxseq's Wav2Vec2 lacks, the
+        vocabulary's size is not the model's, or `workdir` already holds checkpoints.
     """
     hf_folder, workdir = Path(hf_folder), Path(workdir)
     if (workdir / "checkpoints").exists():
@@ -236,15 +239,20 @@ def convert_wav2vec2_to_workdir(hf_folder: str | Path, workdir: str | Path) -> P
     try:
         hf_config = json.loads((hf_folder / "config.json").read_text())
         architectures = hf_config.get("architectures") or []
-        if not architectures or w2v.ARCHITECTURES.get(architectures[0]) != "ctc":
+        head = w2v.ARCHITECTURES.get(architectures[0]) if architectures else None
+        if head not in ("ctc", "pretraining"):
             raise ConversionError(
-                f"architectures {architectures}: jaxseq converts Wav2Vec2ForCTC and "
-                "HubertForCTC folders into workdirs (not yet the classification heads or "
-                "pre-training checkpoints)"
+                f"architectures {architectures}: jaxseq converts Wav2Vec2ForCTC, HubertForCTC "
+                "and Wav2Vec2ForPreTraining folders into workdirs (not yet the classification "
+                "heads)"
             )
         fields = w2v.wav2vec2_config_from_hf(hf_config)
+        if head == "pretraining":
+            objective = w2v.wav2vec2_pretraining_config_from_hf(hf_config)
     except (OSError, ValueError) as err:  # ConversionError is a ValueError
         raise ConversionError(f"{hf_folder}/config.json: {err}") from None
+    if head == "pretraining":
+        return _convert_wav2vec2_pretraining(hf_folder, workdir, fields, objective)
     tokens = w2v.read_ctc_vocab(hf_folder)
     if len(tokens) != fields["vocab_size"]:
         raise ConversionError(
@@ -267,31 +275,66 @@ def convert_wav2vec2_to_workdir(hf_folder: str | Path, workdir: str | Path) -> P
         "kernel": params["head"]["kernel"][:, order],
         "bias": params["head"]["bias"][order],
     }
-    section = {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
-    for key in ("vocab_size", "num_labels", "classifier_proj_size", "use_weighted_layer_sum"):
-        del section[key]  # the heads': the CTC head's size is the vocabulary's
-    preprocessor = _json_or_empty(hf_folder / w2v_folder.PREPROCESSOR_CONFIG)
     charset = "".join(c for c in chars if len(c) == 1)
     cfg = load_config(
-        {
-            "model": {"family": "ctc", "frontend": "waveform"},
-            "wav2vec2": {**section, "model_type": model_type},
-            "prepare": {
-                "frontend": {
-                    "kind": "waveform",
-                    "sample_rate": preprocessor.get("sampling_rate", 16000),
-                },
-                "text": {"charset": charset, "lowercase": True},
-            },
-            "data": {
-                "buckets": list(WAVEFORM_BUCKETS),
-                "normalize_waveform": bool(preprocessor.get("do_normalize", True)),
-            },
-            "optim": {"freeze": ["encoder/feature_encoder/.*"]},
-        }
+        _waveform_config(
+            hf_folder,
+            "ctc",
+            fields,
+            model_type,
+            {"text": {"charset": charset, "lowercase": True}},
+        )
+        | {"optim": {"freeze": ["encoder/feature_encoder/.*"]}}
     )
     _write_workdir(workdir, cfg, params, hf_folder)
     CharVocab(chars).save(workdir / CTC_VOCAB_FILE)
+    return workdir
+
+
+def _waveform_config(
+    hf_folder: Path, family: str, fields: dict, model_type: str, prepare: dict
+) -> dict:
+    """The config dict of a converted Wav2Vec2/HuBERT workdir of `family`: model.frontend=
+    waveform, the wav2vec2 section of the checkpoint's `fields` (without the heads' sizes),
+    waveform records at the processor's sampling rate and its do_normalize (`prepare` adds to
+    the prepare section)."""
+    section = {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+    for key in ("vocab_size", "num_labels", "classifier_proj_size", "use_weighted_layer_sum"):
+        del section[key]  # the heads'
+    preprocessor = _json_or_empty(hf_folder / w2v_folder.PREPROCESSOR_CONFIG)
+    frontend = {"kind": "waveform", "sample_rate": preprocessor.get("sampling_rate", 16000)}
+    return {
+        "model": {"family": family, "frontend": "waveform"},
+        "wav2vec2": {**section, "model_type": model_type},
+        "prepare": {"frontend": frontend, **prepare},
+        "data": {
+            "buckets": list(WAVEFORM_BUCKETS),
+            "normalize_waveform": bool(preprocessor.get("do_normalize", True)),
+        },
+    }
+
+
+def _convert_wav2vec2_pretraining(
+    hf_folder: Path, workdir: Path, fields: dict, objective: dict
+) -> Path:
+    """A `Wav2Vec2ForPreTraining` folder → an ssl workdir (ssl.objective=wav2vec2): the
+    encoder, quantizer and contrastive projections as checkpoint 0, the config's quantizer and
+    loss settings as the ssl section. Training it continues the pre-training; a CTC config's
+    `train.init_from` takes its encoder."""
+    try:
+        params = w2v.wav2vec2_params_from_hf(
+            _read_tensors(hf_folder),
+            Wav2Vec2Dims(**fields),
+            "contrastive",
+            pretraining_dims=Wav2Vec2PreTrainingDims(**objective),
+        )
+    except ValueError as err:
+        raise ConversionError(f"{hf_folder}: {err}") from None
+    config = _waveform_config(hf_folder, "ssl", fields, "wav2vec2", {})
+    config["ssl"] = {"objective": "wav2vec2", **objective}
+    config["data"]["max_label_length"] = 1  # the text is not read
+    cfg = load_config(config)
+    _write_workdir(workdir, cfg, params, hf_folder)
     return workdir
 
 
@@ -309,7 +352,8 @@ def export_workdir(workdir: str | Path, out: str | Path, *, step: int | None = N
     """Writes a transformers Whisper folder (config.json, model.safetensors and the tokenizer
     files) from a seq2seq or whisper workdir's checkpoint (default: best, else latest); a ctc
     workdir with model.frontend=waveform gives a Wav2Vec2ForCTC (or HubertForCTC) folder with
-    its processor files (`export_hf_wav2vec2_ctc`)."""
+    its processor files (`export_hf_wav2vec2_ctc`), an ssl workdir of the wav2vec2 objective a
+    Wav2Vec2ForPreTraining folder (`export_hf_wav2vec2_pretraining`)."""
     from jaxseq.train.trained import load_trained
 
     trained = load_trained(workdir, step=step)
@@ -325,6 +369,16 @@ def export_workdir(workdir: str | Path, out: str | Path, *, step: int | None = N
         )
         logging.info("exported %s step %d to %s", workdir, trained.step, out)
         return out
+    if cfg.model.family == "ssl" and cfg.ssl.objective == "wav2vec2":
+        out = w2v_folder.export_hf_wav2vec2_pretraining(
+            trained.params,
+            trained.task.dims,
+            trained.task.objective,
+            out,
+            do_normalize=cfg.data.normalize_waveform,
+        )
+        logging.info("exported %s step %d to %s", workdir, trained.step, out)
+        return out
     if trained.cfg.model.scan_layers:
         raise ConversionError(
             f"{workdir} was trained with model.scan_layers=true (stacked encoder layers); "
@@ -333,8 +387,9 @@ def export_workdir(workdir: str | Path, out: str | Path, *, step: int | None = N
     if trained.cfg.model.family not in ("seq2seq", "whisper"):
         raise ConversionError(
             f"{workdir} holds a model.family={trained.cfg.model.family} model; only seq2seq and "
-            "whisper workdirs export to transformers' WhisperForConditionalGeneration (and ctc "
-            "ones with model.frontend=waveform to Wav2Vec2ForCTC/HubertForCTC)"
+            "whisper workdirs export to transformers' WhisperForConditionalGeneration, ctc "
+            "ones with model.frontend=waveform to Wav2Vec2ForCTC/HubertForCTC, and ssl ones "
+            "with ssl.objective=wav2vec2 to Wav2Vec2ForPreTraining"
         )
     out = export_hf_whisper(trained.params, trained.task.dims, out)
     source = Path(workdir) / TOKENIZER_DIR

@@ -46,6 +46,7 @@ from jaxseq.models.wav2vec2_features import (
     ConvFeatureEncoder,
     ConvPositionalEmbedding,
     conv_output_lengths,
+    scale_gradient,
 )
 from jaxseq.parallel.sharding import BATCH, CONV_IN, EMBED, LABELS, LAYERS, LENGTH, MLP, VOCAB
 
@@ -88,6 +89,8 @@ class Wav2Vec2Dims:
     mask_feature_prob: float = 0.0
     mask_feature_length: int = 10
     mask_feature_min_masks: int = 0
+    # fairseq's GradMultiply on the conv features (jaxseq only; not a transformers field).
+    feature_grad_mult: float = 1.0
     # Heads.
     vocab_size: int = 32  # CTC outputs, the blank (transformers' pad token) included
     num_labels: int = 2
@@ -208,6 +211,8 @@ class Wav2Vec2Encoder(nn.Module):
             self.dtype,
             name="feature_encoder",
         )(waveform, lengths)  # [batch, frames, conv_dim[-1]]
+        if d.feature_grad_mult != 1.0:
+            conv = scale_gradient(conv, d.feature_grad_mult)
         batch, frames = conv.shape[:2]
         if lengths is None:
             frame_lengths = jnp.full((batch,), frames, jnp.int32)

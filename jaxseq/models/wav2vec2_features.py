@@ -9,6 +9,7 @@ them is `jaxseq.models.wav2vec2`.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -22,6 +23,26 @@ from jaxseq.parallel.sharding import BATCH, CONV_IN, CONV_WINDOW, EMBED, LENGTH
 Dtype = Any
 
 GROUP_NORM_EPS = 1e-5  # torch's GroupNorm and LayerNorm default, used by the conv layers
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def scale_gradient(x: jax.Array, factor: float) -> jax.Array:
+    """x itself, whose gradient is scaled by `factor` on the way back (fairseq's GradMultiply,
+    its wav2vec 2.0 feature_grad_mult)."""
+    return x
+
+
+def _scale_gradient_fwd(x: jax.Array, factor: float) -> tuple[jax.Array, None]:
+    del factor
+    return x, None
+
+
+def _scale_gradient_bwd(factor: float, residual: None, grad: jax.Array) -> tuple[jax.Array]:
+    del residual
+    return (grad * jnp.asarray(factor, grad.dtype),)
+
+
+scale_gradient.defvjp(_scale_gradient_fwd, _scale_gradient_bwd)
 
 
 def conv_output_lengths(
