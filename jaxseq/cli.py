@@ -234,17 +234,27 @@ def _cmd_classify(args: argparse.Namespace) -> None:
 
 
 def _cmd_synthesize(args: argparse.Namespace) -> None:
-    from jaxseq.inference.synthesize import synthesize
+    from jaxseq.inference.synthesize import synthesize, synthesize_speecht5
 
-    results = synthesize(
-        args.workdir,
-        args.texts,
-        args.out,
-        step=args.step,
-        seed=args.seed,
-        vocoder=args.vocoder,
-        overrides=tuple(args.set or ()),
-    )
+    if args.hf is not None:
+        if args.hf_vocoder is None or args.speaker_embedding is None:
+            raise JaxseqError(
+                "--hf (a SpeechT5ForTextToSpeech folder) needs --hf-vocoder (a SpeechT5HifiGan "
+                "folder) and --speaker-embedding (a .npy x-vector of 512 floats)"
+            )
+        results = synthesize_speecht5(
+            args.hf, args.hf_vocoder, args.speaker_embedding, args.texts, args.out, seed=args.seed
+        )
+    else:
+        results = synthesize(
+            args.workdir,
+            args.texts,
+            args.out,
+            step=args.step,
+            seed=args.seed,
+            vocoder=args.vocoder,
+            overrides=tuple(args.set or ()),
+        )
     for r in results:
         flag = "" if r["stopped"] else "  (never predicted stop: cut at tts.max_frames)"
         print(f"{r['path']}\t{r['seconds']:.2f} s\t{r['text']}{flag}")
@@ -422,8 +432,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, help="checkpoint step (default: best, else latest)")
     p.set_defaults(fn=_cmd_classify)
 
-    p = sub.add_parser("synthesize", help="speech from text with a TTS workdir")
-    p.add_argument("--workdir", type=Path, required=True)
+    p = sub.add_parser(
+        "synthesize", help="speech from text with a TTS workdir, or transformers' SpeechT5"
+    )
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--workdir", type=Path)
+    model.add_argument(
+        "--hf",
+        type=Path,
+        help="a transformers SpeechT5ForTextToSpeech folder (config.json, weights, "
+        "spm_char.model), converted on loading",
+    )
+    p.add_argument("--hf-vocoder", type=Path, help="with --hf: a SpeechT5HifiGan folder")
+    p.add_argument(
+        "--speaker-embedding", type=Path, help="with --hf: the speaker's x-vector (.npy, 512)"
+    )
     p.add_argument("texts", nargs="+", help="one or more texts (quote each)")
     p.add_argument(
         "-o",
@@ -450,7 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="folder with config.json, weights, "
         "tokenizer.json (e.g. a downloaded openai/whisper-small; Wav2Vec2ForCTC, HubertForCTC: "
-        "vocab.json; ASTForAudioClassification)",
+        "vocab.json; Wav2Vec2ForPreTraining; ASTForAudioClassification, "
+        "Wav2Vec2ForSequenceClassification, HubertForSequenceClassification: id2label in "
+        "config.json)",
     )
     p.add_argument("--workdir", type=Path, required=True, help="new workdir to write")
     p.add_argument("--language", default="en", help="prompt language (multilingual models)")
