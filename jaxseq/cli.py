@@ -234,7 +234,8 @@ def _cmd_classify(args: argparse.Namespace) -> None:
 
 
 def _cmd_synthesize(args: argparse.Namespace) -> None:
-    from jaxseq.inference.synthesize import synthesize, synthesize_speecht5
+    from jaxseq.convert.speecht5_synthesizer import synthesize_speecht5
+    from jaxseq.inference.synthesize import synthesize
 
     if args.hf is not None:
         if args.hf_vocoder is None or args.speaker_embedding is None:

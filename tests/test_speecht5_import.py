@@ -34,7 +34,8 @@ from jaxseq.convert.hf_speecht5 import (
     load_hf_speecht5,
 )
 from jaxseq.convert.hf_whisper import ConversionError
-from jaxseq.inference.speecht5 import generate_speech, load_speecht5
+from jaxseq.convert.speecht5_synthesizer import load_speecht5
+from jaxseq.decoding.speecht5 import generate_speech
 from jaxseq.models.hifigan import HifiGan
 from jaxseq.models.speecht5 import SpeechT5TTS
 

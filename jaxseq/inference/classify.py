@@ -49,12 +49,14 @@ def classify_waveforms(
         )
     frontend = trained.frontend
     names = names or [f"waveform {i}" for i in range(len(waves))]
+    waveform = frontend.kind == "waveform"  # the model's frames are samples
+    unit = "samples" if waveform else "frames"
     for name, wave in zip(names, waves, strict=True):
-        n = 1 + len(wave) // frontend.hop_length
+        n = len(wave) if waveform else 1 + len(wave) // frontend.hop_length
         if not task.min_frames <= n <= task.max_frames:
             raise JaxseqError(
-                f"{name} is {len(wave) / frontend.sample_rate:.3f} s ({n} frames); the model "
-                f"classifies clips of {task.min_frames} to {task.max_frames} frames: "
+                f"{name} is {len(wave) / frontend.sample_rate:.3f} s ({n} {unit}); the model "
+                f"classifies clips of {task.min_frames} to {task.max_frames} {unit}: "
                 f"{'pad' if n < task.min_frames else 'cut'} it"
             )
     labels = task.tokenizer.names

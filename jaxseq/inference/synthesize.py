@@ -3,9 +3,8 @@
 The model generates log-mel spectrograms; the vocoder (`tts.vocoder`, Griffin-Lim by default,
 see jaxseq.audio.vocoder) turns them into audio at the workdir's sample rate.
 
-Or with transformers' SpeechT5 and its HiFi-GAN, converted on loading
-(`jaxseq synthesize --hf speecht5_tts/ --hf-vocoder speecht5_hifigan/ --speaker-embedding
-spk.npy "text" -o a.wav`; `synthesize_speecht5`, jaxseq.inference.speecht5).
+transformers' SpeechT5 with its HiFi-GAN (`jaxseq synthesize --hf`) is
+jaxseq.convert.speecht5_synthesizer's.
 """
 
 from __future__ import annotations
@@ -120,48 +119,4 @@ def synthesize(
     for r, path in zip(results, paths, strict=True):
         write_wav(path, r.pop("audio"), r.pop("sample_rate"))
         r["path"] = str(path)
-    return results
-
-
-def synthesize_speecht5(
-    model_dir: str | Path,
-    vocoder_dir: str | Path,
-    speaker_embedding: str | Path,
-    texts: list[str],
-    out: str | Path,
-    *,
-    seed: int = 0,
-) -> list[dict[str, Any]]:
-    """Writes one WAV per text (`output_paths`) from a transformers SpeechT5ForTextToSpeech
-    folder (with its processor's spm_char.model) and a SpeechT5HifiGan folder, speaking with
-    the x-vector in the .npy file `speaker_embedding` ([512], or one row per text). Returns
-    {"text", "path", "frames", "seconds", "stopped"} for each."""
-    from jaxseq.inference.speecht5 import load_speecht5
-
-    if not texts:
-        raise JaxseqError("no text to synthesize")
-    paths = output_paths(out, len(texts))
-    try:
-        speaker = np.load(speaker_embedding)
-    except (OSError, ValueError) as err:
-        raise JaxseqError(
-            f"--speaker-embedding {speaker_embedding}: not a readable .npy file ({err}); give "
-            "the speaker's x-vector, e.g. np.save('spk.npy', xvector) with 512 floats"
-        ) from None
-    synth = load_speecht5(model_dir, vocoder_dir)
-    results = []
-    for r, text, path in zip(synth.synthesize(texts, speaker, seed), texts, paths, strict=True):
-        if not r.stopped:
-            logging.warning("%r never predicted stop: cut at the maximum length", text)
-        write_wav(path, r.audio, synth.sample_rate)
-        seconds = len(r.audio) / synth.sample_rate
-        results.append(
-            {
-                "text": text,
-                "path": str(path),
-                "frames": r.frames,
-                "seconds": seconds,
-                "stopped": r.stopped,
-            }
-        )
     return results

@@ -1,5 +1,5 @@
 """transformers' `SpeechT5ForTextToSpeech`, exactly, for inference (imported by
-`jaxseq.convert.hf_speecht5`; generation in `jaxseq.inference.speecht5`).
+`jaxseq.convert.hf_speecht5`; generation in `jaxseq.decoding.speecht5`).
 
     text ids [batch, chars]
       → embedding + α · interleaved sinusoids → LayerNorm               [batch, chars, hidden]
