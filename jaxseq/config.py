@@ -120,14 +120,17 @@ class TTSConfig:
 @dataclass(frozen=True)
 class ClassifyConfig:
     """Audio classification (model.family=classify): an encoder, pooling and a linear head.
-    Sizes come from the model section (d_model, num_heads, num_layers, mlp_dim, dropout).
+    Sizes come from the model section (d_model, num_heads, num_layers, mlp_dim, dropout), or
+    with encoder=wav2vec2 from the wav2vec2 section.
 
     Labels come from the prepared records: `label` per item (level=sequence), or the per-frame
     labels of the item's `segments` (level=frame). The label set is the training split's."""
 
     # "ast": the Audio Spectrogram Transformer (patches of the log-mel, a ViT encoder);
     # "transformer": jaxseq's audio encoder (the CTC family's: conv stem + Transformer), whose
-    # weights train.init_from can take from a CTC workdir.
+    # weights train.init_from can take from a CTC workdir; "wav2vec2": Wav2Vec2/HuBERT on
+    # waveform records (model.frontend=waveform, sized by the wav2vec2 section; level=sequence,
+    # pooling=mean: transformers' Wav2Vec2ForSequenceClassification).
     encoder: str = "ast"
     level: str = "sequence"  # sequence: one label per item | frame: one per encoder frame
     # sequence level: "cls" (ast only: the mean of the [CLS] and distillation tokens, as AST)
@@ -141,6 +144,10 @@ class ClassifyConfig:
     time_stride: int = 10
     max_frames: int = 1024
     layer_norm_eps: float = 1e-12
+    # encoder=wav2vec2 (transformers' names): the projector's width before the mean pooling,
+    # and whether it reads the softmax-weighted sum of every layer's hidden states.
+    classifier_proj_size: int = 256
+    use_weighted_layer_sum: bool = False
 
 
 @dataclass(frozen=True)
@@ -174,7 +181,7 @@ class RNNConfig:
 
 @dataclass(frozen=True)
 class Wav2Vec2Config:
-    """Wav2Vec2/HuBERT (model.family=ctc with model.frontend=waveform): transformers'
+    """Wav2Vec2/HuBERT (model.frontend=waveform: ctc, ssl, classify): transformers'
     Wav2Vec2Config/HubertConfig fields with their defaults (wav2vec2-base), one for one the
     fields of jaxseq.models.wav2vec2.Wav2Vec2Dims but the heads' (vocab_size comes from the
     vocabulary) and remat (model.remat). Dropout, LayerDrop and the span masks act in

@@ -10,7 +10,7 @@ from jaxseq.errors import ConfigError
 CHOICES = {
     "rnn.cell": ("lstm", "gru"),
     "rnn.tokenizer": ("char", "bpe"),
-    "classify.encoder": ("ast", "transformer"),
+    "classify.encoder": ("ast", "transformer", "wav2vec2"),
     "classify.level": ("sequence", "frame"),
     "classify.pooling": ("cls", "mean"),
     "tts.spectrogram_loss": ("l1", "mse", "l1+mse"),
@@ -63,15 +63,20 @@ def check_values(cfg: Any) -> None:
             )
     check_prepare_augment(cfg.prepare)
     _check_schedule(cfg.optim)
-    waveform_model = cfg.model.family in ("ctc", "ssl") and cfg.model.frontend == "waveform"
+    if cfg.model.family == "classify":
+        _check_classify_encoder(cfg)
+    waveform_model = cfg.model.family in ("ctc", "ssl", "classify") and (
+        cfg.model.frontend == "waveform"
+    )
     if waveform_model:
         _check_waveform(cfg)
     elif cfg.prepare.frontend.kind == "waveform":
         raise ConfigError(
-            "config key 'prepare.frontend.kind' is 'waveform', but only model.family=ctc with "
-            "model.frontend=waveform (a Wav2Vec2/HuBERT encoder) reads waveform records and "
-            f"this config has model.family={cfg.model.family}, model.frontend="
-            f"{cfg.model.frontend}: set those, or prepare.frontend.kind=logmel"
+            "config key 'prepare.frontend.kind' is 'waveform', but only model.frontend=waveform "
+            "(a Wav2Vec2/HuBERT encoder: model.family=ctc, ssl, or classify with "
+            "classify.encoder=wav2vec2) reads waveform records and this config has "
+            f"model.family={cfg.model.family}, model.frontend={cfg.model.frontend}: set those, "
+            "or prepare.frontend.kind=logmel"
         )
     # The checkpoint's tokenizer says which codes exist (jaxseq.tasks.whisper); names like
     # "german" are not codes.
@@ -129,6 +134,34 @@ def _check_schedule(optim: Any) -> None:
             f"config key 'optim.end_learning_rate_ratio' is {optim.end_learning_rate_ratio}; an "
             "exponential tri_stage decay needs an end rate above 0 (e.g. 0.05), or use "
             "optim.decay=linear"
+        )
+
+
+def _check_classify_encoder(cfg: Any) -> None:
+    """model.family=classify: classify.encoder=wav2vec2 goes with model.frontend=waveform (and
+    the other encoders with log-mel), at the sequence level with mean pooling."""
+    c = cfg.classify
+    if (c.encoder == "wav2vec2") != (cfg.model.frontend == "waveform"):
+        raise ConfigError(
+            f"config key 'classify.encoder' is {c.encoder!r} with model.frontend="
+            f"{cfg.model.frontend}; the Wav2Vec2/HuBERT encoder reads waveforms and the others "
+            "log-mel: use classify.encoder=wav2vec2 with model.frontend=waveform (and "
+            "prepare.frontend.kind=waveform), or ast|transformer with model.frontend=logmel"
+        )
+    if c.encoder != "wav2vec2":
+        return
+    if c.level != "sequence":
+        raise ConfigError(
+            f"config key 'classify.level' is {c.level!r}, but classify.encoder=wav2vec2 "
+            "classifies whole clips only (level=frame, transformers' "
+            "Wav2Vec2ForAudioFrameClassification, is not supported yet): set "
+            "classify.level=sequence, or use classify.encoder=transformer for frame labels"
+        )
+    if c.pooling != "mean":
+        raise ConfigError(
+            f"config key 'classify.pooling' is {c.pooling!r}, but classify.encoder=wav2vec2 "
+            "mean-pools the projected frames (as Wav2Vec2ForSequenceClassification): set "
+            "classify.pooling=mean"
         )
 
 

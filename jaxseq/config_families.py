@@ -9,12 +9,13 @@ from typing import Any
 from jaxseq.errors import ConfigError
 
 # The config sections only one family reads: a config of another family may not set them.
-# (The wav2vec2 section sizes the waveform encoder of ctc and of ssl, its pre-training.)
+# (The wav2vec2 section sizes the waveform encoder of ctc, of ssl, its pre-training, and of
+# classify with classify.encoder=wav2vec2.)
 FAMILY_SECTIONS = {
     "tts": ("tts",),
     "classify": ("classify",),
     "rnn": ("rnn",),
-    "wav2vec2": ("ctc", "ssl"),
+    "wav2vec2": ("ctc", "ssl", "classify"),
     "ssl": ("ssl",),
 }
 # The model keys that the wav2vec2 section replaces when model.frontend=waveform (its sizes,
@@ -52,7 +53,7 @@ MODEL_KEY_FAMILIES = {
     "tokenizer": ("whisper",),
     "language": ("whisper",),
     "task": ("whisper",),
-    "frontend": ("ctc", "ssl"),
+    "frontend": ("ctc", "ssl", "classify"),
 }
 _BUILT_IN_FAMILIES = frozenset(_TRANSFORMERS) | {"rnn", "ssl"}
 
@@ -95,10 +96,10 @@ def check_family_keys(cfg: Any) -> None:
 
 
 def check_frontend_keys(cfg: Any) -> None:
-    """For a ctc or ssl `cfg`: with model.frontend=waveform, a ConfigError naming the first
-    model key of `WAVEFORM_REPLACED_KEYS` it sets; with model.frontend=logmel, one naming the
-    first wav2vec2 key it sets (that section sizes the waveform encoder only)."""
-    if cfg.model.family not in ("ctc", "ssl"):
+    """For a ctc, ssl or classify `cfg`: with model.frontend=waveform, a ConfigError naming the
+    first model key of `WAVEFORM_REPLACED_KEYS` it sets; with model.frontend=logmel, one naming
+    the first wav2vec2 key it sets (that section sizes the waveform encoder only)."""
+    if cfg.model.family not in ("ctc", "ssl", "classify"):
         return
     if cfg.model.frontend == "waveform":
         for key in _set_keys(cfg.model):

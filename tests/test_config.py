@@ -30,6 +30,7 @@ EXPECTED_PARAMS = {
     "wav2vec2_base_ctc": (94e6, 95e6),
     "hubert_base_ctc": (94e6, 95e6),
     "wav2vec2_tiny_ctc": (0.01e6, 0.1e6),
+    "wav2vec2_tiny_classify": (0.01e6, 0.1e6),
     # transformers' Wav2Vec2ForPreTraining base: 95,044,608 (tests/test_ssl_pretrain.py), and
     # HubertModel base (94,371,712) + fairseq's final_proj and 100 label embeddings: 94,594,176.
     "wav2vec2_pretrain_base": (95.0e6, 95.1e6),

@@ -1,5 +1,7 @@
 """transformers Wav2Vec2ForCTC / HubertForCTC folders ⇄ jaxseq CTC workdirs, and the
-Wav2Vec2ForPreTraining folders `jaxseq export` writes from ssl workdirs: the processor's
+Wav2Vec2ForPreTraining folders `jaxseq export` writes from ssl workdirs and the
+Wav2Vec2ForSequenceClassification / HubertForSequenceClassification ones from classify
+workdirs (classify.encoder=wav2vec2): the processor's
 vocabulary as jaxseq's characters (the blank first), and the folder `jaxseq export` writes
 (config.json, model.safetensors, vocab.json, tokenizer_config.json, preprocessor_config.json).
 The parameter mapping itself is `jaxseq.convert.hf_wav2vec2`'s.
@@ -118,6 +120,41 @@ def export_hf_wav2vec2_pretraining(
     return _write_folder(
         folder,
         tensors,
+        {
+            "config.json": config,
+            PREPROCESSOR_CONFIG: _preprocessor_config(dims, do_normalize, None),
+        },
+    )
+
+
+def export_hf_wav2vec2_classifier(
+    params: Any,
+    dims: Wav2Vec2Dims,
+    model_type: str,
+    labels: Sequence[str],
+    folder: str | Path,
+    *,
+    do_normalize: bool = True,
+) -> Path:
+    """Writes a transformers Wav2Vec2ForSequenceClassification (or
+    HubertForSequenceClassification) folder from a `Wav2Vec2SequenceClassifier`'s params and
+    its class names (id order): config.json (id2label, label2id, classifier_proj_size,
+    use_weighted_layer_sum), model.safetensors and the feature extractor's
+    preprocessor_config.json. Returns the folder."""
+    if len(labels) != dims.num_labels:
+        raise ConversionError(f"{len(labels)} class names for a {dims.num_labels}-label head")
+    architecture = (
+        "HubertForSequenceClassification"
+        if model_type == "hubert"
+        else "Wav2Vec2ForSequenceClassification"
+    )
+    config = _hf_config(dims, model_type, architecture)
+    del config["vocab_size"]  # no CTC head
+    config["id2label"] = {str(i): name for i, name in enumerate(labels)}
+    config["label2id"] = {name: i for i, name in enumerate(labels)}
+    return _write_folder(
+        folder,
+        wav2vec2_params_to_hf(params, dims, "sequence", model_type),
         {
             "config.json": config,
             PREPROCESSOR_CONFIG: _preprocessor_config(dims, do_normalize, None),

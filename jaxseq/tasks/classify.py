@@ -1,14 +1,24 @@
-"""Audio classification: AST, or heads on jaxseq's audio encoder, per sequence or per frame.
+"""Audio classification: AST, or heads on jaxseq's audio encoder, per sequence or per frame;
+or, with classify.encoder=wav2vec2 (model.frontend=waveform), Wav2Vec2/HuBERT per sequence.
 
 Targets come from the prepared records through a `LabelSet` (the family's tokenizer): one
 label per item (softmax + cross-entropy, or sigmoid + binary cross-entropy per label when
 `classify.multi_label`), or one label per frame from the item's segments (level=frame:
 cross-entropy on every encoder frame a segment covers). Padded frames never count, in
 pooling or in the loss.
+
+classify.encoder=wav2vec2 is transformers' Wav2Vec2ForSequenceClassification /
+HubertForSequenceClassification, sized by the config's wav2vec2 section and
+classify.classifier_proj_size / use_weighted_layer_sum. Its batches hold samples (features
+float32 [batch, samples], feature_lengths in samples; its min_frames and max_frames count
+samples too). In training, as the base model does inside transformers' classifier: dropout,
+LayerDrop, time spans replaced by the learned mask embedding (wav2vec2.mask_time_*) and spans
+of hidden channels zeroed (wav2vec2.mask_feature_*); the head has no dropout of its own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -50,7 +60,8 @@ def multi_hot(labels: jax.Array, lengths: jax.Array, num_labels: int) -> jax.Arr
 
 @register
 class ClassifyTask(Task):
-    """Log-mel → class labels (see the module docstring)."""
+    """Log-mel (or, with classify.encoder=wav2vec2, waveforms) → class labels (see the
+    module docstring)."""
 
     family = "classify"
     metric_kind = "classify"
@@ -64,20 +75,48 @@ class ClassifyTask(Task):
         self.level, self.multi_label = c.level, c.multi_label
         self.best_metric = "der" if c.level == "frame" else "error_rate"
         dtype = jnp.bfloat16 if cfg.train.compute_dtype == "bfloat16" else jnp.float32
-        if c.encoder == "ast":
-            from jaxseq.models.ast import AST, min_frames
-
-            self.model = AST(cfg.model, c, labels.size, n_mels, dtype=dtype)
-            self.min_frames, self.max_frames = min_frames(c), c.max_frames
-        else:
-            from jaxseq.models.classifier import EncoderClassifier
-
-            self.model = EncoderClassifier(cfg.model, labels.size, c.level, dtype=dtype)
-            self.min_frames, self.max_frames = 1, math.inf
-        self.stride = math.prod(cfg.model.subsample_strides)
+        self._build_model(dtype)
         # train.init_from (a CTC model, or an AST converted from transformers) gives the
         # encoder; the head, sized to this task's labels, starts fresh.
         self.pretrained_groups = ("encoder",)
+
+    def _build_model(self, dtype: Any) -> None:
+        """Sets the model; the shortest and longest inputs it classifies (min_frames,
+        max_frames, in record frames), what the shortest is (`min_length`, for errors), and
+        the input frames per encoder frame (`stride`)."""
+        c = self.cfg.classify
+        if c.encoder == "ast":
+            from jaxseq.models.ast import AST, min_frames
+
+            self.model = AST(self.cfg.model, c, self.tokenizer.size, self.n_mels, dtype=dtype)
+            self.min_frames, self.max_frames = min_frames(c), c.max_frames
+            self.min_length = f"one {self.min_frames}-frame patch"
+            self.stride = math.prod(self.cfg.model.subsample_strides)
+        elif c.encoder == "wav2vec2":
+            from jaxseq.models.wav2vec2 import Wav2Vec2SequenceClassifier
+            from jaxseq.tasks.ctc import wav2vec2_dims
+
+            self.dims = dataclasses.replace(
+                wav2vec2_dims(self.cfg, vocab_size=0),  # no CTC head
+                num_labels=self.tokenizer.size,
+                classifier_proj_size=c.classifier_proj_size,
+                use_weighted_layer_sum=c.use_weighted_layer_sum,
+            )
+            self.model = Wav2Vec2SequenceClassifier(self.dims, dtype=dtype)
+            self.min_frames, self.max_frames = receptive_field(self.dims), math.inf  # samples
+            self.min_length = (
+                f"the conv feature encoder's receptive field ({self.min_frames} samples)"
+            )
+            self.stride = math.prod(self.dims.conv_stride)  # samples per encoder frame
+        else:
+            from jaxseq.models.classifier import EncoderClassifier
+
+            self.model = EncoderClassifier(
+                self.cfg.model, self.tokenizer.size, c.level, dtype=dtype
+            )
+            self.min_frames, self.max_frames = 1, math.inf
+            self.min_length = "one frame"
+            self.stride = math.prod(self.cfg.model.subsample_strides)
 
     def _check_config(self) -> None:
         c, data = self.cfg.classify, self.cfg.data
@@ -114,7 +153,14 @@ class ClassifyTask(Task):
         split = cfg.data.train_split
         where = f"{cfg.data.dataset}:{split}"
         labels = LabelSet.from_inventory(info["splits"][split], cfg.classify.level, where)
-        task = cls(cfg, labels, int(info["frontend"]["n_mels"]))
+        kind = info["frontend"].get("kind", "logmel")
+        if kind != cfg.model.frontend:
+            raise JaxseqError(
+                f"model.frontend={cfg.model.frontend} reads {cfg.model.frontend} records, but "
+                f"the dataset {cfg.data.dataset} holds {kind} ones: prepare it with "
+                f"prepare.frontend.kind={cfg.model.frontend}"
+            )
+        task = cls(cfg, labels, int(info["frontend"].get("n_mels", 0)))
         task.check_split(cfg.data.dataset, info, split)
         return task
 
@@ -135,8 +181,9 @@ class ClassifyTask(Task):
 
     def check_split(self, dataset_dir: str | Path, info: dict, split: str) -> None:
         """Raises JaxseqError naming the items of a prepared split that cannot be classified:
-        labels outside the model's set, clips shorter than one patch or longer than AST's
-        position table. Warns about the model's labels the split never uses."""
+        labels outside the model's set, clips shorter than the model's shortest input (AST:
+        one patch; Wav2Vec2: the conv receptive field) or longer than AST's position table.
+        Warns about the model's labels the split never uses."""
         where = f"{dataset_dir}:{split}"
         unused = self.tokenizer.check_split(info["splits"][split], where)
         if unused:
@@ -147,8 +194,8 @@ class ClassifyTask(Task):
         short = index["ids"][index["num_frames"] < self.min_frames]
         if len(short):
             raise JaxseqError(
-                f"{where}: {len(short)} clips are shorter than one {self.min_frames}-frame "
-                f"patch, e.g. {list(short[:5])}; AST cannot classify them: remove them from the "
+                f"{where}: {len(short)} clips are shorter than {self.min_length}, e.g. "
+                f"{list(short[:5])}; the model cannot classify them: remove them from the "
                 "manifest, or pad the audio"
             )
         long = index["ids"][index["num_frames"] > self.max_frames]
@@ -167,6 +214,14 @@ class ClassifyTask(Task):
         per_item = self.cfg.data.max_label_length if self.multi_label else 1
         return np.full(frames.shape, per_item, np.int32)
 
+    def dummy_batch(self, batch_size: int, frames: int) -> dict[str, np.ndarray]:
+        """The training layout; with classify.encoder=wav2vec2, `frames` samples: features
+        float32 [batch, samples]."""
+        batch = super().dummy_batch(batch_size, frames)
+        if self.cfg.classify.encoder == "wav2vec2":
+            batch["features"] = np.zeros((batch_size, frames), np.float32)
+        return batch
+
     def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
         return self.model.init(
             {"params": rng}, batch["features"], batch["feature_lengths"], deterministic=True
@@ -177,8 +232,10 @@ class ClassifyTask(Task):
     ) -> tuple[jax.Array, jax.Array]:
         """(logits: [batch, labels], or [batch, enc_frames, labels] at the frame level;
         valid encoder frames [batch]). With `rng`, a training forward pass (dropout, and
-        SpecAugment when enabled)."""
+        SpecAugment when enabled; wav2vec2: the span masks of `wav2vec2_span_masks`)."""
         features, lengths = batch["features"], batch["feature_lengths"]
+        if self.cfg.classify.encoder == "wav2vec2":
+            return self._wav2vec2_logits(params, features, lengths, rng)
         if features.shape[1] > self.max_frames:  # AST: only bucket padding lies beyond
             features = features[:, : self.max_frames]
         train = rng is not None
@@ -191,6 +248,29 @@ class ClassifyTask(Task):
             {"params": params}, features, lengths, deterministic=not train, rngs=rngs
         )
         return out if isinstance(out, tuple) else (out, lengths)  # AST: logits only
+
+    def _wav2vec2_logits(
+        self, params: Any, waveform: jax.Array, lengths: jax.Array, rng: jax.Array | None
+    ) -> tuple[jax.Array, jax.Array]:
+        """`logits` of Wav2Vec2SequenceClassifier on waveforms [batch, samples] of `lengths`
+        samples: (logits [batch, labels], valid encoder frames [batch]); with `rng`, dropout
+        from fold_in(rng, 2), LayerDrop and the masks transformers' base model draws."""
+        from jaxseq.tasks.ctc import wav2vec2_span_masks
+
+        if rng is None:
+            logits, out = self.model.apply({"params": params}, waveform, lengths)
+            return logits, out.lengths
+        time_mask, feature_mask = wav2vec2_span_masks(self.dims, rng, waveform, lengths)
+        logits, out = self.model.apply(
+            {"params": params},
+            waveform,
+            lengths,
+            deterministic=False,
+            time_mask=time_mask,
+            feature_mask=feature_mask,
+            rngs={"dropout": jax.random.fold_in(rng, 2)},
+        )
+        return logits, out.lengths
 
     def loss_fn(
         self, params: Any, batch: Batch, rng: jax.Array, train: bool
@@ -223,3 +303,12 @@ class ClassifyTask(Task):
     def predict_fn(self, params: Any, batch: Batch) -> tuple[jax.Array, jax.Array]:
         """(logits, valid encoder frames) of a batch, as `logits` in evaluation mode."""
         return self.logits(params, batch)
+
+
+def receptive_field(dims: Any) -> int:
+    """The fewest samples a Wav2Vec2Dims' conv feature encoder turns into one frame (400 for
+    the base stack's kernels and strides: 25 ms at 16 kHz)."""
+    samples = 1
+    for kernel, stride in zip(reversed(dims.conv_kernel), reversed(dims.conv_stride), strict=True):
+        samples = (samples - 1) * stride + kernel
+    return samples

@@ -146,6 +146,39 @@ def wav2vec2_dims(cfg: Config, vocab_size: int) -> Wav2Vec2Dims:
     return Wav2Vec2Dims(**fields, vocab_size=vocab_size, remat=cfg.model.remat)
 
 
+def wav2vec2_span_masks(
+    dims: Wav2Vec2Dims, rng: jax.Array, waveform: jax.Array, lengths: jax.Array
+) -> tuple[jax.Array | None, jax.Array | None]:
+    """The training-time masks transformers' Wav2Vec2Model draws (`_mask_hidden_states`) for
+    waveforms [batch, samples] of `lengths` [batch] samples: (time mask bool [batch, frames],
+    spans of mask_time_length frames within each item's valid frames, or None; feature mask
+    bool [batch, hidden], spans of mask_feature_length channels, one per utterance, or None),
+    each None when apply_spec_augment is off or its probability is 0. Drawn from
+    fold_in(rng, 1) and fold_in(rng, 3) (2 is the dropout's)."""
+    d, time_mask, feature_mask = dims, None, None
+    if d.apply_spec_augment and d.mask_time_prob > 0:
+        with jax.ensure_compile_time_eval():  # static: the padded samples' frames
+            frames = int(d.output_lengths(np.int32(waveform.shape[1])))
+        time_mask = sample_span_mask(
+            jax.random.fold_in(rng, 1),
+            d.output_lengths(lengths),
+            frames,
+            d.mask_time_prob,
+            d.mask_time_length,
+            d.mask_time_min_masks,
+        )  # [batch, frames]
+    if d.apply_spec_augment and d.mask_feature_prob > 0:
+        feature_mask = sample_span_mask(
+            jax.random.fold_in(rng, 3),
+            jnp.full(waveform.shape[:1], d.hidden_size),  # every channel valid
+            d.hidden_size,
+            d.mask_feature_prob,
+            d.mask_feature_length,
+            d.mask_feature_min_masks,
+        )  # [batch, hidden]
+    return time_mask, feature_mask
+
+
 class Wav2Vec2CTCTask(CTCTask):
     """Waveform → characters with Wav2Vec2/HuBERT and a CTC head (model.frontend=waveform), as
     transformers' Wav2Vec2ForCTC fine-tunes: batches hold samples (features float32 [batch,
@@ -187,27 +220,7 @@ class Wav2Vec2CTCTask(CTCTask):
         if not train:
             logits, out = self.model.apply({"params": params}, waveform, lengths)
             return logits, out.lengths
-        d, time_mask, feature_mask = self.dims, None, None
-        if d.apply_spec_augment and d.mask_time_prob > 0:
-            with jax.ensure_compile_time_eval():  # static: the padded samples' frames
-                frames = int(d.output_lengths(np.int32(waveform.shape[1])))
-            time_mask = sample_span_mask(
-                jax.random.fold_in(rng, 1),
-                d.output_lengths(lengths),
-                frames,
-                d.mask_time_prob,
-                d.mask_time_length,
-                d.mask_time_min_masks,
-            )  # [batch, frames]
-        if d.apply_spec_augment and d.mask_feature_prob > 0:
-            feature_mask = sample_span_mask(
-                jax.random.fold_in(rng, 3),
-                jnp.full(waveform.shape[:1], d.hidden_size),  # every channel valid
-                d.hidden_size,
-                d.mask_feature_prob,
-                d.mask_feature_length,
-                d.mask_feature_min_masks,
-            )  # [batch, hidden]
+        time_mask, feature_mask = wav2vec2_span_masks(self.dims, rng, waveform, lengths)
         logits, out = self.model.apply(
             {"params": params},
             waveform,
