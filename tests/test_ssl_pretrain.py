@@ -5,16 +5,17 @@ step's rng); a bit-exact resume; 2 processes taking the 1-process steps; HuBERT'
 script (MFCCs, and a pre-trained layer); the base configs' parameter counts; and a CTC
 fine-tune whose `train.init_from` takes the pre-trained encoder exactly.
 
-Cost: every in-process run is 4 steps or fewer on one bucket, sharing one persistent
-compilation cache; the 2-process test compiles in 3 processes at once (about 80 s on 2 busy
-cores)."""
+Cost: every in-process run is 4 steps or fewer on one bucket, sharing the test run's
+persistent compilation cache; one wav2vec 2.0 run (`pretrained`) serves the loss, resume,
+evaluation, fine-tuning and iteration-2 tests, one HuBERT run (`hubert`, in this process) the
+HuBERT loss test and, as the 1-process reference, the 2-process test (2 processes compiling at
+once)."""
 
 from __future__ import annotations
 
 import json
-import os
+import runpy
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -59,36 +60,48 @@ def wave_dataset(tiny_dataset, tmp_path_factory, worker_id) -> Path:
     return built_once(tmp_path_factory, worker_id, "ssl-wave-dataset", build)
 
 
-def _config(dataset: Path, cache: Path, *extra: str):
+def _overrides(dataset: Path, *extra: str) -> list[str]:
     """4 steps on one bucket, a loss per logged step, a warmup of 1 step and a constant rate
     after it (the same schedule whatever train.num_steps: a resume to 4 equals 4 straight)."""
-    return load_config(
-        TINY,
-        [
-            f"data.dataset={dataset}",
-            "data.buckets=[96000]",
-            "train.num_steps=4",
-            "train.log_every=1",
-            "train.checkpoint_every=2",
-            f"train.compilation_cache_dir={cache}",
-            "optim.schedule=cosine",
-            "optim.warmup_steps=1",
-            "optim.end_learning_rate_ratio=1.0",
-            *extra,
-        ],
-    )
+    return [
+        f"data.dataset={dataset}",
+        "data.buckets=[96000]",
+        "train.num_steps=4",
+        "train.log_every=1",
+        "train.checkpoint_every=2",
+        "optim.schedule=cosine",
+        "optim.warmup_steps=1",
+        "optim.end_learning_rate_ratio=1.0",
+        *extra,
+    ]
+
+
+def _config(dataset: Path, *extra: str):
+    return load_config(TINY, _overrides(dataset, *extra))
+
+
+# The pre-training run validates at steps 2 and 4, in batches of 3 (the last one holds a filler
+# row), for test_evaluation_scores_the_objective.
+PRETRAINED = ("train.eval_every=2", "data.eval_batch_size=3")
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("ssl-compile-cache")
-
-
-@pytest.fixture(scope="module")
-def pretrained(wave_dataset, cache, tmp_path_factory) -> Path:
-    """A workdir of 4 straight wav2vec 2.0 steps."""
+def pretrained(wave_dataset, tmp_path_factory) -> Path:
+    """A workdir of 4 straight wav2vec 2.0 steps, validated at steps 2 and 4."""
     workdir = tmp_path_factory.mktemp("ssl-w2v") / "run"
-    api.train(_config(wave_dataset, cache), workdir)
+    api.train(_config(wave_dataset, *PRETRAINED), workdir)
+    return workdir
+
+
+HUBERT = ("ssl.objective=hubert", "train.num_steps=2")
+
+
+@pytest.fixture(scope="module")
+def hubert(wave_dataset, tmp_path_factory) -> Path:
+    """A workdir of 2 HuBERT steps, trained in this process (1 device): the 1-process run that
+    the 2-process run must equal, step by step."""
+    workdir = tmp_path_factory.mktemp("ssl-hubert") / "run"
+    api.train(_config(wave_dataset, *HUBERT), workdir)
     return workdir
 
 
@@ -128,10 +141,10 @@ def _mask(cfg, key, batch) -> jax.Array:
     )
 
 
-def test_wav2vec2_loss_is_the_objectives(pretrained, wave_dataset, cache):
+def test_wav2vec2_loss_is_the_objectives(pretrained, wave_dataset):
     """The loop's first loss = wav2vec2_loss / masked frames on the first batch, with the mask,
     distractors, dropout and Gumbel noise of the step's rng and the step-0 temperature."""
-    cfg = _config(wave_dataset, cache)
+    cfg = _config(wave_dataset, *PRETRAINED)
     task, params, rng, batch, logged = _first_step(cfg, pretrained)
     keys = task.step_keys(rng, train=True)
     mask = _mask(cfg, keys["mask"], batch)
@@ -163,13 +176,14 @@ def test_wav2vec2_loss_is_the_objectives(pretrained, wave_dataset, cache):
     assert summary["step"] == 4 and np.isfinite(summary["loss"])
 
 
-def test_resume_is_bit_exact(pretrained, wave_dataset, cache, tmp_path):
-    """2 steps, then a restart to 4: the parameters of 4 straight steps, bit for bit."""
+def test_resume_is_bit_exact(pretrained, wave_dataset, tmp_path):
+    """2 steps, then a restart to 4: the parameters of 4 straight steps, bit for bit (without
+    validation here: the straight run's validations change nothing either)."""
     workdir = tmp_path / "resumed"
-    api.train(_config(wave_dataset, cache, "train.num_steps=2"), workdir)
-    summary = api.train(_config(wave_dataset, cache), workdir)
+    api.train(_config(wave_dataset, "train.num_steps=2", "data.eval_split=''"), workdir)
+    summary = api.train(_config(wave_dataset, "data.eval_split=''"), workdir)
     assert summary["start_step"] == 2
-    cfg = _config(wave_dataset, cache)
+    cfg = _config(wave_dataset)
     task = build_task(cfg, load_dataset_info(wave_dataset, "train"))
     tx = make_optimizer(cfg.optim, cfg.train.num_steps)
     init = create_train_state(task, tx, task.dummy_batch(1, 96000), make_mesh(cfg.mesh), 0)
@@ -181,13 +195,11 @@ def test_resume_is_bit_exact(pretrained, wave_dataset, cache, tmp_path):
         assert np.array_equal(a, b), jax.tree_util.keystr(path)
 
 
-def test_hubert_loss_is_the_objectives(wave_dataset, cache, tmp_path):
+def test_hubert_loss_is_the_objectives(hubert, wave_dataset):
     """HuBERT: the batch's labels are each item's cluster targets (one per frame, from
     DATASET/train.targets.npz) and the loop's first loss is hubert_loss / masked frames."""
-    workdir = tmp_path / "hubert"
-    cfg = _config(wave_dataset, cache, "ssl.objective=hubert", "train.num_steps=1")
-    api.train(cfg, workdir)
-    task, params, rng, batch, logged = _first_step(cfg, workdir)
+    cfg = _config(wave_dataset, *HUBERT)
+    task, params, rng, batch, logged = _first_step(cfg, hubert)
     frames = conv_output_lengths(batch["feature_lengths"], KERNEL, STRIDE)
     assert np.array_equal(batch["label_lengths"], frames)
     stored = [t.tolist() for t in read_targets(targets_path(wave_dataset, "train")).values()]
@@ -220,20 +232,24 @@ def test_hubert_loss_is_the_objectives(wave_dataset, cache, tmp_path):
     assert logged["correct"] == float(losses.masked_correct)
 
 
-def test_ctc_init_from_takes_the_pretrained_encoder(pretrained, wave_dataset, cache, tmp_path):
+def test_ctc_init_from_takes_the_pretrained_encoder(pretrained, wave_dataset, tmp_path):
     """A model.frontend=waveform CTC config with train.init_from=the pre-training workdir
-    starts from its encoder, bit for bit (learning rate 0: the step changes nothing)."""
+    starts from its encoder (of the best checkpoint), bit for bit (learning rate 0: the step
+    changes nothing)."""
     workdir = tmp_path / "finetune"
     overrides = [f"data.dataset={wave_dataset}", f"train.init_from={pretrained}"]
     overrides += ["data.buckets=[96000]", "data.eval_split=''", "train.num_steps=1"]
-    overrides += ["optim.learning_rate=0.0", f"train.compilation_cache_dir={cache}"]
+    overrides += ["optim.learning_rate=0.0"]
     cfg = load_config(CTC_TINY, overrides)
     api.train(cfg, workdir)
     task = build_task(cfg, load_dataset_info(wave_dataset, "train"))
     tx = make_optimizer(cfg.optim, cfg.train.num_steps)
     init = create_train_state(task, tx, task.dummy_batch(1, 96000), make_mesh(cfg.mesh), 0)
     encoder = jax.tree.map(np.asarray, init.params["encoder"])
-    source, _ = restore_workdir_params(pretrained, {"encoder": encoder}, 4)
+    source, step = restore_workdir_params(pretrained, {"encoder": encoder})  # the best
+    rows = [json.loads(line) for line in (pretrained / "metrics.jsonl").read_text().splitlines()]
+    validated = {r["step"]: r["loss"] for r in rows if r["split"] == "valid"}
+    assert step == min(validated, key=validated.get)
     tuned, _ = restore_workdir_params(workdir, {"encoder": encoder}, 1)
     flat = jax.tree_util.tree_leaves_with_path(source["encoder"])
     for (path, a), b in zip(flat, jax.tree.leaves(tuned["encoder"]), strict=True):
@@ -294,40 +310,36 @@ def test_base_configs_have_the_reference_parameters():
     assert counts["hubert_pretrain_base"] == sum(p.numel() for p in hubert.parameters()) + head
 
 
-def test_two_processes_take_the_one_process_steps(wave_dataset, tmp_path):
+def test_two_processes_take_the_one_process_steps(hubert, wave_dataset, tmp_path, monkeypatch):
     """HuBERT pre-training as 2 processes x 4 devices (each reading its own rows and their
-    targets) and as 1 process x 8 devices: the same masked frames and losses, step by step."""
-    from tests.test_multiprocess import _start, _wait
+    targets, `jaxseq train` with the multi-process flags) and as 1 process (`hubert`, trained
+    in this process on its 1 device: a batch of 8 rows there is split 8 ways here): the same
+    masked frames, correct predictions and losses, step by step."""
+    import tests.test_multiprocess as multiprocess
 
-    def args(workdir: Path) -> list[str]:
-        return [
-            "--config",
-            str(TINY),
-            "--workdir",
-            str(workdir),
-            f"data.dataset={wave_dataset}",
-            "data.buckets=[96000]",
-            "mesh.data=8",
-            "ssl.objective=hubert",
-            "train.num_steps=2",
-            "train.log_every=1",
-            "train.checkpoint_every=2",
-        ]
-
-    runs = {n: _start("train", args(tmp_path / f"run{n}"), n, tmp_path / f"p{n}") for n in (1, 2)}
-    for n, (procs, files) in runs.items():
-        _wait("train", procs, files, tmp_path / f"p{n}")
+    env = multiprocess._env  # + the flag tests/conftest.py sets: compiles in half the time
+    flag = " --xla_cpu_use_fusion_emitters=false"
+    monkeypatch.setattr(
+        multiprocess, "_env", lambda n: (e := env(n)) | {"XLA_FLAGS": e["XLA_FLAGS"] + flag}
+    )
+    workdir = tmp_path / "run2"
+    args = ["--config", str(TINY), "--workdir", str(workdir), "mesh.data=8"]
+    args += _overrides(wave_dataset, *HUBERT)
+    procs, files = multiprocess._start("train", args, 2, tmp_path / "p2")
+    multiprocess._wait("train", procs, files, tmp_path / "p2")
     logged = {}
-    for n in (1, 2):
-        rows = (tmp_path / f"run{n}" / "metrics.jsonl").read_text().splitlines()
-        logged[n] = [json.loads(r) for r in rows if json.loads(r)["split"] == "train"]
-    assert [r["step"] for r in logged[2]] == [1, 2]
+    for n, run in ((1, hubert), (2, workdir)):
+        rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+        logged[n] = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in logged[1]] == [r["step"] for r in logged[2]] == [1, 2]
     for one, two in zip(logged[1], logged[2], strict=True):
         assert one["tokens"] == two["tokens"] > 0 and one["correct"] == two["correct"]
         np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-5)
 
 
-def test_iteration_2_targets_from_a_pretrained_layer(pretrained, wave_dataset, tmp_path):
+def test_iteration_2_targets_from_a_pretrained_layer(
+    pretrained, wave_dataset, tmp_path, monkeypatch
+):
     """scripts/hubert_targets.py --workdir --layer: k-means of a pre-trained encoder layer's
     hidden states, still one target per conv-encoder frame of each item."""
     copy = tmp_path / "copy"
@@ -335,8 +347,8 @@ def test_iteration_2_targets_from_a_pretrained_layer(pretrained, wave_dataset, t
     script = REPO / "scripts" / "hubert_targets.py"
     args = ["--dataset", str(copy), "--splits", "valid", "--fit-split", "train"]
     args += ["--clusters", "5", "--max-frames", "5000", "--workdir", str(pretrained)]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    subprocess.run([sys.executable, str(script), *args, "--layer", "1"], check=True, env=env)
+    monkeypatch.setattr(sys, "argv", [str(script), *args, "--layer", "1"])
+    runpy.run_path(str(script), run_name="__main__")  # in this process: no start-up, no imports
     targets = read_targets(targets_path(copy, "valid"))
     index = read_index(copy / index_name("valid"))
     for item, samples in zip(index["ids"].tolist(), index["num_frames"], strict=True):
@@ -345,8 +357,8 @@ def test_iteration_2_targets_from_a_pretrained_layer(pretrained, wave_dataset, t
     assert load_kmeans(copy / "kmeans.npz").feature_settings["layer"] == 1
 
 
-def test_evaluation_scores_the_objective(wave_dataset, cache, tmp_path, capsys):
-    """Training with train.eval_every=1 validates on the valid split at steps 1 and 2 (loss,
+def test_evaluation_scores_the_objective(pretrained, wave_dataset, tmp_path, capsys):
+    """Training with train.eval_every=2 validates on the valid split at steps 2 and 4 (loss,
     masked accuracy, codevector perplexity in metrics.jsonl) and keeps the lower loss as the
     best checkpoint; `jaxseq evaluate --split valid` scores that checkpoint, giving what NumPy
     recomputes from the task's own predict_fn and loss_fn on the split's batches (3 items a
@@ -354,12 +366,11 @@ def test_evaluation_scores_the_objective(wave_dataset, cache, tmp_path, capsys):
     from jaxseq.data.eval_batches import make_eval_batches
     from jaxseq.train.trained import load_trained
 
-    workdir = tmp_path / "evaluated"
-    extra = ("train.num_steps=2", "train.eval_every=1", "data.eval_batch_size=3")
-    api.train(_config(wave_dataset, cache, *extra), workdir)
+    workdir = tmp_path / "evaluated"  # a copy: `jaxseq evaluate` writes into the workdir
+    shutil.copytree(pretrained, workdir)
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     validated = {r["step"]: r for r in rows if r["split"] == "valid"}
-    assert sorted(validated) == [1, 2]
+    assert sorted(validated) == [2, 4]
     best = min(validated, key=lambda s: validated[s]["loss"])
 
     cli.main(["evaluate", "--workdir", str(workdir), "--split", "valid"])

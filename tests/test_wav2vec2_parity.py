@@ -471,22 +471,27 @@ def test_ctc_task_samples_feature_masks():
     task = Wav2Vec2CTCTask(cfg, CharVocab.from_charset("ab "), n_mels=80)
     batch = task.dummy_batch(2, 1600)
     params = nn.meta.unbox(task.init_variables(jax.random.key(0), batch)["params"])
-    masks = []  # the encoder's feature_mask argument, each [batch, hidden]
 
     class Drawn(Exception):
         """Stops the step once its mask is drawn."""
 
-    def grab(next_fun, args, kwargs, context):
-        if isinstance(context.module, Wav2Vec2Encoder):
-            masks.append(np.asarray(args[4]))
-            raise Drawn
-        return next_fun(*args, **kwargs)
+    @jax.jit  # one trace, then 400 compiled draws (not 400 eager steps)
+    def draw(key):
+        """The encoder's feature_mask argument [batch, hidden] in the training step of `key`."""
+        masks = []
 
-    with nn.intercept_methods(grab):
-        for seed in range(400):
-            with pytest.raises(Drawn):
-                task.logits(params, batch, jax.random.key(seed), train=True)
-    ours = np.stack(masks)  # [draws, batch, hidden]
+        def grab(next_fun, args, kwargs, context):
+            if isinstance(context.module, Wav2Vec2Encoder):
+                masks.append(args[4])
+                raise Drawn
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(grab), pytest.raises(Drawn):
+            task.logits(params, batch, key, train=True)
+        (mask,) = masks
+        return mask
+
+    ours = np.stack([np.asarray(draw(jax.random.key(seed))) for seed in range(400)])
     assert ours.shape == (400, 2, 32) and (ours[:, 0] != ours[:, 1]).any()
     np.random.seed(0)
     theirs = np.stack([_compute_mask_indices((2, 32), 0.3, 4, None, 1) for _ in range(400)])
