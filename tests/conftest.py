@@ -149,6 +149,7 @@ def whisper_folder(tmp_path_factory, reference) -> Path:
 # first: pytest-xdist (scripts/test.sh: -n 2 --dist loadfile) hands whole files to its workers
 # in collection order, so the long ones start early and the short ones even out the finish.
 LONGEST_FIRST = (
+    "test_ssl_pretrain.py",
     "test_multiprocess_families.py",
     "test_whisper_sequential.py",
     "test_frozen.py",
@@ -159,6 +160,8 @@ LONGEST_FIRST = (
     "test_whisper_finetune.py",
     "test_train_options.py",
     "test_compile.py",
+    "test_wav2vec2_classify.py",
+    "test_speecht5_import.py",
     "test_fault_tolerance.py",
     "test_seq2seq_task.py",
     "test_tts_cli.py",

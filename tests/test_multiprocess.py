@@ -116,10 +116,12 @@ def test_cli_reports_inconsistent_flags(no_cluster, tmp_path, capsys):
 # (steps 5-6 and the evaluation at step 6) and is the run that SIGTERM preempts. Every batch is
 # padded to one bucket (one train-step compile per launch, not one per bucket), a persistent
 # compilation cache lets a launch load what an earlier one compiled (the same program on the
-# same processes), and LLVM's optimizations are off (the programs are tiny; the 1- and
+# same processes), and every launch compiles with tests/conftest.py's fast XLA flags (LLVM's
+# optimizations off, the classic fusion emitters: `_env`; the programs are tiny, and the 1- and
 # 2-process runs are compiled alike).
 
 TIMEOUT = 900  # seconds per launch; compiling on a busy 2-core machine is slow
+FAST_COMPILE = "--xla_backend_optimization_level=0"  # tiny programs: about half the compile time
 LONG = 400  # train.num_steps of the runs that SIGTERM stops (far more steps than they take)
 
 
@@ -130,8 +132,19 @@ def _free_port() -> int:
 
 
 def _env(devices: int) -> dict[str, str]:
+    """This environment for a subprocess with `devices` CPU devices: no distributed variables;
+    XLA_FLAGS keeps this run's compile-time flags (tests/conftest.py: backend optimizations off,
+    the classic fusion emitters) and adds the device count and optimization level 0, so every
+    subprocess compiles as fast as the tests do; JAX_COMPILATION_CACHE_DIR, the run's persistent
+    cache, is inherited."""
     env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    flags = [
+        f
+        for f in env.get("XLA_FLAGS", "").split()
+        if not f.startswith(("--xla_force_host_platform_device_count=", FAST_COMPILE))
+    ]
+    flags += [f"--xla_force_host_platform_device_count={devices}", FAST_COMPILE]
+    env.update(XLA_FLAGS=" ".join(dict.fromkeys(flags)), JAX_PLATFORMS="cpu")  # each flag once
     return env
 
 
@@ -161,7 +174,6 @@ def _start(verb: str, args: list[str], num_processes: int, logs: Path):
     Returns (processes, [(out, err) files])."""
     port = _free_port()
     env = _env(8 // num_processes)
-    env["XLA_FLAGS"] += " --xla_backend_optimization_level=0"  # compiles in about half the time
     procs, files = [], []
     for i in range(num_processes):
         flags = []

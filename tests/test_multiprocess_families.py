@@ -42,7 +42,6 @@ def asr_workdir(corpus, tmp_path_factory):
 def _run(out, corpus, asr_workdir, processes: int) -> dict:
     port = _free_port()
     env = {**_env(8 // processes), "PYTHONPATH": str(REPO)}
-    env["XLA_FLAGS"] += " --xla_backend_optimization_level=0"  # tiny programs: compile faster
     args = [sys.executable, str(SCRIPT), str(out), str(corpus), str(asr_workdir)]
     procs = [
         subprocess.Popen(

@@ -3,19 +3,20 @@ the same loss and gradients as one device, the splits each preset promises, FSDP
 restoring a checkpoint under another mesh.
 
 The work runs in one subprocess (`tests/sharding_presets_run.py`) started with 8 host devices.
-Nearly all of its time is XLA compiling tiny programs, so LLVM's optimizations are off there
-(`--xla_backend_optimization_level=0`: compiling takes about half the time; every mesh and the
-one-device reference are compiled alike, and the equalities hold to the same tolerances).
+Nearly all of its time is XLA compiling tiny programs, so it compiles with the tests' fast XLA
+flags (tests/test_multiprocess.py's `_env`: LLVM's optimizations off, the classic fusion
+emitters; every mesh and the one-device reference are compiled alike, and the equalities hold
+to the same tolerances).
 """
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
 from tests.conftest import REPO
+from tests.test_multiprocess import _env
 
 # Splits per dimension of (attention query [embed, heads, kv], attention out [heads, kv, embed],
 # MLP in [embed, mlp], MLP out [mlp, embed], LayerNorm scale [embed]) under each preset.
@@ -48,11 +49,7 @@ EXPECTED_SPLITS = {
 def results(tiny_dataset, tmp_path_factory):
     folder = tmp_path_factory.mktemp("presets")
     out = folder / "results.json"
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0",
-        "JAX_PLATFORMS": "cpu",
-    }
+    env = _env(8)  # this run's fast-compile XLA flags and compilation cache, and 8 devices
     proc = subprocess.run(
         [
             sys.executable,

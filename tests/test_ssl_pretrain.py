@@ -310,18 +310,13 @@ def test_base_configs_have_the_reference_parameters():
     assert counts["hubert_pretrain_base"] == sum(p.numel() for p in hubert.parameters()) + head
 
 
-def test_two_processes_take_the_one_process_steps(hubert, wave_dataset, tmp_path, monkeypatch):
+def test_two_processes_take_the_one_process_steps(hubert, wave_dataset, tmp_path):
     """HuBERT pre-training as 2 processes x 4 devices (each reading its own rows and their
     targets, `jaxseq train` with the multi-process flags) and as 1 process (`hubert`, trained
     in this process on its 1 device: a batch of 8 rows there is split 8 ways here): the same
     masked frames, correct predictions and losses, step by step."""
     import tests.test_multiprocess as multiprocess
 
-    env = multiprocess._env  # + the flag tests/conftest.py sets: compiles in half the time
-    flag = " --xla_cpu_use_fusion_emitters=false"
-    monkeypatch.setattr(
-        multiprocess, "_env", lambda n: (e := env(n)) | {"XLA_FLAGS": e["XLA_FLAGS"] + flag}
-    )
     workdir = tmp_path / "run2"
     args = ["--config", str(TINY), "--workdir", str(workdir), "mesh.data=8"]
     args += _overrides(wave_dataset, *HUBERT)

@@ -103,15 +103,10 @@ def _hf_forward(hf, x, attention, mask, negatives):
     )
 
 
-def _compare(model, params, theirs, x, mask, negatives, deterministic, rngs=None):
+def _objective(model, out, negatives, mask):
+    """wav2vec2_loss of the model's outputs with its objective's settings."""
     o = model.objective
-    apply = jax.jit(
-        lambda p, x, m: model.apply(
-            {"params": p}, x, jnp.array([SAMPLES, SHORT]), m, deterministic, 1.7, rngs=rngs
-        )
-    )
-    out = apply(params, x, mask)
-    losses = wav2vec2_loss(
+    return wav2vec2_loss(
         out.projected_states,
         out.projected_quantized_states,
         out.codevector_perplexity,
@@ -121,6 +116,16 @@ def _compare(model, params, theirs, x, mask, negatives, deterministic, rngs=None
         o.contrastive_logits_temperature,
         o.diversity_loss_weight,
     )
+
+
+def _compare(model, params, theirs, x, mask, negatives, deterministic, rngs=None):
+    apply = jax.jit(
+        lambda p, x, m: model.apply(
+            {"params": p}, x, jnp.array([SAMPLES, SHORT]), m, deterministic, 1.7, rngs=rngs
+        )
+    )
+    out = apply(params, x, mask)
+    losses = _objective(model, out, negatives, mask)
     for name in ("projected_states", "projected_quantized_states"):
         ours, hf = np.asarray(getattr(out, name)), getattr(theirs, name).detach().numpy()
         assert_close(ours[0], hf[0], f"{name}, item 0")
@@ -313,17 +318,7 @@ def test_feature_grad_mult_scales_the_conv_encoders_gradient_as_fairseq():
 
     def loss(p):
         out = model.apply({"params": p}, x, jnp.array([SAMPLES, SHORT]), mask, True, 1.7)
-        o = model.objective
-        return wav2vec2_loss(
-            out.projected_states,
-            out.projected_quantized_states,
-            out.codevector_perplexity,
-            negatives,
-            mask,
-            o.num_codevectors,
-            o.contrastive_logits_temperature,
-            o.diversity_loss_weight,
-        ).loss
+        return _objective(model, out, negatives, mask).loss
 
     value, ours = jax.jit(jax.value_and_grad(loss))(params)
     assert_close(value, theirs.loss.item(), "loss")

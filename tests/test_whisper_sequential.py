@@ -107,7 +107,6 @@ def test_two_processes_each_with_their_own_recordings(workdir, trained, together
     its options, two rows)."""
     script = REPO / "tests" / "whisper_sequential_run.py"
     env = {**_env(1), "PYTHONPATH": str(REPO)}
-    env["XLA_FLAGS"] += " --xla_backend_optimization_level=0"  # tiny programs: compile faster
     args = [sys.executable, str(script), str(tmp_path), str(workdir), str(_free_port()), "2"]
     procs = [
         subprocess.Popen(
