@@ -143,6 +143,19 @@ def test_xla_running_out_of_memory_is_a_fit_failure_with_its_figures():
     assert "the 15.75 GiB it may use (parameters 1.00 GiB, optimizer state 2.00 GiB)" in message
 
 
+def test_a_waveform_models_audio_hours_count_samples():
+    """A Wav2Vec2 config's frames are samples: its audio hours per second are batch x samples
+    / 16 kHz per step (not 10 ms per frame, which would make them 160 times too many)."""
+    cfg = load_config(
+        REPO / "configs" / "wav2vec2_tiny_ctc.yaml",
+        ["data.dataset=/nonexistent", "data.buckets=[16000]", "data.batch_size=4"],
+    )
+    report = api.compile(cfg, "v5e:2x2", evaluation=False)
+    at = report["at_mfu"]
+    assert report["train"]["fits"] and report["frames"] == 16000
+    assert at["audio_hours_per_second"] == pytest.approx(4 * 1.0 / 3600 / at["step_seconds"])
+
+
 def test_several_slices_put_the_data_axis_across_them():
     cfg = load_config(TINY_CONFIG, ["data.dataset=/nonexistent", "data.batch_size=16"])
     report = api.compile(cfg, "v5e:2x2", num_slices=2)

@@ -105,7 +105,7 @@ class Wav2Vec2Dims:
         return self.mask_time_prob > 0.0 or self.mask_feature_prob > 0.0
 
     def output_lengths(self, lengths: jax.Array) -> jax.Array:
-        """Encoder frames of waveforms of `lengths` [batch] samples."""
+        """Encoder frames of waveforms of `lengths` [batch] samples (of a Python int, an int)."""
         return conv_output_lengths(lengths, self.conv_kernel, self.conv_stride)
 
 

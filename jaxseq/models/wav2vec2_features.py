@@ -46,13 +46,18 @@ scale_gradient.defvjp(_scale_gradient_fwd, _scale_gradient_bwd)
 
 
 def conv_output_lengths(
-    lengths: jax.Array, conv_kernel: tuple[int, ...], conv_stride: tuple[int, ...]
-) -> jax.Array:
+    lengths: Any, conv_kernel: tuple[int, ...], conv_stride: tuple[int, ...]
+) -> Any:
     """Feature frames of waveforms of `lengths` [batch] samples: each unpadded conv maps n
     samples (or frames) to floor((n - kernel) / stride) + 1. 400 / 320 samples (25 / 20 ms at
-    16 kHz) per frame for the standard stack; clamped at 0 for inputs shorter than one frame."""
+    16 kHz) per frame for the standard stack; clamped at 0 for inputs shorter than one frame.
+    A Python int (a static shape) gives a Python int, with no device op: `jaxseq compile` for
+    a TPU topology has no chips to run one on."""
     for kernel, stride in zip(conv_kernel, conv_stride, strict=True):
-        lengths = jnp.maximum((lengths - kernel) // stride + 1, 0)
+        if isinstance(lengths, int):
+            lengths = max((lengths - kernel) // stride + 1, 0)
+        else:
+            lengths = jnp.maximum((lengths - kernel) // stride + 1, 0)
     return lengths
 
 

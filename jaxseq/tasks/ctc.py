@@ -157,8 +157,7 @@ def wav2vec2_span_masks(
     fold_in(rng, 1) and fold_in(rng, 3) (2 is the dropout's)."""
     d, time_mask, feature_mask = dims, None, None
     if d.apply_spec_augment and d.mask_time_prob > 0:
-        with jax.ensure_compile_time_eval():  # static: the padded samples' frames
-            frames = int(d.output_lengths(np.int32(waveform.shape[1])))
+        frames = d.output_lengths(waveform.shape[1])  # static: the padded samples' frames
         time_mask = sample_span_mask(
             jax.random.fold_in(rng, 1),
             d.output_lengths(lengths),

@@ -152,10 +152,6 @@ class SSLTask(Task):
         """The conv feature encoder's frames of `samples` (int [batch], NumPy or traced) as
         `conv_output_lengths`; of a Python int as a Python int (static shapes: no device op,
         which `jaxseq compile` for a topology without its chips could not run)."""
-        if isinstance(samples, int):
-            for kernel, stride in zip(self.dims.conv_kernel, self.dims.conv_stride, strict=True):
-                samples = max((samples - kernel) // stride + 1, 0)
-            return samples
         return self.dims.output_lengths(samples)
 
     def label_lengths(self, dataset_dir: str | Path, info: dict, split: str) -> np.ndarray:

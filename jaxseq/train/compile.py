@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 
-from jaxseq.config import Config, to_yaml
+from jaxseq.config import Config, frontend_settings, to_yaml
+from jaxseq.config_data import seconds_per_frame
 from jaxseq.data.pipeline import load_dataset_info
 from jaxseq.errors import JaxseqError
 from jaxseq.parallel.mesh import data_parallel_size, make_mesh
@@ -238,8 +239,9 @@ def compile_config(
     peak = peak_tflops(devices[0])
     if peak is not None and "flops_per_step" in train:
         step_seconds = train["flops_per_step"] / (n * peak * 1e12 * mfu)
-        audio_seconds = cfg.data.batch_size * frames * cfg.prepare.frontend.hop_length
-        audio_seconds /= cfg.prepare.frontend.sample_rate
+        # a log-mel frame is one hop of audio, a waveform record's frame one sample
+        per_frame = seconds_per_frame(frontend_settings(cfg.prepare.frontend))
+        audio_seconds = cfg.data.batch_size * frames * per_frame
         report["at_mfu"] = {
             "mfu": mfu,
             "peak_tflops_per_chip": peak,
