@@ -422,39 +422,10 @@ def export_workdir(workdir: str | Path, out: str | Path, *, step: int | None = N
     from jaxseq.train.trained import load_trained
 
     trained = load_trained(workdir, step=step)
-    cfg = trained.cfg
-    if cfg.model.family == "ctc" and cfg.model.frontend == "waveform":
-        out = w2v_folder.export_hf_wav2vec2_ctc(
-            trained.params,
-            trained.task.dims,
-            cfg.wav2vec2.model_type,
-            trained.task.tokenizer.chars,
-            out,
-            do_normalize=cfg.data.normalize_waveform,
-        )
-        logging.info("exported %s step %d to %s", workdir, trained.step, out)
-        return out
-    if cfg.model.family == "classify" and cfg.classify.encoder == "wav2vec2":
-        out = w2v_folder.export_hf_wav2vec2_classifier(
-            trained.params,
-            trained.task.dims,
-            cfg.wav2vec2.model_type,
-            trained.task.tokenizer.names,
-            out,
-            do_normalize=cfg.data.normalize_waveform,
-        )
-        logging.info("exported %s step %d to %s", workdir, trained.step, out)
-        return out
-    if cfg.model.family == "ssl" and cfg.ssl.objective == "wav2vec2":
-        out = w2v_folder.export_hf_wav2vec2_pretraining(
-            trained.params,
-            trained.task.dims,
-            trained.task.objective,
-            out,
-            do_normalize=cfg.data.normalize_waveform,
-        )
-        logging.info("exported %s step %d to %s", workdir, trained.step, out)
-        return out
+    exported = _export_wav2vec2(trained, out)
+    if exported is not None:
+        logging.info("exported %s step %d to %s", workdir, trained.step, exported)
+        return exported
     if trained.cfg.model.scan_layers:
         raise ConversionError(
             f"{workdir} was trained with model.scan_layers=true (stacked encoder layers); "
@@ -478,3 +449,34 @@ def export_workdir(workdir: str | Path, out: str | Path, *, step: int | None = N
         shutil.copy2(Path(workdir) / "tokenizer.json", out / "tokenizer.json")
     logging.info("exported %s step %d to %s", workdir, trained.step, out)
     return out
+
+
+def _export_wav2vec2(trained: Any, out: str | Path) -> Path | None:
+    """The transformers folder of a Wav2Vec2/HuBERT workdir (ctc with model.frontend=waveform,
+    classify with classify.encoder=wav2vec2, ssl with ssl.objective=wav2vec2), or None for
+    another model."""
+    cfg, task = trained.cfg, trained.task
+    normalize = cfg.data.normalize_waveform
+    if cfg.model.family == "ctc" and cfg.model.frontend == "waveform":
+        return w2v_folder.export_hf_wav2vec2_ctc(
+            trained.params,
+            task.dims,
+            cfg.wav2vec2.model_type,
+            task.tokenizer.chars,
+            out,
+            do_normalize=normalize,
+        )
+    if cfg.model.family == "classify" and cfg.classify.encoder == "wav2vec2":
+        return w2v_folder.export_hf_wav2vec2_classifier(
+            trained.params,
+            task.dims,
+            cfg.wav2vec2.model_type,
+            task.tokenizer.names,
+            out,
+            do_normalize=normalize,
+        )
+    if cfg.model.family == "ssl" and cfg.ssl.objective == "wav2vec2":
+        return w2v_folder.export_hf_wav2vec2_pretraining(
+            trained.params, task.dims, task.objective, out, do_normalize=normalize
+        )
+    return None

@@ -255,22 +255,9 @@ class ClassifyTask(Task):
         """`logits` of Wav2Vec2SequenceClassifier on waveforms [batch, samples] of `lengths`
         samples: (logits [batch, labels], valid encoder frames [batch]); with `rng`, dropout
         from fold_in(rng, 2), LayerDrop and the masks transformers' base model draws."""
-        from jaxseq.tasks.ctc import wav2vec2_span_masks
+        from jaxseq.tasks.ctc import wav2vec2_apply
 
-        if rng is None:
-            logits, out = self.model.apply({"params": params}, waveform, lengths)
-            return logits, out.lengths
-        time_mask, feature_mask = wav2vec2_span_masks(self.dims, rng, waveform, lengths)
-        logits, out = self.model.apply(
-            {"params": params},
-            waveform,
-            lengths,
-            deterministic=False,
-            time_mask=time_mask,
-            feature_mask=feature_mask,
-            rngs={"dropout": jax.random.fold_in(rng, 2)},
-        )
-        return logits, out.lengths
+        return wav2vec2_apply(self.model, self.dims, params, waveform, lengths, rng)
 
     def loss_fn(
         self, params: Any, batch: Batch, rng: jax.Array, train: bool

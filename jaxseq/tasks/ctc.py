@@ -178,6 +178,34 @@ def wav2vec2_span_masks(
     return time_mask, feature_mask
 
 
+def wav2vec2_apply(
+    model: Any,
+    dims: Wav2Vec2Dims,
+    params: Any,
+    waveform: jax.Array,
+    lengths: jax.Array,
+    rng: jax.Array | None,
+) -> tuple[jax.Array, jax.Array]:
+    """(logits, valid encoder frames [batch]) of a Wav2Vec2 model with a head (its apply returns
+    (logits, Wav2Vec2Output)) on waveforms [batch, samples] of `lengths` samples: in evaluation
+    without `rng`; with it, as transformers trains: dropout and LayerDrop from fold_in(rng, 2)
+    and the span masks of `wav2vec2_span_masks`."""
+    if rng is None:
+        logits, out = model.apply({"params": params}, waveform, lengths)
+        return logits, out.lengths
+    time_mask, feature_mask = wav2vec2_span_masks(dims, rng, waveform, lengths)
+    logits, out = model.apply(
+        {"params": params},
+        waveform,
+        lengths,
+        deterministic=False,
+        time_mask=time_mask,
+        feature_mask=feature_mask,
+        rngs={"dropout": jax.random.fold_in(rng, 2)},
+    )
+    return logits, out.lengths
+
+
 class Wav2Vec2CTCTask(CTCTask):
     """Waveform → characters with Wav2Vec2/HuBERT and a CTC head (model.frontend=waveform), as
     transformers' Wav2Vec2ForCTC fine-tunes: batches hold samples (features float32 [batch,
@@ -216,20 +244,9 @@ class Wav2Vec2CTCTask(CTCTask):
         mask_feature_length hidden channels, one mask per utterance zeroing those channels at
         every frame, as transformers' `_mask_hidden_states`) drawn from `rng`."""
         waveform, lengths = batch["features"], batch["feature_lengths"]  # [b, samples], [b]
-        if not train:
-            logits, out = self.model.apply({"params": params}, waveform, lengths)
-            return logits, out.lengths
-        time_mask, feature_mask = wav2vec2_span_masks(self.dims, rng, waveform, lengths)
-        logits, out = self.model.apply(
-            {"params": params},
-            waveform,
-            lengths,
-            deterministic=False,
-            time_mask=time_mask,
-            feature_mask=feature_mask,
-            rngs={"dropout": jax.random.fold_in(rng, 2)},
+        return wav2vec2_apply(
+            self.model, self.dims, params, waveform, lengths, rng if train else None
         )
-        return logits, out.lengths
 
 
 def _task_class(cfg: Config) -> type[CTCTask]:
