@@ -126,8 +126,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"wrote {args.workdir / 'eval' / 'robustness.md'} and robustness.json")
         return
     print(
-        f"{m['headline']}  on {m['num_utterances']} utterances ({m['num_skipped']} skipped) "
-        f"of {m['dataset']}:{m['split']}, step {m['step']}"
+        f"{m['headline']}  on {m['num_utterances']} utterances ({m['num_skipped']} skipped"
+        + (f", {len(m['too_long'])} too long for the model" if m["too_long"] else "")
+        + f") of {m['dataset']}:{m['split']}, step {m['step']}"
     )
 
 

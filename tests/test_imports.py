@@ -4,6 +4,7 @@ only the layers below it (docs/architecture.md). Function-level imports count to
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 from pathlib import Path
 
@@ -28,6 +29,7 @@ LAYERS = [
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 
+@functools.cache  # the source is read once per test run
 def _modules() -> dict[str, Path]:
     """Dotted module name → file, for every module of the package."""
     out = {}
@@ -37,6 +39,12 @@ def _modules() -> dict[str, Path]:
             parts = parts[:-1]
         out[".".join(parts)] = f
     return out
+
+
+@functools.cache
+def _package_imports() -> dict[str, frozenset[str]]:
+    """`_imports` of the package's own modules, parsed once per test run."""
+    return {m: frozenset(t) for m, t in _imports(_modules()).items()}
 
 
 def _imports(modules: dict[str, Path]) -> dict[str, set[str]]:
@@ -109,7 +117,7 @@ def test_the_cycle_finder_finds_a_cycle():
 
 
 def test_no_import_cycles():
-    assert _cycles(_imports(_modules())) == []
+    assert _cycles(_package_imports()) == []
 
 
 def test_every_folder_is_in_a_layer():
@@ -118,7 +126,7 @@ def test_every_folder_is_in_a_layer():
 
 @pytest.mark.parametrize("layer", sorted(LAYER))
 def test_imports_point_down_the_layers(layer):
-    graph = _imports(_modules())
+    graph = _package_imports()
     upward = sorted(
         f"{m} imports {t}"
         for m, targets in graph.items()

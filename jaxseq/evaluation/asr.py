@@ -85,7 +85,9 @@ class ASRScorer(Scorer):
             f"# Evaluation: WER {metrics['wer']:.2%}, CER {metrics['cer']:.2%}",
             "",
             f"{metrics['num_utterances']} utterances scored, {metrics['num_skipped']} skipped "
-            f"(listed in {path.name}); decoder {metrics['decoder']}, step {metrics['step']}; "
+            f"by prepare and {len(metrics['too_long'])} longer than the model's input, not "
+            f"scored (both listed in {path.name}); decoder {metrics['decoder']}, "
+            f"step {metrics['step']}; "
             f"text normalizer {normalizer}; "
             f"real-time factor {metrics['real_time_factor']:.4f} "
             f"({metrics['decode_seconds']:.1f} s for {metrics['audio_seconds']:.1f} s of audio).",

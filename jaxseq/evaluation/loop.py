@@ -11,6 +11,7 @@ in-memory waveforms are batched in lockstep (jaxseq.evaluation.waveforms).
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from jaxseq.config import FrontendConfig, TextConfig, frontend_settings, seconds_per_frame
+from jaxseq.data.eval_batches import too_long_items
 from jaxseq.data.pipeline import load_dataset_info
 from jaxseq.evaluation.asr import ASRScorer
 from jaxseq.evaluation.classify import ClassifyScorer
@@ -87,8 +89,10 @@ def evaluate_split(
         values meaning the config's.
       report_dir: where plots go (`plots/` inside it) for a task with `num_plots`; None: none.
     Returns:
-      (metrics: the scorer's (holding `task.best_metric`), plus loss and num_utterances;
-      records: one per item, from all processes, in dataset order).
+      (metrics: the scorer's (holding `task.best_metric`), plus loss, num_utterances and
+      too_long: the items longer than the model's input (`task.max_input_frames`), not
+      scored, as {"id", "num_frames"}; records: one per scored item, from all processes, in
+      dataset order).
     """
     info = load_dataset_info(dataset_dir, split)
     task.check_split(dataset_dir, info, split)
@@ -102,6 +106,19 @@ def evaluate_split(
         options=options,
     )
     scorer.start(task, context)
+    too_long = []
+    if task.max_input_frames is not None:
+        too_long = too_long_items(dataset_dir, split, task.max_input_frames)
+    if too_long:
+        logging.warning(
+            "%s:%s: %d items are longer than the model's %d feature frames and are not "
+            "scored (listed in the report as too_long), e.g. %s",
+            dataset_dir,
+            split,
+            len(too_long),
+            task.max_input_frames,
+            [t["id"] for t in too_long[:5]],
+        )
     step = eval_step(task, mesh, tuple(sorted(options.items())))
     batches = eval_batches(
         dataset_dir,
@@ -110,6 +127,7 @@ def evaluate_split(
         task.tokenizer,
         "evaluate",
         task.label_lengths(dataset_dir, info, split),
+        task.max_input_frames,
     )
     p = jax.process_index()
     hop = seconds_per_frame(frontend_settings(context.frontend))
@@ -161,5 +179,5 @@ def evaluate_split(
     if jax.process_count() > 1:
         records = gather_records(records, rows_per_batch)
     out = scorer.score(task, records, context, seconds=seconds, input_seconds=input_seconds)
-    out.update(num_utterances=len(records), loss=loss_sum / max(tokens, 1.0))
+    out.update(num_utterances=len(records), too_long=too_long, loss=loss_sum / max(tokens, 1.0))
     return out, records

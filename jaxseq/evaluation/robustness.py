@@ -90,13 +90,15 @@ def robustness_report(
         and "pitch" of its utterance)}.
       text, normalizer: the scoring's text policy and `eval.normalizer`.
     Returns:
-      {condition: {"num_utterances", "num_skipped", "wer", "cer", "by_rate": {bin: {
+      {condition: {"num_utterances", "num_skipped", "too_long" (the items longer than the
+      model's input, not scored), "wer", "cer", "by_rate": {bin: {
       "num_utterances", "wer", "cer"}}, "by_pitch": {...}, "utterances": the records}}.
     """
     return {
         condition: {
             "num_utterances": metrics["num_utterances"],
             "num_skipped": metrics["num_skipped"],
+            "too_long": metrics["too_long"],
             "wer": metrics["wer"],
             "cer": metrics["cer"],
             "by_rate": _binned(
@@ -119,14 +121,22 @@ def _markdown(report: dict[str, Any]) -> str:
         f"Stress dataset {report['dataset']}: voices held out of training, at the extremes of "
         f"espeak-ng's rates and pitches; text normalizer {report['normalizer']}.",
         "",
-        "| condition | utterances | skipped | WER | CER |",
-        "|---|---|---|---|---|",
+        "| condition | utterances | skipped by prepare | too long, not scored | WER | CER |",
+        "|---|---|---|---|---|---|",
     ]
     for name, c in conditions.items():
         lines.append(
-            f"| {name} | {c['num_utterances']} | {c['num_skipped']} | {c['wer']:.2%} | "
-            f"{c['cer']:.2%} |"
+            f"| {name} | {c['num_utterances']} | {c['num_skipped']} | {len(c['too_long'])} | "
+            f"{c['wer']:.2%} | {c['cer']:.2%} |"
         )
+    too_long = {t["id"] for c in conditions.values() for t in c["too_long"]}
+    if too_long:
+        lines += [
+            "",
+            f"{len(too_long)} utterances are longer than the model's input and are not scored "
+            f"(listed in {REPORT_NAME}.json): {', '.join(sorted(too_long)[:10])}"
+            + (", ..." if len(too_long) > 10 else ""),
+        ]
     for key, title in (("by_rate", "speaking rate (words per minute)"), ("by_pitch", "pitch")):
         first = next(iter(conditions.values()))[key]
         lines += [

@@ -23,6 +23,7 @@ def eval_batches(
     vocab: Any,
     desc: str,
     label_lengths: np.ndarray | None = None,
+    max_frames: int | None = None,
 ) -> Iterator[tuple[dict[str, np.ndarray], list[str], list[str]]]:
     """`make_eval_batches` for this process, with a progress bar on process 0."""
     p, count = jax.process_index(), jax.process_count()
@@ -34,10 +35,11 @@ def eval_batches(
         process_index=p,
         process_count=count,
         label_lengths=label_lengths,
+        max_frames=max_frames,
     )
     return tqdm(
         batches,
-        total=num_eval_batches(dataset_dir, split, cfg, process_count=count),
+        total=num_eval_batches(dataset_dir, split, cfg, process_count=count, max_frames=max_frames),
         desc=f"{desc} {split}",
         disable=p != 0,
         leave=False,

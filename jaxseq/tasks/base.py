@@ -41,6 +41,9 @@ class Task(abc.ABC):
     # The top-level parameter groups `train.init_from` provides (e.g. ("encoder",): a classifier
     # takes a CTC model's encoder and starts its own head); empty = all of them.
     pretrained_groups: tuple[str, ...] = ()
+    # The longest input the model takes, in feature frames (a fixed encoder context); None:
+    # any length. Evaluation leaves longer items out and reports them (jaxseq.evaluation.loop).
+    max_input_frames: int | None = None
 
     cfg: Config
     n_mels: int

@@ -148,6 +148,7 @@ class Seq2SeqTask(ASRTask):
             raise JaxseqError(f"model.ctc_weight={m.ctc_weight} must lie in [0, 1]")
         ctc_vocab = self.dims.vocab_size if m.ctc_weight > 0 else 0
         self.model = WhisperModel(self.dims, m.dropout, dtype, ctc_vocab, m.remat, m.scan_layers)
+        self.max_input_frames = self.dims.num_frames
         if max(cfg.data.buckets) > self.dims.num_frames:
             raise JaxseqError(
                 f"data.buckets go up to {max(cfg.data.buckets)} frames but the model's context "
