@@ -72,8 +72,8 @@ class ConvFeatureEncoder(nn.Module):
     With `lengths` (valid samples [batch]) the GroupNorm takes its statistics over each item's
     valid frames only, so an item's features do not depend on its padding: they equal
     transformers' on the item alone (transformers itself takes them over the padding too, which
-    is why its base processors send unpadded batches of one). Without `lengths` every frame
-    counts, as in transformers.
+    is why its base processors send unpadded batches of one); an item of no samples takes them
+    over its padding. Without `lengths` every frame counts, as in transformers.
     """
 
     conv_dim: tuple[int, ...]
@@ -111,6 +111,9 @@ class ConvFeatureEncoder(nn.Module):
                 if lengths is not None:  # [batch, frames, channels]: the first conv's frames
                     first = conv_output_lengths(lengths, (kernel,), (stride,))
                     valid = jnp.arange(x.shape[1])[None, :, None] < first[:, None, None]
+                    # A row with no valid frame (an evaluation batch's filler, 0 samples) takes
+                    # its statistics over all of its (zero) frames: none would give 0/0 = NaN.
+                    valid = valid | (first == 0)[:, None, None]
                     valid = jnp.broadcast_to(valid, x.shape)
                 x = nn.GroupNorm(
                     num_groups=channels,  # one channel per group: statistics over time
