@@ -476,8 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder with config.json, weights, "
         "tokenizer.json (e.g. a downloaded openai/whisper-small; Wav2Vec2ForCTC, HubertForCTC: "
         "vocab.json; Wav2Vec2ForPreTraining; ASTForAudioClassification, "
-        "Wav2Vec2ForSequenceClassification, HubertForSequenceClassification: id2label in "
-        "config.json)",
+        "Wav2Vec2ForSequenceClassification, HubertForSequenceClassification, "
+        "Wav2Vec2ForAudioFrameClassification: id2label in config.json)",
     )
     p.add_argument("--workdir", type=Path, required=True, help="new workdir to write")
     p.add_argument("--language", default="en", help="prompt language (multilingual models)")

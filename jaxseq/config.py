@@ -129,8 +129,9 @@ class ClassifyConfig:
     # "ast": the Audio Spectrogram Transformer (patches of the log-mel, a ViT encoder);
     # "transformer": jaxseq's audio encoder (the CTC family's: conv stem + Transformer), whose
     # weights train.init_from can take from a CTC workdir; "wav2vec2": Wav2Vec2/HuBERT on
-    # waveform records (model.frontend=waveform, sized by the wav2vec2 section; level=sequence,
-    # pooling=mean: transformers' Wav2Vec2ForSequenceClassification).
+    # waveform records (model.frontend=waveform, sized by the wav2vec2 section; pooling=mean:
+    # transformers' Wav2Vec2ForSequenceClassification, or at level=frame its
+    # Wav2Vec2ForAudioFrameClassification, one label per 20 ms frame).
     encoder: str = "ast"
     level: str = "sequence"  # sequence: one label per item | frame: one per encoder frame
     # sequence level: "cls" (ast only: the mean of the [CLS] and distillation tokens, as AST)
@@ -144,8 +145,9 @@ class ClassifyConfig:
     time_stride: int = 10
     max_frames: int = 1024
     layer_norm_eps: float = 1e-12
-    # encoder=wav2vec2 (transformers' names): the projector's width before the mean pooling,
-    # and whether it reads the softmax-weighted sum of every layer's hidden states.
+    # encoder=wav2vec2 (transformers' names): the projector's width before the mean pooling
+    # (level=sequence only), and whether the head reads the softmax-weighted sum of every
+    # layer's hidden states.
     classifier_proj_size: int = 256
     use_weighted_layer_sum: bool = False
 

@@ -139,7 +139,7 @@ def _check_schedule(optim: Any) -> None:
 
 def _check_classify_encoder(cfg: Any) -> None:
     """model.family=classify: classify.encoder=wav2vec2 goes with model.frontend=waveform (and
-    the other encoders with log-mel), at the sequence level with mean pooling."""
+    the other encoders with log-mel), with mean pooling at the sequence level."""
     c = cfg.classify
     if (c.encoder == "wav2vec2") != (cfg.model.frontend == "waveform"):
         raise ConfigError(
@@ -150,13 +150,6 @@ def _check_classify_encoder(cfg: Any) -> None:
         )
     if c.encoder != "wav2vec2":
         return
-    if c.level != "sequence":
-        raise ConfigError(
-            f"config key 'classify.level' is {c.level!r}, but classify.encoder=wav2vec2 "
-            "classifies whole clips only (level=frame, transformers' "
-            "Wav2Vec2ForAudioFrameClassification, is not supported yet): set "
-            "classify.level=sequence, or use classify.encoder=transformer for frame labels"
-        )
     if c.pooling != "mean":
         raise ConfigError(
             f"config key 'classify.pooling' is {c.pooling!r}, but classify.encoder=wav2vec2 "

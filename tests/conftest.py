@@ -3,6 +3,8 @@
 import fcntl
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -42,16 +44,44 @@ if os.environ.get("JAXSEQ_TEST_FAST", "1") == "1":
 # different functions of one module at the same time (the xdist workers: Griffin-Lim's phasor
 # in one, `librosa.yin`'s localmin in the other) can write cache files that disagree, and the
 # next call segfaults (numba#10128, seen on a fresh .venv). Each test process (pytest, each
-# xdist worker; their subprocesses inherit it) keeps its own numba cache.
+# xdist worker; their subprocesses inherit it) keeps its own numba cache. Compiling librosa's
+# kernels takes 5-20 CPU seconds a process (the ufuncs `import librosa.feature` builds, then
+# each jitted function at its first call), so every private cache starts as a copy of one
+# that the first process filled, alone, before any worker started.
+_NUMBA_SEED_ENV = "JAXSEQ_TEST_NUMBA_SEED"
+_WARM_LIBROSA = """
+import numpy as np, librosa, librosa.feature, librosa.effects, librosa.sequence
+for dtype in (np.float32, np.float64):
+    y = np.random.default_rng(0).normal(size=8000).astype(dtype) * 0.1
+    librosa.effects.trim(y, top_db=40)
+    librosa.effects.split(y, top_db=40)
+    librosa.yin(y, fmin=60, fmax=500, sr=16000, frame_length=1024)
+    m = librosa.feature.melspectrogram(y=y, sr=16000, n_fft=400, hop_length=160, n_mels=20)
+    librosa.feature.inverse.mel_to_audio(m, sr=16000, n_fft=400, hop_length=160, n_iter=2)
+    librosa.griffinlim(np.abs(librosa.stft(y, n_fft=400)), n_iter=2)
+    librosa.feature.mfcc(y=y, sr=16000, n_mfcc=13)
+    librosa.mu_expand(librosa.mu_compress(np.clip(y, -1, 1)))
+    librosa.sequence.dtw(X=m[:, :20], Y=m[:, 5:30])
+"""
+if _NUMBA_SEED_ENV not in os.environ:  # the first process (pytest, or xdist's controller)
+    _NUMBA_SEED = tempfile.mkdtemp(prefix="jaxseq-test-numba-seed-")
+    subprocess.run(
+        [sys.executable, "-c", _WARM_LIBROSA],
+        env={**os.environ, "NUMBA_CACHE_DIR": _NUMBA_SEED},
+        check=True,
+    )
+    os.environ[_NUMBA_SEED_ENV] = _NUMBA_SEED
 _NUMBA_CACHE = tempfile.mkdtemp(prefix="jaxseq-test-numba-")
+shutil.copytree(os.environ[_NUMBA_SEED_ENV], _NUMBA_CACHE, dirs_exist_ok=True)
 os.environ["NUMBA_CACHE_DIR"] = _NUMBA_CACHE
 
 
 def pytest_unconfigure(config):
     """Removes the caches this process made (a compilation cache given by the user stays)."""
     shutil.rmtree(_NUMBA_CACHE, ignore_errors=True)
-    if "_CACHE" in globals():
-        shutil.rmtree(_CACHE, ignore_errors=True)
+    for made in ("_CACHE", "_NUMBA_SEED"):
+        if made in globals():
+            shutil.rmtree(globals()[made], ignore_errors=True)
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,11 +137,11 @@ def tiny_dataset(tmp_path_factory, worker_id) -> Path:
     return built_once(tmp_path_factory, worker_id, "tiny-dataset", _tiny_corpus) / "prepared"
 
 
-def _speaker_corpus(root: Path) -> None:
+def _classify_corpus(root: Path, *overrides: str) -> None:
     from jaxseq import cli
 
     config = str(REPO / "configs" / "classify_tiny.yaml")
-    cli.main(["synth", "--config", config, "--out", str(root / "audio")])
+    cli.main(["synth", "--config", config, "--out", str(root / "audio"), *overrides])
     cli.main(
         ["prepare", "--config", config, "--source", f"synth:{root / 'audio'}"]
         + ["--out", str(root / "prepared"), "--workers", "1"]  # in-process: a tiny corpus
@@ -123,7 +153,19 @@ def speaker_corpus(tmp_path_factory, worker_id) -> Path:
     """configs/classify_tiny.yaml's corpus (digit strings with their speakers as labels),
     synthesized and prepared by the `jaxseq synth` and `jaxseq prepare` commands: the folder
     with audio/ and prepared/."""
-    return built_once(tmp_path_factory, worker_id, "speaker-corpus", _speaker_corpus)
+    return built_once(tmp_path_factory, worker_id, "speaker-corpus", _classify_corpus)
+
+
+@pytest.fixture(scope="session")
+def diarization_corpus(tmp_path_factory, worker_id) -> Path:
+    """The same with synth.preset=diarization (2-3 turns by different voices per recording,
+    each turn's voice its segment's label), prepared as log-mel: audio/ and prepared/."""
+    return built_once(
+        tmp_path_factory,
+        worker_id,
+        "diarization-corpus",
+        lambda root: _classify_corpus(root, "synth.preset=diarization"),
+    )
 
 
 @pytest.fixture(scope="session")

@@ -21,25 +21,14 @@ CONFIG = REPO / "configs" / "classify_tiny.yaml"
 AST = ["classify.encoder=ast", "classify.pooling=cls"]
 
 
-def _corpus(root, *overrides):
-    cli.main(["synth", "--config", str(CONFIG), "--out", str(root / "audio"), *overrides])
-    # In this process: a pool of `spawn` workers (the default, one per core) would each import
-    # jaxseq and librosa again (seconds apiece, per split) to compute features for 40 clips.
-    cli.main(
-        ["prepare", "--config", str(CONFIG), "--source", f"synth:{root / 'audio'}"]
-        + ["--out", str(root / "prepared"), "--workers", "1"]
-    )
-    return root
-
-
 @pytest.fixture(scope="module")
 def speakers(speaker_corpus):
     return speaker_corpus
 
 
 @pytest.fixture(scope="module")
-def turns(tmp_path_factory):
-    return _corpus(tmp_path_factory.mktemp("turns"), "synth.preset=diarization")
+def turns(diarization_corpus):
+    return diarization_corpus
 
 
 @pytest.fixture(scope="module")

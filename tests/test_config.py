@@ -38,6 +38,7 @@ EXPECTED_PARAMS = {
     "wav2vec2_pretrain_tiny": (0.01e6, 0.1e6),
     "hubert_digits_pretrain": (1.1e6, 1.2e6),
     "hubert_digits_ctc": (1.1e6, 1.2e6),
+    "wav2vec2_tiny_frame_classify": (0.01e6, 0.1e6),
     "seq2seq_tiny": (0.01e6, 0.1e6),
     "seq2seq_digits": (1.5e6, 2.5e6),
     "seq2seq_timestamps": (1.5e6, 2.5e6),

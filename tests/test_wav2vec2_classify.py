@@ -25,7 +25,6 @@ from transformers import (
 
 from jaxseq import cli
 from jaxseq.config import load_config
-from jaxseq.convert.hf_whisper import ConversionError
 from jaxseq.convert.workdir import convert_to_workdir
 from jaxseq.data.pipeline import make_train_iterator
 from jaxseq.data.reading import load_dataset_info
@@ -166,21 +165,11 @@ def test_convert_classify_and_export_match_transformers(name, tmp_path, capsys):
     assert extractor.do_normalize and extractor.return_attention_mask == layer_norm
 
 
-def test_convert_refuses_frame_classification(tmp_path):
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    config = Wav2Vec2Config(**TINY, architectures=["Wav2Vec2ForAudioFrameClassification"])
-    (folder / "config.json").write_text(config.to_json_string())
-    with pytest.raises(ConversionError, match="frame-level classification is not supported yet"):
-        convert_to_workdir(folder, tmp_path / "wd")
-
-
 @pytest.mark.parametrize(
     "overrides, key",
     [
         (["model.frontend=logmel", "prepare.frontend.kind=logmel"], "classify.encoder"),
         (["classify.encoder=transformer"], "classify.encoder"),
-        (["classify.level=frame"], "classify.level"),
         (["classify.pooling=cls"], "classify.pooling"),
         (["prepare.frontend.kind=logmel"], "prepare.frontend.kind"),
     ],

@@ -107,9 +107,9 @@ def test_convert_and_export_round_trip(name, tmp_path, capsys):
 
 
 def test_convert_refuses_other_heads(tmp_path):
-    """A frame classifier is not supported yet: the error names the folder and what is."""
+    """An x-vector head is not supported: the error names the folder and what is."""
     folder = tmp_path / "cls"
-    config = Wav2Vec2Config(**TINY, architectures=["Wav2Vec2ForAudioFrameClassification"])
+    config = Wav2Vec2Config(**TINY, architectures=["Wav2Vec2ForXVector"])
     folder.mkdir()
     (folder / "config.json").write_text(config.to_json_string())
     with pytest.raises(

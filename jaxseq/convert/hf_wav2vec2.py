@@ -82,6 +82,49 @@ _DIMS_FIELDS = {f.name for f in dataclasses.fields(Wav2Vec2Dims)} - {
 _PRETRAINING_FIELDS = [f.name for f in dataclasses.fields(Wav2Vec2PreTrainingDims)]
 
 
+def classifier_architecture(model_type: str, head: str) -> str:
+    """transformers' class of a `model_type` ("wav2vec2" or "hubert") classifier with `head`:
+    "sequence" → Wav2Vec2ForSequenceClassification / HubertForSequenceClassification, "frame"
+    → Wav2Vec2ForAudioFrameClassification.
+
+    Raises:
+      ConversionError: for a HuBERT frame classifier (transformers has no
+        HubertForAudioFrameClassification).
+    """
+    if head == "frame":
+        if model_type == "hubert":
+            raise ConversionError(
+                "model_type 'hubert' with a frame-classification head: transformers has no "
+                "HubertForAudioFrameClassification (only Wav2Vec2ForAudioFrameClassification); "
+                "jaxseq converts HuBERT with HubertForCTC or HubertForSequenceClassification heads"
+            )
+        return "Wav2Vec2ForAudioFrameClassification"
+    if model_type == "hubert":
+        return "HubertForSequenceClassification"
+    return "Wav2Vec2ForSequenceClassification"
+
+
+def label_names(hf_config: dict) -> list[str]:
+    """config.json's id2label as class names in id order (ids 0..n-1, each once); without
+    one, transformers' default names LABEL_0.. of num_labels (2 by default).
+
+    Raises:
+      ConversionError: when id2label's keys are not the ids 0..n-1.
+    """
+    id2label = hf_config.get("id2label") or {
+        str(i): f"LABEL_{i}" for i in range(int(hf_config.get("num_labels", 2)))
+    }
+    try:
+        ids = sorted(int(i) for i in id2label)
+    except ValueError:
+        raise ConversionError(f"id2label has keys that are not ids: {list(id2label)}") from None
+    if not ids or ids != list(range(len(ids))):
+        raise ConversionError(
+            f"id2label has ids {ids}; a classifier needs the ids 0..num_labels-1, each once"
+        )
+    return [str(id2label.get(str(i), id2label.get(i))) for i in ids]
+
+
 def _config_dict(hf_config: Any) -> dict:
     return hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config)
 

@@ -1,9 +1,10 @@
 """transformers Wav2Vec2ForCTC / HubertForCTC folders ⇄ jaxseq CTC workdirs, and the
 Wav2Vec2ForPreTraining folders `jaxseq export` writes from ssl workdirs and the
-Wav2Vec2ForSequenceClassification / HubertForSequenceClassification ones from classify
-workdirs (classify.encoder=wav2vec2): the processor's
-vocabulary as jaxseq's characters (the blank first), and the folder `jaxseq export` writes
-(config.json, model.safetensors, vocab.json, tokenizer_config.json, preprocessor_config.json).
+Wav2Vec2ForSequenceClassification / HubertForSequenceClassification /
+Wav2Vec2ForAudioFrameClassification ones from classify workdirs (classify.encoder=wav2vec2):
+the processor's vocabulary as jaxseq's characters (the blank first), and the folder `jaxseq
+export` writes (config.json, model.safetensors, vocab.json, tokenizer_config.json,
+preprocessor_config.json).
 The parameter mapping itself is `jaxseq.convert.hf_wav2vec2`'s.
 """
 
@@ -15,7 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxseq.convert.hf_wav2vec2 import PAD_TOKEN, WORD_DELIMITER, wav2vec2_params_to_hf
+from jaxseq.convert.hf_wav2vec2 import (
+    PAD_TOKEN,
+    WORD_DELIMITER,
+    classifier_architecture,
+    wav2vec2_params_to_hf,
+)
 from jaxseq.convert.hf_whisper import ConversionError
 from jaxseq.models.wav2vec2 import Wav2Vec2Dims
 from jaxseq.models.wav2vec2_pretraining import Wav2Vec2PreTrainingDims
@@ -135,26 +141,28 @@ def export_hf_wav2vec2_classifier(
     folder: str | Path,
     *,
     do_normalize: bool = True,
+    head: str = "sequence",
 ) -> Path:
     """Writes a transformers Wav2Vec2ForSequenceClassification (or
-    HubertForSequenceClassification) folder from a `Wav2Vec2SequenceClassifier`'s params and
-    its class names (id order): config.json (id2label, label2id, classifier_proj_size,
-    use_weighted_layer_sum), model.safetensors and the feature extractor's
-    preprocessor_config.json. Returns the folder."""
+    HubertForSequenceClassification) folder from a `Wav2Vec2SequenceClassifier`'s params, or
+    with head "frame" a Wav2Vec2ForAudioFrameClassification folder from a
+    `Wav2Vec2FrameClassifier`'s, and its class names (id order): config.json (id2label,
+    label2id, classifier_proj_size, use_weighted_layer_sum), model.safetensors and the feature
+    extractor's preprocessor_config.json. Returns the folder.
+
+    Raises:
+      ConversionError: when the names do not fit the head, or for a HuBERT frame classifier
+        (`classifier_architecture`).
+    """
     if len(labels) != dims.num_labels:
         raise ConversionError(f"{len(labels)} class names for a {dims.num_labels}-label head")
-    architecture = (
-        "HubertForSequenceClassification"
-        if model_type == "hubert"
-        else "Wav2Vec2ForSequenceClassification"
-    )
-    config = _hf_config(dims, model_type, architecture)
+    config = _hf_config(dims, model_type, classifier_architecture(model_type, head))
     del config["vocab_size"]  # no CTC head
     config["id2label"] = {str(i): name for i, name in enumerate(labels)}
     config["label2id"] = {name: i for i, name in enumerate(labels)}
     return _write_folder(
         folder,
-        wav2vec2_params_to_hf(params, dims, "sequence", model_type),
+        wav2vec2_params_to_hf(params, dims, head, model_type),
         {
             "config.json": config,
             PREPROCESSOR_CONFIG: _preprocessor_config(dims, do_normalize, None),

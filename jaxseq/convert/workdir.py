@@ -18,7 +18,9 @@ frontend.json of waveform records, and vocab.json, jaxseq's characters of the ch
 tokens (`convert_wav2vec2_to_workdir`); a `Wav2Vec2ForPreTraining` folder gives model.family=ssl
 (ssl.objective=wav2vec2, the quantizer's sizes as the ssl section), and a
 `Wav2Vec2ForSequenceClassification` or `HubertForSequenceClassification` folder a classify
-workdir (classify.encoder=wav2vec2, labels.json from id2label). `export` writes each back.
+workdir (classify.encoder=wav2vec2, labels.json from id2label), and a
+`Wav2Vec2ForAudioFrameClassification` folder one with classify.level=frame. `export` writes each
+back.
 """
 
 from __future__ import annotations
@@ -229,14 +231,15 @@ def convert_wav2vec2_to_workdir(hf_folder: str | Path, workdir: str | Path) -> P
     characters: the blank, config.json's pad_token_id, first; `ctc_characters`) and the weights
     as checkpoint 0, the CTC head's outputs in that order. A `Wav2Vec2ForPreTraining` folder
     (no vocabulary) gives an ssl workdir instead (`_convert_wav2vec2_pretraining`), a
-    `Wav2Vec2ForSequenceClassification` or `HubertForSequenceClassification` folder a classify
-    workdir (`_convert_wav2vec2_classifier`).
+    `Wav2Vec2ForSequenceClassification`, `HubertForSequenceClassification` or
+    `Wav2Vec2ForAudioFrameClassification` folder a classify workdir
+    (`_convert_wav2vec2_classifier`).
 
     Raises:
       ConversionError: naming the folder when a file is missing or malformed, the architecture
-        is not a CTC, sequence-classification or pre-training one (frame classification is not
-        supported yet), the config uses what jaxseq's Wav2Vec2 lacks, the vocabulary's size is
-        not the model's, or `workdir` already holds checkpoints.
+        is not a CTC, classification or pre-training one (`w2v.ARCHITECTURES`; transformers has
+        no HubertForAudioFrameClassification), the config uses what jaxseq's Wav2Vec2 lacks,
+        the vocabulary's size is not the model's, or `workdir` already holds checkpoints.
     """
     hf_folder, workdir = Path(hf_folder), Path(workdir)
     if (workdir / "checkpoints").exists():
@@ -245,25 +248,26 @@ def convert_wav2vec2_to_workdir(hf_folder: str | Path, workdir: str | Path) -> P
         hf_config = json.loads((hf_folder / "config.json").read_text())
         architectures = hf_config.get("architectures") or []
         head = w2v.ARCHITECTURES.get(architectures[0]) if architectures else None
-        if head not in ("ctc", "pretraining", "sequence"):
-            frame = " (frame-level classification is not supported yet)" if head else ""
+        if head is None:
             raise ConversionError(
                 f"architectures {architectures}: jaxseq converts Wav2Vec2ForCTC, HubertForCTC "
                 "and Wav2Vec2ForPreTraining folders into workdirs, and "
-                "Wav2Vec2ForSequenceClassification and HubertForSequenceClassification ones"
-                f"{frame}"
+                "Wav2Vec2ForSequenceClassification, HubertForSequenceClassification and "
+                "Wav2Vec2ForAudioFrameClassification ones (transformers has no "
+                "HubertForAudioFrameClassification)"
             )
         fields = w2v.wav2vec2_config_from_hf(hf_config)
         if head == "pretraining":
             objective = w2v.wav2vec2_pretraining_config_from_hf(hf_config)
-        if head == "sequence":
-            labels = _id2label(hf_config)
+        if head in ("sequence", "frame"):
+            w2v.classifier_architecture(hf_config["model_type"], head)  # HuBERT: no frame head
+            labels = w2v.label_names(hf_config)
     except (OSError, ValueError) as err:  # ConversionError is a ValueError
         raise ConversionError(f"{hf_folder}/config.json: {err}") from None
     if head == "pretraining":
         return _convert_wav2vec2_pretraining(hf_folder, workdir, fields, objective)
-    if head == "sequence":
-        return _convert_wav2vec2_classifier(hf_folder, workdir, fields, hf_config, labels)
+    if head in ("sequence", "frame"):
+        return _convert_wav2vec2_classifier(hf_folder, workdir, fields, hf_config, labels, head)
     tokens = w2v.read_ctc_vocab(hf_folder)
     if len(tokens) != fields["vocab_size"]:
         raise ConversionError(
@@ -349,52 +353,36 @@ def _convert_wav2vec2_pretraining(
     return workdir
 
 
-def _id2label(hf_config: dict) -> list[str]:
-    """config.json's id2label as class names in id order (ids 0..n-1, each once); without
-    one, transformers' default names LABEL_0.. of num_labels (2 by default)."""
-    id2label = hf_config.get("id2label") or {
-        str(i): f"LABEL_{i}" for i in range(int(hf_config.get("num_labels", 2)))
-    }
-    try:
-        ids = sorted(int(i) for i in id2label)
-    except ValueError:
-        raise ConversionError(f"id2label has keys that are not ids: {list(id2label)}") from None
-    if not ids or ids != list(range(len(ids))):
-        raise ConversionError(
-            f"id2label has ids {ids}; a classifier needs the ids 0..num_labels-1, each once"
-        )
-    return [str(id2label.get(str(i), id2label.get(i))) for i in ids]
-
-
 def _convert_wav2vec2_classifier(
-    hf_folder: Path, workdir: Path, fields: dict, hf_config: dict, labels: list[str]
+    hf_folder: Path, workdir: Path, fields: dict, hf_config: dict, labels: list[str], head: str
 ) -> Path:
-    """A `Wav2Vec2ForSequenceClassification` / `HubertForSequenceClassification` folder → a
-    classify workdir (classify.encoder=wav2vec2 at the sequence level, the checkpoint's
-    classifier_proj_size and use_weighted_layer_sum) with labels.json (id2label in id order)
-    and the weights as checkpoint 0."""
+    """A `Wav2Vec2ForSequenceClassification` / `HubertForSequenceClassification` folder (head
+    "sequence") or a `Wav2Vec2ForAudioFrameClassification` one ("frame") → a classify workdir
+    (classify.encoder=wav2vec2 at that level, the checkpoint's classifier_proj_size and
+    use_weighted_layer_sum) with labels.json (id2label in id order) and the weights as
+    checkpoint 0. At the frame level, data.max_label_length is the largest bucket (one label
+    per sample of a record)."""
     from jaxseq.data.labels import LabelSet
     from jaxseq.tasks.classify import LABELS_FILE
 
     model_type = hf_config["model_type"]
     tensors = _read_tensors(hf_folder)  # a ConversionError naming the folder
     try:
-        label_set = LabelSet(labels, "sequence")
-        params = w2v.wav2vec2_params_from_hf(
-            tensors, Wav2Vec2Dims(**fields), "sequence", model_type
-        )
+        label_set = LabelSet(labels, head)
+        params = w2v.wav2vec2_params_from_hf(tensors, Wav2Vec2Dims(**fields), head, model_type)
     except ValueError as err:
         raise ConversionError(f"{hf_folder}: {err}") from None
     config = _waveform_config(hf_folder, "classify", fields, model_type, {})
     config["classify"] = {
         "encoder": "wav2vec2",
-        "level": "sequence",
+        "level": head,
         "pooling": "mean",
         "classifier_proj_size": fields["classifier_proj_size"],
         "use_weighted_layer_sum": fields["use_weighted_layer_sum"],
     }
     config["optim"] = {"freeze": ["encoder/feature_encoder/.*"]}  # freeze_feature_encoder()
-    config["data"]["max_label_length"] = 1  # one label per clip
+    # one label per clip, or per sample
+    config["data"]["max_label_length"] = max(WAVEFORM_BUCKETS) if head == "frame" else 1
     cfg = load_config(config)
     _write_workdir(workdir, cfg, params, hf_folder)
     label_set.save(workdir / LABELS_FILE)
@@ -418,7 +406,8 @@ def export_workdir(workdir: str | Path, out: str | Path, *, step: int | None = N
     its processor files (`export_hf_wav2vec2_ctc`), an ssl workdir of the wav2vec2 objective a
     Wav2Vec2ForPreTraining folder (`export_hf_wav2vec2_pretraining`), a classify workdir with
     classify.encoder=wav2vec2 a Wav2Vec2ForSequenceClassification (or
-    HubertForSequenceClassification) folder (`export_hf_wav2vec2_classifier`)."""
+    HubertForSequenceClassification) folder, or at classify.level=frame a
+    Wav2Vec2ForAudioFrameClassification one (`export_hf_wav2vec2_classifier`)."""
     from jaxseq.train.trained import load_trained
 
     trained = load_trained(workdir, step=step)
@@ -437,7 +426,8 @@ def export_workdir(workdir: str | Path, out: str | Path, *, step: int | None = N
             "whisper workdirs export to transformers' WhisperForConditionalGeneration, ctc "
             "ones with model.frontend=waveform to Wav2Vec2ForCTC/HubertForCTC, classify ones "
             "with classify.encoder=wav2vec2 to Wav2Vec2ForSequenceClassification/"
-            "HubertForSequenceClassification, and ssl ones with ssl.objective=wav2vec2 to "
+            "HubertForSequenceClassification (Wav2Vec2ForAudioFrameClassification at "
+            "classify.level=frame), and ssl ones with ssl.objective=wav2vec2 to "
             "Wav2Vec2ForPreTraining"
         )
     out = export_hf_whisper(trained.params, trained.task.dims, out)
@@ -474,6 +464,7 @@ def _export_wav2vec2(trained: Any, out: str | Path) -> Path | None:
             task.tokenizer.names,
             out,
             do_normalize=normalize,
+            head=cfg.classify.level,
         )
     if cfg.model.family == "ssl" and cfg.ssl.objective == "wav2vec2":
         return w2v_folder.export_hf_wav2vec2_pretraining(

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxseq.config import TextConfig
+from jaxseq.config import TextConfig, frontend_settings, seconds_per_frame
 from jaxseq.evaluation.scorer import Scorer
 from jaxseq.tasks.base import Task
 from jaxseq.tasks.classify import ClassifyTask, frame_targets
@@ -43,7 +43,9 @@ def _records(task: ClassifyTask, logits, enc_lengths, batch, ids, frame_seconds)
     names = task.tokenizer.names
     out = []
     if task.level == "frame":
-        targets = np.asarray(frame_targets(batch["labels"], task.stride, logits.shape[1]))
+        targets = np.asarray(
+            frame_targets(batch["labels"], task.stride, logits.shape[1], task.frame_offset)
+        )  # [rows, enc_frames]
         for r, item in enumerate(ids):
             n = int(enc_lengths[r])
             ref, hyp = targets[r, :n], np.argmax(logits[r, :n], axis=-1)
@@ -139,8 +141,7 @@ class ClassifyScorer(Scorer):
             return []
         logits = np.stack([p[0] for p in predictions])  # [rows, labels] or [rows, frames, labels]
         enc_lengths = np.stack([p[1] for p in predictions])  # [rows]
-        frontend = context.frontend
-        frame_seconds = frontend.hop_length / frontend.sample_rate * task.stride
+        frame_seconds = seconds_per_frame(frontend_settings(context.frontend)) * task.stride
         return _records(task, logits, enc_lengths, batch, ids, frame_seconds)
 
     def score(self, task, records, context, *, seconds, input_seconds) -> dict[str, Any]:

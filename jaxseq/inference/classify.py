@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from jaxseq.audio.io import load_audio
+from jaxseq.config import frontend_settings, seconds_per_frame
 from jaxseq.errors import JaxseqError
 from jaxseq.evaluation.classify import runs
 from jaxseq.evaluation.waveforms import predict_waveforms
@@ -60,7 +61,7 @@ def classify_waveforms(
                 f"{'pad' if n < task.min_frames else 'cut'} it"
             )
     labels = task.tokenizer.names
-    seconds = frontend.hop_length / frontend.sample_rate * task.stride
+    seconds = seconds_per_frame(frontend_settings(frontend)) * task.stride  # per encoder frame
     results: list[dict[str, Any]] = []
     for name, (logits, length) in zip(
         names, predict_waveforms(trained, waves, batch_size=batch_size), strict=True

@@ -355,12 +355,21 @@ class Wav2Vec2FrameClassifier(nn.Module):
 
     @nn.compact
     def __call__(
-        self, waveform: jax.Array, lengths: jax.Array | None = None, deterministic: bool = True
+        self,
+        waveform: jax.Array,
+        lengths: jax.Array | None = None,
+        deterministic: bool = True,
+        time_mask: jax.Array | None = None,
+        feature_mask: jax.Array | None = None,
     ) -> tuple[jax.Array, Wav2Vec2Output]:
-        """waveform float [batch, samples], lengths int [batch] or None →
-        (logits float32 [batch, frames, num_labels], the encoder's output)."""
+        """waveform float [batch, samples], lengths int [batch] or None, time_mask bool [batch,
+        frames] and feature_mask bool [batch, hidden] or None (see Wav2Vec2Encoder) →
+        (logits float32 [batch, frames, num_labels], the encoder's output); frames past
+        `out.lengths` are padding."""
         d = self.dims
-        out = Wav2Vec2Encoder(d, self.dtype, name="encoder")(waveform, lengths, deterministic)
+        out = Wav2Vec2Encoder(d, self.dtype, name="encoder")(
+            waveform, lengths, deterministic, time_mask, feature_mask
+        )
         if d.use_weighted_layer_sum:
             x = _weighted_layer_sum(self, out, d.num_hidden_layers)
         else:

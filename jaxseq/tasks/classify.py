@@ -1,19 +1,23 @@
 """Audio classification: AST, or heads on jaxseq's audio encoder, per sequence or per frame;
-or, with classify.encoder=wav2vec2 (model.frontend=waveform), Wav2Vec2/HuBERT per sequence.
+or, with classify.encoder=wav2vec2 (model.frontend=waveform), Wav2Vec2/HuBERT per sequence or
+per frame.
 
 Targets come from the prepared records through a `LabelSet` (the family's tokenizer): one
 label per item (softmax + cross-entropy, or sigmoid + binary cross-entropy per label when
 `classify.multi_label`), or one label per frame from the item's segments (level=frame:
-cross-entropy on every encoder frame a segment covers). Padded frames never count, in
-pooling or in the loss.
+cross-entropy on every encoder frame a segment covers; `frame_targets` says which label an
+encoder frame takes). Padded frames never count, in pooling or in the loss.
 
 classify.encoder=wav2vec2 is transformers' Wav2Vec2ForSequenceClassification /
-HubertForSequenceClassification, sized by the config's wav2vec2 section and
-classify.classifier_proj_size / use_weighted_layer_sum. Its batches hold samples (features
-float32 [batch, samples], feature_lengths in samples; its min_frames and max_frames count
-samples too). In training, as the base model does inside transformers' classifier: dropout,
-LayerDrop, time spans replaced by the learned mask embedding (wav2vec2.mask_time_*) and spans
-of hidden channels zeroed (wav2vec2.mask_feature_*); the head has no dropout of its own.
+HubertForSequenceClassification (level=sequence) or Wav2Vec2ForAudioFrameClassification
+(level=frame: a linear layer on every 20 ms frame), sized by the config's wav2vec2 section and
+classify.classifier_proj_size (sequence only) / use_weighted_layer_sum. Its batches hold
+samples (features float32 [batch, samples], feature_lengths in samples; its min_frames and
+max_frames count samples too; at the frame level, labels hold one id per sample, from the
+segments of the waveform records). In training, as the base model does inside transformers'
+classifier: dropout, LayerDrop, time spans replaced by the learned mask embedding
+(wav2vec2.mask_time_*) and spans of hidden channels zeroed (wav2vec2.mask_feature_*); the head
+has no dropout of its own.
 """
 
 from __future__ import annotations
@@ -41,14 +45,18 @@ from jaxseq.tasks.registry import register
 LABELS_FILE = "labels.json"
 
 
-def frame_targets(labels: jax.Array, stride: int, enc_frames: int) -> jax.Array:
+def frame_targets(labels: jax.Array, stride: int, enc_frames: int, offset: int = 0) -> jax.Array:
     """Per-input-frame label ids [batch, L] → the label of each encoder frame [batch,
-    enc_frames]: encoder frame k is centred on input frame k * stride (the conv stem's
-    receptive-field centre). Positions beyond L are -1 (unlabeled)."""
-    need = enc_frames * stride
+    enc_frames]: the label of the input frame at the centre of encoder frame k's receptive
+    field, k * stride + offset. jaxseq's log-mel stem pads its convs so that the centre is
+    input frame k * stride (offset 0); Wav2Vec2's unpadded conv stack (`receptive_field`
+    samples, `stride` apart) covers samples [k * stride, k * stride + field), so its offset is
+    field // 2 (sample k * 320 + 200 of the base stack). Positions beyond L are -1
+    (unlabeled)."""
+    need = offset + enc_frames * stride
     if labels.shape[1] < need:
         labels = jnp.pad(labels, ((0, 0), (0, need - labels.shape[1])), constant_values=-1)
-    return labels[:, ::stride][:, :enc_frames]  # [batch, enc_frames]
+    return labels[:, offset::stride][:, :enc_frames]  # [batch, enc_frames]
 
 
 def multi_hot(labels: jax.Array, lengths: jax.Array, num_labels: int) -> jax.Array:
@@ -82,9 +90,11 @@ class ClassifyTask(Task):
 
     def _build_model(self, dtype: Any) -> None:
         """Sets the model; the shortest and longest inputs it classifies (min_frames,
-        max_frames, in record frames), what the shortest is (`min_length`, for errors), and
-        the input frames per encoder frame (`stride`)."""
+        max_frames, in record frames), what the shortest is (`min_length`, for errors), the
+        input frames per encoder frame (`stride`) and the input frame at the centre of encoder
+        frame 0 (`frame_offset`, see `frame_targets`)."""
         c = self.cfg.classify
+        self.frame_offset = 0
         if c.encoder == "ast":
             from jaxseq.models.ast import AST, min_frames
 
@@ -93,7 +103,10 @@ class ClassifyTask(Task):
             self.min_length = f"one {self.min_frames}-frame patch"
             self.stride = math.prod(self.cfg.model.subsample_strides)
         elif c.encoder == "wav2vec2":
-            from jaxseq.models.wav2vec2 import Wav2Vec2SequenceClassifier
+            from jaxseq.models.wav2vec2 import (
+                Wav2Vec2FrameClassifier,
+                Wav2Vec2SequenceClassifier,
+            )
             from jaxseq.tasks.ctc import wav2vec2_dims
 
             self.dims = dataclasses.replace(
@@ -102,12 +115,14 @@ class ClassifyTask(Task):
                 classifier_proj_size=c.classifier_proj_size,
                 use_weighted_layer_sum=c.use_weighted_layer_sum,
             )
-            self.model = Wav2Vec2SequenceClassifier(self.dims, dtype=dtype)
+            head = Wav2Vec2FrameClassifier if c.level == "frame" else Wav2Vec2SequenceClassifier
+            self.model = head(self.dims, dtype=dtype)
             self.min_frames, self.max_frames = receptive_field(self.dims), math.inf  # samples
             self.min_length = (
                 f"the conv feature encoder's receptive field ({self.min_frames} samples)"
             )
             self.stride = math.prod(self.dims.conv_stride)  # samples per encoder frame
+            self.frame_offset = self.min_frames // 2  # the receptive field's centre
         else:
             from jaxseq.models.classifier import EncoderClassifier
 
@@ -252,8 +267,9 @@ class ClassifyTask(Task):
     def _wav2vec2_logits(
         self, params: Any, waveform: jax.Array, lengths: jax.Array, rng: jax.Array | None
     ) -> tuple[jax.Array, jax.Array]:
-        """`logits` of Wav2Vec2SequenceClassifier on waveforms [batch, samples] of `lengths`
-        samples: (logits [batch, labels], valid encoder frames [batch]); with `rng`, dropout
+        """`logits` of the Wav2Vec2 classifier on waveforms [batch, samples] of `lengths`
+        samples: (logits [batch, labels], or [batch, enc_frames, labels] at the frame level;
+        valid encoder frames [batch]); with `rng`, dropout
         from fold_in(rng, 2), LayerDrop and the masks transformers' base model draws."""
         from jaxseq.tasks.ctc import wav2vec2_apply
 
@@ -266,7 +282,9 @@ class ClassifyTask(Task):
         rows = batch.get("valid", jnp.ones(logits.shape[0], bool)).astype(jnp.float32)  # [b]
         labels = batch["labels"]  # [b, L]
         if self.level == "frame":
-            targets = frame_targets(labels, self.stride, logits.shape[1])  # [b, enc_frames]
+            targets = frame_targets(
+                labels, self.stride, logits.shape[1], self.frame_offset
+            )  # [b, enc_frames]
             weights = (padding_mask(enc_lengths, logits.shape[1]) & (targets >= 0)) * rows[
                 :, None
             ]  # [b, enc_frames]
