@@ -11,19 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseq.models.wav2vec2 import Wav2Vec2CTC, Wav2Vec2Dims
+from tests.wav2vec2_tiny import TINY
 
-DIMS = Wav2Vec2Dims(
-    hidden_size=16,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=32,
-    conv_dim=(8, 8, 8),
-    conv_kernel=(10, 3, 3),
-    conv_stride=(5, 2, 2),
-    num_conv_pos_embeddings=4,
-    num_conv_pos_embedding_groups=2,
-    vocab_size=6,
-)
+DIMS = Wav2Vec2Dims(**TINY, vocab_size=6)
 
 
 def test_filler_rows_stay_finite_and_change_no_real_row():

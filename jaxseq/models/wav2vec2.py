@@ -268,18 +268,26 @@ class Wav2Vec2Encoder(nn.Module):
         return Wav2Vec2Output(x, tuple(hidden_states), conv, extract, frame_lengths)
 
 
-def _weighted_layer_sum(module: nn.Module, out: Wav2Vec2Output, num_layers: int) -> jax.Array:
-    """The softmax("layer_weights")-weighted sum of `out.hidden_states` → [batch, frames,
-    hidden] (transformers' `use_weighted_layer_sum`)."""
+def _classifier_input(
+    module: nn.Module, waveform: jax.Array, lengths: jax.Array | None, *masks_and_mode: Any
+) -> tuple[jax.Array, Wav2Vec2Output]:
+    """What a classification head of `module` (dims, dtype) reads: its "encoder"'s last hidden
+    state, or with dims.use_weighted_layer_sum the softmax("layer_weights")-weighted sum of
+    its hidden states (transformers' `use_weighted_layer_sum`) → ([batch, frames, hidden],
+    the encoder's output). `masks_and_mode`: deterministic, time_mask, feature_mask."""
+    d = module.dims
+    out = Wav2Vec2Encoder(d, module.dtype, name="encoder")(waveform, lengths, *masks_and_mode)
+    if not d.use_weighted_layer_sum:
+        return out.last_hidden_state, out
     weights = module.param(
         "layer_weights",
-        partitioned(nn.initializers.constant(1.0 / (num_layers + 1)), LAYERS),
-        (num_layers + 1,),
+        partitioned(nn.initializers.constant(1.0 / (d.num_hidden_layers + 1)), LAYERS),
+        (d.num_hidden_layers + 1,),
         jnp.float32,
     )
     stacked = jnp.stack(out.hidden_states, axis=0)  # [layers + 1, batch, frames, hidden]
     norm = jax.nn.softmax(weights).astype(stacked.dtype)
-    return jnp.einsum("l,lbth->bth", norm, stacked)
+    return jnp.einsum("l,lbth->bth", norm, stacked), out
 
 
 class Wav2Vec2CTC(nn.Module):
@@ -331,13 +339,9 @@ class Wav2Vec2SequenceClassifier(nn.Module):
         frames] and feature_mask bool [batch, hidden] or None (see Wav2Vec2Encoder) →
         (logits float32 [batch, num_labels], the encoder's output)."""
         d = self.dims
-        out = Wav2Vec2Encoder(d, self.dtype, name="encoder")(
-            waveform, lengths, deterministic, time_mask, feature_mask
-        )
-        if d.use_weighted_layer_sum:
-            x = _weighted_layer_sum(self, out, d.num_hidden_layers)
-        else:
-            x = out.last_hidden_state
+        x, out = _classifier_input(
+            self, waveform, lengths, deterministic, time_mask, feature_mask
+        )  # [b, T, hidden]
         h = dense(d.classifier_proj_size, (EMBED, MLP), self.dtype, "projector")(x)  # [b, T, p]
         valid = padding_mask(out.lengths, h.shape[1])[:, :, None].astype(h.dtype)  # [b, T, 1]
         pooled = jnp.sum(h * valid, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1)  # [b, p]
@@ -366,13 +370,8 @@ class Wav2Vec2FrameClassifier(nn.Module):
         frames] and feature_mask bool [batch, hidden] or None (see Wav2Vec2Encoder) →
         (logits float32 [batch, frames, num_labels], the encoder's output); frames past
         `out.lengths` are padding."""
-        d = self.dims
-        out = Wav2Vec2Encoder(d, self.dtype, name="encoder")(
-            waveform, lengths, deterministic, time_mask, feature_mask
-        )
-        if d.use_weighted_layer_sum:
-            x = _weighted_layer_sum(self, out, d.num_hidden_layers)
-        else:
-            x = out.last_hidden_state
-        logits = dense(d.num_labels, (EMBED, LABELS), self.dtype, "classifier")(x)  # [b, T, n]
+        x, out = _classifier_input(
+            self, waveform, lengths, deterministic, time_mask, feature_mask
+        )  # [b, T, hidden]
+        logits = dense(self.dims.num_labels, (EMBED, LABELS), self.dtype, "classifier")(x)
         return constrain(logits.astype(jnp.float32), BATCH, LENGTH, LABELS), out
