@@ -24,7 +24,7 @@ LAYERS = [
     {"inference"},
     {"convert"},
     {"api", "__init__"},
-    {"cli", "launch"},
+    {"cli", "cli_parser", "launch"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 
