@@ -83,25 +83,24 @@ _PRETRAINING_FIELDS = [f.name for f in dataclasses.fields(Wav2Vec2PreTrainingDim
 
 
 def classifier_architecture(model_type: str, head: str) -> str:
-    """transformers' class of a `model_type` ("wav2vec2" or "hubert") classifier with `head`:
-    "sequence" → Wav2Vec2ForSequenceClassification / HubertForSequenceClassification, "frame"
-    → Wav2Vec2ForAudioFrameClassification.
+    """transformers' class of a `model_type` ("wav2vec2" or "hubert") classifier with `head`
+    ("sequence" or "frame"): its entry of ARCHITECTURES.
 
     Raises:
       ConversionError: for a HuBERT frame classifier (transformers has no
         HubertForAudioFrameClassification).
     """
-    if head == "frame":
-        if model_type == "hubert":
-            raise ConversionError(
-                "model_type 'hubert' with a frame-classification head: transformers has no "
-                "HubertForAudioFrameClassification (only Wav2Vec2ForAudioFrameClassification); "
-                "jaxseq converts HuBERT with HubertForCTC or HubertForSequenceClassification heads"
-            )
-        return "Wav2Vec2ForAudioFrameClassification"
-    if model_type == "hubert":
-        return "HubertForSequenceClassification"
-    return "Wav2Vec2ForSequenceClassification"
+    prefix = "Hubert" if model_type == "hubert" else "Wav2Vec2"
+    names = [name for name, named in ARCHITECTURES.items() if named == head]
+    for name in names:
+        if name.startswith(prefix):
+            return name
+    missing = names[0].replace("Wav2Vec2", prefix, 1)
+    raise ConversionError(
+        f"model_type {model_type!r} with a {head}-classification head: transformers has no "
+        f"{missing} (only {names[0]}); jaxseq converts HuBERT with HubertForCTC or "
+        "HubertForSequenceClassification heads"
+    )
 
 
 def label_names(hf_config: dict) -> list[str]:
