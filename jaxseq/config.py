@@ -465,11 +465,23 @@ def _merge(
             merged = OmegaConf.merge(merged, OmegaConf.load(path))
         except oc_errors.OmegaConfBaseException as err:
             raise _explain(err, str(path)) from None
+    items = []
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"override {override!r} is not of the form a.b=c")
         try:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([override]))
+            items.append(OmegaConf.from_dotlist([override]))
+        except oc_errors.OmegaConfBaseException as err:
+            raise _explain(err, f"override {override!r}") from None
+    if not items:
+        return merged
+    try:  # all at once: one copy of the config, however many overrides
+        return OmegaConf.merge(merged, *items)
+    except oc_errors.OmegaConfBaseException:
+        pass
+    for override, item in zip(overrides, items, strict=True):  # again, to name the one at fault
+        try:
+            merged = OmegaConf.merge(merged, item)
         except oc_errors.OmegaConfBaseException as err:
             raise _explain(err, f"override {override!r}") from None
     return merged

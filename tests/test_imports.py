@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import functools
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,19 @@ def test_the_api_names_are_not_shadowed_by_subpackages():
     for name in jaxseq.__all__:
         assert not inspect.ismodule(getattr(jaxseq, name)), name
     assert callable(jaxseq.train) and jaxseq.train.__module__ == "jaxseq.api"
+
+
+def test_workers_import_no_jax_and_the_api_names_resolve_in_a_fresh_process():
+    """A `prepare` or `synth` worker (a spawned process that imports only its module) loads
+    neither JAX nor the augmentation libraries; and in a process whose first import is a
+    subpackage module, `jaxseq.train` is still the API function."""
+    check = (
+        "import sys, jaxseq.data.prepare, jaxseq.data.synth\n"
+        "heavy = {'jax', 'flax', 'grain', 'torch', 'audiomentations', 'pyroomacoustics'}\n"
+        "assert not heavy & set(sys.modules), sorted(heavy & set(sys.modules))\n"
+        "import jaxseq.train.loop, jaxseq\n"
+        "assert jaxseq.train.__module__ == 'jaxseq.api', jaxseq.train\n"
+        "assert jaxseq.load_config.__module__ == 'jaxseq.api'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]

@@ -28,14 +28,14 @@ import functools
 import random
 from collections.abc import Iterator, Sequence
 
-import audiomentations as am
 import librosa
 import numpy as np
-import pyroomacoustics as pra
-import scipy.signal
 
 from jaxseq.config import AugmentSpec
 from jaxseq.config_checks import NOISE_COLORS
+
+# audiomentations, pyroomacoustics and scipy.signal are imported in the functions that use them:
+# a `prepare` worker that augments nothing does without them (about 1.5 s of imports each).
 
 TELEPHONE_BAND = (300.0, 3400.0)  # Hz
 TELEPHONE_RATE = 8000  # Hz
@@ -91,6 +91,7 @@ def tempo(
     Returns:
       float32 [about num_samples / factor].
     """
+    import audiomentations as am
     stretch = am.TimeStretch(min_rate=factor, max_rate=factor, leave_length_unchanged=False, p=1.0)
     with _seeded_globals(rng):
         return _unclipped(stretch(audio, sample_rate))
@@ -104,6 +105,7 @@ def pitch_shift(
     Returns:
       float32 [num_samples].
     """
+    import audiomentations as am
     shift = am.PitchShift(min_semitones=semitones, max_semitones=semitones, p=1.0)
     with _seeded_globals(rng):
         return _unclipped(shift(audio, sample_rate))
@@ -134,6 +136,7 @@ def add_noise(
     Returns:
       float32 [num_samples]; scaled as a whole if it would clip, so the SNR is kept.
     """
+    import audiomentations as am
     if color not in NOISE_COLORS:
         raise ValueError(f"noise color {color!r}: choose one of {list(NOISE_COLORS)}")
     if color != "babble":
@@ -166,6 +169,7 @@ def room_impulse_response(
     Returns:
       (float64 [ir_length], scaled to a peak of 1; the direct path's sample index).
     """
+    import pyroomacoustics as pra
     dims = rng.uniform([3.0, 3.0, 2.5], [10.0, 8.0, 4.0])  # [3] metres
     volume, surface = np.prod(dims), 2 * (dims[0] * dims[1] + dims[1] * dims[2] + dims[0] * dims[2])
     c = pra.constants.get("c")
@@ -196,6 +200,7 @@ def convolve(audio: np.ndarray, ir: np.ndarray, delay: int) -> np.ndarray:
     Returns:
       float32 [num_samples]: (audio * ir)[delay : delay + num_samples].
     """
+    import scipy.signal
     wet = scipy.signal.oaconvolve(audio.astype(np.float64), ir)  # [num_samples + ir_length - 1]
     return wet[delay : delay + audio.shape[0]].astype(np.float32)
 
@@ -239,6 +244,7 @@ def telephone(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     Returns:
       float32 [num_samples].
     """
+    import scipy.signal
     narrow = librosa.resample(audio, orig_sr=sample_rate, target_sr=TELEPHONE_RATE)
     band = scipy.signal.butter(4, TELEPHONE_BAND, btype="bandpass", fs=TELEPHONE_RATE, output="sos")
     narrow = scipy.signal.sosfiltfilt(band, narrow)
@@ -260,6 +266,7 @@ def random_eq(
     Returns:
       float32 [num_samples].
     """
+    import audiomentations as am
     eq = am.SevenBandParametricEQ(min_gain_db=min_gain_db, max_gain_db=max_gain_db, p=1.0)
     with _seeded_globals(rng):
         return _unclipped(eq(audio, sample_rate))

@@ -1,5 +1,9 @@
 """The prepared-record schema: one msgpack-encoded dict per ArrayRecord entry.
 
+The encoding is flax.serialization's msgpack format (an array is the extension type 1 holding
+msgpack's (shape, dtype name, C-order bytes)), written with msgpack alone so that a `prepare`
+worker never imports JAX; tests/test_records.py checks the bytes against flax's.
+
 Fields:
   id:         str, unique within the split
   text:       str, normalized transcript (see jaxseq.text.normalize)
@@ -22,8 +26,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import msgpack
 import numpy as np
-from flax import serialization
+
+_ARRAY = 1  # flax.serialization's msgpack extension code for an ndarray
 
 
 def encode_record(
@@ -40,17 +46,30 @@ def encode_record(
     features = np.asarray(features)
     if features.dtype != np.int16:
         features = features.astype(np.float16)
-    return serialization.msgpack_serialize(
-        {
-            "id": id,
-            "text": text,
-            "features": features,
-            "num_frames": int(features.shape[0]),
-            "label": label if isinstance(label, str) else list(label),
-            "speaker": speaker,
-            "segments": [[int(a), int(b), str(name)] for a, b, name in segments],
-        }
-    )
+    fields = {
+        "id": id,
+        "text": text,
+        "features": features,
+        "num_frames": int(features.shape[0]),
+        "label": label if isinstance(label, str) else list(label),
+        "speaker": speaker,
+        "segments": [[int(a), int(b), str(name)] for a, b, name in segments],
+    }
+    # Keys sorted, as flax's serializer (a pytree map) orders them: the same bytes as before.
+    return msgpack.packb(dict(sorted(fields.items())), default=_pack_array, strict_types=True)
+
+
+def _pack_array(x: Any) -> msgpack.ExtType:
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"a record holds a {type(x).__name__}, which it cannot encode")
+    return msgpack.ExtType(_ARRAY, msgpack.packb((x.shape, x.dtype.name, x.tobytes("C"))))
+
+
+def _unpack_array(code: int, data: bytes) -> Any:
+    if code != _ARRAY:
+        return msgpack.ExtType(code, data)
+    shape, dtype, buffer = msgpack.unpackb(data, raw=True)
+    return np.frombuffer(buffer, dtype=np.dtype(dtype)).reshape(shape)
 
 
 def decode_record(raw: bytes) -> dict[str, Any]:
@@ -58,7 +77,7 @@ def decode_record(raw: bytes) -> dict[str, Any]:
 
     A record written before `segments` existed gets `segments` = [].
     """
-    record = serialization.msgpack_restore(raw)
+    record = msgpack.unpackb(raw, ext_hook=_unpack_array, raw=False, strict_map_key=False)
     record.setdefault("segments", [])
     return record
 

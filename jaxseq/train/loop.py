@@ -286,10 +286,12 @@ def train(
         dynamic_ncols=True,
     )
 
+    config_yaml = to_yaml(cfg)  # saved with every checkpoint
+
     def save(done: int, best: dict | None, position: dict | None) -> None:
         if not bool(check_finite(state)):  # never write non-finite values
             raise JaxseqError(f"step {done}: the train state holds non-finite values")
-        ckpt.save(done, state, position, {"step": done, "config": to_yaml(cfg)}, best)
+        ckpt.save(done, state, position, {"step": done, "config": config_yaml}, best)
 
     def fetch(step: int) -> _Fetched:
         """Step `step`'s batch: the host batch (timed) and its global arrays. Called right
