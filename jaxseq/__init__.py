@@ -37,7 +37,17 @@ _HOMES = {
     "ConfigError": "jaxseq.errors",
     "JaxseqError": "jaxseq.errors",
 }
-__all__ = sorted(_HOMES)
+__all__ = [
+    "Config",
+    "ConfigError",
+    "JaxseqError",
+    "Model",
+    "compile",
+    "evaluate",
+    "load",
+    "load_config",
+    "train",
+]
 
 
 class _Package(types.ModuleType):
