@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "jaxseq"
 
 # Lowest first; a module may import its own layer and the layers before it.
 LAYERS = [
-    {"errors", "config", "config_checks", "config_families", "config_data"},
+    {"errors", "config", "config_checks", "config_families", "config_data", "config_wav2vec2"},
     {"audio", "text", "parallel"},
     {"data"},
     {"models", "losses", "decoding"},
