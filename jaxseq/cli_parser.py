@@ -75,7 +75,12 @@ def build_parser(
     p.add_argument("--out", type=Path, required=True, help="prepared dataset folder")
     p.add_argument("--split", help="split name to write (not for synth:)")
     p.add_argument("--eval", action="store_true", help="an evaluation split: no length filter")
-    p.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes (0 = all cores; the local engine, at most one per 1000 items)",
+    )
     p.add_argument(
         "--runner",
         choices=("local", "beam"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -359,13 +360,13 @@ def load_config(
         key for a typo) when a key is unknown, a value has the wrong type, or a choice is invalid.
     """
     path, given = (None, path) if isinstance(path, dict) else (path, None)
-    merged = _merge(OmegaConf.structured(Config), path, overrides, given, "the config dict")
+    merged = _merge(_defaults(), path, overrides, given, "the config dict")
     init_from = merged.train.init_from
     if init_from and (Path(init_from) / "config.yaml").is_file():
         saved = OmegaConf.load(Path(init_from) / "config.yaml")
         inherited = {k: saved[k] for k in INHERITED_SECTIONS if k in saved}
         where = f"train.init_from={init_from}: {Path(init_from) / 'config.yaml'}"
-        base = _merge(OmegaConf.structured(Config), None, (), inherited, where)
+        base = _merge(_defaults(), None, (), inherited, where)
         merged = _merge(base, path, overrides, given, "the config dict")
     cfg = OmegaConf.to_object(merged)
     cfg = _freeze(cfg)
@@ -375,6 +376,13 @@ def load_config(
         section, name = key.split(".")
         check_local_path(getattr(getattr(cfg, section), name), f"config key '{key}'")
     return cfg
+
+
+@functools.cache
+def _defaults() -> Any:
+    """The schema's defaults as an OmegaConf structured config, built once per process (most of
+    the cost of a `load_config`): `OmegaConf.merge` copies it and never changes it."""
+    return OmegaConf.structured(Config)
 
 
 def _merge(
@@ -433,7 +441,18 @@ def _freeze(node: Any) -> Any:
 
 def to_yaml(cfg: Config) -> str:
     """The resolved config as YAML (what `save_config` writes)."""
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    return OmegaConf.to_yaml(OmegaConf.create(_plain(cfg)))  # half the time of a structured one
+
+
+def _plain(node: Any) -> Any:
+    """A config as plain dicts and lists (its tuples as lists, as YAML has them)."""
+    if dataclasses.is_dataclass(node):
+        return {f.name: _plain(getattr(node, f.name)) for f in dataclasses.fields(node)}
+    if isinstance(node, (list, tuple)):
+        return [_plain(v) for v in node]
+    if isinstance(node, dict):
+        return {k: _plain(v) for k, v in node.items()}
+    return node
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

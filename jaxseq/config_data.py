@@ -81,7 +81,7 @@ class PrepareConfig:
     max_seconds: float = 30.0  # longer training audio is skipped (and listed)
     max_bad_fraction: float = 0.05  # prepare fails if more of a split is bad
     num_shards: int = 4  # ArrayRecord shards per split
-    num_workers: int = 0  # processes; 0 = all CPU cores
+    num_workers: int = 0  # processes; 0 = all CPU cores, at most one per 1000 items
     tfds_data_dir: str | None = None
     tfds_audio_key: str = "audio"
     tfds_text_key: str = "text"

@@ -4,6 +4,7 @@ import functools
 
 import jax
 import pytest
+from omegaconf import OmegaConf
 
 from jaxseq.config import (
     ConfigError,
@@ -104,9 +105,18 @@ def test_config_parses_and_builds(path, tmp_path, whisper_folder):
     num_params = _num_params(cfg, whisper_folder)
     low, high = EXPECTED_PARAMS[path.stem]
     assert low <= num_params <= high, num_params
-    # The saved, resolved config loads back to the same object.
+    # The saved, resolved config is OmegaConf's own YAML of it, and loads back to the same.
     save_config(cfg, tmp_path / "config.yaml")
+    assert (tmp_path / "config.yaml").read_text() == OmegaConf.to_yaml(OmegaConf.structured(cfg))
     assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_a_loads_overrides_never_reach_the_next_load():
+    """load_config starts every load from one structured copy of the defaults, built once."""
+    before = load_config(None)
+    changed = load_config(None, ["train.num_steps=7", "data.buckets=[16]", "model.d_model=8"])
+    assert (changed.train.num_steps, changed.data.buckets, changed.model.d_model) == (7, (16,), 8)
+    assert load_config(None) == load_config({}) == before != changed
 
 
 @functools.cache  # a Whisper size's count serves both tests below (tracing it takes seconds)

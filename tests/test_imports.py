@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import functools
 import inspect
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -150,10 +151,12 @@ def test_the_api_names_are_not_shadowed_by_subpackages():
     assert callable(jaxseq.train) and jaxseq.train.__module__ == "jaxseq.api"
 
 
-def test_workers_import_no_jax_and_the_api_names_resolve_in_a_fresh_process():
+def test_workers_import_no_jax_and_the_api_names_resolve_in_a_fresh_process(tmp_path):
     """A `prepare` or `synth` worker (a spawned process that imports only its module) loads
-    neither JAX nor the augmentation libraries; and in a process whose first import is a
-    subpackage module, `jaxseq.train` is still the API function."""
+    neither JAX nor the augmentation libraries; in a process whose first import is a
+    subpackage module, `jaxseq.train` is still the API function; and a training process's
+    metric writer imports no torch (tensorboardX would) and still writes TensorBoard scalars,
+    read back here with tensorboardX's own Event proto, after which torch imports."""
     check = (
         "import sys, jaxseq.data.prepare, jaxseq.data.synth\n"
         "heavy = {'jax', 'flax', 'grain', 'torch', 'audiomentations', 'pyroomacoustics'}\n"
@@ -161,6 +164,31 @@ def test_workers_import_no_jax_and_the_api_names_resolve_in_a_fresh_process():
         "import jaxseq.train.loop, jaxseq\n"
         "assert jaxseq.train.__module__ == 'jaxseq.api', jaxseq.train\n"
         "assert jaxseq.load_config.__module__ == 'jaxseq.api'\n"
+        "from jaxseq.train.writers import MetricWriter\n"
+        f"writer = MetricWriter({str(tmp_path)!r})\n"
+        "writer.write(3, 'train', {'loss': 1.5, 'tokens': 7})\n"
+        "writer.close()\n"
+        "assert 'torch' not in sys.modules\n"
+        "import torch\n"
     )
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
+    (events,) = (tmp_path / "tensorboard").glob("events.*")
+    scalars = {
+        (value.tag, event.step): value.simple_value
+        for event in _tensorboard_events(events.read_bytes())
+        for value in event.summary.value
+    }
+    assert scalars == {("train/loss", 3): 1.5, ("train/tokens", 3): 7.0}
+
+
+def _tensorboard_events(data: bytes) -> list:
+    """TFRecord framing (length u64, its crc u32, payload, its crc u32) of Event protos."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    events, at = [], 0
+    while at < len(data):
+        (length,) = struct.unpack("<Q", data[at : at + 8])
+        events.append(Event.FromString(data[at + 12 : at + 12 + length]))
+        at += 12 + length + 4
+    return events

@@ -202,6 +202,38 @@ def test_rerun_skips_finished_shards(tmp_path, monkeypatch):
     assert len(processed) == 8
 
 
+def test_every_core_means_a_worker_per_thousand_items(prepared, tmp_path, monkeypatch):
+    """num_workers=0 (the default): a split of fewer than ITEMS_PER_WORKER items is prepared in
+    this process, no pool started (a worker's start costs what ~1000 items do), with the same
+    records as the two-worker run; a larger split gets a pool of one worker per 1000 items, at
+    most one per core."""
+    root, out = prepared
+    pools = []
+
+    def no_pool(n, **kwargs):
+        pools.append(n)
+        raise RuntimeError("no pool here")
+
+    monkeypatch.setattr(prepare_lib, "ProcessPoolExecutor", no_pool)
+    spec = f"manifest:{root / 'manifest.jsonl'}"
+    prepare_split(spec, tmp_path / "out", "train", CFG, num_workers=0, progress=False)
+    assert pools == []
+    got, want = _records(tmp_path / "out", "train"), _records(out, "train")
+    assert (
+        [r["id"] for r in got]
+        == [r["id"] for r in want]
+        == ["clips/sweep", "noise", "clips/stereo"]
+    )
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a["features"], b["features"])
+
+    monkeypatch.setattr(prepare_lib, "ITEMS_PER_WORKER", 2)  # 8 items: 4 workers, capped
+    monkeypatch.setattr(prepare_lib.os, "cpu_count", lambda: 3)
+    with pytest.raises(RuntimeError, match="no pool here"):
+        prepare_split(spec, tmp_path / "more", "train", CFG, num_workers=0, progress=False)
+    assert pools == [3]
+
+
 def test_frontend_mismatch_is_an_error(prepared, tmp_path):
     root, out = prepared
     cfg = dataclasses.replace(CFG, frontend=FrontendConfig(n_mels=40))

@@ -92,6 +92,7 @@ def tempo(
       float32 [about num_samples / factor].
     """
     import audiomentations as am
+
     stretch = am.TimeStretch(min_rate=factor, max_rate=factor, leave_length_unchanged=False, p=1.0)
     with _seeded_globals(rng):
         return _unclipped(stretch(audio, sample_rate))
@@ -106,6 +107,7 @@ def pitch_shift(
       float32 [num_samples].
     """
     import audiomentations as am
+
     shift = am.PitchShift(min_semitones=semitones, max_semitones=semitones, p=1.0)
     with _seeded_globals(rng):
         return _unclipped(shift(audio, sample_rate))
@@ -137,6 +139,7 @@ def add_noise(
       float32 [num_samples]; scaled as a whole if it would clip, so the SNR is kept.
     """
     import audiomentations as am
+
     if color not in NOISE_COLORS:
         raise ValueError(f"noise color {color!r}: choose one of {list(NOISE_COLORS)}")
     if color != "babble":
@@ -170,6 +173,7 @@ def room_impulse_response(
       (float64 [ir_length], scaled to a peak of 1; the direct path's sample index).
     """
     import pyroomacoustics as pra
+
     dims = rng.uniform([3.0, 3.0, 2.5], [10.0, 8.0, 4.0])  # [3] metres
     volume, surface = np.prod(dims), 2 * (dims[0] * dims[1] + dims[1] * dims[2] + dims[0] * dims[2])
     c = pra.constants.get("c")
@@ -201,6 +205,7 @@ def convolve(audio: np.ndarray, ir: np.ndarray, delay: int) -> np.ndarray:
       float32 [num_samples]: (audio * ir)[delay : delay + num_samples].
     """
     import scipy.signal
+
     wet = scipy.signal.oaconvolve(audio.astype(np.float64), ir)  # [num_samples + ir_length - 1]
     return wet[delay : delay + audio.shape[0]].astype(np.float32)
 
@@ -245,6 +250,7 @@ def telephone(audio: np.ndarray, sample_rate: int) -> np.ndarray:
       float32 [num_samples].
     """
     import scipy.signal
+
     narrow = librosa.resample(audio, orig_sr=sample_rate, target_sr=TELEPHONE_RATE)
     band = scipy.signal.butter(4, TELEPHONE_BAND, btype="bandpass", fs=TELEPHONE_RATE, output="sos")
     narrow = scipy.signal.sosfiltfilt(band, narrow)
@@ -267,6 +273,7 @@ def random_eq(
       float32 [num_samples].
     """
     import audiomentations as am
+
     eq = am.SevenBandParametricEQ(min_gain_db=min_gain_db, max_gain_db=max_gain_db, p=1.0)
     with _seeded_globals(rng):
         return _unclipped(eq(audio, sample_rate))

@@ -46,7 +46,7 @@ from jaxseq.train.checkpoint import Checkpointer, restore_workdir_params
 from jaxseq.train.chips import peak_tflops
 from jaxseq.train.optimizer import learning_rate_schedule, make_optimizer
 from jaxseq.train.preemption import PreemptionWatch
-from jaxseq.train.state import abstract_train_state, create_train_state
+from jaxseq.train.state import abstract_like, abstract_train_state, create_train_state
 from jaxseq.train.steps import check_batch_sizes, jit_train_step
 from jaxseq.train.throughput import Throughput, device_flops
 from jaxseq.train.writers import MetricWriter
@@ -245,10 +245,10 @@ def train(
     # Model, optimizer and state: fresh, or restored with the iterator position.
     tx = make_optimizer(cfg.optim, cfg.train.num_steps)
     init_batch = task.dummy_batch(dp, cfg.data.buckets[0])
-    abstract, shardings = abstract_train_state(task, tx, init_batch, mesh)
     ckpt = Checkpointer(workdir / "checkpoints", cfg.train)
     start = ckpt.latest_step()
     if start is not None:
+        abstract, _ = abstract_train_state(task, tx, init_batch, mesh)
         state, start = ckpt.restore_latest(abstract, data_iter if checkpointable else None)
         logging.info("resumed from step %d", start)
         if not checkpointable:
@@ -256,9 +256,12 @@ def train(
     else:
         params = None
         if cfg.train.init_from:
+            abstract, _ = abstract_train_state(task, tx, init_batch, mesh)
             params = _pretrained_params(cfg, info, abstract.params, task.pretrained_groups)
         state = create_train_state(task, tx, init_batch, mesh, cfg.train.seed, params)
         start = 0
+    abstract = abstract_like(state)  # the step's shardings, and its input for the FLOP count
+    shardings = jax.tree.map(lambda x: x.sharding, abstract)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info(
         "model: %s, %.2fM parameters, mesh %s", cfg.model.family, num_params / 1e6, dict(mesh.shape)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -17,11 +18,7 @@ class MetricWriter:
         self.path = Path(workdir) / "metrics.jsonl"
         self._tb = None
         if self.enabled:
-            # Imported here: tensorboardX imports torch when it is installed (about 1 s), which
-            # every process that imports jaxseq (synth and prepare workers too) would pay.
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+            self._tb = _summary_writer(Path(workdir) / "tensorboard")
 
     def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -38,3 +35,18 @@ class MetricWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def _summary_writer(logdir: Path):
+    """tensorboardX's SummaryWriter, imported without torch. tensorboardX imports torch, when it
+    is installed, only to accept torch tensors as values (1.4-2 s of every training process's
+    start); jaxseq writes Python floats. A torch that is already imported is left as it is."""
+    absent = "torch" not in sys.modules
+    if absent:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which it catches
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if absent:
+            del sys.modules["torch"]
+    return SummaryWriter(str(logdir))
