@@ -441,18 +441,8 @@ def _freeze(node: Any) -> Any:
 
 def to_yaml(cfg: Config) -> str:
     """The resolved config as YAML (what `save_config` writes)."""
-    return OmegaConf.to_yaml(OmegaConf.create(_plain(cfg)))  # half the time of a structured one
-
-
-def _plain(node: Any) -> Any:
-    """A config as plain dicts and lists (its tuples as lists, as YAML has them)."""
-    if dataclasses.is_dataclass(node):
-        return {f.name: _plain(getattr(node, f.name)) for f in dataclasses.fields(node)}
-    if isinstance(node, (list, tuple)):
-        return [_plain(v) for v in node]
-    if isinstance(node, dict):
-        return {k: _plain(v) for k, v in node.items()}
-    return node
+    # From plain containers: half the time of a structured config, the same YAML.
+    return OmegaConf.to_yaml(OmegaConf.create(dataclasses.asdict(cfg)))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

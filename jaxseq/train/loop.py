@@ -247,8 +247,9 @@ def train(
     init_batch = task.dummy_batch(dp, cfg.data.buckets[0])
     ckpt = Checkpointer(workdir / "checkpoints", cfg.train)
     start = ckpt.latest_step()
-    if start is not None:
+    if start is not None or cfg.train.init_from:  # a restore needs the shapes and shardings
         abstract, _ = abstract_train_state(task, tx, init_batch, mesh)
+    if start is not None:
         state, start = ckpt.restore_latest(abstract, data_iter if checkpointable else None)
         logging.info("resumed from step %d", start)
         if not checkpointable:
@@ -256,7 +257,6 @@ def train(
     else:
         params = None
         if cfg.train.init_from:
-            abstract, _ = abstract_train_state(task, tx, init_batch, mesh)
             params = _pretrained_params(cfg, info, abstract.params, task.pretrained_groups)
         state = create_train_state(task, tx, init_batch, mesh, cfg.train.seed, params)
         start = 0
